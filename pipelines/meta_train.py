@@ -1,0 +1,159 @@
+"""Meta-learn the shared INR on Ray Train, then write the model artifact.
+
+    python -m pipelines.meta_train --config configs/demo.yaml
+
+Runs a ``TorchTrainer`` (DDP over ``train.num_workers`` workers, GPUs when
+``train.use_gpu``). Checkpoints every ``train.checkpoint_every`` steps; a rerun with the
+same config resumes from the last checkpoint (the run is named by the config's hash),
+and a dead worker restarts from it (``FailureConfig``). Locally it starts an embedded
+Ray; under ``ray job submit`` it joins the cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import ray.train
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer, prepare_model
+
+from vcinr_sci.artifact import ModelArtifact, build_model, save_artifact
+from vcinr_sci.config import Config, load_config
+from vcinr_sci.data import load_dataset
+from vcinr_sci.training import evaluate, outer_step, sample_batch, seed_everything
+from pipelines.ray_setup import ensure_ray, parse_overrides
+
+CHECKPOINT_FILE = "state.pt"
+
+
+def run_id(cfg: Config) -> str:
+    """Stable name of a run: the same config resumes the same run."""
+    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()
+    return f"{cfg.name}-{digest[:10]}"
+
+
+def train_loop(loop_config: dict) -> None:
+    """Body of each Ray Train worker."""
+    cfg = Config.from_dict(loop_config["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    seed_everything(cfg.train.seed)  # same init on every worker; batches differ by rank
+    device = ray.train.torch.get_device()
+    data = load_dataset(cfg.data)
+    train_items, val_items = data.items("train"), data.items("val")
+    model = build_model(cfg, data.grid)
+    state, start = None, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=True, map_location="cpu")
+        model.load_state_dict(state["model"])
+        start = int(state["step"])
+    ddp_model = prepare_model(model)  # DDP when world > 1; moves to the worker's device
+    model = ddp_model.module if hasattr(ddp_model, "module") else ddp_model
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.meta.outer_lr)
+    if state is not None:
+        optimiser.load_state_dict(state["optimiser"])
+
+    t_last, losses = time.perf_counter(), []
+    for step in range(start + 1, cfg.meta.steps + 1):
+        ddp_model.train()
+        losses.append(outer_step(ddp_model, optimiser, sample_batch(train_items, cfg, step, rank, device), cfg.meta.grad_clip))
+        last = step == cfg.meta.steps
+        if step % cfg.train.log_every and step % cfg.meta.eval_every and step % cfg.train.checkpoint_every and not last:
+            continue
+        now = time.perf_counter()
+        mse = sum(losses) / len(losses)
+        metrics = {
+            "step": step,
+            "train_psnr": float(-10 * torch.log10(torch.tensor(max(mse, 1e-12)))),
+            "step_time_s": (now - t_last) / len(losses),
+        }
+        t_last, losses = now, []
+        if rank == 0 and (step % cfg.meta.eval_every == 0 or last):
+            model.eval()
+            ev = evaluate(model, val_items, cfg.meta.eval_inner_steps, cfg.meta.eval_items, device=device)
+            metrics["val_psnr"] = ev.psnr
+        ckpt = None
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0 and (step % cfg.train.checkpoint_every == 0 or last):
+                torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step}, Path(tmp) / CHECKPOINT_FILE)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)
+
+
+class ProgressPrinter(ray.train.UserCallback):
+    """One line per logging interval on the driver: step, PSNR and step time."""
+
+    def after_report(self, run_context, metrics, checkpoint):
+        m = metrics[0]
+        line = f"step {m['step']:>6}  train PSNR {m['train_psnr']:6.2f} dB  {m['step_time_s'] * 1e3:7.1f} ms/step"
+        if "val_psnr" in m:
+            line += f"  val PSNR {m['val_psnr']:6.2f} dB"
+        print(line + ("  [checkpoint]" if checkpoint else ""), flush=True)
+
+
+def fit(cfg: Config) -> Path:
+    """Meta-train per ``cfg`` (resuming if a checkpoint exists); returns the artifact path."""
+    ensure_ray(cfg.train.num_workers * cfg.train.cpus_per_worker)
+    storage = Path(cfg.train.storage_path).resolve()
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": cfg.to_dict()},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=run_id(cfg),
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[ProgressPrinter()],
+        ),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=True, map_location="cpu")
+    return write_artifact(cfg, state["model"])
+
+
+def write_artifact(cfg: Config, state_dict: dict) -> Path:
+    """Score the trained model on the held-out test items and save the artifact."""
+    data = load_dataset(cfg.data)
+    model = build_model(cfg, data.grid)
+    model.load_state_dict(state_dict)
+    model.eval()
+    test = evaluate(model, data.items("test"), cfg.meta.eval_inner_steps)
+    metrics = {"test_psnr": test.psnr, "test_items": test.items, "inner_steps": cfg.meta.eval_inner_steps}
+    artifact = ModelArtifact(model, cfg, data.grid, data.normaliser, data.split.to_dict(), metrics)
+    path = save_artifact(artifact, cfg.train.artifact_dir)
+    print(f"held-out test PSNR {test.psnr:.2f} dB over {test.items} items ({cfg.meta.eval_inner_steps} inner steps)")
+    print(f"model artifact {artifact.hash[:16]} -> {path}")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML run config (configs/*.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. meta.steps=50")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, parse_overrides(args.set))
+    fit(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

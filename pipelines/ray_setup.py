@@ -1,0 +1,42 @@
+"""Connecting a pipeline to Ray: the cluster it was submitted to, or an embedded one."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import yaml
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster named by ``RAY_ADDRESS`` (as ``ray job submit`` sets it), or
+    start a quiet local Ray with ``num_cpus`` CPUs (at least what the job asks for)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Token auth is on by default in Ray 2.60; a local, loopback-only Ray needs none.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        return
+    ray.init(
+        num_cpus=max(num_cpus or 0, os.cpu_count() or 1),
+        include_dashboard=False,
+        configure_logging=True,
+        logging_level="WARNING",
+        log_to_driver=True,
+    )
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["meta.steps=50", "data.paths=[a.nc]"]`` -> {"meta.steps": 50, ...} (YAML values)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out

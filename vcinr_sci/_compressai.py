@@ -1,0 +1,36 @@
+"""The one place that imports compressai.
+
+``import compressai`` imports ``torchvision.transforms``, only to fill a registry of
+transform names. We install compressai with ``--no-deps`` beside the CPU torch, where
+torchvision is absent (PyPI's torchvision does not even import beside that torch), so
+when torchvision cannot be imported, an empty stand-in for ``torchvision`` and
+``torchvision.transforms`` goes into ``sys.modules`` first. Nothing of torchvision is
+used by the entropy models we re-export.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+import warnings
+
+
+def _install_torchvision_stand_in() -> None:
+    package = types.ModuleType("torchvision", "Empty stand-in installed by vcinr_sci._compressai.")
+    transforms = types.ModuleType("torchvision.transforms", "Empty stand-in installed by vcinr_sci._compressai.")
+    package.transforms = transforms
+    sys.modules["torchvision"] = package
+    sys.modules["torchvision.transforms"] = transforms
+
+
+try:
+    import torchvision.transforms  # noqa: F401
+except (ImportError, RuntimeError, OSError):  # absent, or built for another torch
+    _install_torchvision_stand_in()
+
+# compressai imports torch_geometric, which calls the deprecated torch.jit.script at import.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning)
+    from compressai.entropy_models import EntropyBottleneck
+
+__all__ = ["EntropyBottleneck"]

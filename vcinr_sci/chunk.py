@@ -1,0 +1,271 @@
+"""The byte container of one ``vcinr``-encoded chunk: header, NaN/fill mask, payload.
+
+The container knows nothing of models; it stores what the codec hands it and
+refuses (with :class:`ChunkFormatError`) any input that is not exactly what an
+encoder wrote: wrong magic, unknown version, truncation, trailing bytes, or any
+corrupted bit.
+
+Byte layout (all integers little-endian, offsets in bytes)::
+
+    offset  size     field
+    ------  -------  ----------------------------------------------------------
+     0      5        magic b"VCINR"
+     5      1        u8   format version (1)
+     6      2        u16  header_len: bytes from offset 0 to the end of the header
+     8      4        u32  header_crc: crc32 of bytes [0, 8) + [12, header_len)
+    12      32       model hash (raw SHA-256 digest)
+    44      2        u16  flags (bit 0: mask stored; bit 1: every point is masked)
+    46      1        u8   ndim
+    47      1        u8   dtype_len
+    48      1        u8   quality_len
+    49      4        u32  inner_steps
+    53      8        u64  num_items
+    61      8        u64  mask_len: bytes of the stored mask (0 when none)
+    69      8        u64  payload_len
+    77      4        u32  payload_crc: crc32 of the body (mask bytes + payload)
+    81      8*ndim   u64  shape
+    ..      dtype_len      dtype, ASCII numpy dtype str (e.g. "<f4")
+    ..      quality_len    quality label, UTF-8
+    header_len  mask_len     mask: Zstd(np.packbits(mask.ravel()))
+    ..          payload_len  payload (opaque)
+
+The total length must be exactly ``header_len + mask_len + payload_len``.
+
+Why this detects any corruption: ``header_len`` is checked against the length
+implied by ``ndim``/``dtype_len``/``quality_len``, so a damaged length field
+cannot silently re-frame the header; every other header byte is covered by
+``header_crc`` and every body byte by ``payload_crc``.  CRC-32 catches every
+single-bit error and every burst of up to 32 bits, and misses random damage with
+probability 2**-32; it guards against accidents, not tampering (the model hash
+is an identifier, not a signature), so a cryptographic hash would only add cost.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+from numcodecs import Zstd
+
+MAGIC = b"VCINR"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+
+FLAG_HAS_MASK = 1 << 0
+FLAG_ALL_MASKED = 1 << 1
+KNOWN_FLAGS = FLAG_HAS_MASK | FLAG_ALL_MASKED
+# Bits the container derives from the mask; encode_container overrides them.
+_MASK_FLAGS = FLAG_HAS_MASK | FLAG_ALL_MASKED
+
+_FIXED = struct.Struct("<5sBHI32sHBBBIQQQI")  # everything before the shape
+_DIM = struct.Struct("<Q")
+# Masks are small next to the payload and decode equally fast at any level, so
+# spend encode time for the ~15% smaller output of a high level.
+_MASK_CODEC = Zstd(level=19)
+
+
+class ChunkFormatError(ValueError):
+    """The bytes are not a valid vcinr chunk, or header fields are inconsistent."""
+
+
+@dataclass(frozen=True)
+class ChunkHeader:
+    """What a decoder needs besides the mask and payload.
+
+    ``flags`` bits 0-1 and ``payload_crc`` (crc32 of the stored mask bytes
+    followed by the payload) describe the stored bytes: they are
+    filled in by :func:`encode_container` (values given to it are ignored) and
+    reported by :func:`decode_container`.  Construction normalises ``shape`` to
+    a tuple of ints, ``model_hash`` to lower case and ``dtype`` to its numpy
+    ``.str`` form, and validates every field.
+    """
+
+    model_hash: str
+    shape: tuple[int, ...]
+    dtype: str
+    num_items: int
+    quality: str
+    inner_steps: int
+    flags: int = 0
+    payload_crc: int = 0
+
+    def __post_init__(self) -> None:
+        try:
+            shape = tuple(int(d) for d in self.shape)
+            dtype = np.dtype(self.dtype)
+        except (TypeError, ValueError) as exc:
+            raise ChunkFormatError(f"invalid shape or dtype: {exc}") from None
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "dtype", dtype.str)
+        object.__setattr__(self, "model_hash", str(self.model_hash).lower())
+
+        h = self.model_hash
+        if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
+            raise ChunkFormatError(f"model_hash must be 64 hex characters, got {h!r}")
+        if len(shape) > 255 or any(not 0 <= d < 2**64 for d in shape):
+            raise ChunkFormatError(f"shape must have <= 255 dims, each in [0, 2**64): {shape}")
+        if np.dtype(dtype.str) != dtype or len(dtype.str) > 255:
+            raise ChunkFormatError(f"dtype {dtype!r} cannot be stored as a numpy dtype str")
+        # Leading dims are items and trailing dims the grid, so num_items must
+        # be the product of some prefix of the shape.
+        prefixes = {math.prod(shape[:j]) for j in range(len(shape) + 1)}
+        if self.num_items not in prefixes or self.num_items >= 2**64:
+            raise ChunkFormatError(
+                f"num_items={self.num_items} is not the product of leading dims of shape {shape}"
+            )
+        if len(self.quality.encode("utf-8")) > 255:
+            raise ChunkFormatError(f"quality label exceeds 255 UTF-8 bytes: {self.quality[:40]!r}...")
+        if not 0 <= self.inner_steps < 2**32:
+            raise ChunkFormatError(f"inner_steps must be in [0, 2**32), got {self.inner_steps}")
+        if self.flags & ~KNOWN_FLAGS or self.flags < 0:
+            raise ChunkFormatError(
+                f"flags {self.flags:#x} set bits unknown to format version {FORMAT_VERSION} "
+                f"(known: {KNOWN_FLAGS:#x})"
+            )
+        if self.flags & FLAG_HAS_MASK and self.flags & FLAG_ALL_MASKED:
+            raise ChunkFormatError("flags: an all-masked chunk stores no mask")
+        if not 0 <= self.payload_crc < 2**32:
+            raise ChunkFormatError(f"payload_crc must be a u32, got {self.payload_crc}")
+
+    @property
+    def size(self) -> int:
+        """Number of points in the chunk."""
+        return math.prod(self.shape)
+
+
+class Container(NamedTuple):
+    """A decoded chunk. ``mask`` is None when no point is masked."""
+
+    header: ChunkHeader
+    mask: np.ndarray | None
+    payload: bytes
+
+
+def encode_container(header: ChunkHeader, mask: np.ndarray | None, payload: bytes) -> bytes:
+    """Serialise one chunk.
+
+    ``mask`` is a bool array of ``header.shape`` (True = masked point, e.g. NaN
+    or fill; its meaning is the caller's) or None for "nothing masked".  It is
+    stored only when some but not all points are masked; an all-True mask just
+    sets ``FLAG_ALL_MASKED``.
+    """
+    flags = header.flags & ~_MASK_FLAGS
+    mask_bytes = b""
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.dtype != np.bool_:
+            raise ChunkFormatError(f"mask must be a bool array, got dtype {mask.dtype}")
+        if mask.shape != header.shape:
+            raise ChunkFormatError(f"mask shape {mask.shape} does not match chunk shape {header.shape}")
+        if mask.size and mask.all():
+            flags |= FLAG_ALL_MASKED
+        elif mask.any():
+            flags |= FLAG_HAS_MASK
+            mask_bytes = _MASK_CODEC.encode(np.packbits(mask.ravel()))
+    payload = bytes(payload)
+    body_crc = zlib.crc32(payload, zlib.crc32(mask_bytes))
+
+    shape = header.shape
+    dtype = header.dtype.encode("ascii")
+    quality = header.quality.encode("utf-8")
+    header_len = _FIXED.size + _DIM.size * len(shape) + len(dtype) + len(quality)
+    head = bytearray(_FIXED.pack(
+        MAGIC, FORMAT_VERSION, header_len, 0, bytes.fromhex(header.model_hash), flags,
+        len(shape), len(dtype), len(quality), header.inner_steps, header.num_items,
+        len(mask_bytes), len(payload), body_crc,
+    ))
+    for d in shape:
+        head += _DIM.pack(d)
+    head += dtype + quality
+    struct.pack_into("<I", head, 8, _header_crc(head))
+    return bytes(head) + mask_bytes + payload
+
+
+def decode_container(buf: bytes | bytearray | memoryview | np.ndarray) -> Container:
+    """Parse and verify bytes written by :func:`encode_container`."""
+    data = _byte_view(buf)
+    head = bytes(data[: len(MAGIC)])
+    if head != MAGIC[: len(head)]:
+        raise ChunkFormatError(f"not a vcinr chunk: bad magic {head!r}, expected {MAGIC!r}")
+    if len(data) > len(MAGIC) and data[len(MAGIC)] not in SUPPORTED_VERSIONS:
+        raise ChunkFormatError(
+            f"unknown vcinr format version {data[len(MAGIC)]}; "
+            f"this reader supports {list(SUPPORTED_VERSIONS)}"
+        )
+    if len(data) < _FIXED.size:
+        raise ChunkFormatError(f"truncated header: expected at least {_FIXED.size} bytes, got {len(data)}")
+    (_, _, header_len, header_crc, raw_hash, flags, ndim, dtype_len, quality_len,
+     inner_steps, num_items, mask_len, payload_len, body_crc) = _FIXED.unpack_from(data)
+    if header_len != _FIXED.size + _DIM.size * ndim + dtype_len + quality_len:
+        raise ChunkFormatError("corrupt header: header_len disagrees with its field lengths")
+    if len(data) < header_len:
+        raise ChunkFormatError(f"truncated header: expected at least {header_len} bytes, got {len(data)}")
+    if _header_crc(data[:header_len]) != header_crc:
+        raise ChunkFormatError("header checksum mismatch: the chunk is corrupt")
+    total = header_len + mask_len + payload_len
+    if len(data) != total:
+        what = "truncated" if len(data) < total else "trailing bytes after chunk"
+        raise ChunkFormatError(f"{what}: expected {total} bytes, got {len(data)}")
+    mask_bytes = data[header_len : header_len + mask_len]
+    payload = bytes(data[header_len + mask_len :])
+    if zlib.crc32(payload, zlib.crc32(mask_bytes)) != body_crc:
+        raise ChunkFormatError("payload checksum mismatch: the chunk is corrupt")
+
+    # The checksums passed, so the fields below are what an encoder wrote;
+    # failures here mean a faulty or foreign writer, still reported as format errors.
+    pos = _FIXED.size
+    shape = tuple(_DIM.unpack_from(data, pos + _DIM.size * i)[0] for i in range(ndim))
+    pos += _DIM.size * ndim
+    try:
+        dtype = bytes(data[pos : pos + dtype_len]).decode("ascii")
+        quality = bytes(data[pos + dtype_len : header_len]).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ChunkFormatError(f"header text is not valid: {exc}") from None
+    header = ChunkHeader(raw_hash.hex(), shape, dtype, num_items, quality, inner_steps, flags, body_crc)
+    if header.dtype != dtype:
+        raise ChunkFormatError(f"header dtype {dtype!r} is not a canonical numpy dtype str")
+    return Container(header, _decode_mask(header, bytes(mask_bytes)), payload)
+
+
+def _decode_mask(header: ChunkHeader, mask_bytes: bytes) -> np.ndarray | None:
+    if header.flags & FLAG_ALL_MASKED:
+        if mask_bytes:
+            raise ChunkFormatError("an all-masked chunk must store no mask")
+        return np.ones(header.shape, dtype=bool)
+    if not header.flags & FLAG_HAS_MASK:
+        if mask_bytes:
+            raise ChunkFormatError("mask bytes present but the has-mask flag is clear")
+        return None
+    try:
+        packed = np.frombuffer(_MASK_CODEC.decode(mask_bytes), dtype=np.uint8)
+    except Exception as exc:  # numcodecs raises RuntimeError/ValueError variants
+        raise ChunkFormatError(f"stored mask cannot be decompressed: {exc}") from None
+    n = header.size
+    # Exact length and zero pad bits keep the mask encoding unique (lossless both ways).
+    if packed.size != -(-n // 8) or (n % 8 and packed[-1] & (0xFF >> (n % 8))):
+        raise ChunkFormatError(f"stored mask does not fit chunk shape {header.shape}")
+    mask = np.unpackbits(packed, count=n).view(bool).reshape(header.shape)
+    if mask.all() or not mask.any():
+        raise ChunkFormatError("stored mask must mask some but not all points")
+    return mask
+
+
+def _header_crc(head: bytes | bytearray | memoryview) -> int:
+    # The crc field itself (bytes 8..12) is skipped.
+    return zlib.crc32(head[12:], zlib.crc32(head[:8]))
+
+
+def _byte_view(buf: bytes | bytearray | memoryview | np.ndarray) -> memoryview:
+    if isinstance(buf, np.ndarray):
+        buf = np.ascontiguousarray(buf)
+    try:
+        view = memoryview(buf)
+    except TypeError:
+        raise TypeError(f"expected a bytes-like buffer, got {type(buf).__name__}") from None
+    if not view.c_contiguous:
+        view = memoryview(view.tobytes())
+    return view.cast("B")

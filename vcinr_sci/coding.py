@@ -1,0 +1,341 @@
+"""Coding flat latent vectors ``phi`` of shape ``(B, D)`` into bytes (method.md section 4).
+
+- :class:`LatentCoder` (VC-INR): per-dimension normalisation, analysis ``g_a``, rounding,
+  compressai's factorised-prior ``EntropyBottleneck`` with its rANS coder, synthesis ``g_s``.
+- :class:`UniformQuantiser` (COIN++ baseline): ``b``-bit uniform quantisation of phi.
+
+Both give ``compress(phi) -> bytes`` for a whole batch, ``decompress(data, n)`` for ``n``
+vectors, and ``quantise(phi)`` with exactly the values ``decompress(compress(phi))``
+returns, without the bytes. :func:`coder_spec` / :func:`coder_state` / :func:`load_coder`
+save and restore either as JSON plus plain tensors (safetensors-ready).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import zlib
+from typing import Any
+
+import numpy as np
+import torch
+from numcodecs import Zstd
+from torch import Tensor, nn
+
+from vcinr_sci._compressai import EntropyBottleneck
+
+SPEC_VERSION = 1
+_CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length")
+# compressai's rANS bypass coding hangs on symbols near 2**28 (an int32 overflow), so
+# symbols are kept far below that; a trained coder never comes near this bound.
+_MAX_SYMBOL = 2**24
+_CRC_BYTES = 4
+
+
+def _check_batch(phi: Tensor, dim: int, finite: bool = True) -> None:
+    if phi.dim() != 2 or phi.shape[0] == 0 or phi.shape[1] != dim:
+        raise ValueError(f"phi must be a non-empty (B, {dim}) batch, got shape {tuple(phi.shape)}")
+    if finite and not torch.isfinite(phi).all():
+        raise ValueError("phi holds NaN or infinite values")
+
+
+def _check_n(n: int) -> None:
+    if n <= 0:
+        raise ValueError(f"n (number of vectors) must be positive, got {n}")
+
+
+class ResidualMLP(nn.Sequential):
+    """Linear(in, width), ``blocks`` x [x + Linear-SELU-Linear(x)], Linear(width, out)."""
+
+    def __init__(self, in_features: int, out_features: int, width: int, blocks: int):
+        super().__init__(
+            nn.Linear(in_features, width),
+            *(_Residual(width) for _ in range(blocks)),
+            nn.Linear(width, out_features),
+        )
+
+
+class _Residual(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(width, width), nn.SELU(), nn.Linear(width, width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class LatentCoder(nn.Module):
+    """Nonlinear transform coder for latents: ``phi -> z = g_a(norm(phi)) -> z_hat ->
+    phi_hat = denorm(g_s(z_hat))``, with a factorised prior on ``z`` (``dim_y`` channels).
+
+    Workflow: :meth:`set_stats` on the training latents; train :meth:`forward`'s output
+    with :func:`rd_loss` on :meth:`parameters_main` and :meth:`aux_loss` on
+    :meth:`parameters_aux`; then :meth:`update` once to build the coding tables, and save.
+    """
+
+    def __init__(self, latent_dim: int, dim_y: int, width: int, blocks: int):
+        super().__init__()
+        self.latent_dim, self.dim_y, self.width, self.blocks = latent_dim, dim_y, width, blocks
+        self.register_buffer("phi_mean", torch.zeros(latent_dim))
+        self.register_buffer("phi_std", torch.ones(latent_dim))
+        self.g_a = ResidualMLP(latent_dim, dim_y, width, blocks)
+        self.g_s = ResidualMLP(dim_y, latent_dim, width, blocks)
+        # Named explicitly so the byte format does not follow compressai's global default.
+        self.entropy_bottleneck = EntropyBottleneck(dim_y, entropy_coder="ans")
+
+    @torch.no_grad()
+    def set_stats(self, phi: Tensor) -> None:
+        """Per-dimension mean and std of the training latents ``phi`` (B, D)."""
+        _check_batch(phi, self.latent_dim)
+        std = phi.float().std(dim=0, unbiased=False)
+        self.phi_mean.copy_(phi.float().mean(dim=0))
+        self.phi_std.copy_(torch.where(std > 0, std, torch.ones_like(std)))  # constant dims
+
+    def _analysis(self, phi: Tensor) -> Tensor:
+        _check_batch(phi, self.latent_dim, finite=False)  # no device sync per training step
+        return self.g_a((phi.to(self.phi_mean) - self.phi_mean) / self.phi_std)
+
+    def _synthesis(self, z: Tensor) -> Tensor:
+        return self.g_s(z) * self.phi_std + self.phi_mean
+
+    def forward(self, phi: Tensor) -> tuple[Tensor, Tensor]:
+        """``(phi_tilde, bits)``: reconstruction and estimated bits per vector, shape (B,).
+
+        In training mode ``z`` gets uniform noise (the bottleneck does it); in eval mode
+        it is rounded as in :meth:`quantise`, so ``bits`` estimates the coded size.
+        """
+        z_tilde, likelihoods = self.entropy_bottleneck(self._analysis(phi))
+        bits = -torch.log2(likelihoods).sum(dim=1)
+        return self._synthesis(z_tilde), bits
+
+    def parameters_main(self) -> list[nn.Parameter]:
+        """Everything trained by the rate-distortion loss (all but the quantiles)."""
+        aux = self.entropy_bottleneck.quantiles
+        return [p for p in self.parameters() if p is not aux]
+
+    def parameters_aux(self) -> list[nn.Parameter]:
+        """The bottleneck's quantiles, trained by :meth:`aux_loss` alone."""
+        return [self.entropy_bottleneck.quantiles]
+
+    def aux_loss(self) -> Tensor:
+        return self.entropy_bottleneck.loss()
+
+    @torch.no_grad()
+    def update(self, update_quantiles: bool = False) -> None:
+        """Build the entropy coder's CDF tables, always on the CPU (CDFs built on another
+        device can differ and break decoding elsewhere). Call after training and before
+        saving; the saved tables are what decoders use, so never rebuild them on the
+        decoding side. ``update_quantiles`` first re-fits the quantiles by bisection.
+        """
+        eb = self.entropy_bottleneck
+        device = eb.quantiles.device
+        cpu_eb = eb if device.type == "cpu" else copy.deepcopy(eb).cpu()
+        cpu_eb.update(force=True, update_quantiles=update_quantiles)
+        if cpu_eb is not eb:
+            eb.quantiles.copy_(cpu_eb.quantiles)
+            for name in _CDF_BUFFERS:
+                setattr(eb, name, getattr(cpu_eb, name).to(device))
+
+    # Symbols are round(z - median), as in compressai, so medians cost no bits.
+    def _medians(self) -> Tensor:
+        return self.entropy_bottleneck.quantiles[:, 0, 1].detach()
+
+    def _symbols(self, z: Tensor) -> Tensor:
+        symbols = torch.round(z - self._medians().to(z.device))
+        if not torch.isfinite(symbols).all():
+            raise ValueError("phi holds NaN or infinite values (or maps to them)")
+        if symbols.abs().max() > _MAX_SYMBOL:
+            raise ValueError(f"a latent maps to a symbol beyond +-{_MAX_SYMBOL}: input far outside the training range")
+        return symbols.to(torch.int32)
+
+    def _dequantise(self, symbols: Tensor) -> Tensor:
+        return self._synthesis(symbols.to(self.phi_mean) + self._medians())
+
+    def _tables(self) -> tuple[list[list[int]], list[int], list[int]]:
+        eb = self.entropy_bottleneck
+        if eb._quantized_cdf.numel() == 0:
+            raise ValueError("the entropy coder has no CDF tables: call coder.update() after training")
+        return eb._quantized_cdf.tolist(), eb._cdf_length.tolist(), eb._offset.tolist()
+
+    @torch.no_grad()
+    def quantise(self, phi: Tensor) -> Tensor:
+        """``decompress(compress(phi))`` exactly, on the coder's device, without the bytes."""
+        return self._dequantise(self._symbols(self._analysis(phi)))
+
+    @torch.no_grad()
+    def compress(self, phi: Tensor) -> bytes:
+        """One rANS string for the whole batch (a string per vector would cost ~6 bytes
+        of coder overhead each), prefixed by a CRC-32 of it (4 bytes, so corrupt or
+        truncated data is refused before it reaches compressai's unchecked C++ decoder).
+        The number of vectors is not stored: the caller keeps it."""
+        cdf, cdf_length, offset = self._tables()
+        symbols = self._symbols(self._analysis(phi)).cpu()
+        indexes = list(range(self.dim_y)) * symbols.shape[0]
+        payload = self.entropy_bottleneck.entropy_coder.encode_with_indexes(
+            symbols.reshape(-1).tolist(), indexes, cdf, cdf_length, offset
+        )
+        return zlib.crc32(payload).to_bytes(_CRC_BYTES, "little") + payload
+
+    @torch.no_grad()
+    def decompress(self, data: bytes, n: int) -> Tensor:
+        """The ``(n, D)`` latents coded in ``data``, on the coder's device. ``n`` must be
+        the count given to :meth:`compress`: the string does not record it, and a wrong
+        ``n`` decodes garbage."""
+        _check_n(n)
+        cdf, cdf_length, offset = self._tables()
+        crc, payload = data[:_CRC_BYTES], bytes(data[_CRC_BYTES:])
+        # A rANS string is whole 32-bit words, at least the two of the final state.
+        if len(payload) < 8 or len(payload) % 4:
+            raise ValueError(f"latent code of {len(data)} bytes is truncated or not a latent coder string")
+        if zlib.crc32(payload) != int.from_bytes(crc, "little"):
+            raise ValueError("latent code checksum mismatch: the bytes are corrupt or truncated")
+        indexes = list(range(self.dim_y)) * n
+        values = self.entropy_bottleneck.entropy_coder.decode_with_indexes(payload, indexes, cdf, cdf_length, offset)
+        symbols = torch.tensor(values, dtype=torch.int32).reshape(n, self.dim_y)
+        return self._dequantise(symbols.to(self.phi_mean.device))
+
+
+def rd_loss(bits: Tensor, distortion: Tensor, lam: float, num_values: int) -> Tensor:
+    """``rate + lam * distortion``, the coder's training loss (equation 5).
+
+    ``bits`` (B,) are the estimated bits of the batch's latents; ``num_values`` is the
+    number of data values the batch represents (items x grid points x channels), so the
+    rate is in bits per value. ``distortion`` is the MSE measured by the caller on the
+    (normalised) data through the frozen INR, not on phi. ``lam`` thus has units of bits
+    per value per unit MSE; the paper's lambdas, on other units, do not carry over.
+    """
+    if num_values <= 0:
+        raise ValueError(f"num_values must be positive, got {num_values}")
+    return bits.sum() / num_values + lam * distortion
+
+
+class UniformQuantiser:
+    """COIN++'s baseline: phi clipped to mean +- ``clip_std`` std (global scalars from the
+    training latents), cut into ``2**bits`` equal bins, each value sent as its bin index
+    and decoded to the bin centre; inside the clip range the error is at most half a bin.
+
+    ``compress`` packs the indices at ``bits`` bits per value with numpy; with
+    ``entropy_code=True`` it instead compresses the indices (one byte each, two above 8
+    bits) with numcodecs' Zstd, whose Huffman/FSE stages act as the entropy coder.
+    """
+
+    def __init__(
+        self, latent_dim: int, bits: int, clip_std: float = 3.0, entropy_code: bool = False, zstd_level: int = 19
+    ):
+        if not 1 <= bits <= 16:
+            raise ValueError(f"bits must be in 1..16, got {bits}")
+        self.latent_dim, self.bits, self.clip_std = latent_dim, bits, clip_std
+        self.entropy_code, self.zstd_level = entropy_code, zstd_level
+        self.mean: Tensor | None = None
+        self.std: Tensor | None = None
+
+    def fit(self, phi: Tensor) -> None:
+        """Global mean and std of the training latents."""
+        _check_batch(phi, self.latent_dim)
+        self.mean = phi.detach().float().mean().cpu()
+        self.std = phi.detach().float().std(unbiased=False).clamp_min(1e-12).cpu()
+
+    def _grid(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        if self.mean is None or self.std is None:
+            raise ValueError("UniformQuantiser is not fitted: call fit() or load_coder()")
+        lo = (self.mean - self.clip_std * self.std).to(device)
+        step = (2 * self.clip_std * self.std / 2**self.bits).to(device)
+        return lo, step
+
+    def _indices(self, phi: Tensor) -> Tensor:
+        _check_batch(phi, self.latent_dim)
+        lo, step = self._grid(phi.device)
+        return torch.floor((phi.float() - lo) / step).clamp(0, 2**self.bits - 1).to(torch.int64)
+
+    def _values(self, indices: Tensor) -> Tensor:
+        lo, step = self._grid(indices.device)
+        return lo + (indices.float() + 0.5) * step
+
+    def quantise(self, phi: Tensor) -> Tensor:
+        """``decompress(compress(phi))`` exactly, on phi's device."""
+        return self._values(self._indices(phi))
+
+    def compress(self, phi: Tensor) -> bytes:
+        """The batch's indices, row-major, packed or Zstd-coded (see the class doc)."""
+        indices = self._indices(phi).cpu().numpy()
+        if self.entropy_code:
+            dtype = np.uint8 if self.bits <= 8 else np.dtype("<u2")
+            return Zstd(level=self.zstd_level).encode(indices.astype(dtype).tobytes())
+        shifts = np.arange(self.bits - 1, -1, -1, dtype=np.int64)
+        bit_planes = ((indices.reshape(-1, 1) >> shifts) & 1).astype(np.uint8)
+        return np.packbits(bit_planes.reshape(-1)).tobytes()
+
+    def decompress(self, data: bytes, n: int) -> Tensor:
+        """The ``(n, D)`` latents in ``data``, on the CPU."""
+        _check_n(n)
+        count = n * self.latent_dim
+        if self.entropy_code:
+            dtype = np.uint8 if self.bits <= 8 else np.dtype("<u2")
+            try:
+                raw = Zstd().decode(data)
+            except RuntimeError as e:  # what numcodecs raises for a bad or cut frame
+                raise ValueError(f"uniform-quantised latents: corrupt Zstd data ({e})") from None
+            if len(raw) != count * np.dtype(dtype).itemsize:
+                raise ValueError(f"uniform-quantised latents: {len(raw)} bytes decoded, expected {count} values")
+            indices = np.frombuffer(raw, dtype=dtype).astype(np.int64)
+            if indices.max() >= 2**self.bits:
+                raise ValueError(f"uniform-quantised latents: an index exceeds {self.bits} bits (corrupt data)")
+        else:
+            expected = math.ceil(count * self.bits / 8)
+            if len(data) != expected:
+                raise ValueError(f"uniform-quantised latents: {len(data)} bytes, expected {expected} ({count} values)")
+            bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+            if bits[count * self.bits :].any():
+                raise ValueError("uniform-quantised latents: nonzero padding bits (corrupt data)")
+            weights = 1 << np.arange(self.bits - 1, -1, -1, dtype=np.int64)
+            indices = bits[: count * self.bits].reshape(count, self.bits).astype(np.int64) @ weights
+        return self._values(torch.from_numpy(indices).reshape(n, self.latent_dim))
+
+
+Coder = LatentCoder | UniformQuantiser
+
+
+def coder_spec(coder: Coder) -> dict[str, Any]:
+    """JSON-able description from which :func:`load_coder` rebuilds ``coder``."""
+    if isinstance(coder, LatentCoder):
+        args = {"latent_dim": coder.latent_dim, "dim_y": coder.dim_y, "width": coder.width, "blocks": coder.blocks}
+        return {"kind": "latent_coder", "version": SPEC_VERSION, **args}
+    args = {"latent_dim": coder.latent_dim, "bits": coder.bits, "clip_std": coder.clip_std}
+    args |= {"entropy_code": coder.entropy_code, "zstd_level": coder.zstd_level}
+    return {"kind": "uniform", "version": SPEC_VERSION, **args}
+
+
+def coder_state(coder: Coder) -> dict[str, Tensor]:
+    """All of ``coder``'s tensors, on the CPU and contiguous (the CDF tables included)."""
+    if isinstance(coder, LatentCoder):
+        return {k: v.detach().cpu().contiguous() for k, v in coder.state_dict().items()}
+    if coder.mean is None or coder.std is None:
+        raise ValueError("UniformQuantiser is not fitted: nothing to save")
+    return {"mean": coder.mean.clone(), "std": coder.std.clone()}
+
+
+def load_coder(spec: dict[str, Any], state: dict[str, Tensor]) -> Coder:
+    """A fresh coder built from ``spec`` with ``state`` restored, in eval mode."""
+    if spec.get("version") != SPEC_VERSION:
+        raise ValueError(f"coder spec version {spec.get('version')} is not supported (expected {SPEC_VERSION})")
+    args = {k: v for k, v in spec.items() if k not in ("kind", "version")}
+    kind = spec.get("kind")
+    if kind == "uniform":
+        quantiser = UniformQuantiser(**args)
+        if set(state) != {"mean", "std"}:
+            raise ValueError(f"uniform quantiser state needs tensors mean and std, got {sorted(state)}")
+        quantiser.mean, quantiser.std = state["mean"].float().cpu(), state["std"].float().cpu()
+        return quantiser
+    if kind != "latent_coder":
+        raise ValueError(f"unknown coder kind {kind!r} (expected 'latent_coder' or 'uniform')")
+    coder = LatentCoder(**args)
+    # A fresh bottleneck's CDF buffers are empty; load_state_dict needs the saved shapes.
+    for name in _CDF_BUFFERS:
+        key = f"entropy_bottleneck.{name}"
+        if key in state:
+            getattr(coder.entropy_bottleneck, name).resize_(state[key].shape)
+    try:
+        coder.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"coder state does not match its spec {spec}: {e}") from None
+    return coder.eval()

@@ -1,0 +1,333 @@
+"""From an xarray dataset on disk to items an INR can fit.
+
+One variable of a dataset is split into *fields* over its grid dims; every other dim
+(time, level, ensemble member, ...) indexes fields. A field, or each patch of it, is one
+*item*. Reading is lazy (dask-backed), so a dataset larger than memory is usable: only
+the items of a batch are read.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import xarray as xr
+
+from vcinr_sci.config import DataConfig
+from vcinr_sci.grids import Grid, Patcher, RegularGrid, SphericalGrid
+
+IRIS_PREFIX = "iris-sample-data:"
+DATA_DIR_ENV = "VCINR_DATA_DIR"
+
+
+def shared_data_dir() -> Path | None:
+    """The folder of real test/benchmark data: ``$VCINR_DATA_DIR`` or ``../shared/data``."""
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env) if Path(env).is_dir() else None
+    here = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return here if here.is_dir() else None
+
+
+def resolve_paths(paths: Sequence[str]) -> list[str]:
+    """Expand env vars, globs and ``iris-sample-data:NAME``; every entry must match."""
+    out: list[str] = []
+    for p in paths:
+        if p.startswith(IRIS_PREFIX):
+            import iris_sample_data
+
+            p = os.path.join(iris_sample_data.path, p[len(IRIS_PREFIX) :])
+        if "$" in p and DATA_DIR_ENV in p and DATA_DIR_ENV not in os.environ:
+            default = shared_data_dir()
+            if default is not None:
+                p = p.replace("${" + DATA_DIR_ENV + "}", str(default)).replace("$" + DATA_DIR_ENV, str(default))
+        expanded = os.path.expandvars(os.path.expanduser(p))
+        matches = sorted(glob.glob(expanded)) if glob.has_magic(expanded) else [expanded]
+        matches = [m for m in matches if Path(m).exists()]
+        if not matches:
+            raise FileNotFoundError(f"no data file matches {p!r} (expanded: {expanded!r})")
+        out.extend(matches)
+    return out
+
+
+def open_variable(cfg: DataConfig) -> xr.DataArray:
+    """Open ``cfg.variable`` lazily, item dims first and grid dims last."""
+    if not cfg.paths:
+        raise ValueError("data.paths is empty: name at least one netCDF/Zarr file or glob")
+    paths = resolve_paths(cfg.paths)
+    if len(paths) == 1:
+        ds = _open_one(paths[0])
+    else:
+        if not cfg.concat_dim:
+            raise ValueError(f"{len(paths)} files given: set data.concat_dim to stack them along a new dim")
+        ds = xr.concat([_open_one(p) for p in paths], dim=cfg.concat_dim, coords="minimal", compat="override")
+    if cfg.variable not in ds.data_vars:
+        raise KeyError(f"variable {cfg.variable!r} not in {paths[0]}; it has {sorted(ds.data_vars)}")
+    da = ds[cfg.variable]
+    if cfg.isel:
+        da = da.isel(cfg.isel)
+    return to_fields(da, cfg.grid_dims)
+
+
+def _open_one(path: str) -> xr.Dataset:
+    if path.rstrip("/").endswith(".zarr") or Path(path, "zarr.json").exists() or Path(path, ".zgroup").exists():
+        return xr.open_zarr(path)
+    return xr.open_dataset(path, chunks={}, engine="netcdf4" if path.endswith((".nc", ".nc4")) else None)
+
+
+def to_fields(da: xr.DataArray, grid_dims: Sequence[str]) -> xr.DataArray:
+    """Order ``da`` as (item dims..., grid dims...), checking the grid dims exist."""
+    grid_dims = list(grid_dims)
+    if not grid_dims:
+        raise ValueError("grid_dims is empty: name the dims one field spans, e.g. [lat, lon]")
+    missing = [d for d in grid_dims if d not in da.dims]
+    if missing:
+        raise KeyError(f"grid dims {missing} not in {da.name!r}, whose dims are {list(da.dims)}")
+    item_dims = [d for d in da.dims if d not in grid_dims]
+    return da.transpose(*item_dims, *grid_dims)
+
+
+def make_grid(da: xr.DataArray, grid_dims: Sequence[str], kind: str) -> Grid:
+    """The grid of ``da``'s ``grid_dims``: ``spherical`` takes (lat, lon) in degrees."""
+    if kind == "spherical":
+        if len(grid_dims) != 2:
+            raise ValueError(f"a spherical grid spans two dims (lat, lon), got {list(grid_dims)}")
+        lat, lon = (da[d].values if d in da.coords else None for d in grid_dims)
+        if lat is None or lon is None:
+            raise ValueError(f"spherical grid needs coordinate values for {list(grid_dims)}")
+        return SphericalGrid(lat, lon)
+    if kind == "regular":
+        return RegularGrid([da[d].values if d in da.coords else da.sizes[d] for d in grid_dims])
+    raise ValueError(f"unknown grid kind {kind!r} (expected 'spherical' or 'regular')")
+
+
+class FieldSource:
+    """The fields of one variable, indexed 0..n-1 over the flattened item dims."""
+
+    def __init__(self, da: xr.DataArray, grid_dims: Sequence[str]):
+        self.da = to_fields(da, grid_dims)
+        self.grid_dims = list(grid_dims)
+        self.item_dims = [d for d in self.da.dims if d not in self.grid_dims]
+        self.item_shape = tuple(self.da.sizes[d] for d in self.item_dims)
+        self.grid_shape = tuple(self.da.sizes[d] for d in self.grid_dims)
+        if not np.issubdtype(self.da.dtype, np.floating):
+            raise TypeError(f"{da.name!r} has dtype {self.da.dtype}; vcinr compresses float fields")
+
+    def __len__(self) -> int:
+        return int(np.prod(self.item_shape)) if self.item_shape else 1
+
+    def load(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Fields ``indices`` as float32 ``(n, *grid_shape)``; reads only those."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"field index out of range 0..{len(self) - 1}")
+        if not self.item_dims:
+            return np.repeat(self.da.values[None].astype(np.float32), idx.size, axis=0)
+        multi = np.unravel_index(idx, self.item_shape)
+        sel = {d: xr.DataArray(m, dims="item") for d, m in zip(self.item_dims, multi)}
+        return np.asarray(self.da.isel(sel).values, dtype=np.float32)
+
+    def key(self, index: int) -> dict[str, Any]:
+        """The item's coordinates along the item dims (labels where the dims have them)."""
+        if not self.item_dims:
+            return {}
+        out = {}
+        for d, i in zip(self.item_dims, np.unravel_index(int(index), self.item_shape)):
+            out[d] = str(self.da[d].values[i]) if d in self.da.coords else int(i)
+        return out
+
+    def indices_along(self, dim: str, positions: Sequence[int]) -> np.ndarray:
+        """Field indices whose position along ``dim`` is in ``positions``."""
+        if dim not in self.item_dims:
+            raise KeyError(f"split dim {dim!r} is not an item dim; item dims are {self.item_dims}")
+        axis = self.item_dims.index(dim)
+        grid = np.indices(self.item_shape).reshape(len(self.item_shape), -1)
+        return np.flatnonzero(np.isin(grid[axis], np.asarray(positions)))
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """Affine map of data values onto [0, 1]: ``(x - lo) / (hi - lo)``."""
+
+    lo: float
+    hi: float
+
+    def __post_init__(self):
+        if not (np.isfinite(self.lo) and np.isfinite(self.hi) and self.hi > self.lo):
+            raise ValueError(f"normalisation range must be finite with hi > lo, got [{self.lo}, {self.hi}]")
+
+    def normalise(self, x):
+        return (x - self.lo) / (self.hi - self.lo)
+
+    def denormalise(self, y):
+        return y * (self.hi - self.lo) + self.lo
+
+    def to_dict(self) -> dict[str, float]:
+        return {"lo": float(self.lo), "hi": float(self.hi)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, float]) -> "Normaliser":
+        return cls(float(d["lo"]), float(d["hi"]))
+
+
+def fit_normaliser(
+    source: FieldSource, indices: np.ndarray, cfg: DataConfig, block: int = 256
+) -> Normaliser:
+    """Training-set min/max (NaNs ignored, read block by block), or the fixed range."""
+    if cfg.normalisation == "fixed":
+        if not cfg.fixed_range or len(cfg.fixed_range) != 2:
+            raise ValueError("normalisation 'fixed' needs fixed_range: [lo, hi]")
+        return Normaliser(*map(float, cfg.fixed_range))
+    if cfg.normalisation != "minmax":
+        raise ValueError(f"unknown normalisation {cfg.normalisation!r} (minmax | fixed)")
+    lo, hi = np.inf, -np.inf
+    for start in range(0, len(indices), block):
+        x = source.load(indices[start : start + block])
+        if np.isinf(x).any():
+            raise ValueError("training data holds inf values; vcinr needs finite values or NaN")
+        if np.isfinite(x).any():
+            lo, hi = min(lo, float(np.nanmin(x))), max(hi, float(np.nanmax(x)))
+    if not np.isfinite(lo):
+        raise ValueError("training items are all NaN: nothing to normalise")
+    return Normaliser(lo, hi if hi > lo else lo + 1.0)
+
+
+@dataclass(frozen=True)
+class DataSplit:
+    """Field indices of the train / validation / test items, and how they were chosen."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    dim: str
+    positions: dict[str, list[int]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dim": self.dim, "positions": self.positions}
+
+
+def make_split(source: FieldSource, cfg: DataConfig) -> DataSplit:
+    """Deterministic split by contiguous blocks at the end of ``cfg.split_dim``."""
+    n = source.da.sizes.get(cfg.split_dim)
+    if n is None or cfg.split_dim not in source.item_dims:
+        raise KeyError(f"split_dim {cfg.split_dim!r} is not an item dim; item dims are {source.item_dims}")
+    n_test = int(round(n * cfg.test_fraction))
+    n_val = int(round(n * cfg.val_fraction))
+    if cfg.test_fraction > 0:
+        n_test = max(n_test, 1)
+    if cfg.val_fraction > 0:
+        n_val = max(n_val, 1)
+    n_train = n - n_val - n_test
+    if n_train < 1:
+        raise ValueError(f"split leaves no training items along {cfg.split_dim!r} (length {n})")
+    pos = {
+        "train": list(range(n_train)),
+        "val": list(range(n_train, n_train + n_val)),
+        "test": list(range(n_train + n_val, n)),
+    }
+    idx = {k: source.indices_along(cfg.split_dim, v) for k, v in pos.items()}
+    return DataSplit(idx["train"], idx["val"], idx["test"], cfg.split_dim, pos)
+
+
+class ItemSet:
+    """Normalised items (fields, or patches of fields) with their coordinates and masks.
+
+    ``batch(items)`` gives ``coords (B, P, d)``, ``values (B, P, 1)`` in [0, 1]-ish
+    normalised units with NaNs zeroed, and ``mask (B, P, 1)`` (True where data is valid).
+    Item ``i`` is patch ``i % num_patches`` of field ``fields[i // num_patches]``.
+    """
+
+    def __init__(
+        self,
+        source: FieldSource,
+        fields: np.ndarray,
+        grid: Grid,
+        normaliser: Normaliser,
+        patch_shape: Sequence[int] | None = None,
+        cache_limit_mb: float = 2048.0,
+    ):
+        self.source, self.fields, self.grid, self.normaliser = source, np.asarray(fields), grid, normaliser
+        self.patcher = Patcher(grid.shape, tuple(patch_shape)) if patch_shape else None
+        coords = grid.coords()
+        self.patch_coords = (
+            self.patcher.split(coords, trailing=1).reshape(self.patcher.num_patches, -1, grid.coord_dim)
+            if self.patcher
+            else coords.reshape(1, -1, grid.coord_dim)
+        )
+        self.num_patches, self.points_per_item = self.patch_coords.shape[:2]
+        nbytes = len(self.fields) * grid.size * 4
+        self._cache = self._fields_to_items(source.load(self.fields)) if nbytes <= cache_limit_mb * 2**20 else None
+
+    def __len__(self) -> int:
+        return len(self.fields) * self.num_patches
+
+    def _fields_to_items(self, x: np.ndarray) -> np.ndarray:
+        x = self.normaliser.normalise(x).astype(np.float32)
+        if self.patcher:
+            x = self.patcher.split(x)
+        return x.reshape(-1, self.points_per_item)
+
+    def values(self, items: np.ndarray) -> np.ndarray:
+        """Normalised values ``(B, P)`` of ``items`` (NaN where data is missing)."""
+        items = np.asarray(items, dtype=np.int64)
+        if self._cache is not None:
+            return self._cache[items]
+        field_pos, patch = np.divmod(items, self.num_patches)
+        uniq, inv = np.unique(field_pos, return_inverse=True)
+        per_field = self._fields_to_items(self.source.load(self.fields[uniq]))
+        return per_field.reshape(len(uniq), self.num_patches, -1)[inv, patch]
+
+    def batch(self, items: np.ndarray, points: np.ndarray | None = None):
+        """Tensors for ``items``; ``points`` selects a subset of grid points per item."""
+        import torch
+
+        items = np.asarray(items, dtype=np.int64)
+        v = self.values(items)
+        c = self.patch_coords[items % self.num_patches]
+        if points is not None:
+            v, c = v[:, points], c[:, points]
+        mask = np.isfinite(v)
+        v = np.where(mask, v, 0.0)
+        return (
+            torch.from_numpy(np.ascontiguousarray(c)),
+            torch.from_numpy(np.ascontiguousarray(v[..., None], dtype=np.float32)),
+            torch.from_numpy(mask[..., None]),
+        )
+
+    def to_fields(self, item_values: np.ndarray) -> np.ndarray:
+        """Per-item values ``(n_fields * num_patches, P)`` back to ``(n_fields, *grid)``."""
+        x = item_values.reshape(-1, self.num_patches, *(self.patcher.patch_shape if self.patcher else self.grid.shape))
+        if self.patcher:
+            x = self.patcher.merge(x)
+        else:
+            x = x[:, 0]
+        return x
+
+
+@dataclass
+class Dataset:
+    """A configured variable: its source, grid, split and normalisation."""
+
+    source: FieldSource
+    grid: Grid
+    split: DataSplit
+    normaliser: Normaliser
+    cfg: DataConfig
+
+    def items(self, part: str, fields: np.ndarray | None = None) -> ItemSet:
+        chosen = getattr(self.split, part) if fields is None else fields
+        return ItemSet(self.source, chosen, self.grid, self.normaliser, self.cfg.patch_shape, self.cfg.cache_limit_mb)
+
+
+def load_dataset(cfg: DataConfig, normaliser: Normaliser | None = None) -> Dataset:
+    """Open, split and (unless given) fit the normalisation on the training part."""
+    da = open_variable(cfg)
+    source = FieldSource(da, cfg.grid_dims)
+    grid = make_grid(source.da, cfg.grid_dims, cfg.grid)
+    split = make_split(source, cfg)
+    norm = normaliser or fit_normaliser(source, split.train, cfg)
+    return Dataset(source, grid, split, norm, cfg)
