@@ -19,8 +19,10 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Ray's own INFO logs would drown the progress lines.
+    logging_config = ray.LoggingConfig(encoding="TEXT", log_level="ERROR")
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        ray.init(log_to_driver=True, logging_config=logging_config)
         return
     ray.init(
         num_cpus=max(num_cpus or 0, os.cpu_count() or 1),
@@ -28,6 +30,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         configure_logging=True,
         logging_level="WARNING",
         log_to_driver=True,
+        logging_config=logging_config,
     )
 
 

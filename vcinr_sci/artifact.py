@@ -54,6 +54,33 @@ class ModelArtifact:
     hash: str = ""
     path: Path | None = None
 
+    @property
+    def quality_levels(self) -> list[str]:
+        """Labels of the latent coders this artifact holds (one per operating point)."""
+        return list(self.extra.get("coders", {}))
+
+    def add_coder(self, level: str, coder) -> None:
+        """Store ``coder`` (a LatentCoder or UniformQuantiser) under quality ``level``.
+        The artifact's hash changes when it is saved again."""
+        from vcinr_sci.coding import coder_spec, coder_state
+
+        if not level or "." in level:
+            raise ValueError(f"quality level must be a non-empty label without '.', got {level!r}")
+        self.extra.setdefault("coders", {})[level] = coder_spec(coder)
+        prefix = f"coders.{level}."
+        self.extra_tensors = {k: v for k, v in self.extra_tensors.items() if not k.startswith(prefix)}
+        self.extra_tensors.update({prefix + k: v for k, v in coder_state(coder).items()})
+
+    def coder(self, level: str):
+        """The latent coder of quality ``level`` (loaded fresh, in eval mode)."""
+        from vcinr_sci.coding import load_coder
+
+        specs = self.extra.get("coders", {})
+        if level not in specs:
+            raise KeyError(f"model {self.hash[:16]} has no quality level {level!r}; it has {sorted(specs)}")
+        prefix = f"coders.{level}."
+        return load_coder(specs[level], {k[len(prefix):]: v for k, v in self.extra_tensors.items() if k.startswith(prefix)})
+
 
 def build_model(config: Config, grid: Grid) -> MetaSGD:
     return MetaSGD(build_inr(grid.coord_dim, config.model), config.meta)
@@ -154,7 +181,7 @@ def find_artifact(model_hash: str, hints: list[str | os.PathLike] = ()) -> Path:
     roots += [Path(p) for p in os.environ.get(MODEL_PATH_ENV, "").split(os.pathsep) if p]
     roots.append(default_cache_dir())
     for root in roots:
-        for cand in (root, root / model_hash[:HASH_PREFIX_LEN]):
+        for cand in [root, *sorted(root.glob(model_hash[:HASH_PREFIX_LEN] + "*"))] if root.is_dir() else []:
             manifest = cand / MANIFEST
             if manifest.is_file():
                 try:

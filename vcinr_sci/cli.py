@@ -1,0 +1,44 @@
+"""The ``vcinr`` console script: parse arguments, then call the library or a pipeline.
+
+Each subcommand forwards its remaining arguments to the ``main(argv)`` of the module
+that does the work, so ``vcinr train --help`` shows that module's own options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module with main(argv), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("pipelines.meta_train", "meta-train the shared INR on Ray Train and write a model artifact"),
+}
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "conditioning": ("vcinr_sci.bench.conditioning", "GatedSiren vs ShiftSiren at equal budgets"),
+}
+
+
+def _dispatch(table: dict[str, tuple[str, str]], name: str, argv: list[str]) -> int:
+    module = importlib.import_module(table[name][0])
+    return int(module.main(argv) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="vcinr", description="VC-INR compression of gridded scientific data")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, help_) in COMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    bench = sub.add_parser("bench", help="benchmarks that print tables (--json PATH for machine-readable output)")
+    bench_sub = bench.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
+    for name, (_, help_) in BENCHMARKS.items():
+        bench_sub.add_parser(name, help=help_, add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        return _dispatch(BENCHMARKS, args.bench, rest)
+    return _dispatch(COMMANDS, args.command, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
