@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -33,6 +34,15 @@ from vcinr_sci.training import evaluate, outer_step, sample_batch, seed_everythi
 from pipelines.ray_setup import ensure_ray, parse_overrides
 
 CHECKPOINT_FILE = "state.pt"
+DONE_FILE = "vcinr-done.json"  # written by the driver once the artifact exists
+# Fault injection for tests: the worker process dies at this step, once per run folder.
+KILL_AT_STEP_ENV = "VCINR_KILL_WORKER_AT_STEP"
+
+
+@dataclass
+class TrainOutcome:
+    artifact: Path
+    metrics: dict  # the last report of rank 0 (step, PSNRs, start_step of the last attempt)
 
 
 def run_id(cfg: Config) -> str:
@@ -64,8 +74,17 @@ def train_loop(loop_config: dict) -> None:
     if state is not None:
         optimiser.load_state_dict(state["optimiser"])
 
+    kill_at = int(loop_config.get("kill_at_step") or 0)
     t_last, losses = time.perf_counter(), []
     for step in range(start + 1, cfg.meta.steps + 1):
+        if step == kill_at and rank == 0:
+            marker = Path(ctx.get_storage().experiment_fs_path) / f"killed-at-{step}"
+            if not marker.exists():
+                marker.touch()
+                # Ray Train's controller registers reported checkpoints on its health
+                # poll (every 2 s): give it time, as a real kill minutes later would.
+                time.sleep(5)
+                os._exit(1)  # a hard kill: no exception handling, no cleanup
         ddp_model.train()
         losses.append(outer_step(ddp_model, optimiser, sample_batch(train_items, cfg, step, rank, device), cfg.meta.grad_clip))
         last = step == cfg.meta.steps
@@ -75,6 +94,7 @@ def train_loop(loop_config: dict) -> None:
         mse = sum(losses) / len(losses)
         metrics = {
             "step": step,
+            "start_step": start,
             "train_psnr": float(-10 * torch.log10(torch.tensor(max(mse, 1e-12)))),
             "step_time_s": (now - t_last) / len(losses),
         }
@@ -102,13 +122,19 @@ class ProgressPrinter(ray.train.UserCallback):
         print(line + ("  [checkpoint]" if checkpoint else ""), flush=True)
 
 
-def fit(cfg: Config) -> Path:
-    """Meta-train per ``cfg`` (resuming if a checkpoint exists); returns the artifact path."""
-    ensure_ray(cfg.train.num_workers * cfg.train.cpus_per_worker)
+def fit(cfg: Config) -> TrainOutcome:
+    """Meta-train per ``cfg`` (resuming if a checkpoint exists) and write the artifact."""
     storage = Path(cfg.train.storage_path).resolve()
+    done_file = storage / run_id(cfg) / DONE_FILE
+    if done_file.is_file():  # finished before: the same config gives the same artifact
+        done = json.loads(done_file.read_text())
+        if Path(done["artifact"]).is_dir():
+            print(f"run {run_id(cfg)} finished before; model artifact {done['artifact']}")
+            return TrainOutcome(Path(done["artifact"]), done["metrics"])
+    ensure_ray(cfg.train.num_workers * cfg.train.cpus_per_worker)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": cfg.to_dict()},
+        train_loop_config={"config": cfg.to_dict(), "kill_at_step": os.environ.get(KILL_AT_STEP_ENV)},
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
@@ -128,7 +154,9 @@ def fit(cfg: Config) -> Path:
         raise result.error
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=True, map_location="cpu")
-    return write_artifact(cfg, state["model"])
+    outcome = TrainOutcome(write_artifact(cfg, state["model"]), dict(result.metrics or {}))
+    done_file.write_text(json.dumps({"artifact": str(outcome.artifact.resolve()), "metrics": outcome.metrics}))
+    return outcome
 
 
 def write_artifact(cfg: Config, state_dict: dict) -> Path:

@@ -136,6 +136,9 @@ class Patcher:
     patch_shape: tuple[int, ...]
 
     def __post_init__(self):
+        # Accept lists (DataConfig.patch_shape, JSON): the shape checks compare tuples.
+        object.__setattr__(self, "grid_shape", tuple(int(g) for g in self.grid_shape))
+        object.__setattr__(self, "patch_shape", tuple(int(p) for p in self.patch_shape))
         if len(self.grid_shape) != len(self.patch_shape):
             raise ValueError(
                 f"patch_shape {self.patch_shape} must have one entry per grid axis {self.grid_shape}"

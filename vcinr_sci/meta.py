@@ -18,7 +18,7 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | No
     err = (pred - target) ** 2
     if mask is None:
         return err.flatten(1).mean(1)
-    m = mask.to(err.dtype)
+    m = mask.to(err.dtype).expand_as(err)  # a (B, N, 1) point mask counts every channel
     return (err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
 
 
