@@ -46,8 +46,11 @@ class TrainOutcome:
 
 
 def run_id(cfg: Config) -> str:
-    """Stable name of a run: the same config resumes the same run."""
-    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()
+    """Stable name of a run: the same data/model/meta/train config resumes the same run
+    (later stages' sections do not change what meta-training does)."""
+    d = cfg.to_dict()
+    trained = {k: d[k] for k in ("name", "data", "model", "meta", "train")}
+    digest = hashlib.sha256(json.dumps(trained, sort_keys=True).encode()).hexdigest()
     return f"{cfg.name}-{digest[:10]}"
 
 

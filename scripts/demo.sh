@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# README command (1): install into .venv if needed, then run the main job end to end
+# on the embedded default (local Ray, local stores, real data from a PyPI package).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python -m pipelines.main_job --config configs/demo.yaml "$@"
