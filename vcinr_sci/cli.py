@@ -13,9 +13,15 @@ import sys
 # subcommand -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pipelines.meta_train", "meta-train the shared INR on Ray Train and write a model artifact"),
+    "latents": ("pipelines.build_latents", "encode a dataset's items into latent shards on Ray Data"),
+    "fit-coder": ("pipelines.train_coder", "train latent coders (one per lambda) on Ray Train into a new artifact"),
+    "compress": ("pipelines.compress", "compress a dataset into a vcinr-coded Zarr store on Ray Data (resumable)"),
+    "decompress": ("vcinr_sci.decompress", "decode a vcinr-coded Zarr store to netCDF or plain Zarr"),
+    "info": ("vcinr_sci.store_info", "show a Zarr store's codec config, model hash, sizes and stored error figures"),
 }
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "conditioning": ("vcinr_sci.bench.conditioning", "GatedSiren vs ShiftSiren at equal budgets"),
+    "rd": ("vcinr_sci.bench.rd", "rate-distortion of learned coders vs uniform quantisation, from real bytes"),
 }
 
 

@@ -98,12 +98,80 @@ class TrainConfig:
 
 
 @dataclass
+class LatentsConfig:
+    """Encoding every item into its latent (``pipelines/build_latents.py``): latent shards."""
+
+    # Shards go to output_dir/<model hash prefix>-k<inner_steps>/<part>/.
+    output_dir: str = "latents"
+    parts: list[str] = field(default_factory=lambda: ["train", "val"])  # split parts to encode
+    shard_fields: int = 64  # fields per shard (one Ray Data block, one Parquet file)
+    batch_size: int = 32  # items per adaptation call inside an actor
+    inner_steps: int = 10  # MetaSGD steps at encode time (more than in training is allowed)
+    num_actors: int = 1  # actor pool size (each actor loads the model once)
+    use_gpu: bool = False  # one GPU per actor (falls back to CPU actors if Ray has no GPU)
+    cpus_per_actor: int = 1
+
+
+@dataclass
+class CoderConfig:
+    """The latent transform coders (``pipelines/train_coder.py``), one per lambda."""
+
+    dim_y: int = 32  # channels of z (the entropy-coded latent)
+    width: int = 64  # residual-MLP width of g_a and g_s
+    blocks: int = 2  # residual blocks of g_a and g_s
+    # Rate-distortion trade-offs, in bits per value per unit MSE on the normalised data
+    # (see coding.rd_loss); one coder each, labelled q0.. from lowest rate to highest.
+    lambdas: list[float] = field(default_factory=lambda: [10.0, 100.0, 1000.0])
+    steps: int = 2000
+    lr: float = 1e-3  # Adam on g_a, g_s and the entropy model; cosine decay to lr * lr_final
+    lr_final: float = 0.01
+    aux_lr: float = 1e-3  # Adam on the bottleneck's quantiles (its aux loss)
+    batch_size: int = 64  # items per step
+    points_per_step: int | None = 1024  # grid points per item for the distortion (None = all)
+    eval_every: int = 250  # validation RD loss (on the val shards) every this many steps
+    eval_items: int = 64
+    uniform_bits: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6, 7, 8])  # u2..u8 baselines
+    uniform_clip_std: float = 3.0
+    num_workers: int = 1  # Ray Train workers; the lambdas are shared out among them
+    cpus_per_worker: int = 1
+    use_gpu: bool = False
+    checkpoint_every: int = 500
+    log_every: int = 100
+    seed: int = 0
+
+
+@dataclass
+class CompressConfig:
+    """Compressing a dataset into a vcinr-coded Zarr store (``pipelines/compress.py``)."""
+
+    # Input files/globs (as data.paths); empty = data.paths, with data.concat_dim and data.isel.
+    paths: list[str] = field(default_factory=list)
+    variables: list[str] = field(default_factory=list)  # empty = [data.variable]
+    output: str = ""  # the Zarr store; empty = compressed/<name>-<quality>.zarr
+    zarr_format: int = 3
+    # Chunk sizes along item dims (grid dims are always whole), e.g. {time: 16};
+    # unnamed item dims get 1, except the first, which gets chunk_fields.
+    chunks: dict[str, int] = field(default_factory=dict)
+    chunk_fields: int = 16
+    quality: str = ""  # a coder level of the model; empty = its first
+    inner_steps: int | None = None  # None = the codec's default for the level
+    store_model: bool = True  # store the model inside the Zarr group
+    measure: bool = True  # decode each chunk after writing and record the errors
+    num_actors: int = 1  # Ray Data actors writing chunks (each loads the model once)
+    cpus_per_actor: int = 1
+    use_gpu: bool = False  # one GPU per actor (CPU actors if the cluster has none)
+
+
+@dataclass
 class Config:
     name: str = "run"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    latents: LatentsConfig = field(default_factory=LatentsConfig)
+    coder: CoderConfig = field(default_factory=CoderConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

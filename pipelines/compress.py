@@ -1,0 +1,398 @@
+"""Compress a dataset (larger than memory is fine) into a vcinr-coded Zarr store, on Ray Data.
+
+    python -m pipelines.compress --config configs/tiny.yaml [--model HASH_OR_PATH] [--set compress.quality=q1]
+
+The driver opens the input lazily, checks it against the model (dtype, grid, chunking
+rule) and creates the store's metadata and coordinates (under a temporary name, then
+renamed, so a store either has its full layout or does not exist). The work is one task
+per Zarr chunk of each variable; Ray Data maps the tasks over a pool of
+``compress.num_actors`` actors, each of which loads the model once, reads only its chunk
+of the input, writes it through Zarr (so the ``vcinr`` codec encodes it) and, with
+``compress.measure``, reads it back (decodes it) and records its error sums in a small
+marker file under ``<store>.progress/``. A rerun with the same config plans only the
+chunks without a marker, so after a kill it completes the store without rewriting
+finished chunks (a chunk cut short by the kill has no marker and is written again).
+When every chunk is done the driver writes the ``vcinr_*`` attributes (codec, model
+hash, quality, measured PSNR/RMSE/max error) to each variable, consolidates the
+metadata, marks the store complete and removes the progress folder; a rerun of a
+complete store does nothing.
+
+Locally it starts an embedded Ray; under ``ray job submit`` it joins the cluster (the
+input, the store and its progress folder must then be on storage every node sees).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.ray_setup import ensure_ray, parse_overrides
+from vcinr_sci.artifact import HASH_PREFIX_LEN, MANIFEST, ArtifactError, find_artifact
+from vcinr_sci.config import Config, load_config
+
+JOB_ATTR = "vcinr_job"
+COMPLETE_ATTR = "vcinr_complete"
+INR_SECTIONS = ("data", "model", "meta")
+
+
+def resolve_model(cfg: Config, model: str | None, quality: str) -> Path:
+    """``--model`` (folder or hash), else the newest artifact in ``train.artifact_dir``
+    meta-trained from this config's data/model/meta sections that has coders (with
+    ``quality`` when one is named)."""
+    if model:
+        return Path(model) if Path(model, MANIFEST).is_file() else find_artifact(model, [cfg.train.artifact_dir])
+    root = Path(cfg.train.artifact_dir)
+    want = {k: v for k, v in cfg.to_dict().items() if k in INR_SECTIONS}
+    matches = []
+    for manifest in root.glob(f"*/{MANIFEST}") if root.is_dir() else []:
+        try:
+            stored = json.loads(manifest.read_text())
+        except json.JSONDecodeError:
+            continue
+        coders = stored.get("extra", {}).get("coders", {})
+        if coders and (not quality or quality in coders):
+            if all(stored.get("config", {}).get(k) == v for k, v in want.items()):
+                matches.append((manifest.stat().st_mtime, manifest.parent))
+    if not matches:
+        raise ArtifactError(
+            f"no artifact in {root} with coders{f' (level {quality!r})' if quality else ''} was trained from this "
+            "config: run the train, latents and fit-coder stages first, or pass --model"
+        )
+    return max(matches)[1]
+
+
+def open_source(cfg: Config, variable: str):
+    """One input variable, lazily, item dims first and grid dims last."""
+    from vcinr_sci.data import open_variable
+
+    data = dataclasses.replace(cfg.data, variable=variable, paths=list(cfg.compress.paths or cfg.data.paths))
+    return open_variable(data)
+
+
+def default_output(cfg: Config, quality: str) -> Path:
+    return Path(cfg.compress.output or f"compressed/{cfg.name}-{quality}.zarr")
+
+
+def progress_dir(store: Path) -> Path:
+    return store.parent / f"{store.name}.progress"
+
+
+def _marker(store: Path, variable: str, chunk: int) -> Path:
+    return progress_dir(store) / variable / f"{chunk:08d}.json"
+
+
+def _chunk_slices(shape, chunks, flat: int, n_item_dims: int) -> tuple[slice, ...]:
+    counts = [math.ceil(s / c) for s, c in zip(shape[:n_item_dims], chunks[:n_item_dims])]
+    index = np.unravel_index(flat, counts) if counts else ()
+    item = tuple(slice(int(i) * c, min((int(i) + 1) * c, s)) for i, c, s in zip(index, chunks, shape))
+    return item + (slice(None),) * (len(shape) - n_item_dims)
+
+
+class WriteChunks:
+    """Ray Data actor: loads the model once, then encodes and writes whole chunks."""
+
+    def __init__(self, config: dict, store: str, artifact_path: str, threads: int, use_gpu: bool):
+        import dask
+        import torch
+
+        from vcinr_sci.codec import register_model
+
+        torch.set_num_threads(max(1, threads))
+        dask.config.set(scheduler="synchronous")  # one chunk at a time per actor
+        if not use_gpu:
+            os.environ.setdefault("VCINR_DEVICE", "cpu")
+        self.cfg = Config.from_dict(config)
+        self.store = Path(store)
+        self.loaded = register_model(artifact_path)  # the codec finds it in the process cache
+        self.sources: dict[str, Any] = {}
+        self.arrays: dict[str, Any] = {}
+
+    def _array(self, variable: str):
+        import zarr
+
+        if variable not in self.arrays:
+            # Every chunk is written, even an all-NaN one, so that "chunk present" is exact.
+            self.arrays[variable] = zarr.open_array(
+                self.store, path=variable, mode="r+", config={"write_empty_chunks": True}
+            )
+            self.sources[variable] = open_source(self.cfg, variable)
+        return self.arrays[variable], self.sources[variable]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from vcinr_sci.codec import model_cache_stats
+
+        out: dict[str, list] = {"variable": [], "chunk": [], "seconds": [], "mse": [], "pid": [], "loads": []}
+        for variable, chunk in zip(batch["variable"], batch["chunk"]):
+            t0 = time.perf_counter()
+            stats = self._write(str(variable), int(chunk))
+            mse = stats["sq"] / stats["n"] if stats.get("n") else math.nan
+            row = (str(variable), int(chunk), time.perf_counter() - t0, mse, os.getpid(), model_cache_stats()["loads"])
+            for k, v in zip(out, row):
+                out[k].append(v)
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    def _write(self, variable: str, chunk: int) -> dict[str, float]:
+        from vcinr_sci.accessor import lat_dim
+
+        arr, source = self._array(variable)
+        n_items = arr.ndim - len(self.loaded.grid.shape)
+        region = _chunk_slices(arr.shape, arr.chunks, chunk, n_items)
+        ref = source[region]
+        values = np.asarray(ref.values)
+        arr[region] = values.astype(arr.dtype, copy=False)
+        stats: dict[str, float] = {}
+        if self.cfg.compress.measure:
+            decoded = np.asarray(arr[region], np.float64)
+            valid = np.isfinite(values)
+            err = np.where(valid, decoded - values, 0.0)
+            stats = {
+                "sq": float(np.sum(err**2)),
+                "n": float(valid.sum()),
+                "max": float(np.abs(err).max()) if valid.any() else 0.0,
+                "lo": float(np.nanmin(values)) if valid.any() else math.inf,
+                "hi": float(np.nanmax(values)) if valid.any() else -math.inf,
+            }
+            lat = lat_dim(source)
+            if lat is not None:
+                w = np.cos(np.deg2rad(np.asarray(ref[lat].values, np.float64)))
+                shape = [1] * values.ndim
+                shape[list(source.dims).index(lat)] = -1
+                w = np.broadcast_to(w.reshape(shape), values.shape)
+                stats |= {"wsq": float(np.sum(w * err**2)), "wn": float(np.sum(w * valid))}
+        marker = _marker(self.store, variable, chunk)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps(stats))
+        os.replace(tmp, marker)  # the chunk counts as done only once this exists
+        return stats
+
+
+@dataclass
+class CompressSummary:
+    store: Path
+    model_hash: str
+    written: int  # chunks written by this run
+    skipped: int  # chunks already complete before it
+    complete: bool
+    seconds: float
+    reports: dict[str, dict[str, Any]]
+    model_loads: dict[int, int] = dataclasses.field(default_factory=dict)  # actor pid -> models loaded
+
+
+def _job_id(cfg: Config, variables: list[str], artifact_hash: str, quality: str, steps: int) -> str:
+    c = cfg.compress
+    body = {
+        "paths": list(c.paths or cfg.data.paths), "concat_dim": cfg.data.concat_dim, "isel": cfg.data.isel,
+        "variables": variables, "zarr_format": c.zarr_format, "chunks": c.chunks, "chunk_fields": c.chunk_fields,
+        "model": artifact_hash, "quality": quality, "inner_steps": steps, "store_model": c.store_model,
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _create_store(cfg: Config, store: Path, loaded, variables: list[str], quality: str, steps: int, job: str) -> None:
+    """Metadata and coordinates of the new store (no chunk data), placed atomically."""
+    import xarray as xr
+    import zarr
+
+    from vcinr_sci.accessor import coded_encoding, prepare_variable
+    from vcinr_sci.codec import VCINRCodec
+    from vcinr_sci.store import MODELS_GROUP, embed_model
+
+    art, c = loaded.artifact, cfg.compress
+    if c.store_model:  # where the model lies inside the store
+        model_path = str(store.resolve() / MODELS_GROUP / art.hash[:HASH_PREFIX_LEN])
+    else:
+        model_path = str(Path(art.path).resolve())
+    out, encoding = {}, {}
+    for v in variables:
+        da = open_source(cfg, v)
+        item_dims = list(da.dims[: da.ndim - len(art.grid.shape)])
+        chunks = {d: 1 for d in item_dims}
+        if item_dims:
+            chunks[item_dims[0]] = min(c.chunk_fields, da.sizes[item_dims[0]])
+        chunks |= {d: n for d, n in c.chunks.items() if d in item_dims}
+        da, _ = prepare_variable(da, loaded, cfg.data.grid_dims, chunks)
+        codec = VCINRCodec(art.hash, quality, art.grid.to_dict(), steps, model_path, "NaN")
+        encoding[v] = coded_encoding(codec, da.encoding.pop("vcinr_chunks"), c.zarr_format)
+        out[v] = da
+    ds = xr.Dataset(out)
+    for name in list(ds.coords):  # coordinates are small: written now, with the layout
+        ds[name].variable.load()
+    for stale in store.parent.glob(f".{store.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = store.parent / f".{store.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        ds.to_zarr(tmp, mode="w", compute=False, encoding=encoding, zarr_format=c.zarr_format, consolidated=False)
+        group = zarr.open_group(tmp, mode="r+")
+        if c.store_model:
+            embed_model(group, art)
+        group.attrs.update({JOB_ATTR: job, COMPLETE_ATTR: False})
+        os.replace(tmp, store)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _finalise(cfg: Config, store: Path, loaded, variables: list[str], quality: str, steps: int) -> dict[str, dict]:
+    import zarr
+
+    from vcinr_sci.accessor import coded_variable_attrs, error_figures
+    from vcinr_sci.store import chunk_bytes_stored, consolidate
+
+    art = loaded.artifact
+    group = zarr.open_group(store, mode="r+")
+    reports = {}
+    for v in variables:
+        arr = group[v]
+        report = None
+        if cfg.compress.measure:
+            total: dict[str, float] = {}
+            for marker in sorted((progress_dir(store) / v).glob("*.json")):
+                for k, x in json.loads(marker.read_text()).items():
+                    total[k] = max(total.get(k, -math.inf), x) if k in ("max", "hi") else (
+                        min(total.get(k, math.inf), x) if k == "lo" else total.get(k, 0.0) + x
+                    )
+            report = error_figures(total, float(art.normaliser.hi - art.normaliser.lo)) if total.get("n") else None
+            reports[v] = report
+        dims = list(arr.metadata.dimension_names or arr.attrs.get("_ARRAY_DIMENSIONS", []))
+        itemsize = np.dtype(arr.dtype).itemsize
+        attrs = coded_variable_attrs(
+            art.hash, quality, steps, dims[len(dims) - len(art.grid.shape):], math.prod(arr.shape), itemsize,
+            chunk_bytes_stored(arr), report,
+        )
+        arr.attrs.update(attrs)
+    group.attrs[COMPLETE_ATTR] = True
+    consolidate(store, zarr_format=cfg.compress.zarr_format)
+    shutil.rmtree(progress_dir(store), ignore_errors=True)
+    return reports
+
+
+def compress(cfg: Config, model: str | None = None, limit: int | None = None, quiet: bool = False) -> CompressSummary:
+    """Compress the configured variables into the store (resuming an unfinished one).
+
+    ``limit`` writes at most that many chunks and leaves the store unfinished (for
+    incremental runs and tests); a later run completes it."""
+    import zarr
+
+    import ray
+    import ray.data
+
+    from vcinr_sci.codec import default_inner_steps, register_model
+
+    t0 = time.perf_counter()
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    c = cfg.compress
+    path = resolve_model(cfg, model, c.quality)
+    loaded = register_model(path)
+    art = loaded.artifact
+    quality = c.quality or (art.quality_levels[0] if art.quality_levels else "")
+    loaded.coder(quality)  # a clear error for a missing level, before anything is written
+    steps = default_inner_steps(art, quality) if c.inner_steps is None else c.inner_steps
+    variables = list(c.variables or [cfg.data.variable])
+    store = default_output(cfg, quality).resolve()
+    job = _job_id(cfg, variables, art.hash, quality, steps)
+
+    if store.exists():
+        attrs = zarr.open_group(store, mode="r").attrs
+        if attrs.get(JOB_ATTR) != job:
+            raise FileExistsError(
+                f"{store} exists and was not written by this job (config, model or quality differ): "
+                "remove it or set compress.output"
+            )
+        if attrs.get(COMPLETE_ATTR):
+            say(f"{store} is already complete")
+            return CompressSummary(store, art.hash, 0, 0, True, time.perf_counter() - t0, {})
+    else:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(progress_dir(store), ignore_errors=True)  # left by a store since removed
+        _create_store(cfg, store, loaded, variables, quality, steps, job)
+
+    group = zarr.open_group(store, mode="r")
+    tasks, total = [], 0
+    for v in variables:
+        arr = group[v]
+        g = len(art.grid.shape)
+        n = math.prod(math.ceil(s / ch) for s, ch in zip(arr.shape[:-g], arr.chunks[:-g]))
+        total += n
+        tasks += [{"variable": v, "chunk": i} for i in range(n) if not _marker(store, v, i).is_file()]
+    done = total - len(tasks)
+    if limit is not None:
+        tasks = tasks[: max(0, limit)]
+    say(f"model {art.hash[:16]} quality {quality} -> {store}: {total} chunks, {done} complete, {len(tasks)} to write")
+
+    written, loads = 0, {}
+    if tasks:
+        ensure_ray(c.num_actors * c.cpus_per_actor)
+        use_gpu = bool(c.use_gpu and ray.cluster_resources().get("GPU", 0) > 0)
+        if c.use_gpu and not use_gpu:
+            say("compress.use_gpu is set but the cluster has no GPU: CPU actors")
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
+            WriteChunks,
+            fn_constructor_kwargs={
+                "config": cfg.to_dict(), "store": str(store), "artifact_path": str(Path(path).resolve()),
+                "threads": c.cpus_per_actor, "use_gpu": use_gpu,
+            },
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=max(1, min(c.num_actors, len(tasks)))),
+            **({"num_gpus": 1} if use_gpu else {"num_cpus": c.cpus_per_actor}),
+        )
+        for row in ds.iter_rows():
+            written += 1
+            loads[int(row["pid"])] = int(row["loads"])
+            span = float(art.normaliser.hi - art.normaliser.lo)
+            psnr = -10 * math.log10(row["mse"] / span**2) if row["mse"] > 0 else math.inf
+            note = f"PSNR {psnr:6.2f} dB  " if c.measure and math.isfinite(row["mse"]) else ""
+            where = f"{row['variable']}/{int(row['chunk']):06d}"
+            say(f"chunk {where}  {note}{row['seconds']:6.2f} s  [{done + written}/{total}]")
+
+    missing = [t for v in variables for t in _missing(store, group[v], v, len(art.grid.shape))]
+    if missing:
+        say(f"{len(missing)} chunk(s) left: rerun to complete the store")
+        return CompressSummary(store, art.hash, written, done, False, time.perf_counter() - t0, {}, loads)
+    reports = _finalise(cfg, store, loaded, variables, quality, steps)
+    for v, r in reports.items():
+        if r:
+            say(f"{v}: PSNR {r['psnr_db']:.2f} dB, RMSE {r['rmse']:.4g}, max abs error {r['max_abs_error']:.4g}")
+    seconds = time.perf_counter() - t0
+    say(f"store complete: {store} ({written} chunks written, {done} skipped, {seconds:.1f} s)")
+    return CompressSummary(store, art.hash, written, done, True, seconds, reports, loads)
+
+
+def _missing(store: Path, arr, variable: str, g: int) -> list[int]:
+    n = math.prod(math.ceil(s / ch) for s, ch in zip(arr.shape[:-g], arr.chunks[:-g]))
+    return [i for i in range(n) if not _marker(store, variable, i).is_file()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML run config (its data and compress sections)")
+    p.add_argument("--model", help="artifact folder or hash (default: the newest matching artifact with coders)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. compress.quality=q1")
+    p.add_argument("--limit", type=int, help="write at most this many chunks (the store stays unfinished)")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, parse_overrides(args.set))
+    compress(cfg, args.model, args.limit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

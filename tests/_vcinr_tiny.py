@@ -1,0 +1,85 @@
+"""A tiny trained model artifact with a uniform-quantiser coder, built once per test
+process (shared by the codec, accessor and compress-pipeline tests), and its data."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+QUALITY = "u6"
+LEARNED = "q0"  # a LatentCoder level
+_CACHE: dict[str, Path] = {}
+
+
+def data_path() -> str:
+    import iris_sample_data
+
+    return os.path.join(iris_sample_data.path, "A1B_north_america.nc")
+
+
+def tiny_artifact(patch_shape: list[int] | None = None) -> Path:
+    """Folder of a tiny artifact: the tiny config's INR after a few outer steps, with a
+    6-bit uniform quantiser (level ``u6``) fitted on adapted latents. With
+    ``patch_shape`` its items are patches of the fields."""
+    key = f"path{patch_shape}"
+    if key in _CACHE:
+        return _CACHE[key]
+    import torch
+
+    from vcinr_sci.artifact import ModelArtifact, build_model, save_artifact
+    from vcinr_sci.codec import default_inner_steps
+    from vcinr_sci.coding import LatentCoder, UniformQuantiser
+    from vcinr_sci.config import load_config
+    from vcinr_sci.data import load_dataset
+    from vcinr_sci.training import outer_step, sample_batch, seed_everything
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config(repo / "configs" / "tiny.yaml", {"data.patch_shape": patch_shape} if patch_shape else None)
+    seed_everything(0)
+    data = load_dataset(cfg.data)
+    model = build_model(cfg, data.grid)
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.meta.outer_lr)
+    items = data.items("train")
+    for step in range(12):
+        outer_step(model, optimiser, sample_batch(items, cfg, step), cfg.meta.grad_clip)
+    model.eval()
+    artifact = ModelArtifact(model, cfg, data.grid, data.normaliser, data.split.to_dict())
+    coords, values, mask = items.batch(np.arange(48))
+    phi = model.adapt(coords, values, mask, default_inner_steps(artifact, QUALITY))
+    quantiser = UniformQuantiser(model.latent_dim, bits=6)
+    quantiser.fit(phi)
+    artifact.add_coder(QUALITY, quantiser)
+    # and an (untrained) learned transform coder, for the entropy-coded path
+    torch.manual_seed(0)
+    coder = LatentCoder(model.latent_dim, dim_y=4, width=16, blocks=1)
+    coder.set_stats(phi)
+    coder.update()
+    artifact.add_coder(LEARNED, coder.eval())
+    _CACHE[key] = save_artifact(artifact, tempfile.mkdtemp(prefix="vcinr-tiny-artifact-"))
+    return _CACHE[key]
+
+
+def other_artifact() -> Path:
+    """A second artifact, same INR, different coder (so a different hash)."""
+    if "other" in _CACHE:
+        return _CACHE["other"]
+    from vcinr_sci.artifact import load_artifact, save_artifact
+    from vcinr_sci.coding import UniformQuantiser
+
+    art = load_artifact(tiny_artifact())
+    q = UniformQuantiser(art.model.latent_dim, bits=4)
+    q.mean, q.std = art.coder(QUALITY).mean, art.coder(QUALITY).std
+    art.add_coder("u4", q)
+    _CACHE["other"] = save_artifact(art, tempfile.mkdtemp(prefix="vcinr-other-artifact-"))
+    return _CACHE["other"]
+
+
+def fields(n: int = 24):
+    """The first ``n`` fields of the tiny data, as a loaded xarray Dataset."""
+    import xarray as xr
+
+    ds = xr.open_dataset(data_path())[["air_temperature"]].isel(time=slice(0, n)).load()
+    return ds

@@ -1,0 +1,597 @@
+"""The ``vcinr`` codec: a chunk of a gridded float array -> one self-describing byte string.
+
+One implementation, two faces:
+
+- :class:`VCINRCodec`, a numcodecs codec (``codec_id = "vcinr"``, entry point
+  ``numcodecs.codecs``): Zarr format 2 (as the array's compressor) and anything else that
+  takes numcodecs codecs.
+- :class:`VCINRZarrCodec`, a Zarr-3 array-to-bytes codec (``"name": "vcinr"``, entry point
+  ``zarr.codecs``): Zarr format 3 (as the array's ``serializer``). It holds a
+  :class:`VCINRCodec` and forwards to it, so both write and read the same bytes.
+
+**Chunking rule.** A codec is never told which chunk it encodes, so every chunk must
+span the model's grid whole: a chunk of shape ``(c_1, ..., c_k, *grid.shape)``, ``k >= 0``,
+where ``grid`` is the model artifact's grid (e.g. ``(lat, lon)``), and each of the
+``c_1 * ... * c_k`` leading positions is one field (time, level, member, ...). In Zarr
+terms: the array's trailing dims are the grid dims, and its chunks along them equal the
+full grid size. When the model was trained on patches (``data.patch_shape``), each field
+is cut into the same patches inside the codec. Anything else is refused with
+:class:`CodecError` (format 3 refuses it when the array is created, before any write).
+
+The container header's item count is the number of fields in the chunk (with a patched
+model each field is ``num_patches`` items, which the model defines).
+
+**Encode.** Fields -> normalised items -> MetaSGD adaptation (``inner_steps`` steps) ->
+the quality level's latent coder (``g_a``, quantisation, one entropy-coded string for
+the whole chunk) -> :mod:`vcinr_sci.chunk` container (header, lossless mask, payload).
+**Decode.** Container -> latents ``phi_hat`` -> the INR evaluated on the grid ->
+denormalised values in the chunk's original dtype.
+
+**Dtypes.** float16, float32 and float64, either byte order, are accepted and come back
+in the same dtype (the network computes in float32, so float64 gains no precision);
+integer, bool, complex and other dtypes are refused with :class:`CodecError` (quantise
+integers to floats yourself, with a scale, if you must).
+
+**Missing values and fill values.** NaN points, and points equal to the configured
+``fill_value``, are *masked*: they take no part in the fit and come back exactly (the
+mask is stored losslessly; when a chunk holds both NaN and fill-value points a second
+lossless mask tells them apart). ``+-inf`` is refused. A chunk with every point masked
+stores a header and no latents (with only NaN, no payload at all).
+The format-3 codec takes ``fill_value`` from the array's fill value when the config
+leaves it unset; the format-2 codec is never told the array's fill value, so it masks
+NaN only unless ``fill_value`` is configured (the xarray accessor always configures it).
+
+**Edge chunks.** Zarr pads the last chunk along each item dim with the fill value. Those
+padded fields are all fill (NaN for xarray's default float encoding) and are masked
+whole: a field or patch with no valid point gets no latent and costs only mask bits.
+With a non-NaN fill value that the codec is not told (format 2, raw Zarr use) the
+padding is encoded as data; Zarr crops it on read, so the result is still correct.
+
+Decoding reads the model hash and quality level from each chunk's header (the config
+supplies only the lookup hint and the fill value), so a chunk decodes by itself. Bytes do
+not depend on the device: the entropy coder's tables are built on the CPU, so chunks
+written on a GPU decode on a CPU and vice versa (the decoded floats may differ in the
+last bits between devices). Zarr format 2 arrays must use C order (the default).
+
+**Models** (:mod:`vcinr_sci.models`). Chunks name their model by content hash. :func:`get_model` loads a model
+artifact once per process (keyed by hash) and keeps it, moved to the device (CUDA when
+present, else CPU; ``$VCINR_DEVICE`` overrides) for every later chunk. The artifact is
+looked up in the config's ``model_path`` (a folder, ``file://`` URI, or any fsspec URI),
+the folders added with :func:`add_model_search_path`, ``$VCINR_MODEL_PATH`` and the cache
+folder (``$VCINR_CACHE_DIR``); a candidate whose content hash differs is refused.
+
+Payload layout (inside the container's opaque payload)::
+
+    u8 flags (bit 0: "other" mask present)
+    [u32 length + Zstd(packbits(other))]   which masked points hold the *other* missing
+                                           value (NaN, when fill_value is a number)
+    latent string (the coder's bytes) for the items with at least one valid point
+
+An empty payload means: every point masked, all holding the default masked value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from numcodecs import Zstd
+from numcodecs.abc import Codec
+from numcodecs.compat import ensure_ndarray_like, ndarray_copy
+from zarr.abc.codec import ArrayBytesCodec
+from zarr.core.common import parse_named_configuration
+
+from vcinr_sci.artifact import ModelArtifact
+from vcinr_sci.chunk import ChunkFormatError, ChunkHeader, decode_container, encode_container
+from vcinr_sci.grids import grid_from_dict
+from vcinr_sci.models import (  # noqa: F401  (re-exported: the codec's model API)
+    CodecError,
+    LoadedModel,
+    add_model_search_path,
+    clear_model_cache,
+    default_device,
+    default_inner_steps,
+    get_model,
+    model_cache_stats,
+    register_model,
+    resolve_model,
+    resolve_model_path,
+)
+
+CODEC_ID = "vcinr"
+SUPPORTED_DTYPES = ("float16", "float32", "float64")
+
+_PAYLOAD_OTHER = 1
+_U32 = struct.Struct("<I")
+_MASK_CODEC = Zstd(level=19)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def _parse_fill(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        table = {"nan": math.nan, "infinity": math.inf, "-infinity": -math.inf, "inf": math.inf, "-inf": -math.inf}
+        if value.lower() not in table:
+            raise CodecError(f"fill_value {value!r} is not a number, 'NaN', 'Infinity' or '-Infinity'")
+        return table[value.lower()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise CodecError(f"fill_value must be a number or None, got {value!r}")
+    return float(value)
+
+
+def _fill_json(value: float | None) -> float | str | None:
+    if value is None or math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def check_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` as a numpy dtype if the codec supports it, else :class:`CodecError`."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise CodecError(f"unsupported dtype {dtype!r}: vcinr codes float16, float32 or float64") from None
+    if dt.kind != "f" or dt.itemsize not in (2, 4, 8):
+        raise CodecError(
+            f"unsupported dtype {dt}: vcinr codes float16, float32 or float64 "
+            "(convert integer data to floats first)"
+        )
+    return dt
+
+
+def check_chunk_shape(chunk_shape: Sequence[int], grid_shape: Sequence[int]) -> None:
+    """Raise :class:`CodecError` unless ``chunk_shape`` ends with the whole grid."""
+    chunk_shape, grid_shape = tuple(int(c) for c in chunk_shape), tuple(int(g) for g in grid_shape)
+    g = len(grid_shape)
+    if len(chunk_shape) < g or chunk_shape[len(chunk_shape) - g :] != grid_shape:
+        raise CodecError(
+            f"chunk shape {chunk_shape} does not cover the model's grid {grid_shape}: a vcinr chunk "
+            f"must be (items..., {', '.join(map(str, grid_shape))}), i.e. the trailing dims are the grid "
+            "dims and chunks span them whole"
+        )
+
+
+def _grids_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    if a.get("type") != b.get("type") or set(a) != set(b):
+        return False
+    for k in a:
+        if k == "type":
+            continue
+        va, vb = a[k], b[k]
+        if k == "axes":
+            if len(va) != len(vb) or any(len(x) != len(y) or not np.allclose(x, y) for x, y in zip(va, vb)):
+                return False
+        elif len(va) != len(vb) or not np.allclose(va, vb):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------- core
+
+
+def encode_chunk(
+    x: np.ndarray, model: LoadedModel, quality: str, inner_steps: int, fill_value: float | None = None
+) -> bytes:
+    """Encode the chunk ``x`` (``(items..., *grid)``, float) into one container."""
+    x = np.asarray(x)
+    dtype = check_dtype(x.dtype)
+    check_chunk_shape(x.shape, model.grid.shape)
+    coder = model.coder(quality)  # an unknown level fails before any work
+    nan = np.isnan(x)
+    mask = nan if fill_value is None or math.isnan(fill_value) else (nan | (x == fill_value))
+    if np.isinf(x[~mask]).any():
+        raise CodecError("the chunk holds inf values: vcinr codes finite values and NaN (missing) only")
+    other = nan if mask is not nan and nan.any() else None  # NaN among a numeric fill value
+    n_fields = math.prod(x.shape[: x.ndim - len(model.grid.shape)])
+    header = ChunkHeader(model.hash, x.shape, dtype.str, n_fields, quality, inner_steps)
+
+    head = b""
+    if other is not None:
+        packed = _MASK_CODEC.encode(np.packbits(other[mask]))
+        head = _U32.pack(len(packed)) + packed
+    if mask.all():
+        payload = bytes([_PAYLOAD_OTHER]) + head if head else b""
+        return encode_container(header, mask, payload)
+
+    norm = model.artifact.normaliser
+    values = np.where(mask, 0.0, norm.normalise(x.astype(np.float64))).astype(np.float32)
+    fields_shape = (n_fields, *model.grid.shape)
+    items = model.to_items(values.reshape(fields_shape))
+    valid = ~model.to_items(mask.reshape(fields_shape))
+    active = np.flatnonzero(valid.any(axis=1))
+    phi = model.adapt(active, items[active], valid[active], inner_steps)
+    latents = coder.compress(phi)
+    payload = bytes([_PAYLOAD_OTHER if head else 0]) + head + latents
+    return encode_container(header, mask if mask.any() else None, payload)
+
+
+@dataclass
+class ChunkLatents:
+    """A decoded container before the INR runs: what sampling needs."""
+
+    header: ChunkHeader
+    model: LoadedModel
+    mask: np.ndarray | None  # (shape) True = masked point; None = nothing masked
+    other: np.ndarray | None  # (shape) True = masked point holding the other missing value
+    active: np.ndarray  # indices of the items that have latents
+    phi: torch.Tensor  # (len(active), D)
+
+    @property
+    def num_fields(self) -> int:
+        return self.header.num_items
+
+    def masked_values(self, fill_value: float | None) -> np.ndarray:
+        """Values of the masked points as stored (NaN or the fill value), ``(shape)``."""
+        default = math.nan if fill_value is None or math.isnan(fill_value) else fill_value
+        out = np.full(self.header.shape, default, dtype=np.float64)
+        if self.other is not None:
+            out[self.other] = math.nan
+        return out
+
+
+def decode_latents(buf: Any, hints: Sequence[str | os.PathLike | None] = ()) -> ChunkLatents:
+    """Parse and check a container and decode its latents (no INR evaluation)."""
+    container = decode_container(buf)
+    header, mask, payload = container
+    check_dtype(header.dtype)
+    if not _HEX64.fullmatch(header.model_hash):
+        raise ChunkFormatError("chunk header holds no full model hash")
+    model = get_model(header.model_hash, hints)
+    try:
+        check_chunk_shape(header.shape, model.grid.shape)
+    except CodecError as e:
+        raise ChunkFormatError(f"chunk header shape: {e}") from None
+    other = None
+    pos = 0
+    if payload:
+        flags = payload[0]
+        pos = 1
+        if flags & ~_PAYLOAD_OTHER:
+            raise ChunkFormatError(f"unknown payload flags {flags:#x}")
+        if flags & _PAYLOAD_OTHER:
+            if mask is None or len(payload) < pos + _U32.size:
+                raise ChunkFormatError("payload announces a NaN mask but the chunk has no masked points")
+            (length,) = _U32.unpack_from(payload, pos)
+            pos += _U32.size
+            try:
+                packed = np.frombuffer(_MASK_CODEC.decode(payload[pos : pos + length]), np.uint8)
+            except Exception as e:
+                raise ChunkFormatError(f"stored NaN mask cannot be decompressed: {e}") from None
+            pos += length
+            n = int(mask.sum())
+            if packed.size != -(-n // 8):
+                raise ChunkFormatError("stored NaN mask does not fit the chunk's mask")
+            other = np.zeros(header.shape, bool)
+            other[mask] = np.unpackbits(packed, count=n).view(bool)
+    fields_shape = (header.num_items, *model.grid.shape)
+    if mask is None:
+        active = np.arange(header.num_items * model.num_patches)
+    else:
+        active = np.flatnonzero((~model.to_items(mask.reshape(fields_shape))).any(axis=1))
+    latents = payload[pos:]
+    if len(active):
+        try:
+            phi = model.coder(header.quality).decompress(latents, len(active))
+        except CodecError:
+            raise
+        except ValueError as e:
+            raise ChunkFormatError(f"latent code: {e}") from None
+    else:
+        if latents:
+            raise ChunkFormatError("latents stored for a chunk whose every point is masked")
+        phi = torch.zeros(0, model.artifact.model.latent_dim)
+    return ChunkLatents(header, model, mask, other, active, phi)
+
+
+def decode_chunk(
+    buf: Any, hints: Sequence[str | os.PathLike | None] = (), fill_value: float | None = None
+) -> np.ndarray:
+    """The chunk coded in ``buf``, in its original shape and dtype."""
+    lat = decode_latents(buf, hints)
+    header, model = lat.header, lat.model
+    if lat.mask is not None and lat.mask.all():
+        return lat.masked_values(fill_value).astype(header.dtype)
+    items = np.zeros((header.num_items * model.num_patches, model.points_per_item), np.float32)
+    items[lat.active] = model.evaluate(lat.active, lat.phi)
+    values = model.artifact.normaliser.denormalise(model.to_fields(items).astype(np.float64))
+    values = values.reshape(header.shape)
+    if lat.mask is not None:
+        values = np.where(lat.mask, lat.masked_values(fill_value), values)
+    with np.errstate(over="ignore"):  # float16 saturates to inf, as any cast would
+        return values.astype(header.dtype)
+
+
+# ---------------------------------------------------------------------------- numcodecs face
+
+
+class VCINRCodec(Codec):
+    """The ``vcinr`` numcodecs codec (see the module doc for the chunking rule).
+
+    Config (all JSON): ``model_hash`` (64 hex), ``model_path`` (where to find it: folder
+    or URI, or None), ``quality`` (a level of the model's coders), ``grid`` (the model
+    grid's description, checked against the model at encode time), ``inner_steps`` (the
+    adaptation steps at encode time; None = the model's default, see
+    :func:`default_inner_steps`), ``fill_value`` (a number, "NaN", or None).
+    """
+
+    codec_id = CODEC_ID
+
+    def __init__(
+        self,
+        model_hash: str,
+        quality: str,
+        grid: dict[str, Any],
+        inner_steps: int | None = None,
+        model_path: str | None = None,
+        fill_value: float | str | None = None,
+    ):
+        if not isinstance(model_hash, str) or not _HEX64.fullmatch(model_hash.lower()):
+            raise CodecError(f"model_hash must be the model's full 64-hex content hash, got {model_hash!r}")
+        if not isinstance(quality, str) or not quality:
+            raise CodecError(f"quality must be a non-empty level label, got {quality!r}")
+        if not isinstance(grid, dict):
+            raise CodecError(f"grid must be a grid description (dict), got {type(grid).__name__}")
+        try:
+            self._grid_shape = tuple(grid_from_dict(grid).shape)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CodecError(f"invalid grid description: {e}") from None
+        if inner_steps is not None and (not isinstance(inner_steps, int) or inner_steps < 0):
+            raise CodecError(f"inner_steps must be a non-negative int or None, got {inner_steps!r}")
+        if model_path is not None and not isinstance(model_path, str):
+            model_path = os.fspath(model_path)
+        self.model_hash = model_hash.lower()
+        self.model_path = model_path
+        self.quality = quality
+        self.grid = grid
+        self.inner_steps = inner_steps
+        self._fill = _parse_fill(fill_value)
+        self.fill_value = _fill_json(self._fill)
+        self._checked = False
+
+    @classmethod
+    def for_model(
+        cls,
+        model: ModelArtifact | LoadedModel | str | os.PathLike,
+        quality: str,
+        inner_steps: int | None = None,
+        model_path: str | None = None,
+        fill_value: float | str | None = None,
+    ) -> "VCINRCodec":
+        """A codec for ``model`` (an artifact, a loaded model, an artifact folder or a
+        hash): fills in hash, grid, inner steps and (for a folder) ``model_path``, and
+        puts the model in the process cache."""
+        loaded = resolve_model(model)
+        art = loaded.artifact
+        loaded.coder(quality)  # refuse an unknown level now
+        if model_path is None and art.path is not None:
+            model_path = str(Path(art.path).resolve())
+        steps = default_inner_steps(art, quality) if inner_steps is None else inner_steps
+        return cls(art.hash, quality, art.grid.to_dict(), steps, model_path, fill_value)
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        return self._grid_shape
+
+    @property
+    def fill(self) -> float | None:
+        """``fill_value`` as a float (NaN included), or None."""
+        return self._fill
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "id": self.codec_id,
+            "model_hash": self.model_hash,
+            "model_path": self.model_path,
+            "quality": self.quality,
+            "grid": self.grid,
+            "inner_steps": self.inner_steps,
+            "fill_value": self.fill_value,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "VCINRCodec":
+        config = {k: v for k, v in config.items() if k != "id"}
+        unknown = set(config) - {"model_hash", "model_path", "quality", "grid", "inner_steps", "fill_value"}
+        if unknown:
+            raise CodecError(f"unknown vcinr codec config key(s) {sorted(unknown)}")
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        return (
+            f"VCINRCodec(model={self.model_hash[:16]}, quality={self.quality!r}, grid={self._grid_shape}, "
+            f"inner_steps={self.inner_steps}, fill_value={self.fill_value!r})"
+        )
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.get_config(), sort_keys=True))
+
+    def model(self) -> LoadedModel:
+        """This codec's model, loaded once per process; on first use its grid is checked
+        against the config's grid description."""
+        loaded = get_model(self.model_hash, [self.model_path])
+        if not self._checked:
+            if not _grids_equal(loaded.grid.to_dict(), self.grid):
+                raise CodecError(
+                    f"the codec's grid description {self._grid_shape} differs from model "
+                    f"{self.model_hash[:16]}'s grid {tuple(loaded.grid.shape)}"
+                )
+            self._checked = True
+        return loaded
+
+    def encode_array(self, x: np.ndarray) -> bytes:
+        """Encode an ``(items..., *grid)`` float array (format-agnostic entry point)."""
+        loaded = self.model()
+        steps = self.inner_steps if self.inner_steps is not None else default_inner_steps(loaded.artifact, self.quality)
+        return encode_chunk(x, loaded, self.quality, steps, self._fill)
+
+    def decode_array(self, buf: Any) -> np.ndarray:
+        """Decode container bytes to the array they hold."""
+        return decode_chunk(_as_bytes(buf), [self.model_path], self._fill)
+
+    def encode(self, buf: Any) -> bytes:
+        arr = ensure_ndarray_like(buf)
+        if arr.dtype.kind == "f" and arr.ndim == 1 and len(self._grid_shape) > 1:
+            size = math.prod(self._grid_shape)
+            if arr.size % size:
+                check_chunk_shape(arr.shape, self._grid_shape)  # raises
+            arr = arr.reshape(-1, *self._grid_shape)  # a flat buffer of whole fields
+        return self.encode_array(np.asarray(arr))
+
+    def decode(self, buf: Any, out: Any = None) -> np.ndarray:
+        arr = self.decode_array(buf)
+        if out is not None:
+            dst = ensure_ndarray_like(out)
+            if dst.nbytes != arr.nbytes:
+                raise CodecError(f"output buffer of {dst.nbytes} bytes, decoded chunk has {arr.nbytes}")
+            return ndarray_copy(arr, out)
+        return arr
+
+
+def _as_bytes(buf: Any) -> Any:
+    if isinstance(buf, (bytes, bytearray, memoryview)):
+        return buf
+    return np.ascontiguousarray(ensure_ndarray_like(buf)).view(np.uint8).reshape(-1)
+
+
+# ---------------------------------------------------------------------------- Zarr 3 face
+
+
+@dataclass(frozen=True)
+class VCINRZarrCodec(ArrayBytesCodec):
+    """The ``vcinr`` codec as a Zarr-3 array-to-bytes codec (an array's ``serializer``).
+
+    Takes the same config as :class:`VCINRCodec` (stored in ``zarr.json`` as
+    ``{"name": "vcinr", "configuration": {...}}``) and forwards to it. It checks the
+    array's dtype and chunk shape when the array is created (nothing is written for an
+    array that breaks the chunking rule), and takes the array's fill value into its
+    config when ``fill_value`` is unset. Chunks are coded in worker threads, so Zarr
+    codes a batch of chunks in parallel.
+    """
+
+    is_fixed_size = False
+    codec: VCINRCodec
+
+    def __init__(self, *, codec: VCINRCodec | None = None, **config: Any) -> None:
+        if codec is None:
+            codec = VCINRCodec.from_config(config)
+        elif config:
+            raise TypeError("give either codec= or the config keys, not both")
+        object.__setattr__(self, "codec", codec)
+
+    @classmethod
+    def for_model(cls, model, quality: str, **kwargs: Any) -> "VCINRZarrCodec":
+        return cls(codec=VCINRCodec.for_model(model, quality, **kwargs))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VCINRZarrCodec":
+        _, config = parse_named_configuration(data, CODEC_ID)
+        return cls(**config)
+
+    def to_dict(self) -> dict[str, Any]:
+        config = self.codec.get_config()
+        config.pop("id")
+        return {"name": CODEC_ID, "configuration": config}
+
+    def __hash__(self) -> int:
+        return hash(self.codec)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, VCINRZarrCodec) and self.codec == other.codec
+
+    def evolve_from_array_spec(self, array_spec: Any) -> "VCINRZarrCodec":
+        check_dtype(array_spec.dtype.to_native_dtype())
+        if self.codec.fill_value is None and array_spec.fill_value is not None:
+            config = self.codec.get_config()
+            config["fill_value"] = _fill_json(float(array_spec.fill_value))
+            return VCINRZarrCodec(codec=VCINRCodec.from_config(config))
+        return self
+
+    def validate(self, *, shape: tuple[int, ...], dtype: Any, chunk_grid: Any) -> None:
+        check_dtype(dtype.to_native_dtype())
+        chunk_shape = getattr(chunk_grid, "chunk_shape", None)
+        if chunk_shape is not None:
+            check_chunk_shape(chunk_shape, self.codec.grid_shape)
+        check_chunk_shape(shape, self.codec.grid_shape)
+
+    def compute_encoded_size(self, input_byte_length: int, chunk_spec: Any) -> int:
+        raise NotImplementedError("vcinr output has a data-dependent size")
+
+    def _encode_sync(self, chunk_array: Any, chunk_spec: Any) -> Any:
+        data = self.codec.encode_array(chunk_array.as_numpy_array())
+        return chunk_spec.prototype.buffer.from_bytes(data)
+
+    def _decode_sync(self, chunk_bytes: Any, chunk_spec: Any) -> Any:
+        arr = self.codec.decode_array(chunk_bytes.as_numpy_array())
+        expected = chunk_spec.dtype.to_native_dtype()
+        if tuple(arr.shape) != tuple(chunk_spec.shape) or arr.dtype != expected:
+            raise ChunkFormatError(
+                f"chunk holds {arr.dtype} {arr.shape}, the array expects {expected} {tuple(chunk_spec.shape)}"
+            )
+        return chunk_spec.prototype.nd_buffer.from_numpy_array(arr)
+
+    async def _encode_single(self, chunk_array: Any, chunk_spec: Any) -> Any:
+        return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
+
+    async def _decode_single(self, chunk_bytes: Any, chunk_spec: Any) -> Any:
+        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
+
+
+def codec_of(array: Any) -> VCINRCodec | None:
+    """The :class:`VCINRCodec` of a zarr array (format 2 or 3), or None."""
+    serializer = getattr(array, "serializer", None)
+    if isinstance(serializer, VCINRZarrCodec):
+        return serializer.codec
+    for c in getattr(array, "compressors", ()) or ():
+        if isinstance(c, VCINRCodec):
+            return c
+    return None
+
+
+def _register() -> None:
+    """Register both faces in-process too (entry points cover fresh processes)."""
+    from numcodecs.registry import codec_registry, register_codec
+    from zarr.registry import register_codec as zarr_register
+
+    if codec_registry.get(CODEC_ID) is not VCINRCodec:
+        register_codec(VCINRCodec)
+    zarr_register(CODEC_ID, VCINRZarrCodec)
+
+
+_register()
+
+__all__ = [
+    "CODEC_ID",
+    "ChunkLatents",
+    "CodecError",
+    "LoadedModel",
+    "VCINRCodec",
+    "VCINRZarrCodec",
+    "add_model_search_path",
+    "check_chunk_shape",
+    "check_dtype",
+    "clear_model_cache",
+    "codec_of",
+    "decode_chunk",
+    "decode_latents",
+    "default_device",
+    "default_inner_steps",
+    "encode_chunk",
+    "get_model",
+    "model_cache_stats",
+    "register_model",
+    "resolve_model",
+    "resolve_model_path",
+]

@@ -1,0 +1,324 @@
+"""Model artifacts ready for coding: a per-process cache keyed by content hash, lookup by
+hash, the device they run on.
+
+A model is loaded once per process (:func:`get_model`) and kept, moved to the device
+(CUDA when present, else the CPU; ``$VCINR_DEVICE`` overrides), for every later chunk.
+Lookup of a hash (:func:`resolve_model_path`): the hints given (a codec config's
+``model_path``: an artifact folder, a ``file://`` URI, any fsspec URI, or a model stored
+inside a local Zarr store), the folders added with :func:`add_model_search_path`,
+``$VCINR_MODEL_PATH``, and the cache folder (``$VCINR_CACHE_DIR``). Loading recomputes the
+content hash: a candidate whose hash differs is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import re
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from vcinr_sci.artifact import (
+    MANIFEST,
+    WEIGHTS,
+    ArtifactError,
+    ModelArtifact,
+    default_cache_dir,
+    find_artifact,
+    load_artifact,
+)
+from vcinr_sci.grids import Grid, Patcher
+
+DEVICE_ENV = "VCINR_DEVICE"
+BATCH_POINTS_ENV = "VCINR_BATCH_POINTS"
+
+
+class CodecError(ValueError):
+    """Input the codec cannot encode or decode: dtype, chunk shape, inf values, config,
+    an unknown quality level."""
+
+
+def default_device() -> torch.device:
+    """``$VCINR_DEVICE`` if set, else CUDA when present, else the CPU."""
+    name = os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _batch_points() -> int:
+    return max(1, int(os.environ.get(BATCH_POINTS_ENV, 2**16)))
+
+
+@dataclass
+class LoadedModel:
+    """A model artifact ready to code chunks: weights on ``device``, the items' layout
+    (patches) and the coordinates of every item's points, latent coders by level."""
+
+    artifact: ModelArtifact
+    device: torch.device
+    patcher: Patcher | None
+    item_coords: torch.Tensor  # (num_patches, points_per_item, coord_dim) on device
+    _coders: dict[str, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def hash(self) -> str:
+        return self.artifact.hash
+
+    @property
+    def grid(self) -> Grid:
+        return self.artifact.grid
+
+    @property
+    def num_patches(self) -> int:
+        return self.item_coords.shape[0]
+
+    @property
+    def points_per_item(self) -> int:
+        return self.item_coords.shape[1]
+
+    def coder(self, level: str):
+        """The latent coder of quality ``level`` (built once, on the model's device)."""
+        with self._lock:
+            if level not in self._coders:
+                try:
+                    coder = self.artifact.coder(level)
+                except KeyError:
+                    raise CodecError(
+                        f"model {self.hash[:16]} has no quality level {level!r}; "
+                        f"it has {self.artifact.quality_levels or 'none (train a coder first)'}"
+                    ) from None
+                if isinstance(coder, torch.nn.Module):
+                    coder = coder.to(self.device)
+                self._coders[level] = coder
+            return self._coders[level]
+
+    def to_items(self, fields: np.ndarray) -> np.ndarray:
+        """``(n, *grid)`` -> ``(n * num_patches, points_per_item)`` (item i is patch
+        ``i % num_patches`` of field ``i // num_patches``, as in :class:`~vcinr_sci.data.ItemSet`)."""
+        if self.patcher is not None:
+            fields = self.patcher.split(fields)
+        return fields.reshape(-1, self.points_per_item)
+
+    def to_fields(self, items: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`to_items`."""
+        if self.patcher is None:
+            return items.reshape(-1, *self.grid.shape)
+        return self.patcher.merge(items.reshape(-1, self.num_patches, *self.patcher.patch_shape))
+
+    def _batches(self, n: int):
+        size = max(1, _batch_points() // self.points_per_item)
+        for start in range(0, n, size):
+            yield slice(start, min(start + size, n))
+
+    def adapt(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int) -> torch.Tensor:
+        """Latents ``(len(items), D)`` of the normalised ``values`` at item indices ``items``."""
+        out = []
+        model = self.artifact.model
+        for sl in self._batches(len(items)):
+            coords = self.item_coords[torch.as_tensor(items[sl] % self.num_patches, device=self.device)]
+            target = torch.as_tensor(values[sl], device=self.device).unsqueeze(-1)
+            mask = torch.as_tensor(valid[sl], device=self.device).unsqueeze(-1)
+            out.append(model.adapt(coords, target, mask, steps))
+        return torch.cat(out) if out else torch.zeros(0, model.latent_dim, device=self.device)
+
+    @torch.no_grad()
+    def evaluate(self, items: np.ndarray, phi: torch.Tensor) -> np.ndarray:
+        """The INR of latents ``phi`` on the grid points of items ``items``: ``(n, P)``."""
+        out = []
+        model = self.artifact.model
+        phi = phi.to(self.device, torch.float32)
+        for sl in self._batches(len(items)):
+            coords = self.item_coords[torch.as_tensor(items[sl] % self.num_patches, device=self.device)]
+            out.append(model.decode(coords, phi[sl])[..., 0].float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.points_per_item), np.float32)
+
+    @torch.no_grad()
+    def evaluate_at(self, coords: np.ndarray, phi: torch.Tensor) -> np.ndarray:
+        """The INR of each latent in ``phi`` ``(B, D)`` at shared points ``coords``
+        ``(N, coord_dim)``: ``(B, N)`` (continuous-resolution sampling)."""
+        model = self.artifact.model
+        c = torch.as_tensor(np.asarray(coords, np.float32), device=self.device)
+        phi = phi.to(self.device, torch.float32)
+        step = max(1, _batch_points() // max(1, len(c)))
+        out = [model.decode(c, phi[i : i + step])[..., 0].float().cpu().numpy() for i in range(0, len(phi), step)]
+        return np.concatenate(out) if out else np.zeros((0, len(c)), np.float32)
+
+
+_MODELS: dict[str, LoadedModel] = {}
+_MODELS_LOCK = threading.Lock()
+_SEARCH_PATHS: list[str] = []
+_STATS = {"loads": 0}
+
+
+def add_model_search_path(path: str | os.PathLike) -> None:
+    """Also look for model artifacts in ``path`` (a folder of artifacts, or one), in this
+    process, before ``$VCINR_MODEL_PATH`` and the cache folder."""
+    p = str(path)
+    if p not in _SEARCH_PATHS:
+        _SEARCH_PATHS.append(p)
+
+
+def clear_model_cache(search_paths: bool = False) -> None:
+    """Forget every loaded model (tests; freeing GPU memory), and with ``search_paths``
+    the folders added by :func:`add_model_search_path`."""
+    with _MODELS_LOCK:
+        _MODELS.clear()
+        if search_paths:
+            _SEARCH_PATHS.clear()
+
+
+def model_cache_stats() -> dict[str, Any]:
+    """``{"loads": models loaded from disk by this process, "models": hashes held}``."""
+    return {"loads": _STATS["loads"], "models": sorted(_MODELS)}
+
+
+def register_model(model: ModelArtifact | str | os.PathLike) -> LoadedModel:
+    """Put ``model`` (an artifact, or an artifact folder) in this process's cache and
+    return it; chunks naming its hash then need no lookup. An artifact object is copied
+    (the cached model is moved to the device and frozen; the caller's is left alone)."""
+    if not isinstance(model, ModelArtifact):
+        model = load_artifact(model)
+        _STATS["loads"] += 1
+    elif model.hash not in _MODELS:
+        model = dataclasses.replace(model, model=copy.deepcopy(model.model))
+    if not model.hash:
+        raise ArtifactError("the artifact has no content hash: save it with save_artifact() first")
+    with _MODELS_LOCK:
+        if model.hash not in _MODELS:
+            _MODELS[model.hash] = _prepare(model)
+        return _MODELS[model.hash]
+
+
+def get_model(model_hash: str, hints: Sequence[str | os.PathLike | None] = ()) -> LoadedModel:
+    """The model of ``model_hash`` (full 64-hex hash), loaded once per process."""
+    with _MODELS_LOCK:
+        loaded = _MODELS.get(model_hash)
+        if loaded is not None:
+            return loaded
+        artifact = load_artifact(resolve_model_path(model_hash, hints), model_hash)
+        if artifact.hash != model_hash:  # load_artifact accepts prefixes
+            raise ArtifactError(f"model {artifact.hash[:16]} found where {model_hash[:16]} was asked for")
+        _STATS["loads"] += 1
+        loaded = _MODELS[model_hash] = _prepare(artifact)
+        return loaded
+
+
+def _prepare(artifact: ModelArtifact) -> LoadedModel:
+    device = default_device()
+    model = artifact.model.to(device).eval()
+    for p in model.parameters():  # the inner loop needs gradients w.r.t. phi only
+        p.requires_grad_(False)
+    grid = artifact.grid
+    patch_shape = artifact.config.data.patch_shape
+    patcher = Patcher(tuple(grid.shape), tuple(patch_shape)) if patch_shape else None
+    coords = grid.coords()
+    if patcher is not None:
+        coords = patcher.split(coords, trailing=1).reshape(patcher.num_patches, -1, grid.coord_dim)
+    else:
+        coords = coords.reshape(1, -1, grid.coord_dim)
+    return LoadedModel(artifact, device, patcher, torch.as_tensor(np.ascontiguousarray(coords), device=device))
+
+
+def resolve_model_path(model_hash: str, hints: Sequence[str | os.PathLike | None] = ()) -> Path:
+    """Where the artifact of ``model_hash`` lies (see the module doc for the order).
+
+    A hinted folder that holds another model is refused, and named in the error if the
+    model is found nowhere else."""
+    roots: list[str] = []
+    for hint in [*hints, *_SEARCH_PATHS]:
+        if not hint:
+            continue
+        hint = str(hint)
+        if hint.startswith("file://"):
+            hint = hint[len("file://") :]
+        elif "://" in hint:
+            fetched = _fetch_remote(hint, model_hash)
+            if fetched is None:
+                continue
+            hint = str(fetched)
+        else:
+            from vcinr_sci.store import extract_model_at  # a model stored inside a local store
+
+            extracted = extract_model_at(hint)
+            hint = str(extracted) if extracted is not None else hint
+        roots.append(hint)
+    refused = []
+    for root in roots:
+        manifest = Path(root, MANIFEST)
+        if manifest.is_file():
+            try:
+                found = json.loads(manifest.read_text()).get("hash", "")
+            except (OSError, json.JSONDecodeError):
+                found = "(unreadable)"
+            if not found.startswith(model_hash):
+                refused.append(f"{root} holds model {found[:16]}")
+    try:
+        return find_artifact(model_hash, roots)
+    except ArtifactError as e:
+        detail = f"; refused (hash differs): {refused}" if refused else ""
+        raise ArtifactError(f"{e}{detail}") from None
+
+
+def _fetch_remote(uri: str, model_hash: str) -> Path | None:
+    """Copy a remote artifact folder (any fsspec URI) into the cache folder."""
+    target = default_cache_dir() / model_hash[:16]
+    if (target / MANIFEST).is_file():
+        return target
+    try:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(uri)
+        files = {name: fs.cat_file(f"{root.rstrip('/')}/{name}") for name in (MANIFEST, WEIGHTS)}
+    except Exception:  # unreachable or unknown scheme: fall through to the other places
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".fetch-"))
+    for name, data in files.items():
+        (tmp / name).write_bytes(data)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process got there first
+        pass
+    return target
+
+
+
+def resolve_model(model: ModelArtifact | LoadedModel | str | os.PathLike) -> LoadedModel:
+    """A loaded model from an artifact, an artifact folder, or a hash (or prefix >= 8)."""
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, ModelArtifact):
+        return register_model(model)
+    text = os.fspath(model)
+    if Path(text, MANIFEST).is_file():
+        return register_model(text)
+    if re.fullmatch(r"[0-9a-fA-F]{8,64}", text):
+        with _MODELS_LOCK:
+            held = [h for h in _MODELS if h.startswith(text.lower())]
+        if held:
+            return _MODELS[held[0]]
+        return register_model(resolve_model_path(text.lower()))
+    raise ArtifactError(f"{text!r} is neither a model artifact folder nor a model hash")
+
+
+def default_inner_steps(artifact: ModelArtifact, quality: str | None = None) -> int:
+    """Adaptation steps used when a codec config names none: those the quality level's
+    coder was trained with (its spec's ``inner_steps``, else the artifact's
+    ``metrics["latents_inner_steps"]`` written by the coder training), else the config's
+    ``latents.inner_steps`` when it has that section, else ``meta.inner_steps``."""
+    spec = artifact.extra.get("coders", {}).get(quality or "", {})
+    for value in (spec.get("inner_steps"), artifact.metrics.get("latents_inner_steps")):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    latents = getattr(artifact.config, "latents", None)
+    if latents is not None and isinstance(getattr(latents, "inner_steps", None), int):
+        return latents.inner_steps
+    return int(artifact.config.meta.inner_steps)
