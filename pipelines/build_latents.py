@@ -1,0 +1,245 @@
+"""Encode every item of a dataset into its latent, on Ray Data, as latent shards.
+
+    python -m pipelines.build_latents --config configs/rd-ccsm.yaml [--model HASH_OR_PATH]
+
+The work is a list of shards (``latents.shard_fields`` fields of one split part each).
+Ray Data maps them over a pool of ``latents.num_actors`` actors (one GPU each when
+``latents.use_gpu`` and the cluster has GPUs, else ``latents.cpus_per_actor`` CPUs);
+each actor loads the model artifact once, reads only the fields of the shard it is
+given, adapts them (``latents.inner_steps`` MetaSGD steps) and writes the shard
+atomically (:mod:`vcinr_sci.latents`). A rerun plans only the shards not yet complete,
+so a killed run resumes where it stopped and a finished one does nothing. Locally it
+starts an embedded Ray; under ``ray job submit`` it joins the cluster (the latents
+folder must then be on storage every node sees).
+
+The model is ``--model`` (an artifact folder, or a hash looked up in
+``train.artifact_dir`` and ``$VCINR_MODEL_PATH``), or else the newest artifact in
+``train.artifact_dir`` meta-trained from this config's data, model and meta sections
+(one without coders first). The latents folder is named by the INR's fingerprint
+(:func:`vcinr_sci.latents.inr_key`), so artifacts that differ only in their coders share it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipelines.ray_setup import ensure_ray, parse_overrides
+from vcinr_sci.artifact import MANIFEST, ArtifactError, find_artifact, load_artifact
+from vcinr_sci.config import Config, load_config
+from vcinr_sci.latents import (
+    inr_key,
+    latents_dir,
+    missing_shards,
+    plan_shards,
+    remove_temp_files,
+    shard_path,
+    shard_table,
+    write_manifest,
+    write_shard,
+    complete_shards,
+)
+from vcinr_sci.grids import Patcher
+from vcinr_sci.meta import masked_mse
+
+INR_SECTIONS = ("data", "model", "meta")
+
+
+def resolve_model(cfg: Config, model: str | None, with_coders: bool = False) -> Path:
+    """The artifact folder named by ``model`` (a folder, or a hash), or else the newest
+    artifact in ``cfg.train.artifact_dir`` meta-trained from ``cfg``'s data, model and
+    meta sections: one without coders first, or with ``with_coders`` one holding coders."""
+    if model:
+        if Path(model, MANIFEST).is_file():
+            return Path(model)
+        return find_artifact(model, [cfg.train.artifact_dir])
+    root = Path(cfg.train.artifact_dir)
+    want = {k: v for k, v in cfg.to_dict().items() if k in INR_SECTIONS}
+    matches = []  # (preferred kind, modification time, folder)
+    for manifest in root.glob(f"*/{MANIFEST}") if root.is_dir() else []:
+        try:
+            stored = json.loads(manifest.read_text())
+        except json.JSONDecodeError:
+            continue
+        if all(stored.get("config", {}).get(k) == v for k, v in want.items()):
+            has_coders = bool(stored.get("extra", {}).get("coders"))
+            matches.append((has_coders == with_coders, manifest.stat().st_mtime, manifest.parent))
+    if not matches:
+        raise ArtifactError(
+            f"no artifact in {root} was meta-trained from this config's {'/'.join(INR_SECTIONS)}: "
+            "run pipelines.meta_train first or pass --model"
+        )
+    return max(matches)[2]
+
+
+class EncodeShards:
+    """Ray Data actor: loads the artifact once, then encodes and writes whole shards."""
+
+    def __init__(self, artifact_path: str, root: str, inner_steps: int, batch_size: int, threads: int, use_gpu: bool):
+        from vcinr_sci.data import load_dataset
+
+        torch.set_num_threads(max(1, threads))
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.artifact = load_artifact(artifact_path)
+        self.model = self.artifact.model.to(self.device).eval()
+        self.model.requires_grad_(False)
+        # Opening is lazy: only the fields of a shard are read, when it is encoded.
+        self.data = load_dataset(self.artifact.config.data, self.artifact.normaliser)
+        self.root, self.inner_steps, self.batch_size = Path(root), inner_steps, batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out: dict[str, list] = {"part": [], "shard": [], "rows": [], "psnr": [], "seconds": [], "skipped": []}
+        for part, index, start, stop in zip(batch["part"], batch["shard"], batch["start"], batch["stop"]):
+            t0 = time.perf_counter()
+            part, index = str(part), int(index)
+            skipped = index in complete_shards(self.root, part)  # a retried task after a late failure
+            psnr = self._encode(part, index, int(start), int(stop)) if not skipped else np.array([np.nan])
+            for k, v in zip(out, (part, index, int(stop - start), float(np.mean(psnr)), time.perf_counter() - t0, skipped)):
+                out[k].append(v)
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    def _encode(self, part: str, index: int, start: int, stop: int) -> np.ndarray:
+        positions = np.arange(start, stop)
+        fields = getattr(self.data.split, part)[positions]
+        items = self.data.items(part, fields=fields)
+        n, per = len(items), items.num_patches
+        phis, psnrs = [], []
+        for s in range(0, n, self.batch_size):
+            coords, values, mask = (t.to(self.device) for t in items.batch(np.arange(s, min(s + self.batch_size, n))))
+            phi = self.model.adapt(coords, values, mask, self.inner_steps)
+            mse = masked_mse(self.model.decode(coords, phi), values, mask).double()
+            phis.append(phi.float().cpu().numpy())
+            psnrs.append((-10 * torch.log10(mse.clamp_min(1e-20))).cpu().numpy())
+        local = np.arange(n)
+        field_pos, patch = np.divmod(local, per)
+        field = fields[field_pos]
+        cfg = self.artifact.config
+        table = shard_table(
+            np.concatenate(phis),
+            np.concatenate(psnrs),
+            dataset=cfg.name,
+            variable=cfg.data.variable,
+            part=part,
+            part_item=start * per + local,
+            field=field,
+            patch=patch,
+            item=field * per + patch,
+            keys=[self.data.source.key(int(f)) | ({"patch": int(p)} if per > 1 else {}) for f, p in zip(field, patch)],
+        )
+        write_shard(shard_path(self.root, part, index), table)
+        return np.concatenate(psnrs)
+
+
+@dataclass
+class BuildSummary:
+    root: Path
+    model_hash: str
+    written: int  # shards written by this run
+    skipped: int  # shards already complete before it
+    seconds: float
+
+
+def build(cfg: Config, model: str | None = None, quiet: bool = False) -> BuildSummary:
+    """Encode the missing shards of ``cfg.latents.parts``; returns what was done."""
+    import ray
+    import ray.data
+
+    t0 = time.perf_counter()
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    lc = cfg.latents
+    path = resolve_model(cfg, model)
+    artifact = load_artifact(path)
+    # Only the split is needed here (opening is lazy; no field is read by the driver).
+    from vcinr_sci.data import load_dataset
+
+    data = load_dataset(artifact.config.data, artifact.normaliser)
+    if data.split.to_dict() != artifact.split:
+        raise ArtifactError(f"the data split of {path} no longer matches its data (files changed?)")
+    root = latents_dir(lc.output_dir, artifact, lc.inner_steps)
+    num_patches = Patcher(data.grid.shape, tuple(data.cfg.patch_shape)).num_patches if data.cfg.patch_shape else 1
+    parts = {p: len(getattr(data.split, p)) for p in lc.parts}
+    write_manifest(
+        root,
+        {
+            "inr_key": inr_key(artifact),
+            "dataset": artifact.config.name,
+            "variable": artifact.config.data.variable,
+            "inner_steps": lc.inner_steps,
+            "shard_fields": lc.shard_fields,
+            "latent_dim": artifact.model.latent_dim,
+            "num_patches": num_patches,
+            "parts": parts,
+        },
+    )
+    removed = remove_temp_files(root)
+    tasks, total = [], 0
+    for part, n in parts.items():
+        total += len(plan_shards(n, lc.shard_fields))
+        for index, start, stop in missing_shards(root, part, n, lc.shard_fields):
+            tasks.append({"part": part, "shard": index, "start": start, "stop": stop})
+    say(
+        f"model {artifact.hash[:16]} (INR {root.name}) -> {root}: {total} shards in {sorted(parts)}, {total - len(tasks)} complete, "
+        f"{len(tasks)} to encode" + (f" ({removed} stale temporary file(s) removed)" if removed else "")
+    )
+    if not tasks:
+        return BuildSummary(root, artifact.hash, 0, total, time.perf_counter() - t0)
+
+    ensure_ray(lc.num_actors * lc.cpus_per_actor)
+    use_gpu = bool(lc.use_gpu and ray.cluster_resources().get("GPU", 0) > 0)
+    if lc.use_gpu and not use_gpu:
+        say("latents.use_gpu is set but the cluster has no GPU: CPU actors")
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # one line per shard instead (below)
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    num_actors = max(1, min(lc.num_actors, len(tasks)))
+    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
+        EncodeShards,
+        fn_constructor_kwargs={
+            "artifact_path": str(Path(path).resolve()),
+            "root": str(root.resolve()),
+            "inner_steps": lc.inner_steps,
+            "batch_size": lc.batch_size,
+            "threads": lc.cpus_per_actor,
+            "use_gpu": use_gpu,
+        },
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
+        **({"num_gpus": 1} if use_gpu else {"num_cpus": lc.cpus_per_actor}),
+    )
+    written = 0
+    for row in ds.iter_rows():
+        written += not row["skipped"]
+        note = "already complete" if row["skipped"] else f"mean PSNR {row['psnr']:6.2f} dB  {row['seconds']:6.1f} s"
+        say(f"shard {row['part']}/{int(row['shard']):05d}  {int(row['rows']):>5} fields  {note}  [{written}/{len(tasks)}]")
+    # Every planned shard must now be complete (a failure raises out of iter_rows).
+    left = {p: missing_shards(root, p, n, lc.shard_fields) for p, n in parts.items()}
+    if any(left.values()):
+        raise RuntimeError(f"shards still missing after the build: {left}")
+    seconds = time.perf_counter() - t0
+    say(f"latents complete: {root} ({written} shards written, {total - len(tasks)} skipped, {seconds:.1f} s)")
+    return BuildSummary(root, artifact.hash, written, total - len(tasks), seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML run config (its latents section; configs/*.yaml)")
+    p.add_argument("--model", help="artifact folder or hash (default: the newest artifact of this config)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. latents.num_actors=4")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, parse_overrides(args.set))
+    build(cfg, args.model)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,397 @@
+"""Train the latent transform coders on Ray Train, one per lambda, and save them in a
+new model artifact (one artifact = one INR + several coders).
+
+    python -m pipelines.train_coder --config configs/rd-ccsm.yaml [--model HASH_OR_PATH]
+
+Reads the latent shards of the model's INR (``pipelines.build_latents``, parts train
+and, for validation, val). Each coder minimises ``bits per value + lambda * MSE`` where
+the MSE is measured on the DATA, through the frozen INR (the paper's equation 5):
+``MSE(f(c; theta, g_s(z + u)), y)`` with uniform noise ``u`` in training. The INR's
+parameters never change (``requires_grad`` off, not in any optimiser). Adam on
+``g_a``, ``g_s`` and the entropy model with a cosine learning-rate decay, a second Adam
+on the bottleneck's quantiles (its aux loss); every ``coder.eval_every`` steps the RD
+loss on the validation latents (rounded, not noisy) is measured and the best state is
+kept. The lambdas are shared out over ``coder.num_workers`` Ray Train workers; each
+worker trains its coders together (one INR decode for all of them per step).
+
+At the end the CDF tables are built on the CPU, the coders are labelled ``q0..qN`` from
+lowest to highest rate (measured on the validation latents), the COIN++ uniform
+quantisers ``u<b>`` (``coder.uniform_bits``, entropy coded) are added, and the new
+artifact's hash is printed. Checkpoints every ``coder.checkpoint_every`` steps: a rerun
+of the same config resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import ray.train
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from pipelines.build_latents import resolve_model
+from pipelines.ray_setup import ensure_ray, parse_overrides
+from vcinr_sci.artifact import ModelArtifact, load_artifact, save_artifact
+from vcinr_sci.coding import LatentCoder, UniformQuantiser, coder_spec, coder_state, load_coder, rd_loss
+from vcinr_sci.config import CoderConfig, Config, load_config
+from vcinr_sci.data import ItemSet, load_dataset
+from vcinr_sci.latents import LatentsError, LatentTable, latents_dir, read_manifest, read_shards
+from vcinr_sci.meta import MetaSGD, masked_mse
+
+STATE_FILE = "coders-rank{rank}.pt"
+FINAL_FILE = "final-rank{rank}.pt"
+
+
+# ---------------------------------------------------------------- the loss, free of Ray
+
+
+def freeze(model: MetaSGD) -> MetaSGD:
+    """The INR as the coders see it: eval mode, no parameter takes gradients."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def distortion_on_data(model: MetaSGD, coords, values, mask, phis: list[torch.Tensor]) -> torch.Tensor:
+    """Per-item MSE ``(K, B)`` of the data reconstructed from each of ``K`` latent
+    batches ``(B, D)`` through the INR, with one decode for all of them. Gradients flow
+    to the latents (and so to the coders), never into a frozen INR."""
+    k = len(phis)
+    rep = lambda t: None if t is None else t.repeat(k, *([1] * (t.dim() - 1)))  # noqa: E731
+    coords_k = rep(coords) if coords.dim() == 3 else coords
+    pred = model.inr(coords_k, torch.cat(phis))  # not model.decode: that one is no_grad
+    return masked_mse(pred, rep(values), rep(mask)).view(k, -1)
+
+
+def coder_losses(model, coders, lambdas, phi, batch, num_values: int) -> tuple[torch.Tensor, list[dict]]:
+    """Sum over coders of ``rate + lambda * distortion on data``, and each one's parts.
+
+    ``num_values`` is how many data values the batch's latents stand for (items x grid
+    points, not the subsampled points the distortion is estimated on).
+    """
+    coords, values, mask = batch
+    outs = [coder(phi) for coder in coders]
+    mse = distortion_on_data(model, coords, values, mask, [o[0] for o in outs])
+    losses, stats = [], []
+    for (_, bits), lam, err in zip(outs, lambdas, mse):
+        loss = rd_loss(bits, err.mean(), lam, num_values)
+        losses.append(loss)
+        stats.append({"loss": float(loss.detach()), "bpv": float(bits.detach().sum()) / num_values, "mse": float(err.detach().mean())})
+    return torch.stack(losses).sum(), stats
+
+
+def train_step(model, coders, lambdas, optimiser, aux_optimiser, phi, batch, num_values: int) -> list[dict]:
+    """One step on every coder: RD loss on the main parameters, aux loss on the quantiles."""
+    for coder in coders:
+        coder.train()
+    total, stats = coder_losses(model, coders, lambdas, phi, batch, num_values)
+    optimiser.zero_grad(set_to_none=True)
+    total.backward()
+    optimiser.step()
+    aux = torch.stack([c.aux_loss() for c in coders]).sum()
+    aux_optimiser.zero_grad(set_to_none=True)
+    aux.backward()
+    aux_optimiser.step()
+    return stats
+
+
+@torch.no_grad()
+def evaluate_coders(
+    model, coders, lambdas, phi: torch.Tensor, items: ItemSet, indices: np.ndarray, batch_size: int = 16, device="cpu"
+) -> list[dict]:
+    """RD figures of each coder on ``items[indices]`` (``phi`` holds the latents of all
+    of ``items``), on all grid points, with rounding as at coding time; bits are the
+    entropy model's estimate."""
+    for coder in coders:
+        coder.eval()
+    n = len(indices)
+    bits = [torch.zeros((), dtype=torch.float64) for _ in coders]
+    mses = [[] for _ in coders]
+    for s in range(0, n, batch_size):
+        idx = indices[s : s + batch_size]
+        coords, values, mask = (t.to(device) for t in items.batch(idx))
+        outs = [coder(phi[idx].to(device)) for coder in coders]
+        err = distortion_on_data(model, coords, values, mask, [o[0] for o in outs])
+        for k, (_, b) in enumerate(outs):
+            bits[k] += b.double().sum().cpu()
+            mses[k].append(err[k].double().cpu())
+    num_values = n * items.points_per_item
+    out = []
+    for lam, b, m in zip(lambdas, bits, mses):
+        m = torch.cat(m)
+        bpv, mse = float(b) / num_values, float(m.mean())
+        psnr = float((-10 * torch.log10(m.clamp_min(1e-20))).mean())
+        out.append({"loss": bpv + lam * mse, "bpv": bpv, "mse": mse, "psnr": psnr})
+    for coder in coders:
+        coder.train()
+    return out
+
+
+def assigned(lambdas: list[float], rank: int, world: int) -> list[tuple[int, float]]:
+    """(index in ascending lambda order, lambda) of the coders worker ``rank`` trains."""
+    order = sorted(lambdas)
+    return [(i, lam) for i, lam in enumerate(order) if i % world == rank]
+
+
+# ---------------------------------------------------------------- Ray Train worker
+
+
+def _load_part(data, root: Path, part: str) -> tuple[LatentTable, ItemSet]:
+    table = read_shards(root, part)
+    items = data.items(part)
+    if len(items) != len(table):
+        raise LatentsError(f"{root}/{part}: {len(table)} latents for {len(items)} items")
+    return table, items
+
+
+def train_loop(loop_config: dict) -> None:
+    """Body of each Ray Train worker."""
+    cc = CoderConfig(**loop_config["coder"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, cc.cpus_per_worker))
+    torch.manual_seed(cc.seed + rank)
+    device = ray.train.torch.get_device()
+    artifact = load_artifact(loop_config["artifact"])
+    model = freeze(artifact.model.to(device))
+    root = Path(loop_config["latents"])
+    data = load_dataset(artifact.config.data, artifact.normaliser)
+    train, train_items = _load_part(data, root, "train")
+    has_val = "val" in read_manifest(root)["parts"]
+    val, val_items = _load_part(data, root, "val") if has_val else (train, train_items)
+    eval_idx = np.unique(np.linspace(0, len(val) - 1, min(cc.eval_items, len(val))).round().astype(np.int64))
+    val_phi = torch.from_numpy(val.phi)
+
+    mine = assigned(cc.lambdas, rank, world)
+    lambdas = [lam for _, lam in mine]
+    train_phi = torch.from_numpy(train.phi)
+    coders = []
+    for _ in mine:
+        coder = LatentCoder(train.phi.shape[1], cc.dim_y, cc.width, cc.blocks)
+        coder.set_stats(train_phi)
+        coders.append(coder.to(device))
+    main_params = [p for c in coders for p in c.parameters_main()]
+    aux_params = [p for c in coders for p in c.parameters_aux()]
+    optimiser = torch.optim.Adam(main_params or [torch.nn.Parameter(torch.zeros(1))], lr=cc.lr)
+    aux_optimiser = torch.optim.Adam(aux_params or [torch.nn.Parameter(torch.zeros(1))], lr=cc.aux_lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: cc.lr_final + (1 - cc.lr_final) * 0.5 * (1 + math.cos(math.pi * min(s, cc.steps) / cc.steps))
+    )
+    best = [None] * len(coders)
+    best_eval = [None] * len(coders)
+    start = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE.format(rank=rank), weights_only=True, map_location="cpu")
+        for coder, s in zip(coders, state["coders"]):
+            coder.load_state_dict(s)
+        optimiser.load_state_dict(state["optimiser"])
+        aux_optimiser.load_state_dict(state["aux_optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        best, best_eval, start = state["best"], state["best_eval"], int(state["step"])
+
+    ref_psnr = float(np.mean(val.psnr[eval_idx]))  # of the unquantised latents, from the shards
+
+    P = train_items.points_per_item
+    num_values = min(cc.batch_size, len(train)) * P
+    t_last, window = time.perf_counter(), []
+    for step in range(start + 1, cc.steps + 1):
+        if coders:
+            rng = np.random.default_rng([cc.seed, step, rank])
+            idx = np.sort(rng.choice(len(train), size=min(cc.batch_size, len(train)), replace=False))
+            points = None
+            if cc.points_per_step and cc.points_per_step < P:
+                points = np.sort(rng.choice(P, cc.points_per_step, replace=False))
+            batch = tuple(t.to(device) for t in train_items.batch(idx, points))
+            window.append(train_step(model, coders, lambdas, optimiser, aux_optimiser, train_phi[idx].to(device), batch, num_values))
+            schedule.step()
+        last = step == cc.steps
+        if step % cc.log_every and step % cc.eval_every and step % cc.checkpoint_every and not last:
+            continue
+        now = time.perf_counter()
+        metrics = {"step": step, "rank": rank, "step_time_s": (now - t_last) / max(1, len(window)), "ref_psnr": ref_psnr, "coders": []}
+        for k, (index, lam) in enumerate(mine):
+            m = {"index": index, "lambda": lam}
+            if window:
+                m["train_loss"] = float(np.mean([w[k]["loss"] for w in window]))
+                m["train_bpv"] = float(np.mean([w[k]["bpv"] for w in window]))
+            metrics["coders"].append(m)
+        t_last, window = now, []
+        if step % cc.eval_every == 0 or last:
+            for k, ev in enumerate(evaluate_coders(model, coders, lambdas, val_phi, val_items, eval_idx, device=device)):
+                metrics["coders"][k] |= {f"val_{name}": v for name, v in ev.items()}
+                if best_eval[k] is None or ev["loss"] < best_eval[k]["loss"]:
+                    best_eval[k] = ev | {"step": step}
+                    best[k] = {n: t.detach().cpu().clone() for n, t in coders[k].state_dict().items()}
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if step % cc.checkpoint_every == 0 or last:
+                state = {
+                    "coders": [c.state_dict() for c in coders],
+                    "optimiser": optimiser.state_dict(),
+                    "aux_optimiser": aux_optimiser.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "best": best,
+                    "best_eval": best_eval,
+                    "step": step,
+                }
+                torch.save(state, Path(tmp) / STATE_FILE.format(rank=rank))
+                if last:
+                    torch.save(_finalise(coders, mine, best, best_eval), Path(tmp) / FINAL_FILE.format(rank=rank))
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)
+
+
+def _finalise(coders, mine, best, best_eval) -> list[dict]:
+    """Each coder at its best validation state, CDF tables built on the CPU."""
+    out = []
+    for coder, (index, lam), state, ev in zip(coders, mine, best, best_eval):
+        coder = coder.cpu()
+        if state is not None:
+            coder.load_state_dict(state)
+        coder.eval()
+        coder.update()
+        out.append({"index": index, "lambda": lam, "spec": json.dumps(coder_spec(coder)), "state": coder_state(coder), "val": ev or {}})
+    return out
+
+
+class ProgressPrinter(ray.train.UserCallback):
+    """One line per coder per logging interval on the driver."""
+
+    def after_report(self, run_context, metrics, checkpoint):
+        for m in sorted(metrics, key=lambda m: m["rank"]):
+            for c in m["coders"]:
+                line = f"step {m['step']:>6}  lambda {c['lambda']:<8g}"
+                if "train_loss" in c:
+                    line += f"  train loss {c['train_loss']:.5f} bpv {c['train_bpv']:.5f}"
+                if "val_loss" in c:
+                    line += f"  | val loss {c['val_loss']:.5f} bpv {c['val_bpv']:.5f} PSNR {c['val_psnr']:6.2f} dB"
+                print(line + f"  {m['step_time_s'] * 1e3:6.0f} ms/step", flush=True)
+        if checkpoint:
+            print(f"step {metrics[0]['step']:>6}  [checkpoint]  (unquantised latents: val PSNR {metrics[0]['ref_psnr']:.2f} dB)", flush=True)
+
+
+# ---------------------------------------------------------------- driver
+
+
+def run_id(cfg: Config, inr: str, root: Path) -> str:
+    body = {"inr": inr, "latents": str(root.resolve()), "coder": dataclasses.asdict(cfg.coder)}
+    return f"{cfg.name}-coder-{hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:10]}"
+
+
+@torch.no_grad()
+def measure(coder, phi: torch.Tensor) -> tuple[int, bool]:
+    """Bytes of ``phi`` coded as one string, and whether it decodes bit-exactly."""
+    data = coder.compress(phi)
+    exact = bool(torch.equal(coder.decompress(data, len(phi)), coder.quantise(phi)))
+    return len(data), exact
+
+
+def fit(cfg: Config, model: str | None = None) -> Path:
+    """Train the coders of ``cfg.coder`` on the model's latents; returns the new artifact."""
+    cc = cfg.coder
+    if not cc.lambdas:
+        raise ValueError("coder.lambdas is empty: name at least one lambda")
+    path = resolve_model(cfg, model)
+    artifact = load_artifact(path)
+    root = latents_dir(cfg.latents.output_dir, artifact, cfg.latents.inner_steps)
+    train = read_shards(root, "train")  # fail here, before Ray starts, if the latents are not built
+    has_val = "val" in read_manifest(root)["parts"]
+    val = read_shards(root, "val") if has_val else train
+    if not has_val:
+        print("no validation latents (latents.parts lacks val): validating on training latents")
+    workers = max(1, min(cc.num_workers, len(cc.lambdas)))
+    ensure_ray(workers * cc.cpus_per_worker)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"coder": dataclasses.asdict(cc), "artifact": str(path.resolve()), "latents": str(root.resolve())},
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=cc.use_gpu,
+            resources_per_worker={"CPU": cc.cpus_per_worker, **({"GPU": 1} if cc.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=run_id(cfg, root.name, root),
+            storage_path=str(Path(cfg.train.storage_path).resolve()),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[ProgressPrinter()],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    trained = []
+    with result.checkpoint.as_directory() as d:
+        for f in sorted(Path(d).glob(FINAL_FILE.format(rank="*"))):
+            trained += torch.load(f, weights_only=True, map_location="cpu")
+    if len(trained) != len(cc.lambdas):
+        raise RuntimeError(f"{len(trained)} coders came back for {len(cc.lambdas)} lambdas")
+    values_per_item = artifact.grid.size // read_manifest(root)["num_patches"]
+    return write_coders(cfg, artifact, trained, train, val, values_per_item)
+
+
+def write_coders(
+    cfg: Config, artifact: ModelArtifact, trained: list[dict], train: LatentTable, val: LatentTable, values_per_item: int
+) -> Path:
+    """Add the trained coders (labelled by measured rate) and the uniform baselines to
+    a copy of ``artifact``; save it as a new artifact and print what each one does."""
+    cc = cfg.coder
+    phi_train, phi_val = torch.from_numpy(train.phi), torch.from_numpy(val.phi)
+    num_values = len(val) * values_per_item
+    rows = []
+    for t in trained:
+        coder = load_coder(json.loads(t["spec"]), t["state"])
+        nbytes, exact = measure(coder, phi_val)
+        rows.append((8 * nbytes / num_values, t["lambda"], coder, t["val"], exact))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    artifact.extra.pop("coders", None)  # a new set replaces any coders the input held
+    artifact.extra_tensors = {k: v for k, v in artifact.extra_tensors.items() if not k.startswith("coders.")}
+    artifact.config = dataclasses.replace(artifact.config, latents=cfg.latents, coder=cfg.coder)
+    summary = {}
+    print(f"{'level':<6} {'lambda':>8} {'val bpv (bytes)':>16} {'val bpv (est.)':>15} {'val PSNR':>9} {'best step':>9} exact")
+    for i, (bpv, lam, coder, ev, exact) in enumerate(rows):
+        level = f"q{i}"
+        artifact.add_coder(level, coder)
+        summary[level] = {"lambda": lam, "val_bpv_bytes": bpv, "bit_exact": exact} | {f"val_{k}": v for k, v in ev.items()}
+        print(f"{level:<6} {lam:>8g} {bpv:>16.5f} {ev.get('bpv', float('nan')):>15.5f} {ev.get('psnr', float('nan')):>8.2f} {ev.get('step', 0):>9} {exact}")
+        if not exact:
+            raise RuntimeError(f"coder {level} (lambda {lam}) does not decode bit-exactly")
+    for bits in cc.uniform_bits:
+        q = UniformQuantiser(phi_train.shape[1], bits, clip_std=cc.uniform_clip_std, entropy_code=True)
+        q.fit(phi_train)
+        nbytes, exact = measure(q, phi_val)
+        artifact.add_coder(f"u{bits}", q)
+        summary[f"u{bits}"] = {"bits": bits, "val_bpv_bytes": 8 * nbytes / num_values, "bit_exact": exact}
+    artifact.metrics = dict(artifact.metrics) | {"coders": summary, "latents_inner_steps": cfg.latents.inner_steps}
+    out = save_artifact(artifact, cfg.train.artifact_dir)
+    print(f"quality levels {artifact.quality_levels}")
+    print(f"model artifact {artifact.hash[:16]} -> {out}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML run config (its latents and coder sections)")
+    p.add_argument("--model", help="artifact folder or hash (default: the newest artifact of this config)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. coder.steps=500")
+    args = p.parse_args(argv)
+    fit(load_config(args.config, parse_overrides(args.set)), args.model)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

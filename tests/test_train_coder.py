@@ -1,0 +1,139 @@
+"""Coder training: the loss is measured on the data through a frozen INR and moves only
+the coders; a tiny end-to-end run writes an artifact with every quality level."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.train_coder import coder_losses, distortion_on_data, freeze, train_step
+from vcinr_sci.artifact import ModelArtifact, build_model, load_artifact, save_artifact
+from vcinr_sci.coding import LatentCoder
+from vcinr_sci.config import load_config
+from vcinr_sci.data import load_dataset
+from vcinr_sci.grids import RegularGrid
+from vcinr_sci.meta import masked_mse
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_distortion_on_data_trains_coders_only():
+    torch.manual_seed(0)
+    cfg = load_config(REPO / "configs" / "tiny.yaml")
+    grid = RegularGrid([12, 10])
+    model = freeze(build_model(cfg, grid))
+    d, b = cfg.model.latent_dim, 6
+    coords = torch.from_numpy(grid.coords().reshape(-1, 2)).unsqueeze(0).expand(b, -1, -1).contiguous()
+    values = torch.rand(b, coords.shape[1], 1)
+    mask = torch.ones_like(values, dtype=torch.bool)
+    mask[0, :5] = False
+    phi = torch.randn(b, d)
+    coders = [LatentCoder(d, dim_y=4, width=16, blocks=1) for _ in range(2)]
+    for c in coders:
+        c.set_stats(torch.randn(64, d))
+
+    # One decode for all coders equals decoding each coder's latents on its own.
+    phis = [torch.randn(b, d) for _ in coders]
+    joint = distortion_on_data(model, coords, values, mask, phis)
+    for k, p in enumerate(phis):
+        torch.testing.assert_close(joint[k], masked_mse(model.decode(coords, p), values, mask))
+
+    # The distortion is on the data: other data, other loss (phi and coders unchanged).
+    torch.manual_seed(1)
+    loss_a, _ = coder_losses(model, coders, [10.0, 100.0], phi, (coords, values, mask), b * coords.shape[1])
+    torch.manual_seed(1)
+    loss_b, _ = coder_losses(model, coders, [10.0, 100.0], phi, (coords, values + 0.3, mask), b * coords.shape[1])
+    assert not torch.isclose(loss_a, loss_b)
+
+    inr_before, coders_before = _snapshot(model), [_snapshot(c) for c in coders]
+    main = torch.optim.Adam([p for c in coders for p in c.parameters_main()], lr=1e-2)
+    aux = torch.optim.Adam([p for c in coders for p in c.parameters_aux()], lr=1e-2)
+    for _ in range(3):
+        stats = train_step(model, coders, [10.0, 100.0], main, aux, phi, (coords, values, mask), b * coords.shape[1])
+    assert len(stats) == 2 and all(np.isfinite(s["loss"]) and s["bpv"] > 0 for s in stats)
+
+    # The INR is frozen: no parameter takes gradients, none changed, none has a .grad.
+    assert not any(p.requires_grad for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters())
+    for k, v in _snapshot(model).items():
+        assert torch.equal(v, inr_before[k]), k
+    # Every part of every coder moved: g_a, g_s, the entropy model and its quantiles.
+    for coder, before in zip(coders, coders_before):
+        after = _snapshot(coder)
+        for prefix in ("g_a.", "g_s.", "entropy_bottleneck.matrices", "entropy_bottleneck.quantiles"):
+            keys = [k for k in after if k.startswith(prefix)]
+            assert keys and any(not torch.equal(after[k], before[k]) for k in keys), prefix
+        assert torch.equal(after["phi_mean"], before["phi_mean"])  # statistics, not trained
+
+
+def test_train_coder_end_to_end(ray_session, tmp_path):
+    from pipelines.build_latents import build
+    from pipelines.train_coder import fit
+
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        {
+            "train.storage_path": str(tmp_path / "runs"),
+            "train.artifact_dir": str(tmp_path / "artifacts"),
+            "latents.output_dir": str(tmp_path / "latents"),
+            "latents.shard_fields": 96,
+            "latents.inner_steps": 3,
+            "coder.lambdas": [1000.0, 1.0],
+            "coder.dim_y": 8,
+            "coder.width": 16,
+            "coder.blocks": 1,
+            "coder.steps": 12,
+            "coder.batch_size": 16,
+            "coder.points_per_step": 128,
+            "coder.eval_every": 6,
+            "coder.eval_items": 8,
+            "coder.log_every": 6,
+            "coder.checkpoint_every": 6,
+            "coder.uniform_bits": [2, 8],
+        },
+    )
+    data = load_dataset(cfg.data)
+    torch.manual_seed(0)
+    inr = ModelArtifact(build_model(cfg, data.grid).eval(), cfg, data.grid, data.normaliser, data.split.to_dict())
+    inr_path = save_artifact(inr, cfg.train.artifact_dir)
+    build(cfg, str(inr_path), quiet=True)
+
+    out = fit(cfg, str(inr_path))
+    art = load_artifact(out)
+    assert art.hash != inr.hash and out != inr_path
+    assert art.quality_levels == ["q0", "q1", "u2", "u8"]
+    # Labelled from lowest to highest rate measured in real bytes on the validation latents.
+    info = art.metrics["coders"]
+    assert {info["q0"]["lambda"], info["q1"]["lambda"]} == {1.0, 1000.0}
+    assert info["q0"]["val_bpv_bytes"] <= info["q1"]["val_bpv_bytes"]
+    assert all(info[q]["bit_exact"] for q in art.quality_levels)
+    assert art.config.coder.lambdas == [1000.0, 1.0]
+    # Same INR as the input artifact, bit for bit.
+    for k, v in inr.model.state_dict().items():
+        assert torch.equal(art.model.state_dict()[k], v), k
+    # The stored coders decode their own bytes exactly.
+    phi = torch.randn(5, cfg.model.latent_dim) * 0.01
+    for level in art.quality_levels:
+        coder = art.coder(level)
+        assert torch.equal(coder.decompress(coder.compress(phi), 5), coder.quantise(phi)), level
+
+    # The benchmark reads the new artifact: bits from bytes, a bit-exact round trip per level.
+    from vcinr_sci.bench.rd import main as bench_rd
+
+    assert bench_rd(["--model", str(out), "--items", "6", "--chunk-items", "4", "--json", str(tmp_path / "rd.json")]) == 0
+    result = json.loads((tmp_path / "rd.json").read_text())
+    levels = {r["level"]: r for r in result["rows"]}
+    assert set(levels) == {"float32", "q0", "q1", "u2", "u2-packed", "u8", "u8-packed"}
+    assert all(r["bit_exact"] for k, r in levels.items() if k != "float32")
+    # Packed 2-bit indices: 2 bits per latent dim, one string per 4 items (ceil to bytes).
+    d, per_item = cfg.model.latent_dim, result["values"] // 6
+    assert levels["u2-packed"]["bytes"] == 2 * d * 4 // 8 + 2 * d * 2 // 8
+    assert levels["u2-packed"]["bpv"] == pytest.approx(8 * levels["u2-packed"]["bytes"] / (6 * per_item))
