@@ -24,14 +24,13 @@ from pathlib import Path
 import ray
 import ray.train
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer, prepare_model
+from ray.train.torch import prepare_model
 
 from vcinr_sci.artifact import ModelArtifact, build_model, save_artifact
 from vcinr_sci.config import Config, load_config
 from vcinr_sci.data import load_dataset
 from vcinr_sci.training import evaluate, outer_step, sample_batch, seed_everything
-from pipelines.ray_setup import ensure_ray, parse_overrides
+from pipelines.ray_setup import ensure_ray, parse_overrides, torch_trainer
 
 CHECKPOINT_FILE = "state.pt"
 DONE_FILE = "vcinr-done.json"  # written by the driver once the artifact exists
@@ -135,22 +134,16 @@ def fit(cfg: Config) -> TrainOutcome:
             print(f"run {run_id(cfg)} finished before; model artifact {done['artifact']}")
             return TrainOutcome(Path(done["artifact"]), done["metrics"])
     ensure_ray(cfg.train.num_workers * cfg.train.cpus_per_worker)
-    trainer = TorchTrainer(
+    trainer = torch_trainer(
         train_loop,
-        train_loop_config={"config": cfg.to_dict(), "kill_at_step": os.environ.get(KILL_AT_STEP_ENV)},
-        scaling_config=ScalingConfig(
-            num_workers=cfg.train.num_workers,
-            use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
-        ),
-        run_config=RunConfig(
-            name=run_id(cfg),
-            storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=[ProgressPrinter()],
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-        ),
+        {"config": cfg.to_dict(), "kill_at_step": os.environ.get(KILL_AT_STEP_ENV)},
+        name=run_id(cfg),
+        storage_path=str(storage),
+        num_workers=cfg.train.num_workers,
+        use_gpu=cfg.train.use_gpu,
+        cpus_per_worker=cfg.train.cpus_per_worker,
+        max_failures=cfg.train.max_failures,
+        progress=ProgressPrinter(),
     )
     result = trainer.fit()
     if result.error:

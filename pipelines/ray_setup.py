@@ -35,6 +35,43 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     )
 
 
+def torch_trainer(
+    loop,
+    loop_config: dict,
+    *,
+    name: str,
+    storage_path: str,
+    num_workers: int,
+    use_gpu: bool,
+    cpus_per_worker: int,
+    max_failures: int,
+    progress,
+):
+    """A ``TorchTrainer`` as every pipeline here runs one: named (a rerun resumes),
+    restarted from its last checkpoint when a worker dies, quiet but for ``progress``."""
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[progress],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["meta.steps=50", "data.paths=[a.nc]"]`` -> {"meta.steps": 50, ...} (YAML values)."""
     out = {}

@@ -37,11 +37,9 @@ import numpy as np
 import ray
 import ray.train
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from pipelines.build_latents import resolve_model
-from pipelines.ray_setup import ensure_ray, parse_overrides
+from pipelines.ray_setup import ensure_ray, parse_overrides, torch_trainer
 from vcinr_sci.artifact import ModelArtifact, load_artifact, save_artifact
 from vcinr_sci.coding import LatentCoder, UniformQuantiser, coder_spec, coder_state, load_coder, rd_loss
 from vcinr_sci.config import CoderConfig, Config, load_config
@@ -314,22 +312,16 @@ def fit(cfg: Config, model: str | None = None) -> Path:
         print("no validation latents (latents.parts lacks val): validating on training latents")
     workers = max(1, min(cc.num_workers, len(cc.lambdas)))
     ensure_ray(workers * cc.cpus_per_worker)
-    trainer = TorchTrainer(
+    trainer = torch_trainer(
         train_loop,
-        train_loop_config={"coder": dataclasses.asdict(cc), "artifact": str(path.resolve()), "latents": str(root.resolve())},
-        scaling_config=ScalingConfig(
-            num_workers=workers,
-            use_gpu=cc.use_gpu,
-            resources_per_worker={"CPU": cc.cpus_per_worker, **({"GPU": 1} if cc.use_gpu else {})},
-        ),
-        run_config=RunConfig(
-            name=run_id(cfg, root.name, root),
-            storage_path=str(Path(cfg.train.storage_path).resolve()),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=[ProgressPrinter()],
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-        ),
+        {"coder": dataclasses.asdict(cc), "artifact": str(path.resolve()), "latents": str(root.resolve())},
+        name=run_id(cfg, root.name, root),
+        storage_path=str(Path(cfg.train.storage_path).resolve()),
+        num_workers=workers,
+        use_gpu=cc.use_gpu,
+        cpus_per_worker=cc.cpus_per_worker,
+        max_failures=cfg.train.max_failures,
+        progress=ProgressPrinter(),
     )
     result = trainer.fit()
     if result.error:
