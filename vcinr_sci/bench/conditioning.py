@@ -50,7 +50,7 @@ DEFAULTS: dict[str, Any] = dict(
     depth=4,
     batch_size=16,
     points_per_step=1024,
-    outer_lr="gated=1e-3,shift=1e-3",
+    outer_lr="gated=3e-4,shift=3e-4",
     inner_steps=3,
     encode_steps=10,
     eval_items=32,
