@@ -26,18 +26,6 @@ def ray_session():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """One intra-op thread for modules of tiny models: on a shared 2-core machine a second
-    thread only adds contention (measured 4 ms vs 400 ms per training step under load)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def shared_data():
     """The real data folder (``$VCINR_DATA_DIR`` or ``../shared/data``); skips when absent."""
