@@ -89,8 +89,8 @@ def test_decoded_header_equals_encoded_except_derived_fields():
     buf = small_chunk()
     out = decode_container(buf)
     assert out.header == header(flags=FLAG_HAS_MASK, payload_crc=out.header.payload_crc)
-    header_out, mask, payload = out  # unpacks like a tuple too
-    assert payload == b"latent payload" and mask.sum() == 2
+    header_out, mask, payload, residual = out  # unpacks like a tuple too
+    assert payload == b"latent payload" and mask.sum() == 2 and residual is None
 
 
 def test_mask_is_compressed():
@@ -102,7 +102,7 @@ def test_mask_is_compressed():
 
 def test_layout_offsets_match_the_docstring():
     buf = small_chunk()
-    assert buf[:5] == MAGIC and buf[5] == FORMAT_VERSION
+    assert buf[:5] == MAGIC and buf[5] == 1  # no residual section: version 1, as older writers
     assert buf[12:44] == bytes.fromhex(HASH)
     assert struct.unpack_from("<H", buf, 44)[0] == FLAG_HAS_MASK
     assert buf[46:49] == bytes([3, 3, 3])  # ndim, len("<f4"), len("q30")
@@ -143,9 +143,59 @@ def test_bad_magic():
 
 def test_unknown_version():
     buf = bytearray(small_chunk())
-    buf[5] = 2
-    with pytest.raises(ChunkFormatError, match=r"version 2.*supports \[1\]"):
+    buf[5] = FORMAT_VERSION + 1
+    with pytest.raises(ChunkFormatError, match=rf"version {FORMAT_VERSION + 1}.*supports \[1, 2\]"):
         decode_container(bytes(buf))
+
+
+# --- the residual section (version 2) ----------------------------------------------
+
+
+def residual_chunk(residual: bytes = b"residual bytes") -> bytes:
+    mask = np.zeros((2, 3, 5), bool)
+    mask[0, 1, 2] = True
+    return encode_container(header(), mask, b"latent payload", residual)
+
+
+def test_residual_round_trip_and_layout():
+    buf = residual_chunk()
+    out = decode_container(buf)
+    assert buf[5] == 2 == FORMAT_VERSION and out.residual == b"residual bytes" and out.payload == b"latent payload"
+    header_len = struct.unpack_from("<H", buf, 6)[0]
+    assert header_len == 81 + 24 + 6 + 12  # the version-1 header, then residual_len and residual_crc
+    assert struct.unpack_from("<QI", buf, header_len - 12) == (14, zlib.crc32(b"residual bytes"))
+    assert buf.endswith(b"latent payloadresidual bytes")
+    # the same chunk without a residual is the version-1 chunk, byte for byte
+    plain = decode_container(encode_container(out.header, out.mask, out.payload))
+    assert plain.residual is None and plain.header == out.header
+
+
+def test_residual_damage_is_reported():
+    buf = residual_chunk()
+    bad = bytearray(buf)
+    bad[-1] ^= 0x01
+    with pytest.raises(ChunkFormatError, match="residual checksum mismatch"):
+        decode_container(bytes(bad))
+    for n in (len(buf) - 1, len(buf) - 14, len(buf) - 20):
+        with pytest.raises(ChunkFormatError, match="truncated"):
+            decode_container(buf[:n])
+    with pytest.raises(ChunkFormatError, match="trailing"):
+        decode_container(buf + b"\0")
+    header_len = struct.unpack_from("<H", buf, 6)[0]
+    bad = bytearray(buf)
+    struct.pack_into("<Q", bad, header_len - 12, 0)  # a version-2 chunk claiming no residual
+    with pytest.raises(ChunkFormatError, match="must hold a residual"):
+        decode_container(resign(bytes(bad)))
+    for i in range(len(buf)):  # every flipped byte, the residual fields included
+        bad = bytearray(buf)
+        bad[i] ^= 0x40
+        with pytest.raises(ChunkFormatError):
+            decode_container(bytes(bad))
+
+
+def test_empty_residual_refused():
+    with pytest.raises(ChunkFormatError, match="empty residual"):
+        encode_container(header(), None, b"p", b"")
 
 
 def test_truncation_at_every_position_is_detected():
@@ -256,16 +306,17 @@ def chunks(draw):
     mask = draw(st.sampled_from([None, rng.random(shape) < density]))
     h = header(shape, draw(st.sampled_from(["<f2", "<f4", "<f8"])), grid_ndim,
                quality=draw(st.text(max_size=30)), inner_steps=draw(st.integers(0, 2**32 - 1)))
-    return h, mask, draw(st.binary(max_size=300))
+    residual = draw(st.one_of(st.none(), st.binary(min_size=1, max_size=100)))
+    return h, mask, draw(st.binary(max_size=300)), residual
 
 
 @settings(max_examples=100, deadline=None)
 @given(chunks(), st.data())
 def test_round_trip_property(chunk, data):
-    h, mask, payload = chunk
-    buf = encode_container(h, mask, payload)
+    h, mask, payload, residual = chunk
+    buf = encode_container(h, mask, payload, residual)
     out = decode_container(buf)
-    assert out.payload == payload
+    assert out.payload == payload and out.residual == residual
     assert out.header.shape == h.shape and out.header.dtype == h.dtype
     assert (out.header.quality, out.header.inner_steps, out.header.num_items) == (h.quality, h.inner_steps, h.num_items)
     if mask is None or not mask.any():

@@ -10,7 +10,7 @@ Byte layout (all integers little-endian, offsets in bytes)::
     offset  size     field
     ------  -------  ----------------------------------------------------------
      0      5        magic b"VCINR"
-     5      1        u8   format version (1)
+     5      1        u8   format version (1, or 2 when a residual section follows)
      6      2        u16  header_len: bytes from offset 0 to the end of the header
      8      4        u32  header_crc: crc32 of bytes [0, 8) + [12, header_len)
     12      32       model hash (raw SHA-256 digest)
@@ -26,15 +26,26 @@ Byte layout (all integers little-endian, offsets in bytes)::
     81      8*ndim   u64  shape
     ..      dtype_len      dtype, ASCII numpy dtype str (e.g. "<f4")
     ..      quality_len    quality label, UTF-8
-    header_len  mask_len     mask: Zstd(np.packbits(mask.ravel()))
-    ..          payload_len  payload (opaque)
+    ..      8        u64  residual_len (version 2 only; > 0)
+    ..      4        u32  residual_crc: crc32 of the residual section (version 2 only)
+    header_len  mask_len      mask: Zstd(np.packbits(mask.ravel()))
+    ..          payload_len   payload (opaque)
+    ..          residual_len  residual section (opaque; version 2 only)
 
-The total length must be exactly ``header_len + mask_len + payload_len``.
+The total length must be exactly ``header_len + mask_len + payload_len (+ residual_len)``.
+
+**Versions.** Version 2 differs from version 1 only by the two residual fields at the end
+of the header and the residual section (the error-bounded mode's correction, laid out by
+:mod:`vcinr_sci.bounded`) after the payload. A writer uses version 1 for a chunk without
+a residual section, so such chunks stay byte-identical to (and readable by) version-1
+readers, and version 2 only when one is present; this reader reads both. The residual
+section has its own CRC so that damage to it is reported as such.
 
 Why this detects any corruption: ``header_len`` is checked against the length
 implied by ``ndim``/``dtype_len``/``quality_len``, so a damaged length field
 cannot silently re-frame the header; every other header byte is covered by
-``header_crc`` and every body byte by ``payload_crc``.  CRC-32 catches every
+``header_crc``, every body byte by ``payload_crc`` and every residual byte by
+``residual_crc``.  CRC-32 catches every
 single-bit error and every burst of up to 32 bits, and misses random damage with
 probability 2**-32; it guards against accidents, not tampering (the model hash
 is an identifier, not a signature), so a cryptographic hash would only add cost.
@@ -52,8 +63,9 @@ import numpy as np
 from numcodecs import Zstd
 
 MAGIC = b"VCINR"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2  # the newest; chunks without a residual section are written as version 1
+SUPPORTED_VERSIONS = (1, 2)
+_VERSION_PLAIN, _VERSION_RESIDUAL = 1, 2
 
 FLAG_HAS_MASK = 1 << 0
 FLAG_ALL_MASKED = 1 << 1
@@ -63,6 +75,7 @@ _MASK_FLAGS = FLAG_HAS_MASK | FLAG_ALL_MASKED
 
 _FIXED = struct.Struct("<5sBHI32sHBBBIQQQI")  # everything before the shape
 _DIM = struct.Struct("<Q")
+_RESIDUAL = struct.Struct("<QI")  # version 2: residual_len, residual_crc, ending the header
 # Masks are small next to the payload and decode equally fast at any level, so
 # spend encode time for the ~15% smaller output of a high level.
 _MASK_CODEC = Zstd(level=19)
@@ -138,21 +151,28 @@ class ChunkHeader:
 
 
 class Container(NamedTuple):
-    """A decoded chunk. ``mask`` is None when no point is masked."""
+    """A decoded chunk. ``mask`` is None when no point is masked, ``residual`` when
+    the chunk has no residual section (a version-1 chunk)."""
 
     header: ChunkHeader
     mask: np.ndarray | None
     payload: bytes
+    residual: bytes | None = None
 
 
-def encode_container(header: ChunkHeader, mask: np.ndarray | None, payload: bytes) -> bytes:
+def encode_container(
+    header: ChunkHeader, mask: np.ndarray | None, payload: bytes, residual: bytes | None = None
+) -> bytes:
     """Serialise one chunk.
 
     ``mask`` is a bool array of ``header.shape`` (True = masked point, e.g. NaN
     or fill; its meaning is the caller's) or None for "nothing masked".  It is
     stored only when some but not all points are masked; an all-True mask just
-    sets ``FLAG_ALL_MASKED``.
+    sets ``FLAG_ALL_MASKED``.  ``residual`` (non-empty bytes, or None) is stored
+    as the residual section of a version-2 chunk.
     """
+    if residual is not None and not len(residual):
+        raise ChunkFormatError("an empty residual section: pass None for a chunk without one")
     flags = header.flags & ~_MASK_FLAGS
     mask_bytes = b""
     if mask is not None:
@@ -172,17 +192,22 @@ def encode_container(header: ChunkHeader, mask: np.ndarray | None, payload: byte
     shape = header.shape
     dtype = header.dtype.encode("ascii")
     quality = header.quality.encode("utf-8")
-    header_len = _FIXED.size + _DIM.size * len(shape) + len(dtype) + len(quality)
+    version = _VERSION_PLAIN if residual is None else _VERSION_RESIDUAL
+    header_len = _header_len(version, len(shape), len(dtype), len(quality))
     head = bytearray(_FIXED.pack(
-        MAGIC, FORMAT_VERSION, header_len, 0, bytes.fromhex(header.model_hash), flags,
+        MAGIC, version, header_len, 0, bytes.fromhex(header.model_hash), flags,
         len(shape), len(dtype), len(quality), header.inner_steps, header.num_items,
         len(mask_bytes), len(payload), body_crc,
     ))
     for d in shape:
         head += _DIM.pack(d)
     head += dtype + quality
+    tail = b""
+    if residual is not None:
+        tail = bytes(residual)
+        head += _RESIDUAL.pack(len(tail), zlib.crc32(tail))
     struct.pack_into("<I", head, 8, _header_crc(head))
-    return bytes(head) + mask_bytes + payload
+    return bytes(head) + mask_bytes + payload + tail
 
 
 def decode_container(buf: bytes | bytearray | memoryview | np.ndarray) -> Container:
@@ -198,22 +223,31 @@ def decode_container(buf: bytes | bytearray | memoryview | np.ndarray) -> Contai
         )
     if len(data) < _FIXED.size:
         raise ChunkFormatError(f"truncated header: expected at least {_FIXED.size} bytes, got {len(data)}")
-    (_, _, header_len, header_crc, raw_hash, flags, ndim, dtype_len, quality_len,
+    (_, version, header_len, header_crc, raw_hash, flags, ndim, dtype_len, quality_len,
      inner_steps, num_items, mask_len, payload_len, body_crc) = _FIXED.unpack_from(data)
-    if header_len != _FIXED.size + _DIM.size * ndim + dtype_len + quality_len:
+    if header_len != _header_len(version, ndim, dtype_len, quality_len):
         raise ChunkFormatError("corrupt header: header_len disagrees with its field lengths")
     if len(data) < header_len:
         raise ChunkFormatError(f"truncated header: expected at least {header_len} bytes, got {len(data)}")
     if _header_crc(data[:header_len]) != header_crc:
         raise ChunkFormatError("header checksum mismatch: the chunk is corrupt")
-    total = header_len + mask_len + payload_len
+    residual_len = residual_crc = 0
+    if version == _VERSION_RESIDUAL:
+        residual_len, residual_crc = _RESIDUAL.unpack_from(data, header_len - _RESIDUAL.size)
+        if not residual_len:
+            raise ChunkFormatError("a version-2 chunk must hold a residual section")
+    body_end = header_len + mask_len + payload_len
+    total = body_end + residual_len
     if len(data) != total:
         what = "truncated" if len(data) < total else "trailing bytes after chunk"
         raise ChunkFormatError(f"{what}: expected {total} bytes, got {len(data)}")
     mask_bytes = data[header_len : header_len + mask_len]
-    payload = bytes(data[header_len + mask_len :])
+    payload = bytes(data[header_len + mask_len : body_end])
     if zlib.crc32(payload, zlib.crc32(mask_bytes)) != body_crc:
         raise ChunkFormatError("payload checksum mismatch: the chunk is corrupt")
+    residual = bytes(data[body_end:]) if version == _VERSION_RESIDUAL else None
+    if residual is not None and zlib.crc32(residual) != residual_crc:
+        raise ChunkFormatError("residual checksum mismatch: the chunk's error-bound correction is corrupt")
 
     # The checksums passed, so the fields below are what an encoder wrote;
     # failures here mean a faulty or foreign writer, still reported as format errors.
@@ -222,13 +256,18 @@ def decode_container(buf: bytes | bytearray | memoryview | np.ndarray) -> Contai
     pos += _DIM.size * ndim
     try:
         dtype = bytes(data[pos : pos + dtype_len]).decode("ascii")
-        quality = bytes(data[pos + dtype_len : header_len]).decode("utf-8")
+        quality = bytes(data[pos + dtype_len : pos + dtype_len + quality_len]).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ChunkFormatError(f"header text is not valid: {exc}") from None
     header = ChunkHeader(raw_hash.hex(), shape, dtype, num_items, quality, inner_steps, flags, body_crc)
     if header.dtype != dtype:
         raise ChunkFormatError(f"header dtype {dtype!r} is not a canonical numpy dtype str")
-    return Container(header, _decode_mask(header, bytes(mask_bytes)), payload)
+    return Container(header, _decode_mask(header, bytes(mask_bytes)), payload, residual)
+
+
+def _header_len(version: int, ndim: int, dtype_len: int, quality_len: int) -> int:
+    extra = _RESIDUAL.size if version == _VERSION_RESIDUAL else 0
+    return _FIXED.size + _DIM.size * ndim + dtype_len + quality_len + extra
 
 
 def _decode_mask(header: ChunkHeader, mask_bytes: bytes) -> np.ndarray | None:
