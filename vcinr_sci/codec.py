@@ -47,6 +47,16 @@ whole: a field or patch with no valid point gets no latent and costs only mask b
 With a non-NaN fill value that the codec is not told (format 2, raw Zarr use) the
 padding is encoded as data; Zarr crops it on read, so the result is still correct.
 
+**Error bounds.** With ``max_abs_error`` (data units) and/or ``max_rel_error`` (a
+fraction of the chunk's valid value range, as SZ3's REL mode; the bound is computed per
+chunk and stored in it) the codec guarantees ``|x - decode(encode(x))| <= bound`` at
+every valid point of every chunk, whatever device decodes it: a residual section
+corrects the INR's reconstruction (:mod:`vcinr_sci.bounded` has the mechanism, the
+margin for device differences and the coder's choice). Masked points stay exact. In rel
+mode, tell a format-2 codec the array's numeric fill value (``fill_value=``): else the
+fill padding of edge chunks counts in the range. Without a bound (the default) nothing
+is guaranteed and chunks are as before (format version 1).
+
 Decoding reads the model hash and quality level from each chunk's header (the config
 supplies only the lookup hint and the fill value), so a chunk decodes by itself. Bytes do
 not depend on the device: the entropy coder's tables are built on the CPU, so chunks
@@ -68,6 +78,8 @@ Payload layout (inside the container's opaque payload)::
     latent string (the coder's bytes) for the items with at least one valid point
 
 An empty payload means: every point masked, all holding the default masked value.
+A bounded chunk's residual section (container version 2) corrects its valid points, in
+C order.
 """
 
 from __future__ import annotations
@@ -91,6 +103,7 @@ from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.common import parse_named_configuration
 
 from vcinr_sci.artifact import ModelArtifact
+from vcinr_sci.bounded import BoundError, ErrorBound, apply_residual, encode_residual, inr_scale
 from vcinr_sci.chunk import ChunkFormatError, ChunkHeader, decode_container, encode_container
 from vcinr_sci.grids import grid_from_dict
 from vcinr_sci.models import (  # noqa: F401  (re-exported: the codec's model API)
@@ -100,6 +113,7 @@ from vcinr_sci.models import (  # noqa: F401  (re-exported: the codec's model AP
     clear_model_cache,
     default_device,
     default_inner_steps,
+    full_float32,
     get_model,
     model_cache_stats,
     register_model,
@@ -114,6 +128,9 @@ _PAYLOAD_OTHER = 1
 _U32 = struct.Struct("<I")
 _MASK_CODEC = Zstd(level=19)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_CONFIG_KEYS = {
+    "model_hash", "model_path", "quality", "grid", "inner_steps", "fill_value", "max_abs_error", "max_rel_error",
+}
 
 
 # ---------------------------------------------------------------------------- config
@@ -183,9 +200,15 @@ def _grids_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def encode_chunk(
-    x: np.ndarray, model: LoadedModel, quality: str, inner_steps: int, fill_value: float | None = None
+    x: np.ndarray,
+    model: LoadedModel,
+    quality: str,
+    inner_steps: int,
+    fill_value: float | None = None,
+    bound: ErrorBound | None = None,
 ) -> bytes:
-    """Encode the chunk ``x`` (``(items..., *grid)``, float) into one container."""
+    """Encode the chunk ``x`` (``(items..., *grid)``, float) into one container; with
+    ``bound``, one whose decoded valid points all lie within it."""
     x = np.asarray(x)
     dtype = check_dtype(x.dtype)
     check_chunk_shape(x.shape, model.grid.shape)
@@ -215,7 +238,19 @@ def encode_chunk(
     phi = model.adapt(active, items[active], valid[active], inner_steps)
     latents = coder.compress(phi)
     payload = bytes([_PAYLOAD_OTHER if head else 0]) + head + latents
-    return encode_container(header, mask if mask.any() else None, payload)
+    residual = None
+    if bound is not None:  # reconstruct exactly as the decoder will: from the latents' bytes
+        phi_hat = _decompress(model, quality, latents, len(active))
+        inr = ChunkLatents(header, model, mask, None, active, phi_hat).inr_normalised()[~mask]
+        xhat = norm.denormalise(inr.astype(np.float64))
+        residual = encode_residual(x, ~mask, xhat, bound, inr_scale(inr, norm.lo, norm.hi))
+    return encode_container(header, mask if mask.any() else None, payload, residual)
+
+
+def _decompress(model: LoadedModel, quality: str, latents: bytes, n: int) -> torch.Tensor:
+    """The quantised latents of ``n`` items (the coder's synthesis runs in full float32)."""
+    with full_float32():
+        return model.coder(quality).decompress(latents, n)
 
 
 @dataclass
@@ -228,10 +263,20 @@ class ChunkLatents:
     other: np.ndarray | None  # (shape) True = masked point holding the other missing value
     active: np.ndarray  # indices of the items that have latents
     phi: torch.Tensor  # (len(active), D)
+    residual: bytes | None = None  # the error-bounded mode's correction (None: no bound)
 
     @property
     def num_fields(self) -> int:
         return self.header.num_items
+
+    def inr_normalised(self) -> np.ndarray:
+        """The INR's normalised float32 values on the grid, in the chunk's shape (0 for
+        items without latents): the decoder's computation, which the encoder of a
+        bounded chunk repeats to check its correction."""
+        model = self.model
+        items = np.zeros((self.num_fields * model.num_patches, model.points_per_item), np.float32)
+        items[self.active] = model.evaluate(self.active, self.phi)
+        return model.to_fields(items).reshape(self.header.shape)
 
     def masked_values(self, fill_value: float | None) -> np.ndarray:
         """Values of the masked points as stored (NaN or the fill value), ``(shape)``."""
@@ -244,8 +289,7 @@ class ChunkLatents:
 
 def decode_latents(buf: Any, hints: Sequence[str | os.PathLike | None] = ()) -> ChunkLatents:
     """Parse and check a container and decode its latents (no INR evaluation)."""
-    container = decode_container(buf)
-    header, mask, payload = container
+    header, mask, payload, residual = decode_container(buf)
     check_dtype(header.dtype)
     if not _HEX64.fullmatch(header.model_hash):
         raise ChunkFormatError("chunk header holds no full model hash")
@@ -282,9 +326,11 @@ def decode_latents(buf: Any, hints: Sequence[str | os.PathLike | None] = ()) -> 
     else:
         active = np.flatnonzero((~model.to_items(mask.reshape(fields_shape))).any(axis=1))
     latents = payload[pos:]
+    if residual is not None and not len(active):
+        raise ChunkFormatError("a residual section stored for a chunk whose every point is masked")
     if len(active):
         try:
-            phi = model.coder(header.quality).decompress(latents, len(active))
+            phi = _decompress(model, header.quality, latents, len(active))
         except CodecError:
             raise
         except ValueError as e:
@@ -293,7 +339,7 @@ def decode_latents(buf: Any, hints: Sequence[str | os.PathLike | None] = ()) -> 
         if latents:
             raise ChunkFormatError("latents stored for a chunk whose every point is masked")
         phi = torch.zeros(0, model.artifact.model.latent_dim)
-    return ChunkLatents(header, model, mask, other, active, phi)
+    return ChunkLatents(header, model, mask, other, active, phi, residual)
 
 
 def decode_chunk(
@@ -304,10 +350,10 @@ def decode_chunk(
     header, model = lat.header, lat.model
     if lat.mask is not None and lat.mask.all():
         return lat.masked_values(fill_value).astype(header.dtype)
-    items = np.zeros((header.num_items * model.num_patches, model.points_per_item), np.float32)
-    items[lat.active] = model.evaluate(lat.active, lat.phi)
-    values = model.artifact.normaliser.denormalise(model.to_fields(items).astype(np.float64))
-    values = values.reshape(header.shape)
+    values = model.artifact.normaliser.denormalise(lat.inr_normalised().astype(np.float64))
+    if lat.residual is not None:  # corrected in the chunk's dtype; widening back is exact
+        kept = np.ones(header.shape, bool) if lat.mask is None else ~lat.mask
+        values[kept] = apply_residual(lat.residual, kept, values[kept], np.dtype(header.dtype))
     if lat.mask is not None:
         values = np.where(lat.mask, lat.masked_values(fill_value), values)
     with np.errstate(over="ignore"):  # float16 saturates to inf, as any cast would
@@ -324,7 +370,10 @@ class VCINRCodec(Codec):
     or URI, or None), ``quality`` (a level of the model's coders), ``grid`` (the model
     grid's description, checked against the model at encode time), ``inner_steps`` (the
     adaptation steps at encode time; None = the model's default, see
-    :func:`default_inner_steps`), ``fill_value`` (a number, "NaN", or None).
+    :func:`default_inner_steps`), ``fill_value`` (a number, "NaN", or None),
+    ``max_abs_error`` / ``max_rel_error`` (the error bound, see the module doc; None = no
+    guarantee). The bound keys appear in :meth:`get_config` only when set, so a config
+    without a bound stays readable by readers that predate them.
     """
 
     codec_id = CODEC_ID
@@ -337,6 +386,8 @@ class VCINRCodec(Codec):
         inner_steps: int | None = None,
         model_path: str | None = None,
         fill_value: float | str | None = None,
+        max_abs_error: float | None = None,
+        max_rel_error: float | None = None,
     ):
         if not isinstance(model_hash, str) or not _HEX64.fullmatch(model_hash.lower()):
             raise CodecError(f"model_hash must be the model's full 64-hex content hash, got {model_hash!r}")
@@ -359,6 +410,13 @@ class VCINRCodec(Codec):
         self.inner_steps = inner_steps
         self._fill = _parse_fill(fill_value)
         self.fill_value = _fill_json(self._fill)
+        try:
+            bounded = max_abs_error is not None or max_rel_error is not None
+            self._bound = ErrorBound(max_abs_error, max_rel_error) if bounded else None
+        except BoundError as e:
+            raise CodecError(str(e)) from None
+        self.max_abs_error = None if self._bound is None else self._bound.max_abs_error
+        self.max_rel_error = None if self._bound is None else self._bound.max_rel_error
         self._checked = False
 
     @classmethod
@@ -369,6 +427,8 @@ class VCINRCodec(Codec):
         inner_steps: int | None = None,
         model_path: str | None = None,
         fill_value: float | str | None = None,
+        max_abs_error: float | None = None,
+        max_rel_error: float | None = None,
     ) -> "VCINRCodec":
         """A codec for ``model`` (an artifact, a loaded model, an artifact folder or a
         hash): fills in hash, grid, inner steps and (for a folder) ``model_path``, and
@@ -379,11 +439,16 @@ class VCINRCodec(Codec):
         if model_path is None and art.path is not None:
             model_path = str(Path(art.path).resolve())
         steps = default_inner_steps(art, quality) if inner_steps is None else inner_steps
-        return cls(art.hash, quality, art.grid.to_dict(), steps, model_path, fill_value)
+        return cls(art.hash, quality, art.grid.to_dict(), steps, model_path, fill_value, max_abs_error, max_rel_error)
 
     @property
     def grid_shape(self) -> tuple[int, ...]:
         return self._grid_shape
+
+    @property
+    def bound(self) -> ErrorBound | None:
+        """The error bound this codec guarantees, or None."""
+        return self._bound
 
     @property
     def fill(self) -> float | None:
@@ -391,7 +456,7 @@ class VCINRCodec(Codec):
         return self._fill
 
     def get_config(self) -> dict[str, Any]:
-        return {
+        config = {
             "id": self.codec_id,
             "model_hash": self.model_hash,
             "model_path": self.model_path,
@@ -400,11 +465,15 @@ class VCINRCodec(Codec):
             "inner_steps": self.inner_steps,
             "fill_value": self.fill_value,
         }
+        for key in ("max_abs_error", "max_rel_error"):
+            if getattr(self, key) is not None:
+                config[key] = getattr(self, key)
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "VCINRCodec":
         config = {k: v for k, v in config.items() if k != "id"}
-        unknown = set(config) - {"model_hash", "model_path", "quality", "grid", "inner_steps", "fill_value"}
+        unknown = set(config) - _CONFIG_KEYS
         if unknown:
             raise CodecError(f"unknown vcinr codec config key(s) {sorted(unknown)}")
         return cls(**config)
@@ -412,7 +481,8 @@ class VCINRCodec(Codec):
     def __repr__(self) -> str:
         return (
             f"VCINRCodec(model={self.model_hash[:16]}, quality={self.quality!r}, grid={self._grid_shape}, "
-            f"inner_steps={self.inner_steps}, fill_value={self.fill_value!r})"
+            f"inner_steps={self.inner_steps}, fill_value={self.fill_value!r}, "
+            f"max_abs_error={self.max_abs_error!r}, max_rel_error={self.max_rel_error!r})"
         )
 
     def __hash__(self) -> int:
@@ -435,7 +505,7 @@ class VCINRCodec(Codec):
         """Encode an ``(items..., *grid)`` float array (format-agnostic entry point)."""
         loaded = self.model()
         steps = self.inner_steps if self.inner_steps is not None else default_inner_steps(loaded.artifact, self.quality)
-        return encode_chunk(x, loaded, self.quality, steps, self._fill)
+        return encode_chunk(x, loaded, self.quality, steps, self._fill, self._bound)
 
     def decode_array(self, buf: Any) -> np.ndarray:
         """Decode container bytes to the array they hold."""

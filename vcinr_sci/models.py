@@ -12,6 +12,7 @@ content hash: a candidate whose hash differs is refused.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -21,7 +22,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -54,6 +55,42 @@ def default_device() -> torch.device:
 
 def _batch_points() -> int:
     return max(1, int(os.environ.get(BATCH_POINTS_ENV, 2**16)))
+
+
+_PRECISION_LOCK = threading.Lock()
+_PRECISION_USERS = 0
+_PRECISION_SAVED: str | None = None
+
+
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """Run CUDA float32 matmuls in IEEE float32 (no TF32) inside the block, restoring the
+    caller's setting afterwards.
+
+    Decoding must not depend on a process-wide speed setting: TF32 changes the INR's
+    output by ~1e-3 of the normalisation range, far beyond the error-bounded mode's
+    margin (:mod:`vcinr_sci.bounded`). torch 2.13 sets this with
+    ``torch.backends.cuda.matmul.fp32_precision`` (``"ieee"``); the legacy
+    ``allow_tf32`` / ``set_float32_matmul_precision`` flags map onto it, and reading
+    them after the new one was set raises, so only the new one is touched. The INR
+    has no convolutions, so cuDNN's flag does not apply. Chunks decode in several
+    threads at once: the first to enter saves and sets, the last to leave restores.
+    On the CPU the setting has no effect.
+    """
+    global _PRECISION_USERS, _PRECISION_SAVED
+    matmul = torch.backends.cuda.matmul
+    with _PRECISION_LOCK:
+        if _PRECISION_USERS == 0:
+            _PRECISION_SAVED = matmul.fp32_precision
+            matmul.fp32_precision = "ieee"
+        _PRECISION_USERS += 1
+    try:
+        yield
+    finally:
+        with _PRECISION_LOCK:
+            _PRECISION_USERS -= 1
+            if _PRECISION_USERS == 0:
+                matmul.fp32_precision = _PRECISION_SAVED
 
 
 @dataclass
@@ -135,9 +172,10 @@ class LoadedModel:
         out = []
         model = self.artifact.model
         phi = phi.to(self.device, torch.float32)
-        for sl in self._batches(len(items)):
-            coords = self.item_coords[torch.as_tensor(items[sl] % self.num_patches, device=self.device)]
-            out.append(model.decode(coords, phi[sl])[..., 0].float().cpu().numpy())
+        with full_float32():
+            for sl in self._batches(len(items)):
+                coords = self.item_coords[torch.as_tensor(items[sl] % self.num_patches, device=self.device)]
+                out.append(model.decode(coords, phi[sl])[..., 0].float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.points_per_item), np.float32)
 
     @torch.no_grad()
@@ -148,7 +186,8 @@ class LoadedModel:
         c = torch.as_tensor(np.asarray(coords, np.float32), device=self.device)
         phi = phi.to(self.device, torch.float32)
         step = max(1, _batch_points() // max(1, len(c)))
-        out = [model.decode(c, phi[i : i + step])[..., 0].float().cpu().numpy() for i in range(0, len(phi), step)]
+        with full_float32():
+            out = [model.decode(c, phi[i : i + step])[..., 0].float().cpu().numpy() for i in range(0, len(phi), step)]
         return np.concatenate(out) if out else np.zeros((0, len(c)), np.float32)
 
 
