@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "conditioning": ("vcinr_sci.bench.conditioning", "GatedSiren vs ShiftSiren at equal budgets"),
     "rd": ("vcinr_sci.bench.rd", "rate-distortion of learned coders vs uniform quantisation, from real bytes"),
+    "residual": ("vcinr_sci.bench.residual", "coders of the error-bounded mode's correction: bytes, time, bound check"),
 }
 
 
