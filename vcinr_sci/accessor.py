@@ -1,8 +1,9 @@
 """xarray accessors: ``ds.vcinr`` and ``da.vcinr`` (registered on import of this module).
 
 - ``ds.vcinr.to_zarr(store, model=..., quality=..., variables=...)`` writes with the
-  ``vcinr`` codec and records, as attributes of each coded variable, what was done and
-  the errors measured against the input (see :data:`ATTRS`).
+  ``vcinr`` codec and records, as attributes of each coded variable, what was done, the
+  error bound guaranteed (``max_abs_error=`` / ``max_rel_error=``, if asked for) and the
+  errors measured against the input (see :data:`ATTRS` and :data:`BOUND_ATTRS`).
 - ``da.vcinr.sample(lat=..., lon=...)`` evaluates the INR from the stored latents at any
   coordinates, without decoding whole chunks onto the grid (continuous resolution).
 - ``da.vcinr.error_report(reference)``: PSNR, RMSE, latitude-weighted RMSE, max error.
@@ -29,6 +30,7 @@ import xarray as xr
 import zarr
 
 from vcinr_sci.artifact import HASH_PREFIX_LEN
+from vcinr_sci.bounded import ErrorBound
 from vcinr_sci.codec import (
     CodecError,
     LoadedModel,
@@ -58,8 +60,12 @@ NOTE = (
 ATTRS = (
     "vcinr_codec", "vcinr_model_hash", "vcinr_quality", "vcinr_inner_steps", "vcinr_grid_dims",
     "vcinr_psnr_db", "vcinr_psnr_data_range", "vcinr_rmse", "vcinr_lat_weighted_rmse",
-    "vcinr_max_abs_error", "vcinr_bits_per_value", "vcinr_compression_ratio", "vcinr_note",
+    "vcinr_max_abs_error", "vcinr_bits_per_value", "vcinr_compression_ratio", "vcinr_error_bound_mode", "vcinr_note",
 )
+# Written besides when a bound was asked for: the bound(s) as given ("rel" is a fraction of
+# each chunk's value range). vcinr_error_bound_mode is "none" (no guarantee), "abs", "rel"
+# or "abs_and_rel" (both hold).
+BOUND_ATTRS = ("vcinr_error_bound_abs", "vcinr_error_bound_rel")
 _LAT_NAMES = {"lat", "latitude", "nav_lat", "rlat"}
 _TARGET_CHUNK_BYTES = 16 * 2**20
 _MAX_FIELDS_PER_CHUNK = 64
@@ -225,8 +231,10 @@ def coded_variable_attrs(
     itemsize: int,
     stored_bytes: int,
     report: dict[str, Any] | None,
+    bound: ErrorBound | None = None,
 ) -> dict[str, Any]:
-    """The ``vcinr_*`` attributes of a coded variable (see :data:`ATTRS`)."""
+    """The ``vcinr_*`` attributes of a coded variable (see :data:`ATTRS` and
+    :data:`BOUND_ATTRS`)."""
     attrs: dict[str, Any] = {
         "vcinr_codec": "vcinr",
         "vcinr_model_hash": model_hash,
@@ -235,8 +243,13 @@ def coded_variable_attrs(
         "vcinr_grid_dims": [str(d) for d in grid_dims],
         "vcinr_bits_per_value": 8.0 * stored_bytes / max(1, num_values),
         "vcinr_compression_ratio": _json_number(num_values * itemsize / stored_bytes if stored_bytes else math.inf),
+        "vcinr_error_bound_mode": "none" if bound is None else bound.mode,
         "vcinr_note": NOTE,
     }
+    if bound is not None:
+        for key, value in zip(BOUND_ATTRS, (bound.max_abs_error, bound.max_rel_error)):
+            if value is not None:
+                attrs[key] = value
     if report is not None:
         attrs |= {
             "vcinr_psnr_db": _json_number(report["psnr_db"]),
@@ -268,6 +281,8 @@ class VCINRDatasetAccessor:
         store_model: bool = False,
         mode: str = "w-",
         measure: bool = True,
+        max_abs_error: float | None = None,
+        max_rel_error: float | None = None,
         **to_zarr_kwargs: Any,
     ) -> Any:
         """Write the dataset to ``store``, coding ``variables`` with the vcinr codec.
@@ -282,6 +297,9 @@ class VCINRDatasetAccessor:
         dtype with NaN as missing value. ``store_model`` stores the model inside the
         group. ``mode``: "w-" (refuse an existing store) or "w" (replace it).
         ``measure`` decodes what was written and records the errors as attributes.
+        ``max_abs_error`` (data units) and/or ``max_rel_error`` (fraction of each chunk's
+        value range) ask for a guaranteed point-wise bound (see :mod:`vcinr_sci.codec`);
+        the bound and its mode are recorded as attributes.
 
         A local store is written under a temporary name and renamed when complete, so a
         failure leaves nothing behind; for other stores the input is checked first
@@ -299,6 +317,8 @@ class VCINRDatasetAccessor:
         art = loaded.artifact
         loaded.coder(quality)  # unknown level -> CodecError before anything is written
         steps = default_inner_steps(art, quality) if inner_steps is None else int(inner_steps)
+        bounds = {"max_abs_error": max_abs_error, "max_rel_error": max_rel_error}
+        bound = VCINRCodec(art.hash, quality, art.grid.to_dict(), steps, None, "NaN", **bounds).bound  # bad: fails now
         ds = self._obj
         names = self._select(variables, loaded, grid_dims)
         if store_model and local:  # where the model will lie once the store is in place
@@ -313,7 +333,7 @@ class VCINRDatasetAccessor:
             da, dims = prepare_variable(ds[name], loaded, grid_dims, chunks)
             if not local or da.chunks is None:  # a local store is renamed into place only when complete
                 _finite_check(da)
-            codec = VCINRCodec(art.hash, quality, art.grid.to_dict(), steps, model_path, "NaN")
+            codec = VCINRCodec(art.hash, quality, art.grid.to_dict(), steps, model_path, "NaN", **bounds)
             out[name] = da
             encoding[name] = coded_encoding(codec, da.encoding.pop("vcinr_chunks"), zarr_format)
             prepared[name] = (da, dims)
@@ -325,7 +345,7 @@ class VCINRDatasetAccessor:
             group = zarr.open_group(target, mode="r+")
             if store_model:
                 embed_model(group, art)
-            self._record(target, group, prepared, loaded, quality, steps, measure)
+            self._record(target, group, prepared, loaded, quality, steps, measure, bound)
             consolidate(target, zarr_format=zarr_format)
             if local:
                 if final.exists():
@@ -353,7 +373,7 @@ class VCINRDatasetAccessor:
             raise CodecError(f"no float data variable has the grid dims {dims}; name variables= and grid_dims=")
         return names
 
-    def _record(self, target, group, prepared, loaded: LoadedModel, quality, steps, measure) -> None:
+    def _record(self, target, group, prepared, loaded: LoadedModel, quality, steps, measure, bound) -> None:
         art = loaded.artifact
         data_range = float(art.normaliser.hi - art.normaliser.lo)
         reports = {}
@@ -366,7 +386,7 @@ class VCINRDatasetAccessor:
             arr = group[str(name)]
             stored = chunk_bytes_stored(arr)
             attrs = coded_variable_attrs(
-                art.hash, quality, steps, dims, da.size, da.dtype.itemsize, stored, reports.get(name)
+                art.hash, quality, steps, dims, da.size, da.dtype.itemsize, stored, reports.get(name), bound
             )
             arr.attrs.update(attrs)
 

@@ -1,9 +1,10 @@
 """``vcinr info STORE``: what a Zarr store holds and how its vcinr variables were coded.
 
 Reads metadata and chunk sizes only (no model is loaded, nothing is decoded): per array
-its shape, chunks, dtype, codec config (model hash, quality, inner steps, grid), raw and
-stored bytes, bits per value, and the ``vcinr_*`` attributes written at compression
-(measured PSNR/RMSE/max error); and the models stored inside the store.
+its shape, chunks, dtype, codec config (model hash, quality, inner steps, grid), the
+point-wise error bound it guarantees (or that it guarantees none), raw and stored bytes,
+bits per value, and the ``vcinr_*`` attributes written at compression (measured
+PSNR/RMSE/max error); and the models stored inside the store.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ def store_info(store: Any) -> dict[str, Any]:
         if codec is not None:
             config = codec.get_config()
             entry["codec"] = {**{k: v for k, v in config.items() if k != "grid"}, "grid": _grid_summary(config["grid"])}
+            bound = codec.bound
+            entry["error_bound"] = None if bound is None else {
+                "mode": bound.mode, "max_abs_error": bound.max_abs_error, "max_rel_error": bound.max_rel_error,
+            }
             entry["bits_per_value"] = 8.0 * stored / max(1, math.prod(arr.shape))
             entry["compression_ratio"] = raw / stored if stored and raw else None
             entry["vcinr_attrs"] = {k: v for k, v in arr.attrs.items() if k.startswith("vcinr_") and k != "vcinr_note"}
@@ -75,6 +80,7 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"{head} ({a['bits_per_value']:.4f} bits/value, {ratio} of {a['raw_bytes']:,} raw)")
         lines.append(f"  codec vcinr: model {c['model_hash']}, quality {c['quality']}, inner steps {c['inner_steps']}")
         lines.append(f"    grid {c['grid']}, fill_value {c['fill_value']}, model_path {c['model_path']}")
+        lines.append(f"  guaranteed: {_guarantee(a['error_bound'])}")
         attrs = a["vcinr_attrs"]
         if attrs:
             figures = ", ".join(
@@ -88,6 +94,17 @@ def format_info(info: dict[str, Any]) -> str:
     listed = ", ".join(m[:16] for m in models) if models else "none"
     lines.append(f"models stored in the store ({MODELS_GROUP}): {listed}")
     return "\n".join(lines)
+
+
+def _guarantee(bound: dict[str, Any] | None) -> str:
+    if bound is None:
+        return "no point-wise error bound (NaN/fill points exact)"
+    parts = []
+    if bound["max_abs_error"] is not None:
+        parts.append(f"{bound['max_abs_error']:.6g}")
+    if bound["max_rel_error"] is not None:
+        parts.append(f"{bound['max_rel_error']:.6g} x each chunk's value range")
+    return f"|error| <= {' and <= '.join(parts)} at every valid point ({bound['mode']}); NaN/fill points exact"
 
 
 def main(argv: list[str] | None = None) -> int:
