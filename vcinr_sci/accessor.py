@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Hashable, Sequence
 
@@ -262,6 +263,15 @@ def coded_variable_attrs(
     return attrs
 
 
+def _write(ds: xr.Dataset, target: Any, encoding: dict, zarr_format: int, kwargs: dict[str, Any]) -> None:
+    """``ds.to_zarr`` with dask's threads in a pool of our own that is shut down, waiting,
+    before this returns or raises: when one chunk fails (inf found while encoding), dask
+    raises at once while chunks already handed to other threads are still being written,
+    and those would recreate the temporary store after it was removed."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, dask.config.set(pool=pool):
+        ds.to_zarr(target, mode="w", encoding=encoding, zarr_format=zarr_format, **kwargs)
+
+
 @xr.register_dataset_accessor("vcinr")
 class VCINRDatasetAccessor:
     def __init__(self, ds: xr.Dataset):
@@ -341,7 +351,7 @@ class VCINRDatasetAccessor:
         target = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}" if local else store
         try:
             to_zarr_kwargs.setdefault("consolidated", False)  # consolidated once, at the end
-            out.to_zarr(target, mode="w", encoding=encoding, zarr_format=zarr_format, **to_zarr_kwargs)
+            _write(out, target, encoding, zarr_format, to_zarr_kwargs)
             group = zarr.open_group(target, mode="r+")
             if store_model:
                 embed_model(group, art)
