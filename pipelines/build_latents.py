@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.ray_setup import ensure_ray, parse_overrides
+from pipelines.ray_setup import ensure_ray
 from vcinr_sci.artifact import MANIFEST, ArtifactError, find_artifact, load_artifact
-from vcinr_sci.config import Config, load_config
+from vcinr_sci.config import Config, load_config, parse_overrides
 from vcinr_sci.latents import (
     inr_key,
     latents_dir,

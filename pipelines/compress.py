@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.ray_setup import ensure_ray, parse_overrides
+from pipelines.ray_setup import ensure_ray
 from vcinr_sci.artifact import HASH_PREFIX_LEN, MANIFEST, ArtifactError, find_artifact
-from vcinr_sci.config import Config, load_config
+from vcinr_sci.config import Config, load_config, parse_overrides
 
 JOB_ATTR = "vcinr_job"
 COMPLETE_ATTR = "vcinr_complete"

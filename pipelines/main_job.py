@@ -24,10 +24,9 @@ import numpy as np
 import xarray as xr
 
 from pipelines import build_latents, meta_train, train_coder
-from pipelines.ray_setup import parse_overrides
 from vcinr_sci.accessor import open_zarr
 from vcinr_sci.artifact import load_artifact
-from vcinr_sci.config import Config, load_config
+from vcinr_sci.config import Config, load_config, parse_overrides
 from vcinr_sci.data import open_variable
 
 

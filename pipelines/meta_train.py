@@ -27,10 +27,10 @@ import torch
 from ray.train.torch import prepare_model
 
 from vcinr_sci.artifact import ModelArtifact, build_model, save_artifact
-from vcinr_sci.config import Config, load_config
+from vcinr_sci.config import Config, load_config, parse_overrides
 from vcinr_sci.data import load_dataset
 from vcinr_sci.training import evaluate, outer_step, sample_batch, seed_everything
-from pipelines.ray_setup import ensure_ray, parse_overrides, torch_trainer
+from pipelines.ray_setup import ensure_ray, torch_trainer
 
 CHECKPOINT_FILE = "state.pt"
 DONE_FILE = "vcinr-done.json"  # written by the driver once the artifact exists

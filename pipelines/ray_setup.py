@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Any
-
-import yaml
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -70,14 +67,3 @@ def torch_trainer(
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["meta.steps=50", "data.paths=[a.nc]"]`` -> {"meta.steps": 50, ...} (YAML values)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} is not KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
-    return out

@@ -39,10 +39,10 @@ import ray.train
 import torch
 
 from pipelines.build_latents import resolve_model
-from pipelines.ray_setup import ensure_ray, parse_overrides, torch_trainer
+from pipelines.ray_setup import ensure_ray, torch_trainer
 from vcinr_sci.artifact import ModelArtifact, load_artifact, save_artifact
 from vcinr_sci.coding import LatentCoder, UniformQuantiser, coder_spec, coder_state, load_coder, rd_loss
-from vcinr_sci.config import CoderConfig, Config, load_config
+from vcinr_sci.config import CoderConfig, Config, load_config, parse_overrides
 from vcinr_sci.data import ItemSet, load_dataset
 from vcinr_sci.latents import LatentsError, LatentTable, latents_dir, read_manifest, read_shards
 from vcinr_sci.meta import MetaSGD, masked_mse

@@ -14,7 +14,6 @@ from vcinr_sci import metrics
 from vcinr_sci.config import DataConfig
 from vcinr_sci.data import (
     FieldSource,
-    ItemSet,
     Normaliser,
     fit_normaliser,
     load_dataset,

@@ -39,6 +39,10 @@ class DataConfig:
     test_fraction: float = 0.1
     normalisation: str = "minmax"  # minmax (training min/max to [0, 1]) | fixed
     fixed_range: list[float] | None = None  # [lo, hi] in data units, for "fixed"
+    # Bilinearly regrid spherical (lat, lon) fields onto an equiangular global grid of
+    # [n_lat, n_lon] with both poles, e.g. the papers' ERA5 grids [46, 90] or [181, 360]
+    # (vcinr_sci.regrid); None = use the data's own grid.
+    regrid: list[int] | None = None
     # Cut fields into patches of this shape (one item each); None = whole fields.
     patch_shape: list[int] | None = None
     # Load the training items into memory when they take at most this many MB;
@@ -211,3 +215,14 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
             node = node.setdefault(p, {})
         node[leaf] = value
     return Config.from_dict(raw)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["meta.steps=50", "data.paths=[a.nc]"]`` -> {"meta.steps": 50, ...} (YAML values)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
