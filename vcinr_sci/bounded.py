@@ -44,12 +44,14 @@ rANS coder with a per-chunk histogram, stored as the quantised CDF's frequencies
 spans at most :data:`_MAX_SYMBOLS` values around the median, rarer values go through
 compressai's escape (bypass) coding. ``vcinr bench residual`` measured this against Zstd
 on the smallest integer dtype, SZ3 (pysz) on the float residual and compression-
-safeguards around the plain codec, on CCSM TREFHT at bounds of 1e-4, 1e-3 and 1e-2 of
-the range: it was the smallest at each (SZ3 came second, 4-11 % larger; Zstd level 19
-on plain q 36 % and 31 % larger at the two tighter bounds, 2 % at 1e-2). SZ3 is also not chosen because its decoder
-rebuilds the residual in floating point along a prediction chain, so another build may
-not reproduce the encoder's values, and its stream format is not promised stable;
-here every step after the INR is integer or one float64 multiply-add. The safeguards
+safeguards around the plain codec, at bounds of 1e-4, 1e-3 and 1e-2 of the range, with
+tiny models: on CCSM TREFHT (64 x 128) it was the smallest at each bound (SZ3 4-11 %
+larger, Zstd level 19 on plain q 36 %, 31 % and 2 % larger); on OSTIA SST (18 x 432, a
+NaN land mask) SZ3 was 4-17 % smaller than it, Zstd larger at the two tighter bounds.
+SZ3 is still not the default: its decoder rebuilds the residual in floating point along
+a prediction chain, so another build may not reproduce the encoder's values, and its
+stream format is not promised stable across versions, while an archive must decode
+for years; here every step after the INR is integer or one float64 multiply-add. The safeguards
 codec checks a checksum of the corrected values on decode, so it refuses to decode
 wherever the INR's floats differ in the last bit (another device), besides being the
 slowest.
