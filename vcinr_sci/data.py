@@ -19,6 +19,7 @@ import xarray as xr
 
 from vcinr_sci.config import DataConfig
 from vcinr_sci.grids import Grid, Patcher, RegularGrid, SphericalGrid
+from vcinr_sci.regrid import regrid_lat_lon
 
 IRIS_PREFIX = "iris-sample-data:"
 DATA_DIR_ENV = "VCINR_DATA_DIR"
@@ -70,6 +71,10 @@ def open_variable(cfg: DataConfig) -> xr.DataArray:
     da = ds[cfg.variable]
     if cfg.isel:
         da = da.isel(cfg.isel)
+    if cfg.regrid:
+        if cfg.grid != "spherical":
+            raise ValueError("data.regrid builds a global lat/lon grid: it needs grid: spherical")
+        da = regrid_lat_lon(da, cfg.grid_dims, cfg.regrid)
     return to_fields(da, cfg.grid_dims)
 
 
