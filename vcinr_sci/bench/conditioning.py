@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
 import sys
 import time
@@ -123,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"random grid points per field per outer step, 0 = all 8192 (default {DEFAULTS['points_per_step']})")
     p.add_argument("--outer-lr", type=parse_lrs, metavar="LR|gated=LR,shift=LR",
                    help=f"Adam outer learning rate, one for both or per conditioning (default {DEFAULTS['outer_lr']})")
+    p.add_argument("--inner-lr-init", type=float,
+                   help="MetaSGD's initial per-dimension inner step size alpha (default: MetaConfig's)")
     p.add_argument("--inner-steps", type=int, help=f"MetaSGD inner steps in training (default {DEFAULTS['inner_steps']})")
     p.add_argument("--encode-steps", type=int, help=f"the second, longer encode (default {DEFAULTS['encode_steps']})")
     p.add_argument("--eval-items", type=int,
@@ -134,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on a shared 2-core machine more threads spin and run slower)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device for training and scoring: cpu (default), cuda, cuda:1, or auto")
     p.add_argument("--data-dir", help=f"real data folder (default ${DATA_DIR_ENV} or ../shared/data)")
     p.add_argument("--quick", action="store_true", help="tiny budget for smoke tests (seconds)")
     return p
@@ -152,6 +155,10 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
     bad = [c for c in args.conditionings if c not in CONDITIONINGS]
     if bad or not args.conditionings:
         raise SystemExit(f"vcinr bench conditioning: unknown conditioning(s) {bad} (gated | shift)")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("vcinr bench conditioning: --device cuda asked for, but torch sees no GPU")
     if min(args.dims, default=0) < 1 or args.steps < 0 or args.width < 1 or args.depth < 2:
         raise SystemExit("vcinr bench conditioning: dims and width must be positive, depth >= 2, steps >= 0")
     return args
@@ -160,6 +167,10 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
 def _peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
 
 
 def _eval_subset(data, split: str, n: int) -> np.ndarray:
@@ -205,6 +216,7 @@ def run_one(args, data, train_items, eval_items, conditioning: str, dim: int) ->
         model=ModelConfig(**model_kw),
         meta=MetaConfig(
             inner_steps=args.inner_steps,
+            **({"inner_lr_init": args.inner_lr_init} if args.inner_lr_init is not None else {}),
             outer_lr=args.outer_lr[conditioning],
             batch_size=args.batch_size,
             steps=args.steps,
@@ -213,7 +225,7 @@ def run_one(args, data, train_items, eval_items, conditioning: str, dim: int) ->
         train=TrainConfig(seed=args.seed),
     )
     seed_everything(args.seed)
-    model = build_model(cfg, data.grid)
+    model = build_model(cfg, data.grid).to(args.device)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.meta.outer_lr)
     n_inr = sum(p.numel() for p in model.inr.parameters())
     n_mod = sum(p.numel() for n, p in model.inr.named_parameters() if n.startswith(("to_gates", "to_shifts")))
@@ -222,7 +234,7 @@ def run_one(args, data, train_items, eval_items, conditioning: str, dim: int) ->
     losses: list[float] = []
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for step in range(1, cfg.meta.steps + 1):
-        losses.append(outer_step(model, optimiser, sample_batch(train_items, cfg, step), cfg.meta.grad_clip))
+        losses.append(outer_step(model, optimiser, sample_batch(train_items, cfg, step, device=args.device), cfg.meta.grad_clip))
         if not math.isfinite(losses[-1]):
             break
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
@@ -231,8 +243,8 @@ def run_one(args, data, train_items, eval_items, conditioning: str, dim: int) ->
     train_mse = float(np.mean(tail))
 
     model.eval()
-    ev_k = evaluate(model, eval_items, cfg.meta.inner_steps, batch_size=EVAL_BATCH)
-    ev_more = evaluate(model, eval_items, args.encode_steps, batch_size=EVAL_BATCH)
+    ev_k = evaluate(model, eval_items, cfg.meta.inner_steps, batch_size=EVAL_BATCH, device=args.device)
+    ev_more = evaluate(model, eval_items, args.encode_steps, batch_size=EVAL_BATCH, device=args.device)
     return {
         "conditioning": conditioning,
         "latent_dim": dim,
@@ -240,6 +252,7 @@ def run_one(args, data, train_items, eval_items, conditioning: str, dim: int) ->
         "inr_parameters": n_inr,
         "modulation_parameters": n_mod,
         "outer_lr": cfg.meta.outer_lr,
+        "inner_lr_init": cfg.meta.inner_lr_init,
         "steps": len(losses),
         "train_psnr_last10pct": float(-10 * np.log10(max(train_mse, 1e-12))) if math.isfinite(train_mse) else float("nan"),
         "psnr_inner": ev_k.psnr,
@@ -272,6 +285,21 @@ def format_table(rows: list[dict[str, Any]], split: str) -> str:
     return "\n".join(lines)
 
 
+def write_json(args, data, rows: list[dict[str, Any]], ref: dict[str, Any]) -> None:
+    out = {
+        "benchmark": "conditioning",
+        "device_name": _device_name(args.device),
+        "settings": {k: v for k, v in vars(args).items() if k != "json"},
+        "split": data.split.to_dict(),
+        "normaliser": data.normaliser.to_dict(),
+        "rows": rows,
+        "references": ref,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _resolve(build_parser().parse_args(argv))
     folder = Path(args.data_dir) if args.data_dir else shared_data_dir()
@@ -293,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         f"CCSM TREFHT 64 x 128, spherical; member split {runs} (train {len(train_items)} fields); "
         f"scoring {len(eval_items)} {args.eval_split} fields; width {args.width} depth {args.depth}, "
         f"{args.steps} outer steps x batch {args.batch_size} x {args.points_per_step or 'all'} points, "
-        f"outer lr {args.outer_lr}, {args.threads} thread(s)",
+        f"outer lr {args.outer_lr}, device {_device_name(args.device)}, {args.threads} CPU thread(s)",
         flush=True,
     )
     ref = references(train_items, eval_items, args.dims)
@@ -302,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         for cond in args.conditionings:
             row = run_one(args, data, train_items, eval_items, cond, dim)
             rows.append(row)
+            if args.json:  # after every model, so a long run that is stopped keeps what it did
+                write_json(args, data, rows, ref)
             print(
                 f"  {cond:5s} dim {dim:4d}: {args.eval_split} PSNR {row['psnr_inner']:.2f} dB ({args.inner_steps} steps), "
                 f"{row['psnr_encode']:.2f} dB ({args.encode_steps} steps); {row['step_wall_s']:.3f} s/step wall, "
@@ -323,18 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Peak RSS {_peak_rss_mb():.0f} MB."
     )
     if args.json:
-        settings = {k: v for k, v in vars(args).items() if k not in ("json",)}
-        out = {
-            "benchmark": "conditioning",
-            "settings": settings,
-            "split": data.split.to_dict(),
-            "normaliser": data.normaliser.to_dict(),
-            "rows": rows,
-            "references": ref,
-            "peak_rss_mb": _peak_rss_mb(),
-        }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+        write_json(args, data, rows, ref)
     return 0
 
 

@@ -1,0 +1,226 @@
+"""``vcinr bench throughput``: how fast the INR meta-trains, encodes and decodes, and how
+far that is from the machine's limit.
+
+For a config (an untrained model of its sizes: timing does not depend on the weights) or
+a trained artifact, on the config's real held-out fields:
+
+- outer step: one MetaSGD meta-training step at the config's batch size, points per step
+  and inner steps (second order unless the config says first order), seconds per step;
+- encode: ``adapt`` of a batch of fields (the codec's inner steps), values per second;
+- decode: the INR evaluated on every grid point of a batch of fields, values per second.
+
+Each is also given as FLOPs per value, counted by torch's ``FlopCounterMode`` from the
+shapes of the matrix products the model runs (elementwise sine, sigmoid and LayerNorm are
+not counted), and as the fraction of the machine's matrix-multiply rate that it achieves,
+measured in the same run with a large square product in the same dtype. That fraction,
+not an absolute time, is the number to improve.
+
+    vcinr bench throughput --config configs/demo.yaml
+    vcinr bench throughput --config configs/era5-paper.yaml --set data.regrid=[181,360] --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vcinr_sci.artifact import build_model, load_artifact
+from vcinr_sci.config import load_config, parse_overrides
+from vcinr_sci.data import load_dataset
+from vcinr_sci.training import outer_step, sample_batch, seed_everything
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_per_call(fn: Callable[[], Any], device: torch.device, min_time: float = 1.0, max_calls: int = 50) -> float:
+    """Median wall time of ``fn`` after one warm-up call, over at least ``min_time`` s."""
+    fn()
+    synchronize(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_calls):
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """Matrix-product FLOPs of one call of ``fn`` (forward and any backward it runs)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype = torch.float32, n: int | None = None) -> float:
+    """FLOP/s of a large ``n x n @ n x n`` product in ``dtype`` on ``device``."""
+    n = n or (8192 if device.type == "cuda" else 1024)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2.0 * n**3 / seconds_per_call(lambda: a @ b, device, min_time=0.5)
+
+
+@dataclass
+class Cost:
+    """One kernel of work: how many values it handled and what it cost."""
+
+    what: str
+    values: int  # grid values handled per call
+    seconds: float  # per call
+    flops: int  # matrix-product FLOPs per call
+
+    @property
+    def values_per_s(self) -> float:
+        return self.values / self.seconds
+
+    @property
+    def flops_per_value(self) -> float:
+        return self.flops / self.values
+
+    def fraction_of(self, peak: float) -> float:
+        return self.flops / self.seconds / peak
+
+    def row(self, peak: float) -> dict[str, Any]:
+        return dict(
+            asdict(self),
+            values_per_s=self.values_per_s,
+            mb_per_s=self.values_per_s * 4 / 1e6,
+            flops_per_value=self.flops_per_value,
+            achieved_flop_s=self.flops / self.seconds,
+            fraction_of_matmul=self.fraction_of(peak),
+        )
+
+
+def measure(fn: Callable[[], Any], what: str, values: int, device: torch.device, min_time: float) -> Cost:
+    return Cost(what, values, seconds_per_call(fn, device, min_time), count_flops(fn))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vcinr bench throughput", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="run config YAML (sizes, data, inner steps)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. data.regrid=[181,360] (repeatable)")
+    p.add_argument("--model", help="a trained model artifact folder (default: an untrained model of the config's sizes)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when present)")
+    p.add_argument("--items", type=int, default=8, help="fields per encode / decode call (default 8)")
+    p.add_argument("--encode-steps", type=int, help="inner steps at encode (default: the config's latents.inner_steps)")
+    p.add_argument("--no-outer-step", action="store_true", help="skip timing the meta-training step")
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds to time each kernel for (default 1)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--json", metavar="PATH", help="also write the rows and settings as JSON")
+    return p
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("vcinr bench throughput: --device cuda asked for, but torch sees no GPU")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = _device(args.device)
+    cfg = load_config(args.config, parse_overrides(args.overrides))
+    seed_everything(cfg.train.seed)
+    artifact = load_artifact(args.model) if args.model else None
+    data = load_dataset(cfg.data, artifact.normaliser if artifact else None)
+    model = artifact.model if artifact else build_model(cfg, data.grid)
+    model = model.to(device)
+    part = "test" if len(data.split.test) else "train"
+    items = data.items(part, getattr(data.split, part)[: args.items])
+    coords, target, mask = (t.to(device) for t in items.batch(np.arange(len(items))))
+    values = int(mask.sum())
+    steps = args.encode_steps or cfg.latents.inner_steps
+
+    peak = matmul_rate(device)
+    costs: list[Cost] = []
+    if not args.no_outer_step:
+        model.train()
+        optimiser = torch.optim.Adam(model.parameters(), lr=cfg.meta.outer_lr)
+        batch = sample_batch(data.items("train"), cfg, step=1, device=device)
+        costs.append(measure(lambda: outer_step(model, optimiser, batch, cfg.meta.grad_clip),
+                             "meta-train outer step", int(batch[2].sum()), device, args.min_time))
+    model.eval()
+    phi = model.adapt(coords, target, mask, steps)
+    costs.append(measure(lambda: model.adapt(coords, target, mask, steps), f"encode ({steps} inner steps)",
+                         values, device, args.min_time))
+    costs.append(measure(lambda: model.decode(coords, phi), "decode", values, device, args.min_time))
+    return {
+        "benchmark": "throughput",
+        "device": str(device),
+        "device_name": device_name(device),
+        "matmul_flop_s": peak,
+        "dtype": "float32",
+        "tf32": bool(device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32),
+        "grid": list(data.grid.shape),
+        "items": len(items),
+        "model": {"conditioning": cfg.model.conditioning, "latent_dim": cfg.model.latent_dim,
+                  "width": cfg.model.width, "depth": cfg.model.depth,
+                  "parameters": sum(p.numel() for p in model.parameters())},
+        "batch_size": cfg.meta.batch_size,
+        "points_per_step": cfg.meta.points_per_step,
+        "rows": [c.row(peak) for c in costs],
+        "config": cfg.to_dict(),
+    }
+
+
+def format_table(out: dict[str, Any]) -> str:
+    lines = [
+        "| work | values / call | s / call | values / s | MB/s (float32) | FLOPs / value | TFLOP/s | fraction of matmul |",
+        "|" + "---|" * 8,
+    ]
+    for r in out["rows"]:
+        lines.append(
+            f"| {r['what']} | {r['values']:,} | {r['seconds']:.4f} | {r['values_per_s']:.3g} | {r['mb_per_s']:.3g} | "
+            f"{r['flops_per_value']:,.0f} | {r['achieved_flop_s'] / 1e12:.3g} | {r['fraction_of_matmul']:.2%} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = run(args)
+    m = out["model"]
+    print(
+        f"{out['device_name']}: {m['conditioning']} SIREN width {m['width']} depth {m['depth']}, dim(phi) "
+        f"{m['latent_dim']}, {m['parameters']:,} parameters; grid {' x '.join(map(str, out['grid']))}, "
+        f"{out['items']} fields per encode/decode call; meta-train batch {out['batch_size']} x "
+        f"{out['points_per_step'] or 'all'} points"
+    )
+    print(format_table(out))
+    print(
+        f"\nMatrix-multiply reference: {out['matmul_flop_s'] / 1e12:.3g} TFLOP/s ({out['dtype']}"
+        f"{', TF32 allowed' if out['tf32'] else ''}) on a large square product. FLOPs count matrix products only."
+    )
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
