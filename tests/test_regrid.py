@@ -92,3 +92,9 @@ def test_data_config_regrid_on_real_ccsm(shared_data):
     assert float(raw[0].min()) - 5 < x.min() and x.max() < float(raw[0].max()) + 5
     with pytest.raises(ValueError, match="grid: spherical"):
         open_variable(DataConfig(paths=cfg.paths, variable="TREFHT", grid_dims=["lat", "lon"], grid="regular", regrid=[46, 90]))
+
+
+def test_regional_data_is_not_stretched_onto_a_global_grid():
+    regional = smooth_field(np.linspace(20, 70, 21), np.linspace(-130, -60, 29))
+    with pytest.raises(ValueError, match="needs global data"):
+        regrid_lat_lon(regional, ["lat", "lon"], (46, 90))

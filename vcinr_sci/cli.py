@@ -23,6 +23,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "conditioning": ("vcinr_sci.bench.conditioning", "GatedSiren vs ShiftSiren at equal budgets"),
     "rd": ("vcinr_sci.bench.rd", "rate-distortion of learned coders vs uniform quantisation, from real bytes"),
     "residual": ("vcinr_sci.bench.residual", "coders of the error-bounded mode's correction: bytes, time, bound check"),
+    "codecs": ("vcinr_sci.bench.codecs", "vcinr vs SZ3, SPERR, ZFP, JPEG 2000, BitRound+Zstd at equal error, from real bytes"),
+    "throughput": ("vcinr_sci.bench.throughput", "meta-train, encode and decode speed, FLOPs per value, fraction of matmul peak"),
+    "cross-device": ("vcinr_sci.bench.cross_device", "reconstruction differences between CPU and GPU decoders"),
 }
 
 

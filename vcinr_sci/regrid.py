@@ -36,6 +36,13 @@ def regrid_lat_lon(da: xr.DataArray, grid_dims: Sequence[str], shape: Sequence[i
     if len(shape) != 2:
         raise ValueError(f"regridding needs a shape [n_lat, n_lon], got {shape}")
     src_lat, src_lon = _source_axes(da, grid_dims)
+    lon_sorted = np.sort(src_lon)
+    gaps = np.diff(np.concatenate([lon_sorted, lon_sorted[:1] + 360.0]))
+    if np.ptp(src_lat) < 150.0 or gaps.max() > 2.0 * np.median(gaps) + 1e-9:
+        raise ValueError(
+            f"regridding onto a global grid needs global data; {grid_dims} cover latitudes "
+            f"{src_lat.min():.1f}..{src_lat.max():.1f} and longitudes with a {gaps.max():.1f}-degree gap"
+        )
     lat, lon = equiangular_lat_lon(int(shape[0]), int(shape[1]), src_lat[0] > src_lat[-1], float(src_lon[0]))
     out = interp_lat_lon(da, grid_dims, lat, lon)
     out.attrs["vcinr_regridded"] = f"bilinear to {shape[0]} x {shape[1]} equiangular"

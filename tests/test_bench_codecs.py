@@ -1,0 +1,99 @@
+"""``vcinr bench codecs``: every codec through its numcodecs path on the same fields,
+real bytes, and a summary that reads the sweeps right."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from _vcinr_tiny import QUALITY, data_path, tiny_artifact
+from vcinr_sci.artifact import load_artifact
+from vcinr_sci.bench import codecs as bench
+from vcinr_sci.codec import VCINRCodec
+from vcinr_sci.data import load_dataset
+
+
+def test_needed_bits_interpolates_log_linearly():
+    sweep = [(1.0, 30.0), (4.0, 50.0), (8.0, 60.0)]
+    bits, bound = bench.needed_bits(sweep, 40.0)
+    assert bits == pytest.approx(2.0) and not bound  # halfway in dB is the geometric mean
+    assert bench.needed_bits(sweep, 50.0) == (4.0, False)
+    assert bench.needed_bits(sweep, 70.0) == (None, False)
+    # the coarsest point already beats 20 dB: only an upper bound is known
+    assert bench.needed_bits(sweep, 20.0) == (1.0, True)
+
+
+def test_summary_ratio_of_best_classical_to_vcinr():
+    rows = [
+        {"family": "A", "kind": "classical", "bpv": 2.0, "psnr": 38.0},
+        {"family": "A", "kind": "classical", "bpv": 8.0, "psnr": 42.0},
+        {"family": "v", "kind": "vcinr", "bpv": 0.01, "bpv_with_model": 1.0, "psnr": 39.0},
+        {"family": "v", "kind": "vcinr", "bpv": 0.04, "bpv_with_model": 4.0, "psnr": 41.0},
+    ]
+    summary = {e["family"]: e for e in bench.summarise(rows, targets=(40.0,))}
+    assert summary["A"]["bpv"]["40.0"] == pytest.approx(4.0)
+    assert summary["v"]["bpv"]["40.0"] == pytest.approx(0.02)
+    assert summary["v"]["best_classical_over_vcinr"]["40.0"] == pytest.approx(200.0)
+    assert summary["v"]["best_classical_over_vcinr_with_model"]["40.0"] == pytest.approx(2.0)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("codecs")
+    rc = bench.main(["--model", str(tiny_artifact()), "--quick", "--fields", "4", "--more-steps", "",
+                     "--chunk-fields", "2", "--json", str(out / "c.json"), "--plot", str(out / "c.png")])
+    assert rc == 0
+    return out, json.loads((out / "c.json").read_text())
+
+
+def test_every_codec_family_runs_on_the_same_fields(quick_run):
+    out, result = quick_run
+    families = {r["family"] for r in result["rows"]}
+    for name in ("SZ3 (abs)", "SPERR (pwe)", "ZFP (accuracy)", "ZFP (rate)", "JPEG 2000 (16-bit)",
+                 "BitRound + Zstd", "Zstd (lossless)"):
+        assert name in families
+    assert any(f.startswith("vcinr") for f in families)
+    assert result["num_fields"] == 4 and result["grid"] == [37, 49]
+    assert (out / "c.png").stat().st_size > 10_000
+    assert result["vcinr_cost"]["decode_flops_per_value"] > 0
+
+
+def test_error_bounded_codecs_keep_their_bounds(quick_run):
+    _, result = quick_run
+    lo, hi = result["data_range"]
+    for r in result["rows"]:
+        if r["family"] in ("SZ3 (abs)", "SPERR (pwe)", "ZFP (accuracy)"):
+            tol = float(r["knob"].split("=")[1].split(" ")[0]) * (hi - lo)
+            assert r["max_abs_error"] <= tol * (1 + 1e-5), r
+        if r["family"] == "Zstd (lossless)":
+            assert r["max_abs_error"] == 0 and r["psnr"] == 200.0
+        assert r["bpv"] == pytest.approx(8 * r["bytes"] / result["values"])
+
+
+def test_vcinr_bytes_are_the_codecs_chunks(quick_run):
+    _, result = quick_run
+    row = next(r for r in result["rows"] if r["kind"] == "vcinr" and r["knob"] == QUALITY)
+    art = load_artifact(tiny_artifact())
+    data = load_dataset(art.config.data)
+    test = data.split.test
+    picked = test[np.unique(np.linspace(0, len(test) - 1, 4).round().astype(int))]
+    x = data.source.load(picked)
+    codec = VCINRCodec.for_model(tiny_artifact(), QUALITY, inner_steps=row["inner_steps"])
+    assert row["bytes"] == sum(len(codec.encode(x[i : i + 2])) for i in (0, 2))
+    assert row["bpv_with_model"] > row["bpv"]
+
+
+def test_cross_dataset_and_regrid_options(tmp_path):
+    other = os.path.join(os.path.dirname(data_path()), "E1_north_america.nc")
+    out = tmp_path / "x.json"
+    rc = bench.main(["--model", str(tiny_artifact()), "--data", other, "--variable", "air_temperature",
+                     "--grid-dims", "latitude,longitude", "--regrid", "model", "--quick", "--fields", "2",
+                     "--more-steps", "", "--levels", QUALITY, "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert "E1_north_america.nc" in result["fields"] and any(r["kind"] == "vcinr" for r in result["rows"])
+    with pytest.raises(SystemExit, match="needs --variable"):
+        bench.main(["--data", other])

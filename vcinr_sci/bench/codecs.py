@@ -1,0 +1,507 @@
+"""``vcinr bench codecs``: vcinr against the codecs climate scientists use today, at equal
+error, from real bytes.
+
+Every codec runs through its numcodecs code path (``encode`` / ``decode`` of the codec
+objects a Zarr array would hold, filters first), on the same held-out fields:
+
+- **vcinr** at each learned quality level (``q*``) and, as the COIN++ baseline on the
+  same INR, uniform quantisation of the latents (``u<b>``, Zstd-coded indices); at the
+  model's encode steps and with more inner steps at encode time (``--more-steps``). Its
+  bits are reported from the chunk bytes alone and with the model's bytes (INR and
+  coders, the safetensors file) spread over the fields compressed;
+- **SZ3** (absolute bound) and **SPERR** (point-wise error) from imagecodecs, **ZFP**
+  (``numcodecs.ZFPY``, fixed accuracy and fixed rate), **JPEG 2000** (imagecodecs, on a
+  16-bit linear quantisation of the field over its range), **BitRound + Zstd** and
+  **Zstd** lossless (numcodecs), each with its knob swept.
+
+Classical codecs compress one 2-D field at a time (as the papers' tables do); vcinr
+compresses chunks of ``--chunk-fields`` fields, each field coded independently.
+
+Per point: bits per value (bpv = 8 x bytes / grid values), compression ratio against
+float32, PSNR on the fixed range (``--psnr-range``, by default method.md's ERA5
+temperature range [202.66, 320.93] K mapped to [0, 1]; mean of per-field PSNR) and on
+the data range of the fields evaluated, RMSE, latitude-weighted (cos lat) RMSE and max
+abs error in the data's units, encode and decode throughput in MB/s of float32 on this
+machine (CPU, or the GPU the vcinr codec runs on when one is present).
+
+Summary: the bits each codec needs for 40, 45 and 50 dB (log-linear interpolation
+between the two sweep points around the target; "-" where the sweep never reaches it),
+and the ratio of the best classical codec's bits to vcinr's.
+
+Distance to the physical limit (vcinr): FLOPs per decoded and per encoded value, counted
+by torch's FlopCounterMode from the model's matrix products, and the fraction of this
+machine's float32 matrix-multiply rate (a large product, measured in the same run) that
+the codec's measured throughput achieves.
+
+Data: by default the held-out (test) fields of the model's own data split
+(in-distribution). ``--data PATH --variable V --grid-dims lat,lon`` takes any dataset
+instead (cross-dataset: a model trained on one dataset applied to another);
+``--regrid 46x90`` / ``181x360`` (the papers' ERA5 grids) or ``model`` (the model's own
+lat/lon grid) interpolates it bilinearly first (:mod:`vcinr_sci.regrid`). vcinr rows need
+the fields on the model's grid.
+
+    vcinr bench codecs --model artifacts/<hash> --json out/codecs.json --plot out/codecs.png
+    vcinr bench codecs --model artifacts/<hash> --data ts.nc --variable TS --grid-dims lat,lon
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numcodecs
+import numpy as np
+import torch
+from numcodecs.abc import Codec
+from numcodecs.compat import ensure_ndarray_like
+
+from vcinr_sci import metrics
+from vcinr_sci.artifact import MANIFEST, WEIGHTS, find_artifact
+from vcinr_sci.bench.throughput import count_flops, encode_flops, matmul_rate
+from vcinr_sci.codec import VCINRCodec
+from vcinr_sci.config import DataConfig
+from vcinr_sci.data import FieldSource, load_dataset, open_variable
+from vcinr_sci.grids import SphericalGrid
+from vcinr_sci.models import default_device, resolve_model
+from vcinr_sci.regrid import interp_lat_lon, regrid_lat_lon
+
+TARGETS_DB = (40.0, 45.0, 50.0)
+METHOD_RANGE = (202.66, 320.93)  # method.md / COIN++: ERA5 temperature (K) -> [0, 1]
+# Error tolerances, as fractions of the data range, swept for the error-bounded codecs.
+TOLERANCES = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
+QUICK_TOLERANCES = (1e-2, 1e-3)
+
+
+@dataclass
+class Fields:
+    """The fields every codec compresses: ``values (n, lat, lon)`` float32 and where
+    they came from."""
+
+    values: np.ndarray
+    lat: np.ndarray | None
+    lon: np.ndarray | None
+    source: str
+
+    @property
+    def weights(self) -> np.ndarray | None:
+        if self.lat is None:
+            return None
+        return SphericalGrid(self.lat, self.lon).area_weights()
+
+
+@dataclass
+class Candidate:
+    """One point of a sweep: a codec pipeline (filters..., compressor) and its knob."""
+
+    family: str
+    knob: str
+    pipeline: list[Codec]
+    chunk_fields: int = 1  # fields per encode call
+    kind: str = "classical"  # classical | vcinr
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def classical_candidates(fields: Fields, quick: bool = False) -> list[Candidate]:
+    """Every classical codec with its knob swept over the data's range."""
+    from imagecodecs.numcodecs import Jpeg2k, Sperr, Sz3
+
+    x = fields.values
+    lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
+    span = hi - lo if hi > lo else 1.0
+    shape, dtype = x.shape[1:], x.dtype
+    tols = QUICK_TOLERANCES if quick else TOLERANCES
+    out: list[Candidate] = []
+    for t in tols:
+        out.append(Candidate("SZ3 (abs)", f"abs={t:g} x range", [Sz3(shape=shape, dtype=dtype, mode="abs", abs=t * span)]))
+    for t in tols:
+        out.append(Candidate("SPERR (pwe)", f"pwe={t:g} x range", [Sperr(level=t * span, mode="pwe", shape=shape, dtype=dtype)]))
+    for t in tols:
+        out.append(Candidate("ZFP (accuracy)", f"tol={t:g} x range", [numcodecs.ZFPY(mode=4, tolerance=t * span)]))
+    for r in ((2, 8) if quick else (1, 2, 4, 6, 8, 12, 16)):
+        out.append(Candidate("ZFP (rate)", f"rate={r}", [numcodecs.ZFPY(mode=2, rate=r)]))
+    # JPEG 2000 codes integers: a 16-bit linear map of the data range first. Its level
+    # is (about) the target PSNR in dB of the 16-bit image.
+    to_u16 = numcodecs.FixedScaleOffset(offset=lo, scale=65535.0 / span, dtype="<f4", astype="<u2")
+    for level in ((40, 60) if quick else (30, 35, 40, 45, 50, 55, 60, 70)):
+        out.append(Candidate("JPEG 2000 (16-bit)", f"level={level}", [to_u16, Jpeg2k(level=level)]))
+    for keep in ((4, 8) if quick else (2, 3, 4, 5, 6, 7, 8, 10, 12, 14)):
+        out.append(Candidate("BitRound + Zstd", f"keepbits={keep}", [numcodecs.BitRound(keepbits=keep), numcodecs.Zstd(level=9)]))
+    out.append(Candidate("Zstd (lossless)", "level=9", [numcodecs.Zstd(level=9)]))
+    return out
+
+
+def vcinr_candidates(model_path: Path, levels: Sequence[str] | None, more_steps: Sequence[int], chunk_fields: int) -> list[Candidate]:
+    """vcinr at each quality level (learned ``q*``, uniform ``u*``), at the model's own
+    encode steps and at each of ``more_steps``."""
+    loaded = resolve_model(model_path)
+    art = loaded.artifact
+    names = list(levels) if levels else art.quality_levels
+    missing = [n for n in names if n not in art.quality_levels]
+    if missing:
+        raise SystemExit(f"vcinr bench codecs: model {art.hash[:16]} has no quality level(s) {missing}; it has {art.quality_levels}")
+    out = []
+    for name in names:
+        base = VCINRCodec.for_model(loaded, name)
+        learned = name.startswith("q")
+        family = "vcinr" if learned else "vcinr uniform (COIN++)"
+        for steps in [base.inner_steps, *[s for s in more_steps if s != base.inner_steps and learned]]:
+            codec = VCINRCodec.for_model(loaded, name, inner_steps=steps)
+            out.append(Candidate(f"{family}, {steps} steps", name, [codec], chunk_fields, "vcinr", {"inner_steps": steps}))
+    return out
+
+
+def run_candidate(c: Candidate, x: np.ndarray) -> tuple[np.ndarray, int, float, float]:
+    """Encode ``x`` chunk by chunk through the pipeline, decode it back; returns the
+    decoded fields, bytes written and encode / decode seconds."""
+    decoded = np.empty_like(x)
+    nbytes, t_enc, t_dec = 0, 0.0, 0.0
+    for start in range(0, len(x), c.chunk_fields):
+        chunk = np.ascontiguousarray(x[start : start + c.chunk_fields])
+        if c.chunk_fields == 1:
+            chunk = chunk[0]
+        t0 = time.perf_counter()
+        buf: Any = chunk
+        for codec in c.pipeline:
+            buf = codec.encode(buf)
+        t1 = time.perf_counter()
+        nbytes += len(bytes(buf)) if not isinstance(buf, np.ndarray) else buf.nbytes
+        for codec in reversed(c.pipeline):
+            buf = codec.decode(buf)
+        t2 = time.perf_counter()
+        t_enc, t_dec = t_enc + t1 - t0, t_dec + t2 - t1
+        arr = ensure_ndarray_like(buf)
+        if arr.dtype != x.dtype:  # a bytes compressor last in the pipeline hands back raw bytes
+            arr = arr.view(x.dtype)
+        decoded[start : start + c.chunk_fields] = arr.reshape(-1, *x.shape[1:])
+    return decoded, nbytes, t_enc, t_dec
+
+
+def score(fields: Fields, decoded: np.ndarray, psnr_range: tuple[float, float]) -> dict[str, float]:
+    x = fields.values
+    fixed = psnr_range[1] - psnr_range[0]
+    span = float(np.nanmax(x) - np.nanmin(x))
+    with np.errstate(divide="ignore"):
+        per_field = metrics.psnr_per_item(x, decoded, fixed)
+    out = {
+        "psnr": float(np.mean(np.minimum(per_field, 200.0))),  # a lossless field counts as 200 dB
+        "psnr_data_range": metrics.psnr(x, decoded, span),
+        "rmse": metrics.rmse(x, decoded),
+        "max_abs_error": metrics.max_abs_error(x, decoded),
+    }
+    w = fields.weights
+    out["rmse_lat_weighted"] = metrics.weighted_rmse(x, decoded, w) if w is not None else None
+    return out
+
+
+def needed_bits(points: list[tuple[float, float]], target: float) -> tuple[float | None, bool]:
+    """Fewest bpv to reach ``target`` dB along a sweep of (bpv, psnr) points: the
+    cheapest point at or above it, interpolated log-linearly from the best point below.
+    The flag is True when no swept point lies below the target, so the figure is only an
+    upper bound (the codec's knob did not go coarse enough)."""
+    above = [(b, p) for b, p in points if p >= target]
+    if not above:
+        return None, False
+    b_hi, p_hi = min(above)
+    below = [(b, p) for b, p in points if p < target and b < b_hi]
+    if not below:
+        return b_hi, p_hi > target
+    if p_hi == target:
+        return b_hi, False
+    b_lo, p_lo = max(below, key=lambda bp: bp[1])
+    frac = (target - p_lo) / (p_hi - p_lo)
+    return float(math.exp(math.log(b_lo) + frac * (math.log(b_hi) - math.log(b_lo)))), False
+
+
+def summarise(rows: list[dict[str, Any]], targets: Sequence[float] = TARGETS_DB) -> list[dict[str, Any]]:
+    """Per codec family: bits needed at each target; for vcinr also with the model's bits."""
+    families: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        families.setdefault(r["family"], []).append(r)
+    out = []
+    for fam, rs in families.items():
+        entry: dict[str, Any] = {"family": fam, "kind": rs[0]["kind"]}
+        need = {str(t): needed_bits([(r["bpv"], r["psnr"]) for r in rs if r["bpv"] > 0], t) for t in targets}
+        entry["bpv"] = {t: v for t, (v, _) in need.items()}
+        entry["upper_bound"] = {t: flag for t, (_, flag) in need.items()}
+        if rs[0]["kind"] == "vcinr":
+            entry["bpv_with_model"] = {
+                str(t): needed_bits([(r["bpv_with_model"], r["psnr"]) for r in rs], t)[0] for t in targets
+            }
+        out.append(entry)
+    best = {}
+    for t in map(str, targets):
+        classical = [e["bpv"][t] for e in out if e["kind"] == "classical" and e["bpv"][t] is not None]
+        best[t] = min(classical) if classical else None
+    for e in out:
+        if e["kind"] == "vcinr":
+            e["best_classical_over_vcinr"] = {
+                t: (best[t] / e["bpv"][t]) if best[t] and e["bpv"][t] else None for t in best
+            }
+            e["best_classical_over_vcinr_with_model"] = {
+                t: (best[t] / e["bpv_with_model"][t]) if best[t] and e["bpv_with_model"][t] else None for t in best
+            }
+    return out
+
+
+def load_fields(args: argparse.Namespace, model_grid: SphericalGrid | None, model_cfg) -> Fields:
+    """The fields to compress: ``--data`` or the model's held-out part, regridded if asked."""
+    if args.data:
+        if not args.variable or not args.grid_dims:
+            raise SystemExit("vcinr bench codecs: --data needs --variable and --grid-dims")
+        cfg = DataConfig(paths=list(args.data), variable=args.variable, grid_dims=args.grid_dims.split(","),
+                         concat_dim=args.concat_dim)
+        source = FieldSource(open_variable(cfg), cfg.grid_dims)
+        indices = np.arange(len(source))
+        name = ", ".join(Path(p).name for p in args.data) + f" {args.variable}"
+    elif model_cfg is not None:
+        data = load_dataset(model_cfg.data)
+        part = args.part
+        source, indices = data.source, getattr(data.split, part)
+        name = f"{model_cfg.name} {model_cfg.data.variable}, {part} part ({data.split.dim} {data.split.positions[part]})"
+    else:
+        raise SystemExit("vcinr bench codecs: give --model or --data")
+    da = source.da
+    if args.regrid:
+        if args.regrid == "model":
+            if model_grid is None:
+                raise SystemExit("vcinr bench codecs: --regrid model needs a model on a lat/lon grid")
+            da = interp_lat_lon(da, source.grid_dims, model_grid.lat, model_grid.lon)
+        else:
+            da = regrid_lat_lon(da, source.grid_dims, [int(v) for v in args.regrid.lower().split("x")])
+        source = FieldSource(da, source.grid_dims)
+        name += f", regridded to {args.regrid}"
+    if args.fields and args.fields < len(indices):
+        indices = indices[np.unique(np.linspace(0, len(indices) - 1, args.fields).round().astype(int))]
+    values = source.load(indices)
+    if np.isnan(values).any():
+        raise SystemExit("vcinr bench codecs: the fields hold NaN; compare codecs on fields without missing values")
+    lat = lon = None
+    if len(source.grid_dims) == 2 and all(d in da.coords for d in source.grid_dims):
+        lat, lon = (np.asarray(da[d].values, np.float64) for d in source.grid_dims)
+        if np.abs(lat).max() > 90:
+            lat = lon = None
+    return Fields(values, lat, lon, name)
+
+
+def vcinr_costs(model_path: Path, fields: Fields, steps: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """FLOPs per value of the vcinr decode and encode, and the fraction of the machine's
+    matmul rate achieved by the fastest measured codec throughput."""
+    loaded = resolve_model(model_path)
+    model, device = loaded.artifact.model, loaded.device
+    n = min(4, len(fields.values))
+    items = loaded.to_items(loaded.artifact.normaliser.normalise(fields.values[:n]).astype(np.float32))
+    idx = np.arange(len(items))
+    valid = np.ones_like(items, dtype=bool)
+    coords = loaded.item_coords[torch.as_tensor(idx % loaded.num_patches, device=device)]
+    target = torch.as_tensor(items, device=device).unsqueeze(-1)
+    mask = torch.as_tensor(valid, device=device).unsqueeze(-1)
+    phi = loaded.adapt(idx, items, valid, steps)
+    model.eval()
+    values = items.size
+    dec = count_flops(lambda: model.decode(coords, phi)) / values
+    enc = encode_flops(model, coords, target, mask, steps) / values
+    peak = matmul_rate(device)
+    vc = [r for r in rows if r["kind"] == "vcinr" and r["inner_steps"] == steps]
+    best_dec = max((r["decode_mb_s"] for r in vc), default=0.0) * 1e6 / 4
+    best_enc = max((r["encode_mb_s"] for r in vc), default=0.0) * 1e6 / 4
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "matmul_flop_s_float32": peak,
+        "decode_flops_per_value": dec,
+        "encode_flops_per_value": enc,
+        "encode_inner_steps": steps,
+        "decode_fraction_of_matmul": dec * best_dec / peak,
+        "encode_fraction_of_matmul": enc * best_enc / peak,
+    }
+
+
+def _model_path(text: str) -> Path:
+    return Path(text) if Path(text, MANIFEST).is_file() else find_artifact(text)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    model_path = _model_path(args.model) if args.model else None
+    loaded = resolve_model(model_path) if model_path else None
+    model_grid = loaded.grid if loaded is not None and isinstance(loaded.grid, SphericalGrid) else None
+    fields = load_fields(args, model_grid, loaded.artifact.config if loaded else None)
+    x = fields.values
+    psnr_range = tuple(args.psnr_range)
+    candidates = [] if args.no_classical else classical_candidates(fields, args.quick)
+    notes = []
+    if loaded is not None:
+        if tuple(x.shape[1:]) == tuple(loaded.grid.shape):
+            candidates += vcinr_candidates(model_path, args.levels, args.more_steps, args.chunk_fields)
+        else:
+            notes.append(f"vcinr skipped: fields are {x.shape[1:]}, the model's grid is {tuple(loaded.grid.shape)} "
+                         "(use --regrid model)")
+    model_bytes = (model_path / WEIGHTS).stat().st_size if model_path else 0
+    rows = []
+    for c in candidates:
+        decoded, nbytes, t_enc, t_dec = run_candidate(c, x)
+        mb = x.size * 4 / 1e6
+        row = {"family": c.family, "knob": c.knob, "kind": c.kind, "bytes": nbytes,
+               "bpv": 8 * nbytes / x.size, "ratio_vs_float32": 32 * x.size / (8 * nbytes),
+               "encode_mb_s": mb / t_enc, "decode_mb_s": mb / t_dec, **c.extra, **score(fields, decoded, psnr_range)}
+        if c.kind == "vcinr":
+            row["bpv_with_model"] = 8 * (nbytes + model_bytes) / x.size
+        rows.append(row)
+        print(f"  {c.family:28s} {c.knob:22s} {row['bpv']:9.4f} bpv  {row['psnr']:6.2f} dB  "
+              f"max err {row['max_abs_error']:.3g}", file=sys.stderr, flush=True)
+    out: dict[str, Any] = {
+        "benchmark": "codecs",
+        "fields": fields.source,
+        "num_fields": len(x),
+        "grid": list(x.shape[1:]),
+        "values": int(x.size),
+        "psnr_range": list(psnr_range),
+        "data_range": [float(x.min()), float(x.max())],
+        "model": loaded.hash if loaded else None,
+        "model_bytes": model_bytes,
+        "chunk_fields": args.chunk_fields,
+        "vcinr_device": str(default_device()),
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+        "summary": summarise(rows),
+        "notes": notes,
+    }
+    if loaded is not None and any(r["kind"] == "vcinr" for r in rows):
+        steps = min(r["inner_steps"] for r in rows if r["kind"] == "vcinr")
+        out["vcinr_cost"] = vcinr_costs(model_path, fields, steps, rows)
+    return out
+
+
+def _fmt(v: float | None, spec: str = ".3g") -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+
+
+def markdown(out: dict[str, Any]) -> str:
+    lo, hi = out["psnr_range"]
+    lines = [
+        f"Fields: {out['fields']}: {out['num_fields']} fields of {' x '.join(map(str, out['grid']))} "
+        f"({out['values']:,} values, range {out['data_range'][0]:.5g} .. {out['data_range'][1]:.5g}).",
+        f"PSNR: mean per-field, on [{lo}, {hi}] mapped to [0, 1]; PSNR (range): on the evaluated data's range. "
+        f"bpv = 8 x bytes / values; ratio against float32.",
+        "",
+        "| codec | knob | bpv | bpv with model | ratio | PSNR dB | PSNR (range) dB | RMSE | lat-w RMSE | max abs err | enc MB/s | dec MB/s |",
+        "|" + "---|" * 12,
+    ]
+    for r in out["rows"]:
+        lines.append(
+            f"| {r['family']} | {r['knob']} | {r['bpv']:.4g} | {_fmt(r.get('bpv_with_model'), '.4g')} | "
+            f"{r['ratio_vs_float32']:.3g} | {r['psnr']:.2f} | {r['psnr_data_range']:.2f} | {r['rmse']:.3g} | "
+            f"{_fmt(r['rmse_lat_weighted'])} | {r['max_abs_error']:.3g} | {r['encode_mb_s']:.3g} | {r['decode_mb_s']:.3g} |"
+        )
+    targets = list(out["summary"][0]["bpv"]) if out["summary"] else []
+    lines += ["", "Bits per value needed for a PSNR (interpolated in the sweep; - = not reached; "
+              "<= = the sweep's coarsest point already exceeds it):", "",
+              "| codec | " + " | ".join(f"{t} dB" for t in targets) + " |", "|---|" + "---|" * len(targets)]
+    for e in out["summary"]:
+        lines.append(f"| {e['family']} | " + " | ".join(
+            ("<= " if e["upper_bound"][t] else "") + _fmt(e["bpv"][t], ".4g") for t in targets) + " |")
+        if "bpv_with_model" in e:
+            lines.append(f"| {e['family']} + model bits | " + " | ".join(_fmt(e["bpv_with_model"][t], ".4g") for t in targets) + " |")
+    for e in out["summary"]:
+        if "best_classical_over_vcinr" in e:
+            lines.append(
+                f"\nBest classical / {e['family']}: "
+                + ", ".join(f"{t} dB: {_fmt(e['best_classical_over_vcinr'][t])}x" for t in targets)
+                + "; with the model's bits: "
+                + ", ".join(f"{t} dB: {_fmt(e['best_classical_over_vcinr_with_model'][t])}x" for t in targets)
+            )
+    cost = out.get("vcinr_cost")
+    if cost:
+        lines.append(
+            f"\nvcinr on {cost['device_name']}: {cost['decode_flops_per_value']:,.0f} FLOPs per decoded value, "
+            f"{cost['encode_flops_per_value']:,.0f} per encoded value ({cost['encode_inner_steps']} inner steps); "
+            f"the measured codec throughput reaches {cost['decode_fraction_of_matmul']:.2%} (decode) and "
+            f"{cost['encode_fraction_of_matmul']:.2%} (encode) of this machine's float32 matmul rate "
+            f"({cost['matmul_flop_s_float32'] / 1e9:.3g} GFLOP/s)."
+        )
+    if out["model"]:
+        lines.append(f"Model {out['model'][:16]}: {out['model_bytes']:,} bytes (INR and coders), counted in 'bpv with model'.")
+    lines += [f"Note: {n}" for n in out["notes"]]
+    return "\n".join(lines)
+
+
+def plot(out: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    families: dict[str, list[dict[str, Any]]] = {}
+    for r in out["rows"]:
+        if r["psnr"] < 200:
+            families.setdefault(r["family"], []).append(r)
+    for fam, rs in families.items():
+        rs = sorted(rs, key=lambda r: r["bpv"])
+        style = "o-" if rs[0]["kind"] == "vcinr" else ".--"
+        ax.plot([r["bpv"] for r in rs], [r["psnr"] for r in rs], style, label=fam)
+        if rs[0]["kind"] == "vcinr":
+            ax.plot([r["bpv_with_model"] for r in rs], [r["psnr"] for r in rs], "o:", alpha=0.5, label=f"{fam} + model bits")
+    ax.set_xscale("log")
+    ax.set_xlabel("bits per value (real bytes)")
+    lo, hi = out["psnr_range"]
+    ax.set_ylabel(f"PSNR (dB, [{lo}, {hi}] -> [0, 1])")
+    ax.set_title(out["fields"][:90], fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _range(text: str) -> list[float]:
+    lo, hi = (float(v) for v in text.split(","))
+    if not hi > lo:
+        raise argparse.ArgumentTypeError("--psnr-range needs LO,HI with HI > LO")
+    return [lo, hi]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vcinr bench codecs", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="vcinr model artifact (folder or hash) with trained coders")
+    p.add_argument("--levels", type=lambda s: [v for v in s.split(",") if v], help="quality levels (default: all)")
+    p.add_argument("--more-steps", type=lambda s: [int(v) for v in s.split(",") if v], default=[30],
+                   help="extra encode inner-step counts for the learned levels (default 30; '' for none)")
+    p.add_argument("--chunk-fields", type=int, default=16, help="fields per vcinr chunk (default 16)")
+    p.add_argument("--data", action="append", help="dataset file(s) instead of the model's held-out fields")
+    p.add_argument("--variable", help="variable of --data")
+    p.add_argument("--grid-dims", help="grid dims of --data, e.g. lat,lon")
+    p.add_argument("--concat-dim", help="stack several --data files along this new dim")
+    p.add_argument("--part", default="test", choices=["train", "val", "test"], help="model split part (default test)")
+    p.add_argument("--regrid", help="46x90, 181x360 (equiangular, the papers' grids), any NxM, or 'model'")
+    p.add_argument("--fields", type=int, default=24, help="fields evaluated, evenly spaced (default 24; 0 = all)")
+    p.add_argument("--psnr-range", type=_range, default=list(METHOD_RANGE),
+                   help="LO,HI mapped to [0, 1] for PSNR (default method.md's 202.66,320.93 K)")
+    p.add_argument("--no-classical", action="store_true", help="vcinr rows only")
+    p.add_argument("--quick", action="store_true", help="two knob values per codec (smoke test)")
+    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--plot", metavar="PNG")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = run(args)
+    print(markdown(out))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+    if args.plot:
+        plot(out, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
