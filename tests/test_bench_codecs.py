@@ -97,3 +97,20 @@ def test_cross_dataset_and_regrid_options(tmp_path):
     assert "E1_north_america.nc" in result["fields"] and any(r["kind"] == "vcinr" for r in result["rows"])
     with pytest.raises(SystemExit, match="needs --variable"):
         bench.main(["--data", other])
+
+
+def test_bounded_mode_keeps_every_bound_and_compares_at_equal_bounds(tmp_path):
+    out = tmp_path / "b.json"
+    rc = bench.main(["--model", str(tiny_artifact()), "--bounded", "--bounds", "1e-3,1e-2", "--fields", "2",
+                     "--levels", QUALITY, "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    families = {r["family"] for r in result["rows"]}
+    assert {"SZ3 (abs)", "SPERR (pwe)", "ZFP (accuracy)", "safeguards alone", f"vcinr bounded ({QUALITY})"} <= families
+    lo, hi = result["data_range"]
+    for r in result["rows"]:
+        assert r["bound"] == pytest.approx(r["bound_rel"] * (hi - lo))
+        if r["kind"] == "vcinr" or r["family"] == "safeguards alone":
+            assert r["bound_met"] and r["max_abs_error"] <= r["bound"], r  # the guarantee
+    assert [e["bound_rel"] for e in result["summary"]] == [1e-3, 1e-2]
+    assert all(e["best_vcinr_ratio"] > 1 for e in result["summary"])

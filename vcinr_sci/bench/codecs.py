@@ -156,6 +156,43 @@ def vcinr_candidates(model_path: Path, levels: Sequence[str] | None, more_steps:
     return out
 
 
+def bounded_candidates(fields: Fields, model_path: Path | None, levels: Sequence[str] | None,
+                       bounds: Sequence[float], chunk_fields: int) -> list[Candidate]:
+    """Codecs that promise a point-wise bound, each asked for the same absolute bound
+    ``rel x data range``: SZ3, SPERR, ZFP (accuracy), compression-safeguards around a codec
+    that stores nothing (all information in the correction), and vcinr's bounded mode at
+    each quality level."""
+    from imagecodecs.numcodecs import Sperr, Sz3
+    from numcodecs_safeguards import SafeguardedCodec
+    from numcodecs_zero import ZeroCodec
+
+    x = fields.values
+    span = float(np.nanmax(x) - np.nanmin(x)) or 1.0
+    shape, dtype = x.shape[1:], x.dtype
+    names: list[str] = []
+    if model_path is not None:
+        loaded = resolve_model(model_path)
+        names = list(levels) if levels else loaded.artifact.quality_levels
+    out: list[Candidate] = []
+    for rel in bounds:
+        b = rel * span
+        knob = f"bound={rel:g} x range"
+        extra = {"bound": b, "bound_rel": rel}
+        out += [
+            Candidate("SZ3 (abs)", knob, [Sz3(shape=shape, dtype=dtype, mode="abs", abs=b)], extra=extra),
+            Candidate("SPERR (pwe)", knob, [Sperr(level=b, mode="pwe", shape=shape, dtype=dtype)], extra=extra),
+            Candidate("ZFP (accuracy)", knob, [numcodecs.ZFPY(mode=4, tolerance=b)], extra=extra),
+            Candidate("safeguards alone", knob,
+                      [SafeguardedCodec(codec=ZeroCodec(), safeguards=[{"kind": "eb", "type": "abs", "eb": b}])],
+                      extra=extra),
+        ]
+        for name in names:
+            codec = VCINRCodec.for_model(model_path, name, max_abs_error=b)
+            out.append(Candidate(f"vcinr bounded ({name})", knob, [codec], chunk_fields, "vcinr",
+                                 dict(extra, inner_steps=codec.inner_steps)))
+    return out
+
+
 def run_candidate(c: Candidate, x: np.ndarray) -> tuple[np.ndarray, int, float, float]:
     """Encode ``x`` chunk by chunk through the pipeline, decode it back; returns the
     decoded fields, bytes written and encode / decode seconds."""
@@ -249,6 +286,33 @@ def summarise(rows: list[dict[str, Any]], targets: Sequence[float] = TARGETS_DB)
     return out
 
 
+def bounded_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per bound: the best classical ratio, the best vcinr ratio (latents and correction;
+    and with the model's bytes), among the codecs that kept the bound at every point, and
+    the codecs that broke it."""
+    out = []
+    for rel in sorted({r["bound_rel"] for r in rows}):
+        rs = [r for r in rows if r["bound_rel"] == rel]
+        classical = [r for r in rs if r["kind"] == "classical" and r["bound_met"]]
+        vc = [r for r in rs if r["kind"] == "vcinr" and r["bound_met"]]
+        best_c = max(classical, key=lambda r: r["ratio_vs_float32"], default=None)
+        best_v = max(vc, key=lambda r: r["ratio_vs_float32"], default=None)
+        entry: dict[str, Any] = {
+            "bound_rel": rel,
+            "bound": rs[0]["bound"],
+            "best_classical": best_c and best_c["family"],
+            "best_classical_ratio": best_c and best_c["ratio_vs_float32"],
+            "best_vcinr": best_v and best_v["family"],
+            "best_vcinr_ratio": best_v and best_v["ratio_vs_float32"],
+            "best_vcinr_ratio_with_model": best_v and 32 / best_v["bpv_with_model"],
+            "broke_the_bound": [r["family"] for r in rs if not r["bound_met"]],
+        }
+        if best_c and best_v:
+            entry["vcinr_over_best_classical"] = best_v["ratio_vs_float32"] / best_c["ratio_vs_float32"]
+        out.append(entry)
+    return out
+
+
 def load_fields(args: argparse.Namespace, model_grid: SphericalGrid | None, model_cfg) -> Fields:
     """The fields to compress: ``--data`` or the model's held-out part, regridded if asked."""
     if args.data:
@@ -333,14 +397,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     fields = load_fields(args, model_grid, loaded.artifact.config if loaded else None)
     x = fields.values
     psnr_range = tuple(args.psnr_range)
-    candidates = [] if args.no_classical else classical_candidates(fields, args.quick)
     notes = []
-    if loaded is not None:
-        if tuple(x.shape[1:]) == tuple(loaded.grid.shape):
+    on_grid = loaded is not None and tuple(x.shape[1:]) == tuple(loaded.grid.shape)
+    if loaded is not None and not on_grid:
+        notes.append(f"vcinr skipped: fields are {x.shape[1:]}, the model's grid is {tuple(loaded.grid.shape)} "
+                     "(use --regrid model)")
+    if args.bounded:
+        candidates = bounded_candidates(fields, model_path if on_grid else None, args.levels,
+                                        args.bounds, args.chunk_fields)
+    else:
+        candidates = [] if args.no_classical else classical_candidates(fields, args.quick)
+        if on_grid:
             candidates += vcinr_candidates(model_path, args.levels, args.more_steps, args.chunk_fields)
-        else:
-            notes.append(f"vcinr skipped: fields are {x.shape[1:]}, the model's grid is {tuple(loaded.grid.shape)} "
-                         "(use --regrid model)")
     model_bytes = (model_path / WEIGHTS).stat().st_size if model_path else 0
     rows = []
     for c in candidates:
@@ -351,6 +419,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                "encode_mb_s": mb / t_enc, "decode_mb_s": mb / t_dec, **c.extra, **score(fields, decoded, psnr_range)}
         if c.kind == "vcinr":
             row["bpv_with_model"] = 8 * (nbytes + model_bytes) / x.size
+        if "bound" in row:
+            row["bound_met"] = bool(row["max_abs_error"] <= row["bound"])
         rows.append(row)
         print(f"  {c.family:28s} {c.knob:22s} {row['bpv']:9.4f} bpv  {row['psnr']:6.2f} dB  "
               f"max err {row['max_abs_error']:.3g}", file=sys.stderr, flush=True)
@@ -367,8 +437,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "chunk_fields": args.chunk_fields,
         "vcinr_device": str(default_device()),
         "threads": torch.get_num_threads(),
+        "mode": "bounded" if args.bounded else "psnr",
         "rows": rows,
-        "summary": summarise(rows),
+        "summary": bounded_summary(rows) if args.bounded else summarise(rows),
         "notes": notes,
     }
     if loaded is not None and any(r["kind"] == "vcinr" for r in rows):
@@ -398,6 +469,8 @@ def markdown(out: dict[str, Any]) -> str:
             f"{r['ratio_vs_float32']:.3g} | {r['psnr']:.2f} | {r['psnr_data_range']:.2f} | {r['rmse']:.3g} | "
             f"{_fmt(r['rmse_lat_weighted'])} | {r['max_abs_error']:.3g} | {r['encode_mb_s']:.3g} | {r['decode_mb_s']:.3g} |"
         )
+    if out["mode"] == "bounded":
+        return _bounded_markdown(out, lines)
     targets = list(out["summary"][0]["bpv"]) if out["summary"] else []
     lines += ["", "Bits per value needed for a PSNR (interpolated in the sweep; - = not reached; "
               "<= = the sweep's coarsest point already exceeds it):", "",
@@ -430,6 +503,31 @@ def markdown(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _bounded_markdown(out: dict[str, Any], lines: list[str]) -> str:
+    lines = lines[:2] + [
+        "", "| bound | codec | bpv | ratio | max abs err / bound | bound met | PSNR dB | enc MB/s | dec MB/s |",
+        "|" + "---|" * 9,
+    ]
+    for r in out["rows"]:
+        lines.append(
+            f"| {r['knob']} | {r['family']} | {r['bpv']:.4g} | {r['ratio_vs_float32']:.3g} | "
+            f"{r['max_abs_error'] / r['bound']:.3f} | {'yes' if r['bound_met'] else 'NO'} | {r['psnr']:.2f} | "
+            f"{r['encode_mb_s']:.3g} | {r['decode_mb_s']:.3g} |"
+        )
+    lines += ["", "Among the codecs that kept the bound at every point:", "",
+              "| bound (x range) | best classical (ratio) | best vcinr (ratio; with model bytes) | vcinr / classical | broke the bound |",
+              "|---|---|---|---|---|"]
+    for e in out["summary"]:
+        vc = f"{e['best_vcinr']} ({_fmt(e['best_vcinr_ratio'])}; {_fmt(e['best_vcinr_ratio_with_model'])})" \
+            if e["best_vcinr"] else "-"
+        lines.append(f"| {e['bound_rel']:g} | {e['best_classical']} ({_fmt(e['best_classical_ratio'])}) | {vc} | "
+                     f"{_fmt(e.get('vcinr_over_best_classical'))} | {', '.join(e['broke_the_bound']) or '-'} |")
+    if out["model"]:
+        lines.append(f"\nModel {out['model'][:16]}: {out['model_bytes']:,} bytes (INR and coders), counted in 'with model bytes'.")
+    lines += [f"Note: {n}" for n in out["notes"]]
+    return "\n".join(lines)
+
+
 def plot(out: dict[str, Any], path: str) -> None:
     import matplotlib
 
@@ -437,6 +535,8 @@ def plot(out: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
+    if out["mode"] == "bounded":
+        return _bounded_plot(out, path, fig, ax, plt)
     families: dict[str, list[dict[str, Any]]] = {}
     for r in out["rows"]:
         if r["psnr"] < 200:
@@ -451,6 +551,27 @@ def plot(out: dict[str, Any], path: str) -> None:
     ax.set_xlabel("bits per value (real bytes)")
     lo, hi = out["psnr_range"]
     ax.set_ylabel(f"PSNR (dB, [{lo}, {hi}] -> [0, 1])")
+    ax.set_title(out["fields"][:90], fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _bounded_plot(out: dict[str, Any], path: str, fig, ax, plt) -> None:
+    families: dict[str, list[dict[str, Any]]] = {}
+    for r in out["rows"]:
+        families.setdefault(r["family"], []).append(r)
+    for fam, rs in families.items():
+        rs = sorted(rs, key=lambda r: r["bound_rel"])
+        ax.plot([r["bound_rel"] for r in rs], [r["ratio_vs_float32"] for r in rs],
+                "o-" if rs[0]["kind"] == "vcinr" else ".--", label=fam)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("max abs error bound / data range")
+    ax.set_ylabel("compression ratio vs float32 (real bytes)")
     ax.set_title(out["fields"][:90], fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
@@ -485,6 +606,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--psnr-range", type=_range, default=list(METHOD_RANGE),
                    help="LO,HI mapped to [0, 1] for PSNR (default method.md's 202.66,320.93 K)")
     p.add_argument("--no-classical", action="store_true", help="vcinr rows only")
+    p.add_argument("--bounded", action="store_true",
+                   help="compare at equal max-abs-error bounds (vcinr's bounded mode vs SZ3, SPERR, ZFP, safeguards)")
+    p.add_argument("--bounds", type=lambda s: [float(v) for v in s.split(",") if v], default=[1e-4, 1e-3, 1e-2],
+                   help="bounds as fractions of the data range, for --bounded (default 1e-4,1e-3,1e-2)")
     p.add_argument("--quick", action="store_true", help="two knob values per codec (smoke test)")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--plot", metavar="PNG")
