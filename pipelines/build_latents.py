@@ -67,9 +67,12 @@ def resolve_model(cfg: Config, model: str | None, with_coders: bool = False) -> 
     for manifest in root.glob(f"*/{MANIFEST}") if root.is_dir() else []:
         try:
             stored = json.loads(manifest.read_text())
-        except json.JSONDecodeError:
+            # through the dataclasses, so an artifact written before a defaulted field
+            # was added still matches
+            stored_cfg = Config.from_dict(stored.get("config", {})).to_dict()
+        except (json.JSONDecodeError, TypeError, ValueError, KeyError):
             continue
-        if all(stored.get("config", {}).get(k) == v for k, v in want.items()):
+        if all(stored_cfg.get(k) == v for k, v in want.items()):
             has_coders = bool(stored.get("extra", {}).get("coders"))
             matches.append((has_coders == with_coders, manifest.stat().st_mtime, manifest.parent))
     if not matches:
