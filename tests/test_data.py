@@ -363,3 +363,11 @@ def test_ccsm_runs_hold_out_whole_runs(shared_data):
     # the held-out run is the last file in sorted order: run67
     with xr.open_dataset(shared_data / "ccsm_trefht_1890-1999_annual_run67.nc") as run67:
         np.testing.assert_array_equal(ds.source.load(ds.split.test[[0, 109]]), run67["TREFHT"].values[[0, 109]])
+
+
+def test_undecodable_time_units_are_left_raw(shared_data):
+    # CCSM's monthly TS file says "days since 0000-00-00" in a 365_day calendar.
+    cfg = DataConfig(paths=[str(shared_data / "ccsm_b003_ts_monthly_100.nc")], variable="TS", grid_dims=["lat", "lon"])
+    with pytest.warns(UserWarning, match="time coordinates left undecoded"):
+        da = open_variable(cfg)
+    assert da.shape == (100, 64, 128) and np.issubdtype(da["time"].dtype, np.floating)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -81,7 +82,14 @@ def open_variable(cfg: DataConfig) -> xr.DataArray:
 def _open_one(path: str) -> xr.Dataset:
     if path.rstrip("/").endswith(".zarr") or Path(path, "zarr.json").exists() or Path(path, ".zgroup").exists():
         return xr.open_zarr(path)
-    return xr.open_dataset(path, chunks={}, engine="netcdf4" if path.endswith((".nc", ".nc4")) else None)
+    engine = "netcdf4" if path.endswith((".nc", ".nc4")) else None
+    try:
+        return xr.open_dataset(path, chunks={}, engine=engine)
+    except ValueError as e:  # e.g. "days since 0000-00-00" in a 365-day calendar
+        if "decode" not in str(e) or "time" not in str(e):
+            raise
+        warnings.warn(f"{path}: time coordinates left undecoded ({e})", stacklevel=2)
+        return xr.open_dataset(path, chunks={}, engine=engine, decode_times=False)
 
 
 def to_fields(da: xr.DataArray, grid_dims: Sequence[str]) -> xr.DataArray:
