@@ -269,17 +269,11 @@ def summarise(rows: list[dict[str, Any]], targets: Sequence[float] = TARGETS_DB)
     out = []
     for fam, rs in families.items():
         entry: dict[str, Any] = {"family": fam, "kind": rs[0]["kind"]}
-        need = {str(t): needed_bits([(r["bpv"], r["psnr"]) for r in rs if r["bpv"] > 0], t) for t in targets}
-        entry["bpv"] = {t: v for t, (v, _) in need.items()}
-        entry["upper_bound"] = {t: flag for t, (_, flag) in need.items()}
-        if rs[0]["kind"] == "vcinr":
-            entry["bpv_latents"] = {
-                str(t): needed_bits([(r["bpv_latents"], r["psnr"]) for r in rs if r["bpv_latents"] > 0], t)[0]
-                for t in targets
-            }
-            entry["bpv_with_model"] = {
-                str(t): needed_bits([(r["bpv_with_model"], r["psnr"]) for r in rs], t)[0] for t in targets
-            }
+        columns = ["bpv", "bpv_latents", "bpv_with_model"] if rs[0]["kind"] == "vcinr" else ["bpv"]
+        for col in columns:
+            need = {str(t): needed_bits([(r[col], r["psnr"]) for r in rs if r[col] > 0], t) for t in targets}
+            entry[col] = {t: v for t, (v, _) in need.items()}
+            entry[f"{col}_upper_bound"] = {t: flag for t, (_, flag) in need.items()}
         out.append(entry)
     best = {}
     for t in map(str, targets):
@@ -489,12 +483,10 @@ def markdown(out: dict[str, Any]) -> str:
               "<= = the sweep's coarsest point already exceeds it):", "",
               "| codec | " + " | ".join(f"{t} dB" for t in targets) + " |", "|---|" + "---|" * len(targets)]
     for e in out["summary"]:
-        lines.append(f"| {e['family']} | " + " | ".join(
-            ("<= " if e["upper_bound"][t] else "") + _fmt(e["bpv"][t], ".4g") for t in targets) + " |")
-        if "bpv_latents" in e:
-            lines.append(f"| {e['family']}, latent bytes only | " + " | ".join(_fmt(e["bpv_latents"][t], ".4g") for t in targets) + " |")
-        if "bpv_with_model" in e:
-            lines.append(f"| {e['family']} + model bits | " + " | ".join(_fmt(e["bpv_with_model"][t], ".4g") for t in targets) + " |")
+        for col, label in (("bpv", ""), ("bpv_latents", ", latent bytes only"), ("bpv_with_model", " + model bits")):
+            if col in e:
+                lines.append(f"| {e['family']}{label} | " + " | ".join(
+                    ("<= " if e[f"{col}_upper_bound"][t] else "") + _fmt(e[col][t], ".4g") for t in targets) + " |")
     for e in out["summary"]:
         if "best_classical_over_vcinr" in e:
             lines.append(
@@ -561,7 +553,10 @@ def plot(out: dict[str, Any], path: str) -> None:
         style = "o-" if rs[0]["kind"] == "vcinr" else ".--"
         ax.plot([r["bpv"] for r in rs], [r["psnr"] for r in rs], style, label=fam)
         if rs[0]["kind"] == "vcinr":
+            ax.plot([r["bpv_latents"] for r in rs], [r["psnr"] for r in rs], "x-", alpha=0.7, label=f"{fam}, latents only")
             ax.plot([r["bpv_with_model"] for r in rs], [r["psnr"] for r in rs], "o:", alpha=0.5, label=f"{fam} + model bits")
+    top = max((r["psnr"] for r in out["rows"] if r["kind"] == "vcinr"), default=60.0)
+    ax.set_ylim(bottom=max(0.0, ax.get_ylim()[0]), top=max(top + 20.0, 60.0))  # the range where codecs compete
     ax.set_xscale("log")
     ax.set_xlabel("bits per value (real bytes)")
     lo, hi = out["psnr_range"]
