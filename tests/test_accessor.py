@@ -5,7 +5,6 @@ a fresh process, the info/decompress commands, and bad input that writes nothing
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,31 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
 from _vcinr_tiny import QUALITY, fields, tiny_artifact
 from vcinr_sci import metrics
 from vcinr_sci.accessor import ATTRS, open_zarr
-from vcinr_sci.codec import CodecError, clear_model_cache
+from vcinr_sci.codec import CodecError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup")
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def isolated_lookup(tmp_path, monkeypatch):
-    monkeypatch.setenv("VCINR_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("VCINR_MODEL_PATH", raising=False)
-    yield
-    clear_model_cache(search_paths=True)
 
 
 @pytest.fixture(scope="module")

@@ -23,24 +23,10 @@ from _vcinr_tiny import QUALITY, fields, tiny_artifact
 from vcinr_sci import bounded
 from vcinr_sci.accessor import BOUND_ATTRS, open_zarr
 from vcinr_sci.chunk import ChunkFormatError, decode_container, encode_container
-from vcinr_sci.codec import CodecError, LoadedModel, VCINRCodec, VCINRZarrCodec, clear_model_cache
+from vcinr_sci.codec import CodecError, LoadedModel, VCINRCodec, VCINRZarrCodec
 from vcinr_sci.models import full_float32
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def isolated_lookup(tmp_path, monkeypatch):
-    monkeypatch.setenv("VCINR_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("VCINR_MODEL_PATH", raising=False)
-    yield
-    clear_model_cache(search_paths=True)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from pathlib import Path
 import numcodecs
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from _vcinr_tiny import LEARNED, QUALITY, fields, other_artifact, tiny_artifact
@@ -29,25 +28,9 @@ from vcinr_sci.codec import (
     model_cache_stats,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup")
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def isolated_lookup(tmp_path, monkeypatch):
-    """No model is found except where a test puts it."""
-    monkeypatch.setenv("VCINR_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("VCINR_MODEL_PATH", raising=False)
-    clear_model_cache(search_paths=True)
-    yield
-    clear_model_cache(search_paths=True)
 
 
 @pytest.fixture(scope="module")

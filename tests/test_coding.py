@@ -18,18 +18,10 @@ from safetensors.torch import load_file, save_file
 from vcinr_sci._compressai import EntropyBottleneck
 from vcinr_sci.coding import LatentCoder, UniformQuantiser, coder_spec, coder_state, load_coder, rd_loss
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 D = 32  # latent dim
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # These models are tiny: on a shared 2-core machine a second intra-op thread only
-    # adds contention (measured 4 ms vs 400 ms per training step under load).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def latents(n: int, seed: int) -> torch.Tensor:
