@@ -5,7 +5,7 @@ transform names. We install compressai with ``--no-deps`` beside the CPU torch, 
 torchvision is absent (PyPI's torchvision does not even import beside that torch), so
 when torchvision cannot be imported, an empty stand-in for ``torchvision`` and
 ``torchvision.transforms`` goes into ``sys.modules`` first. Nothing of torchvision is
-used by the entropy models we re-export.
+used by what we re-export: the entropy model, the rANS coder and its CDF builder.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ except (ImportError, RuntimeError, OSError):  # absent, or built for another tor
 # compressai imports torch_geometric, which calls the deprecated torch.jit.script at import.
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning)
+    from compressai import ans
+    from compressai._CXX import pmf_to_quantized_cdf
     from compressai.entropy_models import EntropyBottleneck
 
-__all__ = ["EntropyBottleneck"]
+__all__ = ["EntropyBottleneck", "ans", "pmf_to_quantized_cdf"]

@@ -312,11 +312,8 @@ def _rans_decode(table: bytes, string: bytes, offset: int, n: int) -> np.ndarray
 
 
 def _compressai_rans():
-    """compressai's rANS module and CDF builder, imported on first use (3 s), after
-    :mod:`vcinr_sci._compressai` has installed its torchvision stand-in."""
-    import vcinr_sci._compressai  # noqa: F401
-    from compressai import ans
-    from compressai._CXX import pmf_to_quantized_cdf
+    """compressai's rANS module and CDF builder, imported on first use (3 s)."""
+    from vcinr_sci._compressai import ans, pmf_to_quantized_cdf
 
     return ans, pmf_to_quantized_cdf
 
