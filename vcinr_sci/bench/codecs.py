@@ -47,7 +47,6 @@ the fields on the model's grid.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -64,6 +63,7 @@ from numcodecs.compat import ensure_ndarray_like
 from vcinr_sci import metrics
 from vcinr_sci.artifact import MANIFEST, WEIGHTS, find_artifact
 from vcinr_sci.chunk import decode_container
+from vcinr_sci.bench.output import device_name, pyplot, save_figure, write_json
 from vcinr_sci.bench.throughput import count_flops, encode_flops, matmul_rate
 from vcinr_sci.codec import VCINRCodec
 from vcinr_sci.config import DataConfig
@@ -380,7 +380,7 @@ def vcinr_costs(model_path: Path, fields: Fields, steps: int, rows: list[dict[st
     best_enc = max((r["encode_mb_s"] for r in vc), default=0.0) * 1e6 / 4
     return {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device_name": device_name(device),
         "matmul_flop_s_float32": peak,
         "decode_flops_per_value": dec,
         "encode_flops_per_value": enc,
@@ -536,14 +536,19 @@ def _bounded_markdown(out: dict[str, Any], lines: list[str]) -> str:
 
 
 def plot(out: dict[str, Any], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = pyplot().subplots(figsize=(8, 5))
     if out["mode"] == "bounded":
-        return _bounded_plot(out, path, fig, ax, plt)
+        _bounded_axes(out, ax)
+    else:
+        _psnr_axes(out, ax)
+    ax.set_xscale("log")
+    ax.set_title(out["fields"][:90], fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def _psnr_axes(out: dict[str, Any], ax) -> None:
     families: dict[str, list[dict[str, Any]]] = {}
     for r in out["rows"]:
         if r["psnr"] < 200:
@@ -557,20 +562,12 @@ def plot(out: dict[str, Any], path: str) -> None:
             ax.plot([r["bpv_with_model"] for r in rs], [r["psnr"] for r in rs], "o:", alpha=0.5, label=f"{fam} + model bits")
     top = max((r["psnr"] for r in out["rows"] if r["kind"] == "vcinr"), default=60.0)
     ax.set_ylim(bottom=max(0.0, ax.get_ylim()[0]), top=max(top + 20.0, 60.0))  # the range where codecs compete
-    ax.set_xscale("log")
     ax.set_xlabel("bits per value (real bytes)")
     lo, hi = out["psnr_range"]
     ax.set_ylabel(f"PSNR (dB, [{lo}, {hi}] -> [0, 1])")
-    ax.set_title(out["fields"][:90], fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
-def _bounded_plot(out: dict[str, Any], path: str, fig, ax, plt) -> None:
+def _bounded_axes(out: dict[str, Any], ax) -> None:
     families: dict[str, list[dict[str, Any]]] = {}
     for r in out["rows"]:
         families.setdefault(r["family"], []).append(r)
@@ -578,17 +575,9 @@ def _bounded_plot(out: dict[str, Any], path: str, fig, ax, plt) -> None:
         rs = sorted(rs, key=lambda r: r["bound_rel"])
         ax.plot([r["bound_rel"] for r in rs], [r["ratio_vs_float32"] for r in rs],
                 "o-" if rs[0]["kind"] == "vcinr" else ".--", label=fam)
-    ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("max abs error bound / data range")
     ax.set_ylabel("compression ratio vs float32 (real bytes)")
-    ax.set_title(out["fields"][:90], fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _range(text: str) -> list[float]:
@@ -631,8 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     out = run(args)
     print(markdown(out))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+        write_json(args.json, out)
     if args.plot:
         plot(out, args.plot)
     return 0

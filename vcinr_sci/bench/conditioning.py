@@ -31,7 +31,6 @@ model diverged at dim(phi) 16 and 32 and the gated model's inner loop froze at d
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import resource
 import sys
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 
 from vcinr_sci.artifact import build_model
+from vcinr_sci.bench.output import device_name, resolve_device, write_json
 from vcinr_sci.config import Config, DataConfig, MetaConfig, ModelConfig, TrainConfig
 from vcinr_sci.data import DATA_DIR_ENV, load_dataset, shared_data_dir
 from vcinr_sci.training import evaluate, outer_step, sample_batch, seed_everything
@@ -155,10 +155,7 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
     bad = [c for c in args.conditionings if c not in CONDITIONINGS]
     if bad or not args.conditionings:
         raise SystemExit(f"vcinr bench conditioning: unknown conditioning(s) {bad} (gated | shift)")
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("vcinr bench conditioning: --device cuda asked for, but torch sees no GPU")
+    args.device = str(resolve_device(args.device, "vcinr bench conditioning"))
     if min(args.dims, default=0) < 1 or args.steps < 0 or args.width < 1 or args.depth < 2:
         raise SystemExit("vcinr bench conditioning: dims and width must be positive, depth >= 2, steps >= 0")
     return args
@@ -167,10 +164,6 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
 def _peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _device_name(device: str) -> str:
-    return torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
 
 
 def _eval_subset(data, split: str, n: int) -> np.ndarray:
@@ -285,10 +278,10 @@ def format_table(rows: list[dict[str, Any]], split: str) -> str:
     return "\n".join(lines)
 
 
-def write_json(args, data, rows: list[dict[str, Any]], ref: dict[str, Any]) -> None:
+def save_results(args, data, rows: list[dict[str, Any]], ref: dict[str, Any]) -> None:
     out = {
         "benchmark": "conditioning",
-        "device_name": _device_name(args.device),
+        "device_name": device_name(args.device),
         "settings": {k: v for k, v in vars(args).items() if k != "json"},
         "split": data.split.to_dict(),
         "normaliser": data.normaliser.to_dict(),
@@ -296,8 +289,7 @@ def write_json(args, data, rows: list[dict[str, Any]], ref: dict[str, Any]) -> N
         "references": ref,
         "peak_rss_mb": _peak_rss_mb(),
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+    write_json(args.json, out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         f"CCSM TREFHT 64 x 128, spherical; member split {runs} (train {len(train_items)} fields); "
         f"scoring {len(eval_items)} {args.eval_split} fields; width {args.width} depth {args.depth}, "
         f"{args.steps} outer steps x batch {args.batch_size} x {args.points_per_step or 'all'} points, "
-        f"outer lr {args.outer_lr}, device {_device_name(args.device)}, {args.threads} CPU thread(s)",
+        f"outer lr {args.outer_lr}, device {device_name(args.device)}, {args.threads} CPU thread(s)",
         flush=True,
     )
     ref = references(train_items, eval_items, args.dims)
@@ -331,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             row = run_one(args, data, train_items, eval_items, cond, dim)
             rows.append(row)
             if args.json:  # after every model, so a long run that is stopped keeps what it did
-                write_json(args, data, rows, ref)
+                save_results(args, data, rows, ref)
             print(
                 f"  {cond:5s} dim {dim:4d}: {args.eval_split} PSNR {row['psnr_inner']:.2f} dB ({args.inner_steps} steps), "
                 f"{row['psnr_encode']:.2f} dB ({args.encode_steps} steps); {row['step_wall_s']:.3f} s/step wall, "
@@ -353,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Peak RSS {_peak_rss_mb():.0f} MB."
     )
     if args.json:
-        write_json(args, data, rows, ref)
+        save_results(args, data, rows, ref)
     return 0
 
 

@@ -15,15 +15,14 @@ in data units. The error-bounded mode must leave at least this much margin.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from vcinr_sci.artifact import load_artifact
+from vcinr_sci.bench.output import write_json
 from vcinr_sci.data import load_dataset
 
 
@@ -104,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in out["rows"]:
         print(f"| {r['decoder']} | {r['max_abs_diff']:.3g} | {r['mean_abs_diff']:.3g} | {r['max_abs_diff_data_units']:.3g} |")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        write_json(args.json, out)
     return 0
 
 

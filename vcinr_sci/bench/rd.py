@@ -26,7 +26,6 @@ plus the unquantised float32 latents for reference.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 
 from vcinr_sci.artifact import MANIFEST, ModelArtifact, find_artifact, load_artifact
+from vcinr_sci.bench.output import pyplot, save_figure, write_json
 from vcinr_sci.coding import LatentCoder, UniformQuantiser, coder_state
 from vcinr_sci.data import ItemSet, load_dataset
 from vcinr_sci.grids import SphericalGrid
@@ -249,13 +249,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = result["rows"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = pyplot().subplots(1, 2, figsize=(12, 4.5))
     for ax, key, title in (
         (axes[0], "bpv", "latent bits only"),
         (axes[1], "bpv_with_model", f"with the model's bytes over {result['values']} values"),
@@ -278,9 +273,7 @@ def plot(result: dict[str, Any], path: str) -> None:
         f"{result['dataset']} {result['variable']}, {result['items']} held-out items, model {result['model'][:12]}",
         fontsize=10,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,10 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     print(markdown(result))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        write_json(args.json, result)
     if args.plot:
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot(result, args.plot)
     return 0
 

@@ -28,7 +28,6 @@ data's training part first (seconds; the residuals are then those of a weak INR)
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from numcodecs import Zstd
 
 from vcinr_sci import bounded
 from vcinr_sci.artifact import ModelArtifact, build_model, load_artifact, save_artifact
+from vcinr_sci.bench.output import write_json
 from vcinr_sci.codec import VCINRCodec, decode_latents
 from vcinr_sci.config import load_config
 from vcinr_sci.data import load_dataset, shared_data_dir
@@ -257,8 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     out = run(args)
     print(format_table(out))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        write_json(args.json, out)
     return 0
 
 

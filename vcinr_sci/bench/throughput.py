@@ -22,12 +22,10 @@ not an absolute time, is the number to improve.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -35,6 +33,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vcinr_sci.artifact import build_model, load_artifact
+from vcinr_sci.bench.output import device_name, resolve_device, write_json
 from vcinr_sci.config import load_config, parse_overrides
 from vcinr_sci.data import load_dataset
 from vcinr_sci.training import outer_step, sample_batch, seed_everything
@@ -140,24 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("vcinr bench throughput: --device cuda asked for, but torch sees no GPU")
-    return torch.device(name)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = _device(args.device)
+    device = resolve_device(args.device, "vcinr bench throughput")
     cfg = load_config(args.config, parse_overrides(args.overrides))
     seed_everything(cfg.train.seed)
     artifact = load_artifact(args.model) if args.model else None
@@ -231,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{', TF32 allowed' if out['tf32'] else ''}) on a large square product. FLOPs count matrix products only."
     )
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+        write_json(args.json, out)
     return 0
 
 
