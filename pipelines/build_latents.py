@@ -21,7 +21,6 @@ The model is ``--model`` (an artifact folder, or a hash looked up in
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -32,10 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines.cli_args import config_parser, load
 from pipelines.ray_setup import ensure_ray
 from vcinr_sci.artifact import MANIFEST, ArtifactError, find_artifact, load_artifact
-from vcinr_sci.config import Config, load_config, parse_overrides
+from vcinr_sci.config import Config
+from vcinr_sci.grids import Patcher
 from vcinr_sci.latents import (
+    complete_shards,
     inr_key,
     latents_dir,
     missing_shards,
@@ -45,9 +47,7 @@ from vcinr_sci.latents import (
     shard_table,
     write_manifest,
     write_shard,
-    complete_shards,
 )
-from vcinr_sci.grids import Patcher
 from vcinr_sci.meta import masked_mse
 
 INR_SECTIONS = ("data", "model", "meta")
@@ -234,13 +234,10 @@ def build(cfg: Config, model: str | None = None, quiet: bool = False) -> BuildSu
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="YAML run config (its latents section; configs/*.yaml)")
-    p.add_argument("--model", help="artifact folder or hash (default: the newest artifact of this config)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. latents.num_actors=4")
+    p = config_parser(__doc__, "YAML run config (its latents section; configs/*.yaml)", "latents.num_actors=4",
+                      model_help="artifact folder or hash (default: the newest artifact of this config)")
     args = p.parse_args(argv)
-    cfg = load_config(args.config, parse_overrides(args.set))
-    build(cfg, args.model)
+    build(load(args), args.model)
     return 0
 
 

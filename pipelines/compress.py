@@ -23,7 +23,6 @@ input, the store and its progress folder must then be on storage every node sees
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -40,9 +39,10 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.cli_args import config_parser, load
 from pipelines.ray_setup import ensure_ray
 from vcinr_sci.artifact import HASH_PREFIX_LEN, MANIFEST, ArtifactError, find_artifact
-from vcinr_sci.config import Config, load_config, parse_overrides
+from vcinr_sci.config import Config
 
 JOB_ATTR = "vcinr_job"
 COMPLETE_ATTR = "vcinr_complete"
@@ -286,10 +286,9 @@ def compress(cfg: Config, model: str | None = None, limit: int | None = None, qu
 
     ``limit`` writes at most that many chunks and leaves the store unfinished (for
     incremental runs and tests); a later run completes it."""
-    import zarr
-
     import ray
     import ray.data
+    import zarr
 
     from vcinr_sci.codec import default_inner_steps, register_model
 
@@ -383,14 +382,11 @@ def _missing(store: Path, arr, variable: str, g: int) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="YAML run config (its data and compress sections)")
-    p.add_argument("--model", help="artifact folder or hash (default: the newest matching artifact with coders)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. compress.quality=q1")
+    p = config_parser(__doc__, "YAML run config (its data and compress sections)", "compress.quality=q1",
+                      model_help="artifact folder or hash (default: the newest matching artifact with coders)")
     p.add_argument("--limit", type=int, help="write at most this many chunks (the store stays unfinished)")
     args = p.parse_args(argv)
-    cfg = load_config(args.config, parse_overrides(args.set))
-    compress(cfg, args.model, args.limit)
+    compress(load(args), args.model, args.limit)
     return 0
 
 

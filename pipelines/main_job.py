@@ -15,7 +15,6 @@ Every stage skips what an earlier run finished, so a rerun after a kill resumes.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -24,9 +23,10 @@ import numpy as np
 import xarray as xr
 
 from pipelines import build_latents, meta_train, train_coder
+from pipelines.cli_args import config_parser, load
 from vcinr_sci.accessor import open_zarr
 from vcinr_sci.artifact import load_artifact
-from vcinr_sci.config import Config, load_config, parse_overrides
+from vcinr_sci.config import Config
 from vcinr_sci.data import open_variable
 
 
@@ -86,12 +86,10 @@ def plot_field(reference: xr.DataArray, decoded: xr.DataArray, path: Path, title
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p = config_parser(__doc__, "YAML run config (configs/*.yaml)", "meta.steps=50")
     p.add_argument("--out", default="out", help="folder for the Zarr stores and the figure (default: out)")
     args = p.parse_args(argv)
-    cfg = load_config(args.config, parse_overrides(args.set))
+    cfg = load(args)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

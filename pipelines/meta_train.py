@@ -11,7 +11,6 @@ Ray; under ``ray job submit`` it joins the cluster.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -26,11 +25,12 @@ import ray.train
 import torch
 from ray.train.torch import prepare_model
 
+from pipelines.cli_args import config_parser, load
+from pipelines.ray_setup import ensure_ray, torch_trainer
 from vcinr_sci.artifact import ModelArtifact, build_model, save_artifact
-from vcinr_sci.config import Config, load_config, parse_overrides
+from vcinr_sci.config import Config
 from vcinr_sci.data import load_dataset
 from vcinr_sci.training import evaluate, outer_step, sample_batch, seed_everything
-from pipelines.ray_setup import ensure_ray, torch_trainer
 
 CHECKPOINT_FILE = "state.pt"
 DONE_FILE = "vcinr-done.json"  # written by the driver once the artifact exists
@@ -57,7 +57,7 @@ def train_loop(loop_config: dict) -> None:
     """Body of each Ray Train worker."""
     cfg = Config.from_dict(loop_config["config"])
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank = ctx.get_world_rank()
     seed_everything(cfg.train.seed)  # same init on every worker; batches differ by rank
     device = ray.train.torch.get_device()
     data = load_dataset(cfg.data)
@@ -171,12 +171,8 @@ def write_artifact(cfg: Config, state_dict: dict) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="YAML run config (configs/*.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. meta.steps=50")
-    args = p.parse_args(argv)
-    cfg = load_config(args.config, parse_overrides(args.set))
-    fit(cfg)
+    args = config_parser(__doc__, "YAML run config (configs/*.yaml)", "meta.steps=50").parse_args(argv)
+    fit(load(args))
     return 0
 
 

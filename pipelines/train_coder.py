@@ -23,7 +23,6 @@ of the same config resumes.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -39,12 +38,26 @@ import ray.train
 import torch
 
 from pipelines.build_latents import resolve_model
+from pipelines.cli_args import config_parser, load
 from pipelines.ray_setup import ensure_ray, torch_trainer
 from vcinr_sci.artifact import ModelArtifact, load_artifact, save_artifact
-from vcinr_sci.coding import LatentCoder, UniformQuantiser, coder_spec, coder_state, load_coder, rd_loss
-from vcinr_sci.config import CoderConfig, Config, load_config, parse_overrides
+from vcinr_sci.coding import (
+    LatentCoder,
+    UniformQuantiser,
+    coder_spec,
+    coder_state,
+    load_coder,
+    rd_loss,
+)
+from vcinr_sci.config import CoderConfig, Config
 from vcinr_sci.data import ItemSet, load_dataset
-from vcinr_sci.latents import LatentsError, LatentTable, latents_dir, read_manifest, read_shards
+from vcinr_sci.latents import (
+    LatentsError,
+    LatentTable,
+    latents_dir,
+    read_manifest,
+    read_shards,
+)
 from vcinr_sci.meta import MetaSGD, masked_mse
 
 STATE_FILE = "coders-rank{rank}.pt"
@@ -376,12 +389,10 @@ def write_coders(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="YAML run config (its latents and coder sections)")
-    p.add_argument("--model", help="artifact folder or hash (default: the newest artifact of this config)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. coder.steps=500")
+    p = config_parser(__doc__, "YAML run config (its latents and coder sections)", "coder.steps=500",
+                      model_help="artifact folder or hash (default: the newest artifact of this config)")
     args = p.parse_args(argv)
-    fit(load_config(args.config, parse_overrides(args.set)), args.model)
+    fit(load(args), args.model)
     return 0
 
 
