@@ -11,12 +11,7 @@ from vcinr_sci.inr import GatedSiren, ShiftSiren, build_inr
 D, N, B = 6, 40, 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cfg(conditioning="gated", **kw) -> ModelConfig:

@@ -16,12 +16,7 @@ from vcinr_sci.training import outer_step, sample_batch, seed_everything
 TINY = "configs/tiny.yaml"  # the iris sample field (air temperature over North America)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
