@@ -65,7 +65,7 @@ from vcinr_sci.artifact import MANIFEST, WEIGHTS, find_artifact
 from vcinr_sci.chunk import decode_container
 from vcinr_sci.bench.output import device_name, pyplot, save_figure, write_json
 from vcinr_sci.bench.throughput import count_flops, encode_flops, matmul_rate
-from vcinr_sci.codec import VCINRCodec
+from vcinr_sci.codec import VCINRCodec, default_inner_steps
 from vcinr_sci.config import DataConfig
 from vcinr_sci.data import FieldSource, load_dataset, open_variable
 from vcinr_sci.grids import SphericalGrid
@@ -148,10 +148,10 @@ def vcinr_candidates(model_path: Path, levels: Sequence[str] | None, more_steps:
         raise SystemExit(f"vcinr bench codecs: model {art.hash[:16]} has no quality level(s) {missing}; it has {art.quality_levels}")
     out = []
     for name in names:
-        base = VCINRCodec.for_model(loaded, name)
+        own = default_inner_steps(art, name)
         learned = name.startswith("q")
         family = "vcinr" if learned else "vcinr uniform (COIN++)"
-        for steps in [base.inner_steps, *[s for s in more_steps if s != base.inner_steps and learned]]:
+        for steps in [own, *[s for s in more_steps if s != own and learned]]:
             codec = VCINRCodec.for_model(loaded, name, inner_steps=steps)
             out.append(Candidate(f"{family}, {steps} steps", name, [codec], chunk_fields, "vcinr", {"inner_steps": steps}))
     return out
