@@ -20,11 +20,12 @@ def data_path() -> str:
     return os.path.join(iris_sample_data.path, "A1B_north_america.nc")
 
 
-def tiny_artifact(patch_shape: list[int] | None = None) -> Path:
+def tiny_artifact(patch_shape: list[int] | None = None, subtract_item_mean: bool = False) -> Path:
     """Folder of a tiny artifact: the tiny config's INR after a few outer steps, with a
     6-bit uniform quantiser (level ``u6``) fitted on adapted latents. With
-    ``patch_shape`` its items are patches of the fields."""
-    key = f"path{patch_shape}"
+    ``patch_shape`` its items are patches of the fields; with ``subtract_item_mean``
+    the INR codes each item less its mean (``data.subtract_item_mean``)."""
+    key = f"path{patch_shape}-mean{subtract_item_mean}"
     if key in _CACHE:
         return _CACHE[key]
     import torch
@@ -37,7 +38,8 @@ def tiny_artifact(patch_shape: list[int] | None = None) -> Path:
     from vcinr_sci.training import outer_step, sample_batch, seed_everything
 
     repo = Path(__file__).resolve().parents[1]
-    cfg = load_config(repo / "configs" / "tiny.yaml", {"data.patch_shape": patch_shape} if patch_shape else None)
+    overrides = {"data.patch_shape": patch_shape, "data.subtract_item_mean": subtract_item_mean}
+    cfg = load_config(repo / "configs" / "tiny.yaml", overrides)
     seed_everything(0)
     data = load_dataset(cfg.data)
     model = build_model(cfg, data.grid)

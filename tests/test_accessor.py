@@ -221,12 +221,13 @@ def test_info_and_decompress_commands(written, ds, tmp_path, capsys):
     plain.close()
 
 
-def test_patched_model_roundtrip_and_sample(ds, tmp_path):
+@pytest.mark.parametrize("subtract_item_mean", [False, True])
+def test_patched_model_roundtrip_and_sample(ds, tmp_path, subtract_item_mean):
     """A model whose items are 16 x 16 patches: a patch without valid points gets no
-    latent; sampling picks each point's patch."""
+    latent; sampling picks each point's patch (and, with stored item means, its mean)."""
     from vcinr_sci.codec import decode_latents
 
-    patched = tiny_artifact([16, 16])
+    patched = tiny_artifact([16, 16], subtract_item_mean)
     d = ds.copy(deep=True)
     d["air_temperature"][0, :16, :16] = np.nan  # one whole patch of field 0
     out = d.vcinr.to_zarr(tmp_path / "patched.zarr", model=patched, quality=QUALITY, chunks={"time": 4})
@@ -235,7 +236,9 @@ def test_patched_model_roundtrip_and_sample(ds, tmp_path):
     np.testing.assert_array_equal(np.isnan(da.values), np.isnan(d.air_temperature.values))
     assert da.attrs["vcinr_psnr_db"] > 10
     raw = (Path(out) / "air_temperature" / "c" / "0" / "0" / "0").read_bytes()
-    assert len(decode_latents(raw).active) == 4 * 12 - 1
+    lat = decode_latents(raw)
+    assert len(lat.active) == 4 * 12 - 1
+    assert np.any(lat.offsets) == subtract_item_mean  # stored per patch, or none at all
     on_grid = da.isel(time=[0, 1]).vcinr.sample(latitude=back.latitude.values, longitude=back.longitude.values)
     np.testing.assert_allclose(on_grid.values, da.isel(time=[0, 1]).values, rtol=0, atol=1e-3)
 

@@ -18,7 +18,7 @@ import zarr
 
 from _vcinr_tiny import LEARNED, QUALITY, fields, other_artifact, tiny_artifact
 from vcinr_sci.artifact import ArtifactError, load_artifact
-from vcinr_sci.chunk import ChunkFormatError, decode_container
+from vcinr_sci.chunk import ChunkFormatError, decode_container, encode_container
 from vcinr_sci.codec import (
     CodecError,
     VCINRCodec,
@@ -81,6 +81,39 @@ def test_learned_coder_level(artifact_path, data):
     bad[-1] ^= 1
     with pytest.raises(ChunkFormatError):
         codec.decode(bytes(bad))
+
+
+def test_item_mean_model_follows_any_offset(artifact_path, data):
+    """A model trained with ``data.subtract_item_mean`` stores each field's mean (2 bytes)
+    and codes the rest: a field shifted beyond every training field decodes as well as
+    the field itself, where the plain model cannot follow the shift."""
+    x = data[:8].copy()
+    x[0, :3, :4] = np.nan
+    ok = np.isfinite(x)
+
+    def rmse_after_shift(codec, shift):
+        return np.sqrt(np.mean((codec.decode(codec.encode(x + shift))[ok] - shift - x[ok]) ** 2))
+
+    path = tiny_artifact(subtract_item_mean=True)
+    codec = VCINRCodec.for_model(path, QUALITY)
+    enc = codec.encode(x)
+    lat = decode_latents(enc)
+    norm = load_artifact(path).normaliser
+    with np.errstate(all="ignore"):
+        means = np.nanmean(norm.normalise(x.astype(np.float64)).reshape(8, -1), axis=1)
+    np.testing.assert_allclose(lat.offsets, means, atol=5e-4)
+    np.testing.assert_array_equal(lat.offsets.astype(np.float16), lat.offsets)
+    payload = decode_container(enc).payload
+    assert payload[1 : 1 + 16] == lat.offsets.astype("<f2").tobytes()
+    base = rmse_after_shift(codec, 0.0)
+    for shift in (20.0, -40.0):  # K; the training fields span about 60 K
+        assert rmse_after_shift(codec, shift) == pytest.approx(base, rel=0.01)
+    plain = VCINRCodec.for_model(artifact_path, QUALITY)
+    assert rmse_after_shift(plain, 20.0) > 3 * rmse_after_shift(plain, 0.0)
+    # a payload cut inside the stored means is refused, even with valid CRCs
+    short = encode_container(decode_container(enc).header, np.isnan(x), payload[:9])
+    with pytest.raises(ChunkFormatError, match="stored means"):
+        codec.decode(short)
 
 
 def test_config_is_json_and_registered(codec):

@@ -16,6 +16,7 @@ from vcinr_sci.data import (
     FieldSource,
     Normaliser,
     fit_normaliser,
+    item_means,
     load_dataset,
     make_grid,
     make_split,
@@ -291,6 +292,34 @@ def test_itemset_masks_nans(masked, cache_limit_mb, patch_shape):
     assert np.isfinite(values.numpy()).all()
     # the raw (un-masked) item values keep the NaNs
     np.testing.assert_array_equal(np.isnan(items.to_fields(items.values(np.arange(n)))), np.isnan(vals))
+
+
+@pytest.mark.parametrize("cache_limit_mb", [2048.0, 0.0])
+@pytest.mark.parametrize("patch_shape", [None, [3, 2]])
+def test_itemset_subtracts_item_means(masked, cache_limit_mb, patch_shape):
+    cfg, vals = masked
+    cfg.cache_limit_mb, cfg.patch_shape = cache_limit_mb, patch_shape
+    plain = load_dataset(cfg).items("train")
+    cfg.subtract_item_mean = True
+    centred = load_dataset(cfg).items("train")
+    idx = np.arange(len(plain))[::-1]  # any order
+    raw, values, offsets = plain.values(idx), centred.values(idx), centred.offsets(idx)
+    assert not plain.offsets(idx).any()
+    # each item's mean over its valid points, float16-representable; 0 for an all-NaN item
+    empty = np.isnan(raw).all(axis=1)
+    assert empty.any() and (offsets[empty] == 0).all()
+    with np.errstate(all="ignore"):
+        np.testing.assert_allclose(offsets[~empty], np.nanmean(raw[~empty], axis=1), atol=5e-4)
+    np.testing.assert_array_equal(offsets.astype(np.float16).astype(np.float32), offsets)
+    np.testing.assert_array_equal(values, raw - offsets[:, None])  # NaNs where they were
+    with np.errstate(all="ignore"):
+        assert np.abs(np.nanmean(values[~empty], axis=1)).max() < 5e-4
+
+
+def test_item_means_refuse_what_float16_cannot_hold():
+    assert item_means(np.array([[0.25, np.nan, 0.75]]))[0] == 0.5
+    with pytest.raises(ValueError, match="beyond float16"):
+        item_means(np.full((2, 3), 1e6))
 
 
 def test_itemset_points_subset(masked):

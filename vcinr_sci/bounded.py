@@ -163,10 +163,12 @@ class ResidualInfo:
     num_values: int
 
 
-def inr_scale(normalised: np.ndarray, lo: float, hi: float) -> float:
+def inr_scale(normalised: np.ndarray, lo: float, hi: float, offset: float = 0.0) -> float:
     """``s``: the INR's output scale in data units, for its normalised outputs
-    ``normalised`` under the map ``[0, 1] -> [lo, hi]``."""
-    top = float(np.abs(normalised).max()) if normalised.size else 0.0
+    ``normalised`` under the map ``[0, 1] -> [lo, hi]``. ``offset`` is the largest
+    ``|offset|`` added to the INR's own outputs (``data.subtract_item_mean``): those
+    outputs, whose last bits vary between devices, are then at most ``top + offset``."""
+    top = (float(np.abs(normalised).max()) if normalised.size else 0.0) + offset
     return (hi - lo) * max(1.0, top)
 
 

@@ -21,11 +21,12 @@ is cut into the same patches inside the codec. Anything else is refused with
 The container header's item count is the number of fields in the chunk (with a patched
 model each field is ``num_patches`` items, which the model defines).
 
-**Encode.** Fields -> normalised items -> MetaSGD adaptation (``inner_steps`` steps) ->
+**Encode.** Fields -> normalised items (less each item's mean, stored in float16, for a
+model trained with ``data.subtract_item_mean``) -> MetaSGD adaptation (``inner_steps`` steps) ->
 the quality level's latent coder (``g_a``, quantisation, one entropy-coded string for
 the whole chunk) -> :mod:`vcinr_sci.chunk` container (header, lossless mask, payload).
 **Decode.** Container -> latents ``phi_hat`` -> the INR evaluated on the grid ->
-denormalised values in the chunk's original dtype.
+(plus the items' stored means) -> denormalised values in the chunk's original dtype.
 
 **Dtypes.** float16, float32 and float64, either byte order, are accepted and come back
 in the same dtype (the network computes in float32, so float64 gains no precision);
@@ -75,6 +76,8 @@ Payload layout (inside the container's opaque payload)::
     u8 flags (bit 0: "other" mask present)
     [u32 length + Zstd(packbits(other))]   which masked points hold the *other* missing
                                            value (NaN, when fill_value is a number)
+    [f16 offset per item with a valid point]   (models with data.subtract_item_mean):
+                                           the mean subtracted before the fit, normalised
     latent string (the coder's bytes) for the items with at least one valid point
 
 An empty payload means: every point masked, all holding the default masked value.
@@ -105,6 +108,7 @@ from zarr.core.common import parse_named_configuration
 from vcinr_sci.artifact import ModelArtifact
 from vcinr_sci.bounded import BoundError, ErrorBound, apply_residual, encode_residual, inr_scale
 from vcinr_sci.chunk import ChunkFormatError, ChunkHeader, decode_container, encode_container
+from vcinr_sci.data import item_means
 from vcinr_sci.grids import grid_from_dict
 from vcinr_sci.models import (  # noqa: F401  (re-exported: the codec's model API)
     CodecError,
@@ -126,6 +130,7 @@ SUPPORTED_DTYPES = ("float16", "float32", "float64")
 
 _PAYLOAD_OTHER = 1
 _U32 = struct.Struct("<I")
+_OFFSET_DTYPE = np.dtype("<f2")
 _MASK_CODEC = Zstd(level=19)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _CONFIG_KEYS = {
@@ -235,15 +240,24 @@ def encode_chunk(
     items = model.to_items(values.reshape(fields_shape))
     valid = ~model.to_items(mask.reshape(fields_shape))
     active = np.flatnonzero(valid.any(axis=1))
-    phi = model.adapt(active, items[active], valid[active], inner_steps)
+    if model.subtracts_item_mean:
+        try:
+            offsets = item_means(np.where(valid[active], items[active], np.nan))
+        except ValueError as e:
+            raise CodecError(f"chunk values do not suit model {model.hash[:16]}: {e}") from None
+        stored = offsets.astype(_OFFSET_DTYPE).tobytes()
+    else:
+        offsets, stored = np.zeros(len(active), np.float32), b""
+    phi = model.adapt(active, items[active] - offsets[:, None], valid[active], inner_steps)
     latents = coder.compress(phi)
-    payload = bytes([_PAYLOAD_OTHER if head else 0]) + head + latents
+    payload = bytes([_PAYLOAD_OTHER if head else 0]) + head + stored + latents
     residual = None
     if bound is not None:  # reconstruct exactly as the decoder will: from the latents' bytes
         phi_hat = _decompress(model, quality, latents, len(active))
-        inr = ChunkLatents(header, model, mask, None, active, phi_hat).inr_normalised()[~mask]
+        inr = ChunkLatents(header, model, mask, None, active, phi_hat, offsets).inr_normalised()[~mask]
         xhat = norm.denormalise(inr.astype(np.float64))
-        residual = encode_residual(x, ~mask, xhat, bound, inr_scale(inr, norm.lo, norm.hi))
+        scale = inr_scale(inr, norm.lo, norm.hi, float(np.abs(offsets).max(initial=0.0)))
+        residual = encode_residual(x, ~mask, xhat, bound, scale)
     return encode_container(header, mask if mask.any() else None, payload, residual)
 
 
@@ -263,6 +277,7 @@ class ChunkLatents:
     other: np.ndarray | None  # (shape) True = masked point holding the other missing value
     active: np.ndarray  # indices of the items that have latents
     phi: torch.Tensor  # (len(active), D)
+    offsets: np.ndarray  # (len(active),) float32: added to the INR's outputs (0 unless stored)
     residual: bytes | None = None  # the error-bounded mode's correction (None: no bound)
 
     @property
@@ -270,12 +285,12 @@ class ChunkLatents:
         return self.header.num_items
 
     def inr_normalised(self) -> np.ndarray:
-        """The INR's normalised float32 values on the grid, in the chunk's shape (0 for
-        items without latents): the decoder's computation, which the encoder of a
-        bounded chunk repeats to check its correction."""
+        """The INR's normalised float32 values on the grid plus the items' offsets, in the
+        chunk's shape (0 for items without latents): the decoder's computation, which the
+        encoder of a bounded chunk repeats to check its correction."""
         model = self.model
         items = np.zeros((self.num_fields * model.num_patches, model.points_per_item), np.float32)
-        items[self.active] = model.evaluate(self.active, self.phi)
+        items[self.active] = model.evaluate(self.active, self.phi) + self.offsets[:, None]
         return model.to_fields(items).reshape(self.header.shape)
 
     def masked_values(self, fill_value: float | None) -> np.ndarray:
@@ -325,6 +340,15 @@ def decode_latents(buf: Any, hints: Sequence[str | os.PathLike | None] = ()) -> 
         active = np.arange(header.num_items * model.num_patches)
     else:
         active = np.flatnonzero((~model.to_items(mask.reshape(fields_shape))).any(axis=1))
+    offsets = np.zeros(len(active), np.float32)
+    if model.subtracts_item_mean and len(active):
+        end = pos + len(active) * _OFFSET_DTYPE.itemsize
+        if len(payload) < end:
+            raise ChunkFormatError("payload too short for the items' stored means")
+        offsets = np.frombuffer(payload[pos:end], _OFFSET_DTYPE).astype(np.float32)
+        if not np.isfinite(offsets).all():
+            raise ChunkFormatError("stored item means are not finite")
+        pos = end
     latents = payload[pos:]
     if residual is not None and not len(active):
         raise ChunkFormatError("a residual section stored for a chunk whose every point is masked")
@@ -339,7 +363,7 @@ def decode_latents(buf: Any, hints: Sequence[str | os.PathLike | None] = ()) -> 
         if latents:
             raise ChunkFormatError("latents stored for a chunk whose every point is masked")
         phi = torch.zeros(0, model.artifact.model.latent_dim)
-    return ChunkLatents(header, model, mask, other, active, phi, residual)
+    return ChunkLatents(header, model, mask, other, active, phi, offsets, residual)
 
 
 def decode_chunk(

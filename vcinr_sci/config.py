@@ -39,6 +39,11 @@ class DataConfig:
     test_fraction: float = 0.1
     normalisation: str = "minmax"  # minmax (training min/max to [0, 1]) | fixed
     fixed_range: list[float] | None = None  # [lo, hi] in data units, for "fixed"
+    # Subtract each item's mean (of its valid points, after normalisation) before the INR
+    # sees it, and store that mean beside the latent (16 bits an item). The INR then
+    # models anomalies only, so fields warmer or colder than any training field (a
+    # warming scenario's later years) do not ask it to extrapolate.
+    subtract_item_mean: bool = False
     # Bilinearly regrid spherical (lat, lon) fields onto an equiangular global grid of
     # [n_lat, n_lon] with both poles, e.g. the papers' ERA5 grids [46, 90] or [181, 360]
     # (vcinr_sci.regrid); None = use the data's own grid.

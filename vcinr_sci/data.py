@@ -209,6 +209,23 @@ def fit_normaliser(
     return Normaliser(lo, hi if hi > lo else lo + 1.0)
 
 
+def item_means(values: np.ndarray) -> np.ndarray:
+    """The mean of each row of ``values`` ``(n, P)`` over its finite entries, rounded to
+    float16 as a chunk stores it (0 for a row with none): the offsets of
+    ``data.subtract_item_mean``. Whoever subtracts them subtracts these rounded values,
+    so the rounding costs no accuracy: the INR fits what is left."""
+    valid = np.isfinite(values)
+    count = valid.sum(axis=1)
+    total = np.where(valid, values, 0.0).sum(axis=1, dtype=np.float64)
+    means = np.divide(total, count, out=np.zeros(len(values)), where=count > 0)
+    if np.abs(means).max(initial=0.0) > np.finfo(np.float16).max:
+        raise ValueError(
+            f"an item's mean is {np.abs(means).max():.3g} in normalised units, beyond float16: "
+            "the normalisation maps this data far outside [0, 1]"
+        )
+    return means.astype(np.float16).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class DataSplit:
     """Field indices of the train / validation / test items, and how they were chosen."""
@@ -251,7 +268,8 @@ class ItemSet:
 
     ``batch(items)`` gives ``coords (B, P, d)``, ``values (B, P, 1)`` in [0, 1]-ish
     normalised units with NaNs zeroed, and ``mask (B, P, 1)`` (True where data is valid).
-    Item ``i`` is patch ``i % num_patches`` of field ``fields[i // num_patches]``.
+    Item ``i`` is patch ``i % num_patches`` of field ``fields[i // num_patches]``. With
+    ``subtract_mean`` every item's values are less its :func:`item_means` (``offsets``).
     """
 
     def __init__(
@@ -262,8 +280,10 @@ class ItemSet:
         normaliser: Normaliser,
         patch_shape: Sequence[int] | None = None,
         cache_limit_mb: float = 2048.0,
+        subtract_mean: bool = False,
     ):
         self.source, self.fields, self.grid, self.normaliser = source, np.asarray(fields), grid, normaliser
+        self.subtract_mean = subtract_mean
         self.patcher = Patcher(grid.shape, tuple(patch_shape)) if patch_shape else None
         coords = grid.coords()
         self.patch_coords = (
@@ -278,21 +298,33 @@ class ItemSet:
     def __len__(self) -> int:
         return len(self.fields) * self.num_patches
 
-    def _fields_to_items(self, x: np.ndarray) -> np.ndarray:
+    def _fields_to_items(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = self.normaliser.normalise(x).astype(np.float32)
         if self.patcher:
             x = self.patcher.split(x)
-        return x.reshape(-1, self.points_per_item)
+        x = x.reshape(-1, self.points_per_item)
+        offsets = item_means(x) if self.subtract_mean else np.zeros(len(x), np.float32)
+        return x - offsets[:, None], offsets
 
-    def values(self, items: np.ndarray) -> np.ndarray:
-        """Normalised values ``(B, P)`` of ``items`` (NaN where data is missing)."""
+    def _load(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         items = np.asarray(items, dtype=np.int64)
         if self._cache is not None:
-            return self._cache[items]
+            return self._cache[0][items], self._cache[1][items]
         field_pos, patch = np.divmod(items, self.num_patches)
         uniq, inv = np.unique(field_pos, return_inverse=True)
-        per_field = self._fields_to_items(self.source.load(self.fields[uniq]))
-        return per_field.reshape(len(uniq), self.num_patches, -1)[inv, patch]
+        values, offsets = self._fields_to_items(self.source.load(self.fields[uniq]))
+        rows = inv * self.num_patches + patch
+        return values[rows], offsets[rows]
+
+    def values(self, items: np.ndarray) -> np.ndarray:
+        """Normalised values ``(B, P)`` of ``items`` (NaN where data is missing), less
+        their offsets."""
+        return self._load(items)[0]
+
+    def offsets(self, items: np.ndarray) -> np.ndarray:
+        """What was subtracted from each item's values ``(B,)``: its mean with
+        ``subtract_mean``, else 0. Data = normaliser.denormalise(values + offset)."""
+        return self._load(items)[1]
 
     def batch(self, items: np.ndarray, points: np.ndarray | None = None):
         """Tensors for ``items``; ``points`` selects a subset of grid points per item."""
@@ -333,7 +365,10 @@ class Dataset:
 
     def items(self, part: str, fields: np.ndarray | None = None) -> ItemSet:
         chosen = getattr(self.split, part) if fields is None else fields
-        return ItemSet(self.source, chosen, self.grid, self.normaliser, self.cfg.patch_shape, self.cfg.cache_limit_mb)
+        return ItemSet(
+            self.source, chosen, self.grid, self.normaliser, self.cfg.patch_shape, self.cfg.cache_limit_mb,
+            self.cfg.subtract_item_mean,
+        )
 
 
 def load_dataset(cfg: DataConfig, normaliser: Normaliser | None = None) -> Dataset:

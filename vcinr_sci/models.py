@@ -114,6 +114,11 @@ class LoadedModel:
         return self.artifact.grid
 
     @property
+    def subtracts_item_mean(self) -> bool:
+        """Whether chunks store each item's mean and the INR codes the rest."""
+        return self.artifact.config.data.subtract_item_mean
+
+    @property
     def num_patches(self) -> int:
         return self.item_coords.shape[0]
 

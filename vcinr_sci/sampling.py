@@ -162,7 +162,7 @@ def _sample_chunk(raw: bytes, codec, model: LoadedModel, fields, coords, flat, p
         s = slot[fields * model.num_patches + p]
         have = s >= 0
         if have.any():
-            inr = model.evaluate_at(coords[cols], lat.phi[s[have]])
+            inr = model.evaluate_at(coords[cols], lat.phi[s[have]]) + lat.offsets[s[have], None]
             values[np.ix_(np.flatnonzero(have), cols)] = norm.denormalise(inr.astype(np.float64))
     if lat.mask is not None:  # a point whose nearest grid point is masked gives that point's value
         masked = lat.mask.reshape(lat.num_fields, -1)[np.ix_(fields, flat)]

@@ -195,9 +195,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         n_valid += x.size
         encoded = plain.encode(chunk)
         latent_bytes = len(encoded)
-        inr = decode_latents(encoded).inr_normalised()[kept]
+        lat = decode_latents(encoded)
+        inr = lat.inr_normalised()[kept]
         xhat = norm.denormalise(inr.astype(np.float64))
-        scale = bounded.inr_scale(inr, norm.lo, norm.hi)
+        scale = bounded.inr_scale(inr, norm.lo, norm.hi, float(np.abs(lat.offsets).max(initial=0.0)))
         for rel in args.bounds:
             spec = bounded.ErrorBound(max_rel_error=rel)
             b = spec.absolute(x)
