@@ -464,7 +464,7 @@ def markdown(out: dict[str, Any]) -> str:
         f"({out['values']:,} values, range {out['data_range'][0]:.5g} .. {out['data_range'][1]:.5g}).",
         f"PSNR: mean per-field, on [{lo}, {hi}] mapped to [0, 1]; PSNR (range): on the evaluated data's range. "
         f"bpv = 8 x bytes / values, from the bytes each codec wrote (vcinr: whole chunks of {out['chunk_fields']} fields, "
-        "header included; 'latents only' leaves out the chunk header and mask, as the papers count); ratio against float32.",
+        "header included; 'latents only' leaves out the chunk header and mask, as the papers count, but keeps stored item means); ratio against float32.",
         "",
         "| codec | knob | bpv | bpv latents only | bpv with model | ratio | PSNR dB | PSNR (range) dB | RMSE | lat-w RMSE | max abs err | enc MB/s | dec MB/s |",
         "|" + "---|" * 13,
