@@ -7,8 +7,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 QUALITY = "u6"
 LEARNED = "q0"  # a LatentCoder level
 _CACHE: dict[str, Path] = {}
@@ -30,33 +28,18 @@ def tiny_artifact(patch_shape: list[int] | None = None, subtract_item_mean: bool
         return _CACHE[key]
     import torch
 
-    from vcinr_sci.artifact import ModelArtifact, build_model, save_artifact
-    from vcinr_sci.codec import default_inner_steps
-    from vcinr_sci.coding import LatentCoder, UniformQuantiser
+    from vcinr_sci.artifact import save_artifact
+    from vcinr_sci.coding import LatentCoder
     from vcinr_sci.config import load_config
-    from vcinr_sci.data import load_dataset
-    from vcinr_sci.training import outer_step, sample_batch, seed_everything
+    from vcinr_sci.training import add_uniform_coder, train_in_process
 
     repo = Path(__file__).resolve().parents[1]
     overrides = {"data.patch_shape": patch_shape, "data.subtract_item_mean": subtract_item_mean}
-    cfg = load_config(repo / "configs" / "tiny.yaml", overrides)
-    seed_everything(0)
-    data = load_dataset(cfg.data)
-    model = build_model(cfg, data.grid)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.meta.outer_lr)
-    items = data.items("train")
-    for step in range(12):
-        outer_step(model, optimiser, sample_batch(items, cfg, step), cfg.meta.grad_clip)
-    model.eval()
-    artifact = ModelArtifact(model, cfg, data.grid, data.normaliser, data.split.to_dict())
-    coords, values, mask = items.batch(np.arange(48))
-    phi = model.adapt(coords, values, mask, default_inner_steps(artifact, QUALITY))
-    quantiser = UniformQuantiser(model.latent_dim, bits=6)
-    quantiser.fit(phi)
-    artifact.add_coder(QUALITY, quantiser)
+    artifact, items = train_in_process(load_config(repo / "configs" / "tiny.yaml", overrides), steps=12)
+    phi = add_uniform_coder(artifact, items, bits=6)
     # and an (untrained) learned transform coder, for the entropy-coded path
     torch.manual_seed(0)
-    coder = LatentCoder(model.latent_dim, dim_y=4, width=16, blocks=1)
+    coder = LatentCoder(artifact.model.latent_dim, dim_y=4, width=16, blocks=1)
     coder.set_stats(phi)
     coder.update()
     artifact.add_coder(LEARNED, coder.eval())

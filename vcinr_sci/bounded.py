@@ -163,12 +163,14 @@ class ResidualInfo:
     num_values: int
 
 
-def inr_scale(normalised: np.ndarray, lo: float, hi: float, offset: float = 0.0) -> float:
+def inr_scale(normalised: np.ndarray, lo: float, hi: float, offsets: np.ndarray | None = None) -> float:
     """``s``: the INR's output scale in data units, for its normalised outputs
-    ``normalised`` under the map ``[0, 1] -> [lo, hi]``. ``offset`` is the largest
-    ``|offset|`` added to the INR's own outputs (``data.subtract_item_mean``): those
-    outputs, whose last bits vary between devices, are then at most ``top + offset``."""
-    top = (float(np.abs(normalised).max()) if normalised.size else 0.0) + offset
+    ``normalised`` under the map ``[0, 1] -> [lo, hi]``. ``offsets`` were added to the
+    INR's own outputs (``data.subtract_item_mean``): those outputs, whose last bits vary
+    between devices, are then at most ``top + max |offset|``."""
+    top = float(np.abs(normalised).max(initial=0.0))
+    if offsets is not None:
+        top += float(np.abs(offsets).max(initial=0.0))
     return (hi - lo) * max(1.0, top)
 
 

@@ -256,8 +256,7 @@ def encode_chunk(
         phi_hat = _decompress(model, quality, latents, len(active))
         inr = ChunkLatents(header, model, mask, None, active, phi_hat, offsets).inr_normalised()[~mask]
         xhat = norm.denormalise(inr.astype(np.float64))
-        scale = inr_scale(inr, norm.lo, norm.hi, float(np.abs(offsets).max(initial=0.0)))
-        residual = encode_residual(x, ~mask, xhat, bound, scale)
+        residual = encode_residual(x, ~mask, xhat, bound, inr_scale(inr, norm.lo, norm.hi, offsets))
     return encode_container(header, mask if mask.any() else None, payload, residual)
 
 

@@ -12,9 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vcinr_sci.artifact import ModelArtifact, build_model
+from vcinr_sci.coding import UniformQuantiser
 from vcinr_sci.config import Config
-from vcinr_sci.data import ItemSet
+from vcinr_sci.data import ItemSet, load_dataset
 from vcinr_sci.meta import MetaSGD, masked_mse
+from vcinr_sci.models import default_inner_steps
 
 
 def seed_everything(seed: int) -> None:
@@ -72,3 +75,29 @@ def evaluate(
         mses.append(err)
         psnrs.append(-10 * torch.log10(err.clamp_min(1e-12)))
     return Evaluation(float(torch.cat(psnrs).mean()), float(torch.cat(mses).mean()), n)
+
+
+def train_in_process(cfg: Config, steps: int) -> tuple[ModelArtifact, ItemSet]:
+    """``steps`` outer steps of ``cfg``'s INR in this process, with no Ray and no
+    checkpoints (small models for tests and benchmarks): the unsaved artifact, in eval
+    mode, and its training items."""
+    seed_everything(cfg.train.seed)
+    data = load_dataset(cfg.data)
+    model = build_model(cfg, data.grid)
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.meta.outer_lr)
+    items = data.items("train")
+    for step in range(steps):
+        outer_step(model, optimiser, sample_batch(items, cfg, step), cfg.meta.grad_clip)
+    model.eval()
+    return ModelArtifact(model, cfg, data.grid, data.normaliser, data.split.to_dict()), items
+
+
+def add_uniform_coder(artifact: ModelArtifact, items: ItemSet, bits: int, max_items: int = 48) -> torch.Tensor:
+    """Give ``artifact`` quality level ``u{bits}``: a uniform latent quantiser fitted on
+    the latents of the first ``max_items`` of ``items``; returns those latents."""
+    coords, values, mask = items.batch(np.arange(min(max_items, len(items))))
+    phi = artifact.model.adapt(coords, values, mask, default_inner_steps(artifact, f"u{bits}"))
+    quantiser = UniformQuantiser(artifact.model.latent_dim, bits=bits)
+    quantiser.fit(phi)
+    artifact.add_coder(f"u{bits}", quantiser)
+    return phi

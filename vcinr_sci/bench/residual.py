@@ -41,11 +41,12 @@ import torch
 from numcodecs import Zstd
 
 from vcinr_sci import bounded
-from vcinr_sci.artifact import ModelArtifact, build_model, load_artifact, save_artifact
+from vcinr_sci.artifact import ModelArtifact, load_artifact, save_artifact
 from vcinr_sci.bench.output import write_json
 from vcinr_sci.codec import VCINRCodec, decode_latents
 from vcinr_sci.config import load_config
 from vcinr_sci.data import load_dataset, shared_data_dir
+from vcinr_sci.training import add_uniform_coder, train_in_process
 
 REPO = Path(__file__).resolve().parents[2]
 METHODS = ("rans", "zstd", "zstd-3", "sz3", "safeguards")
@@ -74,25 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 def tiny_model(data_path: str, variable: str, grid_dims: list[str], steps: int) -> Path:
     """A tiny model trained on ``data_path``'s training part (configs/tiny.yaml sizes),
     with a 6-bit uniform latent quantiser ``u6``, as the tests' tiny model."""
-    from vcinr_sci.coding import UniformQuantiser
-    from vcinr_sci.codec import default_inner_steps
-    from vcinr_sci.training import outer_step, sample_batch, seed_everything
-
     overrides = {"data.paths": [data_path], "data.variable": variable, "data.grid_dims": grid_dims}
-    cfg = load_config(REPO / "configs" / "tiny.yaml", overrides)
-    seed_everything(0)
-    data = load_dataset(cfg.data)
-    model = build_model(cfg, data.grid)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.meta.outer_lr)
-    items = data.items("train")
-    for step in range(steps):
-        outer_step(model, optimiser, sample_batch(items, cfg, step), cfg.meta.grad_clip)
-    model.eval()
-    artifact = ModelArtifact(model, cfg, data.grid, data.normaliser, data.split.to_dict())
-    coords, values, mask = items.batch(np.arange(min(48, len(items))))
-    quantiser = UniformQuantiser(model.latent_dim, bits=6)
-    quantiser.fit(model.adapt(coords, values, mask, default_inner_steps(artifact, "u6")))
-    artifact.add_coder("u6", quantiser)
+    artifact, items = train_in_process(load_config(REPO / "configs" / "tiny.yaml", overrides), steps)
+    add_uniform_coder(artifact, items, bits=6)
     return save_artifact(artifact, tempfile.mkdtemp(prefix="vcinr-bench-residual-"))
 
 
@@ -198,7 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         lat = decode_latents(encoded)
         inr = lat.inr_normalised()[kept]
         xhat = norm.denormalise(inr.astype(np.float64))
-        scale = bounded.inr_scale(inr, norm.lo, norm.hi, float(np.abs(lat.offsets).max(initial=0.0)))
+        scale = bounded.inr_scale(inr, norm.lo, norm.hi, lat.offsets)
         for rel in args.bounds:
             spec = bounded.ErrorBound(max_rel_error=rel)
             b = spec.absolute(x)
