@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +34,33 @@ MANIFEST = "artifact.json"
 WEIGHTS = "weights.safetensors"
 MODEL_PATH_ENV = "VCINR_MODEL_PATH"
 HASH_PREFIX_LEN = 16
+# Largest artifact file copied from a store or a remote place: a claimed size is checked
+# before anything is read or allocated (models are a few MB; the paper's sizes tens).
+MAX_ARTIFACT_BYTES = 2**30
+_FULL_HASH = re.compile(r"[0-9a-f]{64}")
+_HASH_PREFIX = re.compile(r"[0-9a-f]{8,64}")
 
 
 class ArtifactError(RuntimeError):
     """A model artifact is missing, corrupt, or not the one asked for."""
+
+
+def check_model_hash(value: object, prefix: bool = False) -> str:
+    """``value`` if it is a full model hash (64 lowercase hex characters; with
+    ``prefix``, 8 to 64), else :class:`ArtifactError`.
+
+    Hashes name folders (the cache, artifact roots, models stored inside a store), and
+    a store is untrusted input: only this shape may ever reach a path."""
+    pattern = _HASH_PREFIX if prefix else _FULL_HASH
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        what = "a model hash prefix (8-64 lowercase hex)" if prefix else "a model hash (64 lowercase hex)"
+        raise ArtifactError(f"{str(value)[:80]!r} is not {what}")
+    return value
+
+
+def model_dir_name(model_hash: str) -> str:
+    """The folder name of the model ``model_hash`` (a checked full hash): its prefix."""
+    return check_model_hash(model_hash)[:HASH_PREFIX_LEN]
 
 
 @dataclass
@@ -114,7 +139,7 @@ def save_artifact(artifact: ModelArtifact, root: str | os.PathLike) -> Path:
     manifest["hash"] = digest
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / digest[:HASH_PREFIX_LEN]
+    final = root / model_dir_name(digest)
     if not final.exists():
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
         (tmp / WEIGHTS).write_bytes(weights)
@@ -127,25 +152,35 @@ def save_artifact(artifact: ModelArtifact, root: str | os.PathLike) -> Path:
     return final
 
 
+def verify_artifact_files(manifest_text: bytes | str, weights: bytes, expected_hash: str | None = None) -> dict[str, Any]:
+    """The parsed manifest of an artifact's two files, after checking its format and
+    content hash (and that it is ``expected_hash``, a full hash or prefix); else
+    :class:`ArtifactError`."""
+    try:
+        manifest = json.loads(manifest_text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{MANIFEST} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        found = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise ArtifactError(f"artifact format {found} is not supported (expected {FORMAT_VERSION})")
+    digest = _content_hash(manifest, weights)
+    if digest != manifest.get("hash"):
+        raise ArtifactError(f"content hash {digest[:16]} does not match its manifest; the files are corrupt")
+    if expected_hash and not digest.startswith(expected_hash):
+        raise ArtifactError(f"holds model {digest[:16]}, not the requested {expected_hash[:16]}")
+    return manifest
+
+
 def load_artifact(path: str | os.PathLike, expected_hash: str | None = None) -> ModelArtifact:
     """Load and verify an artifact folder; ``expected_hash`` may be a prefix."""
     path = Path(path)
     if not (path / MANIFEST).is_file() or not (path / WEIGHTS).is_file():
         raise ArtifactError(f"no model artifact at {path} (needs {MANIFEST} and {WEIGHTS})")
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{path / MANIFEST} is not valid JSON: {e}") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{path}: artifact format {manifest.get('format_version')} is not supported (expected {FORMAT_VERSION})"
-        )
     weights = (path / WEIGHTS).read_bytes()
-    digest = _content_hash(manifest, weights)
-    if digest != manifest.get("hash"):
-        raise ArtifactError(f"{path}: content hash {digest[:16]} does not match its manifest; the files are corrupt")
-    if expected_hash and not digest.startswith(expected_hash):
-        raise ArtifactError(f"{path} holds model {digest[:16]}, not the requested {expected_hash[:16]}")
+    try:
+        manifest = verify_artifact_files((path / MANIFEST).read_bytes(), weights, expected_hash)
+    except ArtifactError as e:
+        raise ArtifactError(f"{path}: {e}") from None
     config = Config.from_dict(manifest["config"])
     grid = grid_from_dict(manifest["grid"])
     tensors = st_load(weights)
@@ -161,34 +196,85 @@ def load_artifact(path: str | os.PathLike, expected_hash: str | None = None) -> 
         metrics=manifest.get("metrics", {}),
         extra=manifest.get("extra", {}),
         extra_tensors={k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")},
-        hash=digest,
+        hash=manifest["hash"],
         path=path,
     )
+
+
+def install_artifact(manifest_text: bytes, weights: bytes, model_hash: str, cache: str | os.PathLike | None = None) -> Path:
+    """Put the artifact files of ``model_hash`` (from a store or a remote copy) into the
+    cache folder, verified: nothing unverified ever enters the cache, so a bad copy
+    cannot block a good one later. Returns the artifact folder; a bad copy raises
+    :class:`ArtifactError` and leaves the cache as it was. A folder already there is
+    kept if it verifies, else set aside (renamed ``.corrupt-*``) and replaced."""
+    verify_artifact_files(manifest_text, weights, check_model_hash(model_hash))
+    cache = Path(cache or default_cache_dir())
+    target = cache / model_dir_name(model_hash)
+    if is_verified_artifact(target, model_hash):
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".install-"))
+    try:
+        (tmp / WEIGHTS).write_bytes(weights)
+        (tmp / MANIFEST).write_bytes(manifest_text)
+        if target.exists():  # a bad copy (written before copies were verified): set aside
+            target.rename(cache / f".corrupt-{target.name}-{uuid.uuid4().hex[:8]}")
+        tmp.rename(target)
+    except OSError:  # another process got there first (its copy is checked on load)
+        pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def is_verified_artifact(folder: Path, model_hash: str) -> bool:
+    """Whether ``folder`` holds the artifact of ``model_hash`` with matching content."""
+    try:
+        verify_artifact_files((folder / MANIFEST).read_bytes(), (folder / WEIGHTS).read_bytes(), model_hash)
+        return True
+    except (OSError, ArtifactError):
+        return False
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("VCINR_CACHE_DIR", Path.home() / ".cache" / "vcinr"))
 
 
-def find_artifact(model_hash: str, hints: list[str | os.PathLike] = ()) -> Path:
-    """Where the artifact of ``model_hash`` lies: the hinted paths, then each folder of
-    ``$VCINR_MODEL_PATH`` (os.pathsep-separated), then the cache folder. A candidate
-    whose hash differs is skipped; if none matches, an :class:`ArtifactError` lists
-    where it looked."""
-    if len(model_hash) < 8:
-        raise ArtifactError("a model hash (or prefix) needs at least 8 hex digits")
+def search_roots(hints: list[str | os.PathLike] = ()) -> list[Path]:
+    """Where models are looked for, in order: ``hints``, each folder of
+    ``$VCINR_MODEL_PATH`` (os.pathsep-separated), the cache folder."""
     roots = [Path(h) for h in hints if h]
     roots += [Path(p) for p in os.environ.get(MODEL_PATH_ENV, "").split(os.pathsep) if p]
     roots.append(default_cache_dir())
+    return roots
+
+
+def artifact_candidates(model_hash: str, root: Path) -> list[Path]:
+    """Folders in ``root`` (an artifact, or a folder of artifacts named by hash prefix)
+    whose manifest claims ``model_hash`` (a full hash or a prefix of >= 8); unverified."""
+    check_model_hash(model_hash, prefix=True)
+    if not root.is_dir():
+        return []
+    found = []
+    for cand in [root, *sorted(root.glob(model_hash[:HASH_PREFIX_LEN] + "*"))]:
+        try:
+            claimed = json.loads((cand / MANIFEST).read_text()).get("hash", "")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(claimed, str) and claimed.startswith(model_hash):
+            found.append(cand)
+    return found
+
+
+def find_artifact(model_hash: str, hints: list[str | os.PathLike] = ()) -> Path:
+    """Where the artifact of ``model_hash`` lies: the first candidate (see
+    :func:`artifact_candidates`) in :func:`search_roots`. If none claims it, an
+    :class:`ArtifactError` lists where it looked."""
+    model_hash = check_model_hash(str(model_hash).lower(), prefix=True)
+    roots = search_roots(hints)
     for root in roots:
-        for cand in [root, *sorted(root.glob(model_hash[:HASH_PREFIX_LEN] + "*"))] if root.is_dir() else []:
-            manifest = cand / MANIFEST
-            if manifest.is_file():
-                try:
-                    if json.loads(manifest.read_text()).get("hash", "").startswith(model_hash):
-                        return cand
-                except json.JSONDecodeError:
-                    continue
+        for cand in artifact_candidates(model_hash, root):
+            return cand
     raise ArtifactError(
         f"model {model_hash[:16]} not found; looked in {[str(r) for r in roots]} "
         f"(set {MODEL_PATH_ENV} to the folder holding it)"

@@ -7,7 +7,10 @@ Lookup of a hash (:func:`resolve_model_path`): the hints given (a codec config's
 ``model_path``: an artifact folder, a ``file://`` URI, any fsspec URI, or a model stored
 inside a local Zarr store), the folders added with :func:`add_model_search_path`,
 ``$VCINR_MODEL_PATH``, and the cache folder (``$VCINR_CACHE_DIR``). Loading recomputes the
-content hash: a candidate whose hash differs is refused.
+content hash: a candidate whose hash differs is skipped, with a warning, for the next one
+(a tampered copy early in the order does not hide a good one later), and named in the
+error when none verifies. Copies from a store or a remote place are verified before they
+enter the cache folder, so the cache holds verified copies only.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -29,12 +32,19 @@ import torch
 
 from vcinr_sci.artifact import (
     MANIFEST,
+    MAX_ARTIFACT_BYTES,
+    MODEL_PATH_ENV,
     WEIGHTS,
     ArtifactError,
     ModelArtifact,
+    artifact_candidates,
+    check_model_hash,
     default_cache_dir,
-    find_artifact,
+    install_artifact,
+    is_verified_artifact,
     load_artifact,
+    model_dir_name,
+    search_roots,
 )
 from vcinr_sci.grids import Grid, Patcher
 
@@ -243,13 +253,12 @@ def register_model(model: ModelArtifact | str | os.PathLike) -> LoadedModel:
 
 def get_model(model_hash: str, hints: Sequence[str | os.PathLike | None] = ()) -> LoadedModel:
     """The model of ``model_hash`` (full 64-hex hash), loaded once per process."""
+    check_model_hash(model_hash)
     with _MODELS_LOCK:
         loaded = _MODELS.get(model_hash)
         if loaded is not None:
             return loaded
-        artifact = load_artifact(resolve_model_path(model_hash, hints), model_hash)
-        if artifact.hash != model_hash:  # load_artifact accepts prefixes
-            raise ArtifactError(f"model {artifact.hash[:16]} found where {model_hash[:16]} was asked for")
+        artifact = load_model_artifact(model_hash, hints)
         _STATS["loads"] += 1
         loaded = _MODELS[model_hash] = _prepare(artifact)
         return loaded
@@ -271,68 +280,108 @@ def _prepare(artifact: ModelArtifact) -> LoadedModel:
     return LoadedModel(artifact, device, patcher, torch.as_tensor(np.ascontiguousarray(coords), device=device))
 
 
-def resolve_model_path(model_hash: str, hints: Sequence[str | os.PathLike | None] = ()) -> Path:
-    """Where the artifact of ``model_hash`` lies (see the module doc for the order).
+def load_model_artifact(model_hash: str, hints: Sequence[str | os.PathLike | None] = ()) -> ModelArtifact:
+    """The verified artifact of ``model_hash`` (a full hash, or a prefix of >= 8): the
+    first candidate, in the order of the module doc, whose files verify.
 
-    A hinted folder that holds another model is refused, and named in the error if the
-    model is found nowhere else."""
-    roots: list[str] = []
+    A copy that claims the hash but fails verification is skipped with a warning; the
+    error raised when no candidate verifies names every place looked in and every copy
+    skipped, and why."""
+    check_model_hash(model_hash, prefix=True)
+    skipped: list[str] = []
+    tried: set[Path] = set()
+    for where, folder in _candidates(model_hash, hints, skipped):
+        if folder.resolve() in tried:
+            continue
+        tried.add(folder.resolve())
+        try:
+            return load_artifact(folder, model_hash)
+        except ArtifactError as e:
+            _skip(skipped, where, e)
+    hinted = [str(h) for h in [*hints, *_SEARCH_PATHS] if h]
+    looked = hinted + [str(r) for r in search_roots()]
+    detail = f"; skipped: {skipped}" if skipped else ""
+    raise ArtifactError(
+        f"model {model_hash[:16]} not found; looked in {looked} (set {MODEL_PATH_ENV} to the folder holding it){detail}"
+    )
+
+
+def resolve_model_path(model_hash: str, hints: Sequence[str | os.PathLike | None] = ()) -> Path:
+    """Where the verified artifact of ``model_hash`` lies (see :func:`load_model_artifact`)."""
+    return load_model_artifact(model_hash, hints).path
+
+
+def _skip(skipped: list[str], where: str, error: Exception) -> None:
+    text = str(error) if str(error).startswith(where) else f"{where}: {error}"
+    skipped.append(text)
+    warnings.warn(f"vcinr: skipped a bad copy of the model: {text}", stacklevel=4)
+
+
+def _candidates(model_hash: str, hints: Sequence[str | os.PathLike | None], skipped: list[str]) -> Iterator[tuple[str, Path]]:
+    """``(where, artifact folder)`` of each copy claiming ``model_hash``, in lookup order,
+    unverified (remote and stored copies are fetched into the cache, verified, on the way;
+    those that fail are added to ``skipped``)."""
+    from vcinr_sci.store import extract_model_at  # a model stored inside a local store
+
     for hint in [*hints, *_SEARCH_PATHS]:
         if not hint:
             continue
         hint = str(hint)
         if hint.startswith("file://"):
             hint = hint[len("file://") :]
-        elif "://" in hint:
-            fetched = _fetch_remote(hint, model_hash)
-            if fetched is None:
+        try:
+            if "://" in hint:
+                fetched = _fetch_remote(hint, model_hash)
+                if fetched is not None:
+                    yield hint, fetched
                 continue
-            hint = str(fetched)
-        else:
-            from vcinr_sci.store import extract_model_at  # a model stored inside a local store
+            extracted = extract_model_at(hint, model_hash)
+        except ArtifactError as e:
+            _skip(skipped, hint, e)
+            continue
+        if extracted is not None:
+            yield hint, extracted
+            continue
+        yield from _in_root(Path(hint), model_hash, skipped)
+    for root in search_roots():
+        yield from _in_root(root, model_hash, skipped)
 
-            extracted = extract_model_at(hint)
-            hint = str(extracted) if extracted is not None else hint
-        roots.append(hint)
-    refused = []
-    for root in roots:
-        manifest = Path(root, MANIFEST)
-        if manifest.is_file():
-            try:
-                found = json.loads(manifest.read_text()).get("hash", "")
-            except (OSError, json.JSONDecodeError):
-                found = "(unreadable)"
-            if not found.startswith(model_hash):
-                refused.append(f"{root} holds model {found[:16]}")
-    try:
-        return find_artifact(model_hash, roots)
-    except ArtifactError as e:
-        detail = f"; refused (hash differs): {refused}" if refused else ""
-        raise ArtifactError(f"{e}{detail}") from None
+
+def _in_root(root: Path, model_hash: str, skipped: list[str]) -> Iterator[tuple[str, Path]]:
+    found = artifact_candidates(model_hash, root)
+    if not found and (root / MANIFEST).is_file():  # a hinted artifact of another model
+        try:
+            other = str(json.loads((root / MANIFEST).read_text()).get("hash", ""))[:16]
+        except (OSError, ValueError, AttributeError):
+            other = "(unreadable)"
+        skipped.append(f"{root}: refused, it holds model {other} (hash differs)")
+    for folder in found:
+        yield str(folder), folder
 
 
 def _fetch_remote(uri: str, model_hash: str) -> Path | None:
-    """Copy a remote artifact folder (any fsspec URI) into the cache folder."""
-    target = default_cache_dir() / model_hash[:16]
-    if (target / MANIFEST).is_file():
+    """The artifact at ``uri`` (any fsspec URI) copied into the cache folder, verified
+    (:class:`ArtifactError` for a bad copy); None when it cannot be read."""
+    if len(model_hash) != 64:
+        return None  # a prefix cannot name the copy's place in the cache
+    target = default_cache_dir() / model_dir_name(model_hash)
+    if is_verified_artifact(target, model_hash):
         return target
     try:
         import fsspec
 
         fs, root = fsspec.core.url_to_fs(uri)
-        files = {name: fs.cat_file(f"{root.rstrip('/')}/{name}") for name in (MANIFEST, WEIGHTS)}
+        paths = {name: f"{root.rstrip('/')}/{name}" for name in (MANIFEST, WEIGHTS)}
+        sizes = {name: fs.size(path) for name, path in paths.items()}
     except Exception:  # unreachable or unknown scheme: fall through to the other places
         return None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".fetch-"))
-    for name, data in files.items():
-        (tmp / name).write_bytes(data)
+    if any(size is None or size > MAX_ARTIFACT_BYTES for size in sizes.values()):
+        raise ArtifactError(f"artifact file sizes {sizes} unknown or above the limit of {MAX_ARTIFACT_BYTES} bytes")
     try:
-        tmp.rename(target)
-    except OSError:  # another process got there first
-        pass
-    return target
-
+        files = {name: fs.cat_file(path) for name, path in paths.items()}
+    except Exception:
+        return None
+    return install_artifact(files[MANIFEST], files[WEIGHTS], model_hash)
 
 
 def resolve_model(model: ModelArtifact | LoadedModel | str | os.PathLike) -> LoadedModel:

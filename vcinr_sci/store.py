@@ -8,15 +8,19 @@ prefix, with the artifact's two files as uint8 arrays ``manifest`` (artifact.jso
 ``weights`` (weights.safetensors) and the full hash as attribute ``vcinr_model_hash``.
 Being plain Zarr, it travels with the store and upsets no Zarr tool.
 :func:`use_embedded_models` (called by :func:`vcinr_sci.accessor.open_zarr`) copies them
-into the cache folder (``$VCINR_CACHE_DIR``), where loading verifies their hash; the
-codec also does so by itself when its ``model_path`` names such a subgroup of a local
-store, so ``xarray.open_zarr`` alone decodes a local store written with the model.
+into the cache folder (``$VCINR_CACHE_DIR``); the codec also does so by itself when its
+``model_path`` names such a subgroup of a local store, so ``xarray.open_zarr`` alone
+decodes a local store written with the model. A store is untrusted input: the hash
+attribute must be a full model hash before it names a folder, the arrays' claimed sizes
+are checked before they are read, and a copy enters the cache only once its content
+hash is verified (a bad copy is skipped with a warning and leaves the cache as it was).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,19 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from vcinr_sci.artifact import HASH_PREFIX_LEN, MANIFEST, WEIGHTS, ModelArtifact, default_cache_dir, save_artifact
+from vcinr_sci.artifact import (
+    MANIFEST,
+    MAX_ARTIFACT_BYTES,
+    WEIGHTS,
+    ArtifactError,
+    ModelArtifact,
+    check_model_hash,
+    default_cache_dir,
+    install_artifact,
+    is_verified_artifact,
+    model_dir_name,
+    save_artifact,
+)
 
 MODELS_GROUP = "_vcinr_models"
 HASH_ATTR = "vcinr_model_hash"
@@ -42,69 +58,104 @@ def embed_model(group: zarr.Group, artifact: ModelArtifact) -> str:
     """Store ``artifact`` inside ``group``; returns the model subgroup's path."""
     if artifact.path is None or not (Path(artifact.path) / MANIFEST).is_file():
         save_artifact(artifact, tempfile.mkdtemp(prefix="vcinr-embed-"))
-    sub = group.require_group(MODELS_GROUP).require_group(artifact.hash[:HASH_PREFIX_LEN])
+    name = model_dir_name(artifact.hash)
+    sub = group.require_group(MODELS_GROUP).require_group(name)
     sub.attrs[HASH_ATTR] = artifact.hash
-    for name, filename in _FILES.items():
+    for key, filename in _FILES.items():
         data = np.frombuffer((Path(artifact.path) / filename).read_bytes(), np.uint8)
-        arr = sub.create_array(name, shape=data.shape, dtype=np.uint8, chunks=(max(1, data.size),), overwrite=True)
+        arr = sub.create_array(key, shape=data.shape, dtype=np.uint8, chunks=(max(1, data.size),), overwrite=True)
         arr[:] = data
-    return f"{MODELS_GROUP}/{artifact.hash[:HASH_PREFIX_LEN]}"
+    return f"{MODELS_GROUP}/{name}"
+
+
+def _stored_models(store: Any) -> tuple[list[tuple[str, zarr.Group]], list[str]]:
+    """``(hash, subgroup)`` of each model stored inside ``store``, and the names of the
+    subgroups whose hash attribute is not a model hash (never used)."""
+    try:
+        group = zarr.open_group(store, mode="r")
+        if MODELS_GROUP not in group:
+            return [], []
+        subgroups = list(group[MODELS_GROUP].groups())
+    except (KeyError, FileNotFoundError, ValueError, TypeError):
+        return [], []
+    valid, invalid = [], []
+    for name, sub in subgroups:
+        if HASH_ATTR not in sub.attrs:
+            continue
+        try:
+            valid.append((check_model_hash(sub.attrs[HASH_ATTR]), sub))
+        except ArtifactError:
+            invalid.append(name)
+    return sorted(valid, key=lambda pair: pair[0]), invalid
 
 
 def embedded_models(store: Any) -> list[str]:
     """Full hashes of the models stored inside ``store`` (empty when none)."""
-    try:
-        group = zarr.open_group(store, mode="r")
-        if MODELS_GROUP not in group:
-            return []
-        return sorted(g.attrs[HASH_ATTR] for _, g in group[MODELS_GROUP].groups() if HASH_ATTR in g.attrs)
-    except (KeyError, FileNotFoundError, ValueError, TypeError):
-        return []
+    return [h for h, _ in _stored_models(store)[0]]
 
 
 def extract_model(model_group: zarr.Group, cache: Path | None = None) -> Path:
     """Copy a stored model into ``cache`` (default: the cache folder) as an artifact
-    folder; returns it (loading it later verifies its content hash)."""
-    full = str(model_group.attrs[HASH_ATTR])
+    folder, verified; returns it. :class:`ArtifactError` when the stored hash is not a
+    model hash or the stored copy is bad (nothing then enters the cache)."""
+    full = check_model_hash(model_group.attrs.get(HASH_ATTR))
     cache = Path(cache or default_cache_dir())
-    target = cache / full[:HASH_PREFIX_LEN]
-    if (target / MANIFEST).is_file() and (target / WEIGHTS).is_file():
+    target = cache / model_dir_name(full)
+    if is_verified_artifact(target, full):
         return target
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".embedded-"))
-    for name, filename in _FILES.items():
-        (tmp / filename).write_bytes(np.asarray(model_group[name][:], np.uint8).tobytes())
+    files = {}
+    for key, filename in _FILES.items():
+        try:
+            arr = model_group[key]
+            if not isinstance(arr, zarr.Array) or arr.ndim != 1 or arr.dtype != np.uint8:
+                raise ArtifactError(f"'{key}' is not a 1-d uint8 array")
+            if arr.shape[0] > MAX_ARTIFACT_BYTES:  # checked before anything is allocated
+                raise ArtifactError(f"'{key}' claims {arr.shape[0]} bytes, above the limit of {MAX_ARTIFACT_BYTES}")
+            files[filename] = np.asarray(arr[:], np.uint8).tobytes()
+        except (KeyError, ValueError, OSError, ArtifactError) as e:
+            raise ArtifactError(f"stored model {full[:16]}: {e}") from None
     try:
-        tmp.rename(target)
-    except OSError:  # another process got there first
-        pass
-    return target
+        return install_artifact(files[MANIFEST], files[WEIGHTS], full, cache)
+    except ArtifactError as e:
+        raise ArtifactError(f"stored model {full[:16]}: {e}") from None
 
 
-def extract_model_at(path: str | os.PathLike) -> Path | None:
-    """If ``path`` is a stored model's subgroup in a local store, extract it (see
-    :func:`extract_model`) and return the artifact folder; else None."""
+def extract_model_at(path: str | os.PathLike, model_hash: str | None = None) -> Path | None:
+    """If ``path`` is a stored model's subgroup in a local store (holding ``model_hash``,
+    when given), extract it (see :func:`extract_model`) and return the artifact folder;
+    else None."""
     p = Path(path)
     if not ((p / "zarr.json").is_file() or (p / ".zgroup").is_file()) or (p / MANIFEST).is_file():
         return None
     try:
         group = zarr.open_group(p, mode="r")
-        return extract_model(group) if HASH_ATTR in group.attrs else None
+        stored = group.attrs.get(HASH_ATTR)
     except (KeyError, FileNotFoundError, ValueError, OSError):
         return None
+    if stored is None or (model_hash is not None and stored != model_hash):
+        return None
+    return extract_model(group)
 
 
 def use_embedded_models(store: Any) -> list[str]:
     """Let the codec find the models stored inside ``store`` in this process (copied
-    into the cache folder). Returns their hashes."""
+    into the cache folder, verified). Returns the hashes of those usable; a bad copy is
+    skipped with a warning."""
     from vcinr_sci.codec import add_model_search_path
 
-    hashes = embedded_models(store)
-    if hashes:
-        models = zarr.open_group(store, mode="r")[MODELS_GROUP]
-        for h in hashes:
-            add_model_search_path(extract_model(models[h[:HASH_PREFIX_LEN]]).parent)
-    return hashes
+    stored, invalid = _stored_models(store)
+    if invalid:
+        warnings.warn(f"vcinr: {store}: ignored stored models without a valid model hash: {invalid}", stacklevel=2)
+    usable = []
+    for full, group in stored:
+        try:
+            folder = extract_model(group)
+        except ArtifactError as e:
+            warnings.warn(f"vcinr: {store}: not using a stored model: {e}", stacklevel=2)
+            continue
+        add_model_search_path(folder.parent)
+        usable.append(full)
+    return usable
 
 
 def consolidate(store: Any, zarr_format: int) -> None:

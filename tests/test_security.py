@@ -1,0 +1,201 @@
+"""A store is untrusted input: hashes that would name paths outside the cache, stored or
+remote model copies that do not verify (they must never enter the cache, nor hide a good
+copy later in the search order), chunks whose headers claim more than the array holds,
+malformed dtype strings, and the per-chunk content digests that detect tampering."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+import sys
+import textwrap
+import uuid
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from _vcinr_tiny import QUALITY, fields, tiny_artifact
+from vcinr_sci.accessor import open_zarr
+from vcinr_sci.artifact import MANIFEST, WEIGHTS, ArtifactError
+from vcinr_sci.store import HASH_ATTR, MODELS_GROUP, consolidate
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_artifact()
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return fields(8)
+
+
+def _write(model, ds, path: Path) -> tuple[Path, np.ndarray]:
+    """A store written with its model inside (its codec config points there), and what
+    it decodes to."""
+    out = ds.vcinr.to_zarr(path, model=model, quality=QUALITY, store_model=True, chunks={"time": 4})
+    return out, open_zarr(out).air_temperature.values
+
+
+def _fresh_lookup(cache: Path, monkeypatch) -> None:
+    """An empty cache folder, and no model loaded or searched for by this process."""
+    from vcinr_sci.models import clear_model_cache
+
+    monkeypatch.setenv("VCINR_CACHE_DIR", str(cache))
+    clear_model_cache(search_paths=True)
+
+
+def _stored_model(store: Path) -> zarr.Group:
+    (sub,) = [g for _, g in zarr.open_group(store, mode="r+")[MODELS_GROUP].groups()]
+    return sub
+
+
+def _files_named(root: Path, names=(MANIFEST, WEIGHTS)) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.name in names)
+
+
+# --- hashes that name paths ---------------------------------------------------------
+
+
+def test_model_hash_check():
+    from vcinr_sci.artifact import check_model_hash, model_dir_name
+
+    h = "0123456789abcdef" * 4
+    assert check_model_hash(h) == h and model_dir_name(h) == h[:16]
+    assert check_model_hash(h[:8], prefix=True) == h[:8]
+    for bad in ("../x", "/tmp/x", h.upper(), h[:63], h + "0", h[:60] + "../", "", None, 5, h[:7]):
+        with pytest.raises(ArtifactError):
+            check_model_hash(bad, prefix=True) if bad == h[:7] else check_model_hash(bad)
+
+
+@pytest.mark.parametrize("attack", ["relative", "absolute"])
+@pytest.mark.parametrize("opener", ["xarray", "accessor"])
+def test_stored_hash_cannot_name_a_path_outside_the_cache(model, ds, tmp_path, monkeypatch, attack, opener):
+    """A crafted ``vcinr_model_hash`` ("../x" or an absolute path) writes nothing outside
+    the cache, through plain ``xr.open_zarr`` (the codec extracts the model its config
+    points at) and through :func:`open_zarr` (which extracts every stored model)."""
+    store, _ = _write(model, ds, tmp_path / "crafted.zarr")
+    cache = tmp_path / "reader-cache"
+    cache.mkdir()
+    # the old code used the first 16 characters as the folder name: keep the target that short
+    outside = tmp_path / "escaped" if attack == "relative" else Path(f"/tmp/vx{uuid.uuid4().hex[:8]}")
+    claimed = "../escaped" if attack == "relative" else str(outside)
+    assert len(claimed) <= 16
+    _stored_model(store).attrs[HASH_ATTR] = claimed
+    consolidate(store, zarr_format=3)
+    _fresh_lookup(cache, monkeypatch)
+    try:
+        if opener == "xarray":
+            with pytest.raises(ArtifactError, match="not found"):
+                xr.open_zarr(store).air_temperature.values
+        else:
+            with pytest.warns(UserWarning, match="without a valid model hash"):
+                with pytest.raises(ArtifactError, match="not found"):
+                    open_zarr(store).air_temperature.values
+        assert not outside.exists()
+        writer_cache = tmp_path / "cache"  # where to_zarr's own check of the store decoded
+        assert all(writer_cache in p.parents for p in _files_named(tmp_path))
+        assert _files_named(cache) == []
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)
+
+
+# --- model copies that do not verify ------------------------------------------------
+
+
+def _poison(store: Path) -> None:
+    """Flip one byte of the stored weights (the hash attribute still claims the model)."""
+    weights = _stored_model(store)["weights"]
+    data = weights[:]
+    data[-1] ^= 0xFF
+    weights[:] = data
+
+
+@pytest.mark.parametrize("opener", ["xarray", "accessor"])
+def test_poisoned_stored_copy_never_enters_the_cache(model, ds, tmp_path, monkeypatch, opener):
+    """A store whose stored weights do not match its claimed hash is refused, leaves the
+    cache empty, and a good store of the same model decodes afterwards."""
+    good, expected = _write(model, ds, tmp_path / "good.zarr")
+    poisoned, _ = _write(model, ds, tmp_path / "poisoned.zarr")
+    _poison(poisoned)
+    cache = tmp_path / "reader-cache"
+    _fresh_lookup(cache, monkeypatch)
+    open_ = xr.open_zarr if opener == "xarray" else open_zarr
+    with pytest.warns(UserWarning, match="does not match"):
+        with pytest.raises(ArtifactError, match="does not match"):
+            open_(poisoned).air_temperature.values
+    assert _files_named(cache) == []
+    _fresh_lookup(cache, monkeypatch)
+    np.testing.assert_array_equal(open_(good).air_temperature.values, expected)
+
+
+def test_poisoned_remote_copy_is_skipped(model, ds, tmp_path, monkeypatch):
+    """A ``model_path`` URI (any fsspec filesystem) serving a bad copy leaves the cache
+    empty, and the error names it; a good URI then works."""
+    import fsspec
+
+    from vcinr_sci.codec import VCINRCodec
+
+    cache = tmp_path / "reader-cache"
+    fs = fsspec.filesystem("memory")
+    root = f"/vcinr-{uuid.uuid4().hex[:8]}"
+    for name in (MANIFEST, WEIGHTS):
+        blob = Path(model, name).read_bytes()
+        fs.pipe(f"{root}/good/{name}", blob)
+        fs.pipe(f"{root}/bad/{name}", blob[:-1] + bytes([blob[-1] ^ 1]) if name == WEIGHTS else blob)
+    codec = VCINRCodec.for_model(model, QUALITY)
+    enc = codec.encode(ds.air_temperature.values[:2])
+    config = codec.get_config()
+    _fresh_lookup(cache, monkeypatch)
+    bad = VCINRCodec.from_config({**config, "model_path": f"memory://{root}/bad"})
+    with pytest.warns(UserWarning, match="does not match"):
+        with pytest.raises(ArtifactError, match=f"memory://{root}/bad"):
+            bad.decode(enc)
+    assert _files_named(cache) == []
+    _fresh_lookup(cache, monkeypatch)
+    good = VCINRCodec.from_config({**config, "model_path": f"memory://{root}/good"})
+    np.testing.assert_array_equal(good.decode(enc), codec.decode(enc))
+    assert len(_files_named(cache)) == 2
+
+
+def test_tampered_copy_does_not_hide_a_good_one(model, ds, tmp_path, monkeypatch):
+    """A copy that claims the hash but fails verification, earlier in the search order,
+    is skipped with a warning naming it; the good copy later in the order is used."""
+    from vcinr_sci.codec import VCINRCodec
+
+    tampered_root, good_root = tmp_path / "first", tmp_path / "second"
+    shutil.copytree(model, tampered_root / Path(model).name)
+    shutil.copytree(model, good_root / Path(model).name)
+    weights = tampered_root / Path(model).name / WEIGHTS
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 0xFF
+    weights.write_bytes(bytes(blob))
+    monkeypatch.setenv("VCINR_MODEL_PATH", f"{tampered_root}:{good_root}")
+    codec = VCINRCodec.for_model(model, QUALITY)
+    enc = codec.encode(ds.air_temperature.values[:2])
+    expected = codec.decode(enc)
+    _fresh_lookup(tmp_path / "reader-cache", monkeypatch)
+    anywhere = VCINRCodec.from_config({**codec.get_config(), "model_path": None})
+    with pytest.warns(UserWarning, match=f"{tampered_root}.*does not match"):
+        np.testing.assert_array_equal(anywhere.decode(enc), expected)
+
+
+def test_bad_copy_in_cache_is_replaced(model, ds, tmp_path, monkeypatch):
+    """A bad copy already in the cache (left by an older version) does not block a good
+    stored copy: it is set aside and the verified copy takes its place."""
+    good, expected = _write(model, ds, tmp_path / "good.zarr")
+    cache = tmp_path / "reader-cache"
+    _fresh_lookup(cache, monkeypatch)
+    h = zarr.open_group(good, mode="r")["air_temperature"].attrs["vcinr_model_hash"]
+    stale = cache / h[:16]
+    shutil.copytree(tiny_artifact(), stale)
+    (stale / WEIGHTS).write_bytes(b"not the weights")
+    np.testing.assert_array_equal(open_zarr(good).air_temperature.values, expected)
+    assert (stale / WEIGHTS).read_bytes() != b"not the weights"
