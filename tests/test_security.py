@@ -5,6 +5,7 @@ malformed dtype strings, and the per-chunk content digests that detect tampering
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 import subprocess
@@ -199,3 +200,113 @@ def test_bad_copy_in_cache_is_replaced(model, ds, tmp_path, monkeypatch):
     (stale / WEIGHTS).write_bytes(b"not the weights")
     np.testing.assert_array_equal(open_zarr(good).air_temperature.values, expected)
     assert (stale / WEIGHTS).read_bytes() != b"not the weights"
+
+
+# --- claimed sizes and malformed headers --------------------------------------------
+
+
+def _resign(buf: bytes) -> bytes:
+    """Recompute the header CRC: a crafted chunk a CRC cannot tell from a real one."""
+    b = bytearray(buf)
+    header_len = struct.unpack_from("<H", b, 6)[0]
+    struct.pack_into("<I", b, 8, zlib.crc32(b[12:header_len], zlib.crc32(b[:8])))
+    return bytes(b)
+
+
+_BOMB_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys
+    import numpy as np, zarr
+    from vcinr_sci.codec import VCINRCodec, VCINRZarrCodec
+    artifact, store, fields = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    codec = VCINRCodec.for_model(artifact, "u6")
+    x = np.full((4, 37, 49), np.nan, np.float32)  # all NaN: a header and no payload
+    x[1] = 280.0
+    normal, empty = codec.encode(x), codec.encode(np.full_like(x, np.nan))
+    arr = zarr.create_array(store, shape=x.shape, chunks=x.shape, dtype=x.dtype,
+                            serializer=VCINRZarrCodec(codec=codec), compressors=None, fill_value=np.nan)
+    arr[:] = x
+    codec.decode(normal), arr[:]  # warm: the model and every code path loaded
+    bomb = bytearray(empty)
+    import struct, zlib
+    struct.pack_into("<Q", bomb, 53, fields); struct.pack_into("<Q", bomb, 81, fields)
+    struct.pack_into("<I", bomb, 8, zlib.crc32(bomb[12:struct.unpack_from("<H", bomb, 6)[0]], zlib.crc32(bomb[:8])))
+    bomb = bytes(bomb)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    outcome = {}
+    def attempt(name, f):
+        try:
+            f()
+            outcome[name] = "decoded"
+        except Exception as e:
+            outcome[name] = type(e).__name__ + ": " + str(e)[:200]
+    attempt("numcodecs", lambda: codec.decode(bomb))
+    attempt("numcodecs_out", lambda: codec.decode(bomb, out=np.empty_like(x)))
+    import asyncio
+    from zarr.core.buffer import default_buffer_prototype
+    key = arr.metadata.encode_chunk_key((0, 0, 0))
+    asyncio.run(arr.store_path.store.set(key, default_buffer_prototype().buffer.from_bytes(bomb)))
+    attempt("zarr3", lambda: zarr.open_array(store, mode="r")[:])
+    growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+    print(json.dumps({"outcome": outcome, "growth": growth, "bomb_bytes": len(bomb)}))
+    """
+)
+
+
+def test_chunk_claiming_more_fields_is_refused_before_allocating(model, tmp_path):
+    """A CRC-valid, header-only chunk claiming 40,000 fields (72 M values, ~870 MB to
+    decode) is refused by the numcodecs face (no output buffer: the cap; with one: its
+    size) and by the Zarr-3 face (the array's chunk shape), and the process's peak RSS
+    grows by far less than the claimed chunk."""
+    env = {"PATH": "/usr/bin:/bin", "VCINR_DEVICE": "cpu", "HOME": str(tmp_path),
+           "VCINR_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", _BOMB_SCRIPT, str(model), str(tmp_path / "a.zarr"), "40000"],
+        env=env, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["bomb_bytes"] < 200
+    for face, outcome in result["outcome"].items():
+        assert outcome.startswith("ChunkFormatError"), (face, outcome)
+    assert "more than a chunk may hold" in result["outcome"]["numcodecs"]
+    assert result["growth"] < 100 * 2**20, result
+
+
+def test_claimed_size_checks():
+    from vcinr_sci.chunk import ChunkHeader, check_claimed_size
+
+    h = ChunkHeader("0" * 64, (3, 4, 5), "<f4", 3, "q", 1)
+    check_claimed_size(h, (3, 4, 5))
+    check_claimed_size(h, None, 3 * 4 * 5 * 4)
+    check_claimed_size(h)
+    from vcinr_sci.chunk import ChunkFormatError
+
+    with pytest.raises(ChunkFormatError, match="array's chunks are"):
+        check_claimed_size(h, (2, 4, 5))
+    with pytest.raises(ChunkFormatError, match="output buffer"):
+        check_claimed_size(h, None, 100)
+    big = ChunkHeader("0" * 64, (2**40, 4, 5), "<f4", 2**40, "q", 1)
+    with pytest.raises(ChunkFormatError, match="VCINR_MAX_CHUNK_VALUES"):
+        check_claimed_size(big)
+
+
+@pytest.mark.parametrize("text", [",f4", "f4,", "O,O", "[f4", "V99"])
+def test_malformed_dtype_string_refused(model, ds, text):
+    """A CRC-valid header whose dtype text numpy cannot (or should not) parse is refused
+    with ChunkFormatError, never a SyntaxError from numpy's dtype parser."""
+    from vcinr_sci.chunk import ChunkFormatError, decode_container
+    from vcinr_sci.codec import VCINRCodec
+
+    codec = VCINRCodec.for_model(model, QUALITY)
+    enc = codec.encode(ds.air_temperature.values[:1])
+    b = bytearray(enc)
+    ndim = b[46]
+    at = 81 + 8 * ndim
+    assert bytes(b[at : at + 3]) == b"<f4"
+    b[at : at + 3] = text.encode()
+    crafted = _resign(bytes(b))
+    with pytest.raises(ChunkFormatError, match="dtype"):
+        decode_container(crafted)
+    with pytest.raises(ChunkFormatError, match="dtype"):
+        codec.decode(crafted)

@@ -34,6 +34,13 @@ Byte layout (all integers little-endian, offsets in bytes)::
 
 The total length must be exactly ``header_len + mask_len + payload_len (+ residual_len)``.
 
+**Claimed sizes.** A header's shape is checked before anything of that size is allocated
+(the mask, and everything the codec builds from it): against the array's chunk shape or
+the caller's buffer when the reader knows them (``expected_shape`` / ``expected_nbytes``
+of :func:`decode_container`), else against :func:`max_chunk_values` (``2**26`` values,
+256 MiB as float32; ``$VCINR_MAX_CHUNK_VALUES`` raises it). Zstd sections must declare
+exactly the size the header implies before they are decompressed.
+
 **Versions.** Version 2 differs from version 1 only by the two residual fields at the end
 of the header and the residual section (the error-bounded mode's correction, laid out by
 :mod:`vcinr_sci.bounded`) after the payload. A writer uses version 1 for a chunk without
@@ -47,13 +54,17 @@ cannot silently re-frame the header; every other header byte is covered by
 ``header_crc``, every body byte by ``payload_crc`` and every residual byte by
 ``residual_crc``.  CRC-32 catches every
 single-bit error and every burst of up to 32 bits, and misses random damage with
-probability 2**-32; it guards against accidents, not tampering (the model hash
-is an identifier, not a signature), so a cryptographic hash would only add cost.
+probability 2**-32. It guards against accidents, not tampering: a crafted chunk with
+recomputed CRCs is read as what it claims (the model hash is an identifier, not a
+signature). Integrity against tampering is a separate, opt-in check of per-chunk
+SHA-256 digests (:mod:`vcinr_sci.integrity`).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -79,6 +90,11 @@ _RESIDUAL = struct.Struct("<QI")  # version 2: residual_len, residual_crc, endin
 # Masks are small next to the payload and decode equally fast at any level, so
 # spend encode time for the ~15% smaller output of a high level.
 _MASK_CODEC = Zstd(level=19)
+# Canonical numpy dtype strs only ("<f4", "|b1", "<M8[ns]"): anything else (",f4" makes
+# numpy parse a structured dtype and raise SyntaxError) is refused before numpy sees it.
+_DTYPE_STR = re.compile(r"[<>|][a-zA-Z]\d+(\[\w+\])?")
+MAX_CHUNK_VALUES_ENV = "VCINR_MAX_CHUNK_VALUES"
+DEFAULT_MAX_CHUNK_VALUES = 2**26
 
 
 class ChunkFormatError(ValueError):
@@ -110,7 +126,7 @@ class ChunkHeader:
         try:
             shape = tuple(int(d) for d in self.shape)
             dtype = np.dtype(self.dtype)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, SyntaxError) as exc:
             raise ChunkFormatError(f"invalid shape or dtype: {exc}") from None
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "dtype", dtype.str)
@@ -210,8 +226,70 @@ def encode_container(
     return bytes(head) + mask_bytes + payload + tail
 
 
-def decode_container(buf: bytes | bytearray | memoryview | np.ndarray) -> Container:
-    """Parse and verify bytes written by :func:`encode_container`."""
+def max_chunk_values() -> int:
+    """Most values a chunk may claim when the reader knows neither the array's chunk
+    shape nor its output buffer (``$VCINR_MAX_CHUNK_VALUES``, default ``2**26``)."""
+    try:
+        return max(1, int(os.environ.get(MAX_CHUNK_VALUES_ENV, DEFAULT_MAX_CHUNK_VALUES)))
+    except ValueError:
+        raise ChunkFormatError(f"${MAX_CHUNK_VALUES_ENV} must be an integer") from None
+
+
+def check_claimed_size(
+    header: ChunkHeader, expected_shape: tuple[int, ...] | None = None, expected_nbytes: int | None = None
+) -> None:
+    """Refuse a header whose shape is not the array's chunk shape (``expected_shape``),
+    whose decoded size is not the output buffer's (``expected_nbytes``), or, when
+    neither is known, that claims more than :func:`max_chunk_values` values."""
+    if expected_shape is not None and header.shape != tuple(int(d) for d in expected_shape):
+        raise ChunkFormatError(
+            f"chunk header claims shape {header.shape}, the array's chunks are {tuple(expected_shape)}"
+        )
+    if expected_nbytes is not None and header.size * np.dtype(header.dtype).itemsize != expected_nbytes:
+        raise ChunkFormatError(
+            f"chunk header claims {header.size} {header.dtype} values, the output buffer holds {expected_nbytes} bytes"
+        )
+    if expected_shape is None and expected_nbytes is None and header.size > max_chunk_values():
+        raise ChunkFormatError(
+            f"chunk header claims {header.size} values, more than a chunk may hold when its shape is not "
+            f"known ({max_chunk_values()}; set ${MAX_CHUNK_VALUES_ENV} to read larger chunks)"
+        )
+
+
+def zstd_exact(data: bytes | memoryview, nbytes: int, what: str) -> bytes:
+    """Decompress a Zstd frame that must declare exactly ``nbytes`` of content. The size
+    a frame claims is checked before numcodecs allocates it: chunk bytes are untrusted."""
+    claimed = _zstd_content_size(bytes(data[:18]))
+    if claimed != nbytes:
+        raise ChunkFormatError(f"{what}: a compressed section declares {claimed} bytes, expected {nbytes}")
+    try:
+        out = _MASK_CODEC.decode(data, np.empty(nbytes, np.uint8))
+    except Exception as exc:  # numcodecs raises RuntimeError/ValueError variants
+        raise ChunkFormatError(f"{what} cannot be decompressed: {exc}") from None
+    return np.asarray(out, np.uint8).tobytes()
+
+
+def _zstd_content_size(head: bytes) -> int | None:
+    """The content size a Zstd frame header declares (RFC 8878, 3.1.1.1), or None."""
+    if len(head) < 6 or head[:4] != b"\x28\xb5\x2f\xfd":
+        return None
+    descriptor = head[4]
+    single_segment = bool(descriptor & 0x20)
+    fcs_size = (0, 2, 4, 8)[descriptor >> 6] or (1 if single_segment else 0)
+    pos = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 0x3]
+    if not fcs_size or len(head) < pos + fcs_size:
+        return None
+    size = int.from_bytes(head[pos : pos + fcs_size], "little")
+    return size + 256 if fcs_size == 2 else size
+
+
+def decode_container(
+    buf: bytes | bytearray | memoryview | np.ndarray,
+    expected_shape: tuple[int, ...] | None = None,
+    expected_nbytes: int | None = None,
+) -> Container:
+    """Parse and verify bytes written by :func:`encode_container`; the header's claimed
+    size is checked (see :func:`check_claimed_size`) before the mask is built."""
     data = _byte_view(buf)
     head = bytes(data[: len(MAGIC)])
     if head != MAGIC[: len(head)]:
@@ -259,9 +337,12 @@ def decode_container(buf: bytes | bytearray | memoryview | np.ndarray) -> Contai
         quality = bytes(data[pos + dtype_len : pos + dtype_len + quality_len]).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ChunkFormatError(f"header text is not valid: {exc}") from None
+    if not _DTYPE_STR.fullmatch(dtype):
+        raise ChunkFormatError(f"header dtype {dtype[:40]!r} is not a canonical numpy dtype str")
     header = ChunkHeader(raw_hash.hex(), shape, dtype, num_items, quality, inner_steps, flags, body_crc)
     if header.dtype != dtype:
         raise ChunkFormatError(f"header dtype {dtype!r} is not a canonical numpy dtype str")
+    check_claimed_size(header, expected_shape, expected_nbytes)
     return Container(header, _decode_mask(header, bytes(mask_bytes)), payload, residual)
 
 
@@ -279,13 +360,13 @@ def _decode_mask(header: ChunkHeader, mask_bytes: bytes) -> np.ndarray | None:
         if mask_bytes:
             raise ChunkFormatError("mask bytes present but the has-mask flag is clear")
         return None
-    try:
-        packed = np.frombuffer(_MASK_CODEC.decode(mask_bytes), dtype=np.uint8)
-    except Exception as exc:  # numcodecs raises RuntimeError/ValueError variants
-        raise ChunkFormatError(f"stored mask cannot be decompressed: {exc}") from None
     n = header.size
-    # Exact length and zero pad bits keep the mask encoding unique (lossless both ways).
-    if packed.size != -(-n // 8) or (n % 8 and packed[-1] & (0xFF >> (n % 8))):
+    try:
+        packed = np.frombuffer(zstd_exact(mask_bytes, -(-n // 8), "stored mask"), dtype=np.uint8)
+    except ChunkFormatError as exc:
+        raise ChunkFormatError(f"{exc} (chunk shape {header.shape})") from None
+    # Zero pad bits keep the mask encoding unique (lossless both ways).
+    if n % 8 and packed[-1] & (0xFF >> (n % 8)):
         raise ChunkFormatError(f"stored mask does not fit chunk shape {header.shape}")
     mask = np.unpackbits(packed, count=n).view(bool).reshape(header.shape)
     if mask.all() or not mask.any():

@@ -107,7 +107,7 @@ from zarr.core.common import parse_named_configuration
 
 from vcinr_sci.artifact import ModelArtifact
 from vcinr_sci.bounded import BoundError, ErrorBound, apply_residual, encode_residual, inr_scale
-from vcinr_sci.chunk import ChunkFormatError, ChunkHeader, decode_container, encode_container
+from vcinr_sci.chunk import ChunkFormatError, ChunkHeader, decode_container, encode_container, zstd_exact
 from vcinr_sci.data import item_means
 from vcinr_sci.grids import grid_from_dict
 from vcinr_sci.models import (  # noqa: F401  (re-exported: the codec's model API)
@@ -292,18 +292,27 @@ class ChunkLatents:
         items[self.active] = model.evaluate(self.active, self.phi) + self.offsets[:, None]
         return model.to_fields(items).reshape(self.header.shape)
 
-    def masked_values(self, fill_value: float | None) -> np.ndarray:
+    def masked_values(self, fill_value: float | None, dtype: Any = np.float64) -> np.ndarray:
         """Values of the masked points as stored (NaN or the fill value), ``(shape)``."""
         default = math.nan if fill_value is None or math.isnan(fill_value) else fill_value
-        out = np.full(self.header.shape, default, dtype=np.float64)
+        with np.errstate(over="ignore"):  # float16 saturates to inf, as any cast would
+            out = np.full(self.header.shape, default, dtype=dtype)
         if self.other is not None:
             out[self.other] = math.nan
         return out
 
 
-def decode_latents(buf: Any, hints: Sequence[str | os.PathLike | None] = ()) -> ChunkLatents:
-    """Parse and check a container and decode its latents (no INR evaluation)."""
-    header, mask, payload, residual = decode_container(buf)
+def decode_latents(
+    buf: Any,
+    hints: Sequence[str | os.PathLike | None] = (),
+    expected_shape: tuple[int, ...] | None = None,
+    expected_nbytes: int | None = None,
+) -> ChunkLatents:
+    """Parse and check a container and decode its latents (no INR evaluation). The
+    header's claimed size is checked against ``expected_shape`` (the array's chunk
+    shape) or ``expected_nbytes`` (the output buffer) when known, else a cap, before
+    anything of that size is allocated (see :func:`vcinr_sci.chunk.check_claimed_size`)."""
+    header, mask, payload, residual = decode_container(buf, expected_shape, expected_nbytes)
     check_dtype(header.dtype)
     if not _HEX64.fullmatch(header.model_hash):
         raise ChunkFormatError("chunk header holds no full model hash")
@@ -324,14 +333,9 @@ def decode_latents(buf: Any, hints: Sequence[str | os.PathLike | None] = ()) -> 
                 raise ChunkFormatError("payload announces a NaN mask but the chunk has no masked points")
             (length,) = _U32.unpack_from(payload, pos)
             pos += _U32.size
-            try:
-                packed = np.frombuffer(_MASK_CODEC.decode(payload[pos : pos + length]), np.uint8)
-            except Exception as e:
-                raise ChunkFormatError(f"stored NaN mask cannot be decompressed: {e}") from None
-            pos += length
             n = int(mask.sum())
-            if packed.size != -(-n // 8):
-                raise ChunkFormatError("stored NaN mask does not fit the chunk's mask")
+            packed = np.frombuffer(zstd_exact(payload[pos : pos + length], -(-n // 8), "stored NaN mask"), np.uint8)
+            pos += length
             other = np.zeros(header.shape, bool)
             other[mask] = np.unpackbits(packed, count=n).view(bool)
     fields_shape = (header.num_items, *model.grid.shape)
@@ -366,13 +370,18 @@ def decode_latents(buf: Any, hints: Sequence[str | os.PathLike | None] = ()) -> 
 
 
 def decode_chunk(
-    buf: Any, hints: Sequence[str | os.PathLike | None] = (), fill_value: float | None = None
+    buf: Any,
+    hints: Sequence[str | os.PathLike | None] = (),
+    fill_value: float | None = None,
+    expected_shape: tuple[int, ...] | None = None,
+    expected_nbytes: int | None = None,
 ) -> np.ndarray:
-    """The chunk coded in ``buf``, in its original shape and dtype."""
-    lat = decode_latents(buf, hints)
+    """The chunk coded in ``buf``, in its original shape and dtype (for the size checks
+    see :func:`decode_latents`)."""
+    lat = decode_latents(buf, hints, expected_shape, expected_nbytes)
     header, model = lat.header, lat.model
     if lat.mask is not None and lat.mask.all():
-        return lat.masked_values(fill_value).astype(header.dtype)
+        return lat.masked_values(fill_value, header.dtype)
     values = model.artifact.normaliser.denormalise(lat.inr_normalised().astype(np.float64))
     if lat.residual is not None:  # corrected in the chunk's dtype; widening back is exact
         kept = np.ones(header.shape, bool) if lat.mask is None else ~lat.mask
@@ -530,9 +539,12 @@ class VCINRCodec(Codec):
         steps = self.inner_steps if self.inner_steps is not None else default_inner_steps(loaded.artifact, self.quality)
         return encode_chunk(x, loaded, self.quality, steps, self._fill, self._bound)
 
-    def decode_array(self, buf: Any) -> np.ndarray:
-        """Decode container bytes to the array they hold."""
-        return decode_chunk(_as_bytes(buf), [self.model_path], self._fill)
+    def decode_array(
+        self, buf: Any, expected_shape: tuple[int, ...] | None = None, expected_nbytes: int | None = None
+    ) -> np.ndarray:
+        """Decode container bytes to the array they hold (a header claiming another size
+        than ``expected_shape`` / ``expected_nbytes``, when given, is refused unread)."""
+        return decode_chunk(_as_bytes(buf), [self.model_path], self._fill, expected_shape, expected_nbytes)
 
     def encode(self, buf: Any) -> bytes:
         arr = ensure_ndarray_like(buf)
@@ -544,7 +556,8 @@ class VCINRCodec(Codec):
         return self.encode_array(np.asarray(arr))
 
     def decode(self, buf: Any, out: Any = None) -> np.ndarray:
-        arr = self.decode_array(buf)
+        nbytes = None if out is None else ensure_ndarray_like(out).nbytes
+        arr = self.decode_array(buf, expected_nbytes=nbytes)
         if out is not None:
             dst = ensure_ndarray_like(out)
             if dst.nbytes != arr.nbytes:
@@ -627,7 +640,7 @@ class VCINRZarrCodec(ArrayBytesCodec):
         return chunk_spec.prototype.buffer.from_bytes(data)
 
     def _decode_sync(self, chunk_bytes: Any, chunk_spec: Any) -> Any:
-        arr = self.codec.decode_array(chunk_bytes.as_numpy_array())
+        arr = self.codec.decode_array(chunk_bytes.as_numpy_array(), expected_shape=tuple(chunk_spec.shape))
         expected = chunk_spec.dtype.to_native_dtype()
         if tuple(arr.shape) != tuple(chunk_spec.shape) or arr.dtype != expected:
             raise ChunkFormatError(
