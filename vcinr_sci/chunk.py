@@ -68,7 +68,7 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 from numcodecs import Zstd
@@ -287,9 +287,11 @@ def decode_container(
     buf: bytes | bytearray | memoryview | np.ndarray,
     expected_shape: tuple[int, ...] | None = None,
     expected_nbytes: int | None = None,
+    check_header: Callable[[ChunkHeader], None] | None = None,
 ) -> Container:
     """Parse and verify bytes written by :func:`encode_container`; the header's claimed
-    size is checked (see :func:`check_claimed_size`) before the mask is built."""
+    size is checked (see :func:`check_claimed_size`), and ``check_header`` (the caller's
+    own checks, which raise to refuse) called, before the mask is built."""
     data = _byte_view(buf)
     head = bytes(data[: len(MAGIC)])
     if head != MAGIC[: len(head)]:
@@ -343,6 +345,8 @@ def decode_container(
     if header.dtype != dtype:
         raise ChunkFormatError(f"header dtype {dtype!r} is not a canonical numpy dtype str")
     check_claimed_size(header, expected_shape, expected_nbytes)
+    if check_header is not None:
+        check_header(header)
     return Container(header, _decode_mask(header, bytes(mask_bytes)), payload, residual)
 
 

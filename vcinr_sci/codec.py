@@ -312,15 +312,23 @@ def decode_latents(
     header's claimed size is checked against ``expected_shape`` (the array's chunk
     shape) or ``expected_nbytes`` (the output buffer) when known, else a cap, before
     anything of that size is allocated (see :func:`vcinr_sci.chunk.check_claimed_size`)."""
-    header, mask, payload, residual = decode_container(buf, expected_shape, expected_nbytes)
-    check_dtype(header.dtype)
-    if not _HEX64.fullmatch(header.model_hash):
-        raise ChunkFormatError("chunk header holds no full model hash")
-    model = get_model(header.model_hash, hints)
-    try:
-        check_chunk_shape(header.shape, model.grid.shape)
-    except CodecError as e:
-        raise ChunkFormatError(f"chunk header shape: {e}") from None
+    found: list[LoadedModel] = []
+
+    def check_header(header: ChunkHeader) -> None:  # before the container builds the mask
+        check_dtype(header.dtype)
+        if not _HEX64.fullmatch(header.model_hash):
+            raise ChunkFormatError("chunk header holds no full model hash")
+        model = get_model(header.model_hash, hints)
+        try:
+            check_chunk_shape(header.shape, model.grid.shape)
+        except CodecError as e:
+            raise ChunkFormatError(f"chunk header shape: {e}") from None
+        if header.num_items != math.prod(header.shape[: len(header.shape) - len(model.grid.shape)]):
+            raise ChunkFormatError(f"chunk header: {header.num_items} fields in a chunk of shape {header.shape}")
+        found.append(model)
+
+    header, mask, payload, residual = decode_container(buf, expected_shape, expected_nbytes, check_header)
+    (model,) = found
     other = None
     pos = 0
     if payload:
