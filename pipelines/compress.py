@@ -251,6 +251,7 @@ def _finalise(cfg: Config, store: Path, loaded, variables: list[str], quality: s
     import zarr
 
     from vcinr_sci.accessor import coded_variable_attrs, error_figures
+    from vcinr_sci.integrity import record_digests
     from vcinr_sci.store import chunk_bytes_stored, consolidate
 
     art = loaded.artifact
@@ -275,6 +276,7 @@ def _finalise(cfg: Config, store: Path, loaded, variables: list[str], quality: s
             chunk_bytes_stored(arr), report,
         )
         arr.attrs.update(attrs)
+    record_digests(store)  # SHA-256 of every chunk, for `vcinr verify`
     group.attrs[COMPLETE_ATTR] = True
     consolidate(store, zarr_format=cfg.compress.zarr_format)
     shutil.rmtree(progress_dir(store), ignore_errors=True)

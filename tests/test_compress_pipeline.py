@@ -90,6 +90,10 @@ def test_resume_after_interruption(ray_session, job, tmp_path, monkeypatch):
     assert attrs["vcinr_max_abs_error"] == pytest.approx(metrics.max_abs_error(ref.values, back.values), rel=1e-5)
     assert "forecast_period" in back.coords and np.array_equal(back.forecast_period.values, ref.forecast_period.values)
     assert store_info(store)["embedded_models"] == [first.model_hash]
+    from vcinr_sci.integrity import verify_digests
+
+    digests = verify_digests(store)  # the finished store records every chunk's SHA-256
+    assert digests.ok and digests.checked >= 5
 
     again = compress(cfg, model, quiet=True)
     assert again.complete and again.written == 0

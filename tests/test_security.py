@@ -310,3 +310,38 @@ def test_malformed_dtype_string_refused(model, ds, text):
         decode_container(crafted)
     with pytest.raises(ChunkFormatError, match="dtype"):
         codec.decode(crafted)
+
+
+# --- integrity against tampering ----------------------------------------------------
+
+
+def test_digests_name_a_forged_chunk(model, ds, tmp_path, capsys):
+    """A forged chunk with valid CRCs decodes silently to other values; the SHA-256
+    digests recorded at write time name it, and a record rewritten by the forger is
+    caught by the root digest kept apart from the store."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    from vcinr_sci.cli import main
+    from vcinr_sci.codec import codec_of
+    from vcinr_sci.integrity import record_digests, verify_digests
+
+    store, expected = _write(model, ds, tmp_path / "s.zarr")  # 2 chunks of 4 fields
+    first = verify_digests(store)
+    assert first.ok and first.checked >= 2
+    arr = zarr.open_group(store, mode="r+")["air_temperature"]
+    forged = codec_of(arr).encode_array(np.ascontiguousarray(expected[4:8][::-1]))
+    key = arr.metadata.encode_chunk_key((1, 0, 0))
+    sync((arr.store_path / key).set(default_buffer_prototype().buffer.from_bytes(forged)))
+    decoded = open_zarr(store).air_temperature.values  # no error: CRCs cannot tell
+    np.testing.assert_array_equal(decoded[:4], expected[:4])
+    assert not np.allclose(decoded[4:], expected[4:])
+
+    report = verify_digests(store)
+    assert not report.ok and report.mismatched == {"air_temperature": [(1, 0, 0)]}
+    assert main(["verify", str(store)]) == 1
+    assert "air_temperature: 1 chunk(s) differ from the record: (1, 0, 0)" in capsys.readouterr().out
+    record_digests(store)  # the forger rewrites the record too
+    assert verify_digests(store).ok
+    assert not verify_digests(store, expected_root=first.root).ok
+    assert main(["verify", str(store), "--expect", first.root]) == 1

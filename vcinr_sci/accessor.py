@@ -42,6 +42,7 @@ from vcinr_sci.codec import (
     resolve_model,
 )
 from vcinr_sci.grids import RegularGrid, SphericalGrid
+from vcinr_sci.integrity import record_digests
 from vcinr_sci.store import (
     MODELS_GROUP,
     chunk_bytes_stored,
@@ -356,6 +357,7 @@ class VCINRDatasetAccessor:
             if store_model:
                 embed_model(group, art)
             self._record(target, group, prepared, loaded, quality, steps, measure, bound)
+            record_digests(target)  # SHA-256 of every chunk, for `vcinr verify`
             consolidate(target, zarr_format=zarr_format)
             if local:
                 if final.exists():
