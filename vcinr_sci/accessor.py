@@ -17,13 +17,14 @@ CF-1.12 section 8.4 describes lossy compression only by quantisation algorithms 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import Any, Hashable, Iterator, Sequence
 
 import dask
 import numpy as np
@@ -263,12 +264,19 @@ def coded_variable_attrs(
     return attrs
 
 
-def _write(ds: xr.Dataset, target: Any, encoding: dict, zarr_format: int, kwargs: dict[str, Any]) -> None:
-    """``ds.to_zarr`` with dask's threads in a pool of our own that is shut down, waiting,
-    before this returns or raises: when one chunk fails (inf found while encoding), dask
-    raises at once while chunks already handed to other threads are still being written,
-    and those would recreate the temporary store after it was removed."""
+@contextlib.contextmanager
+def joined_dask_pool() -> Iterator[None]:
+    """dask's threads in a pool of our own that is shut down, waiting, before the block
+    is left: when one chunk fails (inf found while encoding, a corrupt chunk while
+    decoding), dask raises at once while chunks already handed to other threads are
+    still being written, and those would recreate a temporary output after it was removed."""
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, dask.config.set(pool=pool):
+        yield
+
+
+def _write(ds: xr.Dataset, target: Any, encoding: dict, zarr_format: int, kwargs: dict[str, Any]) -> None:
+    """``ds.to_zarr`` in a :func:`joined_dask_pool`."""
+    with joined_dask_pool():
         ds.to_zarr(target, mode="w", encoding=encoding, zarr_format=zarr_format, **kwargs)
 
 
