@@ -292,3 +292,30 @@ def test_integer_variables_are_named_with_their_dtype(model, ds, tmp_path):
     ints = ds.fillna(0).astype("int16")
     with pytest.raises(CodecError, match=r"'air_temperature' \(int16\) do, but vcinr codes float16, float32 or float64"):
         ints.vcinr.to_zarr(tmp_path / "ints.zarr", model=model, quality=QUALITY)
+
+
+def test_moved_store_points_to_open_zarr(model, ds, tmp_path):
+    """Plain xarray on a store moved away from where its codec config says its model
+    lies: the error says how to read it (open_zarr finds the model inside)."""
+    from vcinr_sci.artifact import ArtifactError
+    from vcinr_sci.models import clear_model_cache
+
+    out = ds.vcinr.to_zarr(tmp_path / "here.zarr", model=model, quality=QUALITY, store_model=True, measure=False)
+    moved = tmp_path / "there.zarr"
+    out.rename(moved)
+    clear_model_cache(search_paths=True)
+    with pytest.raises(ArtifactError, match=r"no longer there: if the store was moved.*vcinr_sci\.accessor\.open_zarr"):
+        xr.open_zarr(moved).air_temperature.values
+    assert np.isfinite(open_zarr(moved).air_temperature.values).any()
+
+
+def test_lookup_errors_tell_hashes_apart(model, tmp_path):
+    """A model sharing the first 16 hex digits with the one asked for is named in full."""
+    from vcinr_sci.artifact import ArtifactError, load_artifact
+    from vcinr_sci.models import get_model
+
+    present = load_artifact(model).hash
+    missing = present[:16] + ("0" if present[16] != "0" else "1") + present[17:]
+    with pytest.raises(ArtifactError) as err:
+        get_model(missing, [model])
+    assert f"model {missing} not found" in str(err.value) and f"holds model {present}" in str(err.value)

@@ -221,7 +221,8 @@ def item_means(values: np.ndarray) -> np.ndarray:
     if np.abs(means).max(initial=0.0) > np.finfo(np.float16).max:
         raise ValueError(
             f"an item's mean is {np.abs(means).max():.3g} in normalised units, beyond float16: "
-            "the normalisation maps this data far outside [0, 1]"
+            "the normalisation maps this data far outside [0, 1]; it may hold an undeclared fill value "
+            "(such as 1e20 or -9999): declare it (_FillValue or missing_value) or set it to NaN"
         )
     return means.astype(np.float16).astype(np.float32)
 
