@@ -274,7 +274,9 @@ def _json_labels(values: np.ndarray) -> list[Any]:
         return [int(v) for v in values]
     if values.dtype.kind == "f":
         return [float(v) for v in values]
-    return [str(v) for v in values]  # strings, cftime dates
+    if values.dtype == object and all(hasattr(v, "isoformat") for v in values):  # cftime dates
+        return [v.isoformat().removesuffix("T00:00:00") for v in values]
+    return [str(v) for v in values]
 
 
 def make_split(source: FieldSource, cfg: DataConfig) -> DataSplit:
