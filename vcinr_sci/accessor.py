@@ -34,7 +34,6 @@ import zarr
 
 from vcinr_sci.artifact import HASH_PREFIX_LEN
 from vcinr_sci.bounded import ErrorBound
-from vcinr_sci.data import Normaliser
 from vcinr_sci.codec import (
     CodecError,
     LoadedModel,
@@ -44,6 +43,7 @@ from vcinr_sci.codec import (
     default_inner_steps,
     resolve_model,
 )
+from vcinr_sci.data import Normaliser
 from vcinr_sci.grids import RegularGrid, SphericalGrid
 from vcinr_sci.store import (
     MODELS_GROUP,
@@ -162,8 +162,9 @@ def mask_declared_fill(da: xr.DataArray) -> xr.DataArray:
 
 
 def far_outside_range(da: xr.DataArray, normaliser: Normaliser) -> dict[str, Any]:
-    """Lazy counts of the finite values more than :data:`FAR_OUTSIDE_RANGES`
-    normalisation ranges outside ``normaliser``'s [lo, hi], and the most extreme one."""
+    """Lazy count of the values more than :data:`FAR_OUTSIDE_RANGES` normalisation
+    ranges outside ``normaliser``'s [lo, hi], of the valid values, and the least and
+    greatest of those far values."""
     margin = FAR_OUTSIDE_RANGES * (normaliser.hi - normaliser.lo)
     far = (da < normaliser.lo - margin) | (da > normaliser.hi + margin)
     return {"far": far.sum(), "valid": da.notnull().sum(), "min": da.where(far).min(), "max": da.where(far).max()}

@@ -243,7 +243,7 @@ class DataSplit:
 
     def to_dict(self) -> dict[str, Any]:
         out = {"dim": self.dim, "positions": self.positions}
-        return out | {"coords": self.coords} if self.coords else out
+        return (out | {"coords": self.coords}) if self.coords else out
 
     def matches(self, recorded: dict[str, Any]) -> bool:
         """Whether ``recorded`` (a :meth:`to_dict` stored with a model) is this split;
