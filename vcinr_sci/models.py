@@ -249,7 +249,7 @@ def get_model(model_hash: str, hints: Sequence[str | os.PathLike | None] = ()) -
             return loaded
         artifact = load_artifact(resolve_model_path(model_hash, hints), model_hash)
         if artifact.hash != model_hash:  # load_artifact accepts prefixes
-            raise ArtifactError(f"model {artifact.hash[:16]} found where {model_hash[:16]} was asked for")
+            raise ArtifactError(f"model {artifact.hash} found where {model_hash} was asked for")
         _STATS["loads"] += 1
         loaded = _MODELS[model_hash] = _prepare(artifact)
         return loaded
@@ -303,12 +303,27 @@ def resolve_model_path(model_hash: str, hints: Sequence[str | os.PathLike | None
             except (OSError, json.JSONDecodeError):
                 found = "(unreadable)"
             if not found.startswith(model_hash):
-                refused.append(f"{root} holds model {found[:16]}")
+                refused.append(f"{root} holds model {found}")
     try:
         return find_artifact(model_hash, roots)
     except ArtifactError as e:
         detail = f"; refused (hash differs): {refused}" if refused else ""
-        raise ArtifactError(f"{e}{detail}") from None
+        raise ArtifactError(f"{e}{detail}{_moved_store_hint(hints)}") from None
+
+
+def _moved_store_hint(hints: Sequence[str | os.PathLike | None]) -> str:
+    """How to read a store whose codec config names a model stored inside it, at a
+    place where the store no longer is (moved or copied since)."""
+    from vcinr_sci.store import MODELS_GROUP
+
+    gone = [str(h) for h in hints if h and MODELS_GROUP in Path(str(h)).parts and not Path(str(h)).exists()]
+    if not gone:
+        return ""
+    return (
+        f". The data was written with its model inside the store, at {gone[0]}, which is no longer there: "
+        "if the store was moved or copied, open it with vcinr_sci.accessor.open_zarr(store), "
+        "which finds the model stored inside it"
+    )
 
 
 def _fetch_remote(uri: str, model_hash: str) -> Path | None:

@@ -91,7 +91,7 @@ def format_info(info: dict[str, Any]) -> str:
             if figures:
                 lines.append(f"  measured at compression: {figures}")
     models = info["embedded_models"]
-    listed = ", ".join(m[:16] for m in models) if models else "none"
+    listed = ", ".join(models) if models else "none"
     lines.append(f"models stored in the store ({MODELS_GROUP}): {listed}")
     return "\n".join(lines)
 
