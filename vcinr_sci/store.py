@@ -11,6 +11,8 @@ Being plain Zarr, it travels with the store and upsets no Zarr tool.
 into the cache folder (``$VCINR_CACHE_DIR``), where loading verifies their hash; the
 codec also does so by itself when its ``model_path`` names such a subgroup of a local
 store, so ``xarray.open_zarr`` alone decodes a local store written with the model.
+Embedding and extracting models work with zarr 2.18 too (format-2 stores);
+:func:`read_chunk` and :func:`chunk_bytes_stored` need zarr 3.
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 
 from vcinr_sci.artifact import HASH_PREFIX_LEN, MANIFEST, WEIGHTS, ModelArtifact, default_cache_dir, save_artifact
+from vcinr_sci.zarr_compat import ZARR3
 
 MODELS_GROUP = "_vcinr_models"
 HASH_ATTR = "vcinr_model_hash"
@@ -46,7 +47,8 @@ def embed_model(group: zarr.Group, artifact: ModelArtifact) -> str:
     sub.attrs[HASH_ATTR] = artifact.hash
     for name, filename in _FILES.items():
         data = np.frombuffer((Path(artifact.path) / filename).read_bytes(), np.uint8)
-        arr = sub.create_array(name, shape=data.shape, dtype=np.uint8, chunks=(max(1, data.size),), overwrite=True)
+        create = sub.create_array if ZARR3 else sub.create_dataset  # zarr 2's name for it
+        arr = create(name, shape=data.shape, dtype=np.uint8, chunks=(max(1, data.size),), overwrite=True)
         arr[:] = data
     return f"{MODELS_GROUP}/{artifact.hash[:HASH_PREFIX_LEN]}"
 
@@ -118,14 +120,18 @@ def consolidate(store: Any, zarr_format: int) -> None:
 
 
 def read_chunk(array: zarr.Array, chunk_coords: tuple[int, ...]) -> bytes | None:
-    """The stored bytes of one chunk (None if the chunk was never written)."""
+    """The stored bytes of one chunk (None if the chunk was never written). Needs zarr 3."""
+    from zarr.core.buffer import default_buffer_prototype  # zarr 3 only, unlike the rest here
+    from zarr.core.sync import sync
+
     key = array.metadata.encode_chunk_key(tuple(int(c) for c in chunk_coords))
     buf = sync((array.store_path / key).get(default_buffer_prototype()))
     return None if buf is None else buf.to_bytes()
 
 
 def chunk_bytes_stored(array: zarr.Array) -> int:
-    """Bytes of ``array``'s chunks in its store (metadata excluded)."""
+    """Bytes of ``array``'s chunks in its store (metadata excluded). Needs zarr 3."""
+    from zarr.core.sync import sync
 
     async def _total() -> int:
         store, prefix = array.store_path.store, array.store_path.path
