@@ -1,8 +1,8 @@
 """The numcodecs codec in a Zarr 2 environment (zarr 2.18, numcodecs 0.15), as benchmark
 harnesses and many archives pin it: it imports, round-trips, serves as a Zarr-2 array's
-compressor through zarr 2's own API, reads back in a fresh process found by its codec id
-(entry point), with the model given by folder or stored inside the store; the parts that
-need zarr 3 say so. Run by ``scripts/test_zarr2.sh``, which builds that environment;
+compressor through zarr 2's own API, reads back in fresh processes (zarr 2 and zarr 3)
+found by its codec id (entry point), with the model given by folder or stored inside the
+store; the parts that need zarr 3 say so. Run by ``scripts/test_zarr2.sh``, which builds that environment;
 skipped under zarr 3."""
 
 from __future__ import annotations
@@ -84,10 +84,10 @@ def test_zarr2_array_compressor(artifact_path, data, tmp_path):
 
 
 def test_fresh_process_finds_codec_and_model(artifact_path, data, tmp_path):
-    """A new process that imports nothing of vcinr_sci reads both arrays with zarr 2: the
-    entry point finds the codec by id, the model comes from its folder, or, for the
-    second array (another model), only from the copy stored inside the store, made with
-    zarr 2 (the process's cache starts empty)."""
+    """A store written here with zarr 2 is read in new processes that import nothing of
+    vcinr_sci, with zarr 2 and with .venv's zarr 3: the entry point finds the codec by
+    id, the model comes from its folder, or, for the second array (another model), only
+    from the copy stored inside the store by zarr 2 (each process's cache starts empty)."""
     stored = load_artifact(other_artifact())
     root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
     embed_model(root, stored)
@@ -98,21 +98,23 @@ def test_fresh_process_finds_codec_and_model(artifact_path, data, tmp_path):
         a = root.create_dataset(name, shape=(6, 37, 49), chunks=(3, 37, 49), dtype="f4", compressor=codec)
         a[:] = data[:6]
         expected[name] = a[:]
-    script = textwrap.dedent(
-        f"""
-        import sys, numpy as np, zarr
-        assert "vcinr_sci" not in sys.modules and zarr.__version__.startswith("2.")
-        root = zarr.open_group(r"{tmp_path}/s.zarr", mode="r")
-        for name in ("by_folder", "embedded"):
-            np.save(r"{tmp_path}/%s.npy" % name, root[name][:])
-        """
-    )
-    path = os.pathsep.join([str(Path(zarr.__file__).parents[1]), str(REPO)])  # this zarr 2 and this checkout
-    env = {"PYTHONPATH": path, "VCINR_CACHE_DIR": str(tmp_path / "cache2"), "PATH": "/usr/bin:/bin", "VCINR_DEVICE": "cpu"}
-    subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=tmp_path, timeout=120)
-    for name in expected:
-        np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), expected[name], rtol=0, atol=1e-4)
-    assert any((tmp_path / "cache2").iterdir())  # the stored copy was taken into the empty cache
+    zarr2_dir = str(Path(zarr.__file__).parents[1])  # where this zarr 2 is installed, shadowing zarr 3
+    for major, path in (("2", [zarr2_dir, str(REPO)]), ("3", [str(REPO)])):
+        script = textwrap.dedent(
+            f"""
+            import sys, numpy as np, zarr
+            assert "vcinr_sci" not in sys.modules and zarr.__version__.startswith("{major}.")
+            root = zarr.open_group(r"{tmp_path}/s.zarr", mode="r")
+            for name in ("by_folder", "embedded"):
+                np.save(r"{tmp_path}/%s-{major}.npy" % name, root[name][:])
+            """
+        )
+        cache = tmp_path / f"cache-{major}"
+        env = {"PYTHONPATH": os.pathsep.join(path), "VCINR_CACHE_DIR": str(cache), "PATH": "/usr/bin:/bin", "VCINR_DEVICE": "cpu"}
+        subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=tmp_path, timeout=120)
+        for name in expected:
+            np.testing.assert_allclose(np.load(tmp_path / f"{name}-{major}.npy"), expected[name], rtol=0, atol=1e-4)
+        assert any(cache.iterdir())  # the stored copy was taken into the empty cache
 
 
 def test_zarr3_parts_say_so():
