@@ -11,8 +11,6 @@ Being plain Zarr, it travels with the store and upsets no Zarr tool.
 into the cache folder (``$VCINR_CACHE_DIR``), where loading verifies their hash; the
 codec also does so by itself when its ``model_path`` names such a subgroup of a local
 store, so ``xarray.open_zarr`` alone decodes a local store written with the model.
-Embedding and extracting models work with zarr 2.18 too (format-2 stores);
-:func:`read_chunk` and :func:`chunk_bytes_stored` need zarr 3.
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ import numpy as np
 import zarr
 
 from vcinr_sci.artifact import HASH_PREFIX_LEN, MANIFEST, WEIGHTS, ModelArtifact, default_cache_dir, save_artifact
-from vcinr_sci.zarr_compat import ZARR3
 
 MODELS_GROUP = "_vcinr_models"
 HASH_ATTR = "vcinr_model_hash"
@@ -45,9 +42,9 @@ def embed_model(group: zarr.Group, artifact: ModelArtifact) -> str:
         save_artifact(artifact, tempfile.mkdtemp(prefix="vcinr-embed-"))
     sub = group.require_group(MODELS_GROUP).require_group(artifact.hash[:HASH_PREFIX_LEN])
     sub.attrs[HASH_ATTR] = artifact.hash
+    create = getattr(sub, "create_array", None) or sub.create_dataset  # zarr 2 names it create_dataset
     for name, filename in _FILES.items():
         data = np.frombuffer((Path(artifact.path) / filename).read_bytes(), np.uint8)
-        create = sub.create_array if ZARR3 else sub.create_dataset  # zarr 2's name for it
         arr = create(name, shape=data.shape, dtype=np.uint8, chunks=(max(1, data.size),), overwrite=True)
         arr[:] = data
     return f"{MODELS_GROUP}/{artifact.hash[:HASH_PREFIX_LEN]}"
