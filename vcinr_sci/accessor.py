@@ -38,11 +38,11 @@ from vcinr_sci.codec import (
     CodecError,
     LoadedModel,
     VCINRCodec,
-    VCINRZarrCodec,
     check_dtype,
     default_inner_steps,
     resolve_model,
 )
+from vcinr_sci.codec_zarr3 import VCINRZarrCodec  # needs zarr 3, as does xarray's Zarr backend
 from vcinr_sci.data import Normaliser
 from vcinr_sci.grids import RegularGrid, SphericalGrid
 from vcinr_sci.store import (

@@ -22,8 +22,6 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 
 from vcinr_sci.artifact import HASH_PREFIX_LEN, MANIFEST, WEIGHTS, ModelArtifact, default_cache_dir, save_artifact
 
@@ -44,9 +42,10 @@ def embed_model(group: zarr.Group, artifact: ModelArtifact) -> str:
         save_artifact(artifact, tempfile.mkdtemp(prefix="vcinr-embed-"))
     sub = group.require_group(MODELS_GROUP).require_group(artifact.hash[:HASH_PREFIX_LEN])
     sub.attrs[HASH_ATTR] = artifact.hash
+    create = getattr(sub, "create_array", None) or sub.create_dataset  # zarr 2 names it create_dataset
     for name, filename in _FILES.items():
         data = np.frombuffer((Path(artifact.path) / filename).read_bytes(), np.uint8)
-        arr = sub.create_array(name, shape=data.shape, dtype=np.uint8, chunks=(max(1, data.size),), overwrite=True)
+        arr = create(name, shape=data.shape, dtype=np.uint8, chunks=(max(1, data.size),), overwrite=True)
         arr[:] = data
     return f"{MODELS_GROUP}/{artifact.hash[:HASH_PREFIX_LEN]}"
 
@@ -118,14 +117,18 @@ def consolidate(store: Any, zarr_format: int) -> None:
 
 
 def read_chunk(array: zarr.Array, chunk_coords: tuple[int, ...]) -> bytes | None:
-    """The stored bytes of one chunk (None if the chunk was never written)."""
+    """The stored bytes of one chunk (None if the chunk was never written). Needs zarr 3."""
+    from zarr.core.buffer import default_buffer_prototype  # zarr 3 only, unlike the rest here
+    from zarr.core.sync import sync
+
     key = array.metadata.encode_chunk_key(tuple(int(c) for c in chunk_coords))
     buf = sync((array.store_path / key).get(default_buffer_prototype()))
     return None if buf is None else buf.to_bytes()
 
 
 def chunk_bytes_stored(array: zarr.Array) -> int:
-    """Bytes of ``array``'s chunks in its store (metadata excluded)."""
+    """Bytes of ``array``'s chunks in its store (metadata excluded). Needs zarr 3."""
+    from zarr.core.sync import sync
 
     async def _total() -> int:
         store, prefix = array.store_path.store, array.store_path.path
