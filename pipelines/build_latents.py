@@ -164,7 +164,7 @@ def build(cfg: Config, model: str | None = None, quiet: bool = False) -> BuildSu
     from vcinr_sci.data import load_dataset
 
     data = load_dataset(artifact.config.data, artifact.normaliser)
-    if data.split.to_dict() != artifact.split:
+    if not data.split.matches(artifact.split):
         raise ArtifactError(f"the data split of {path} no longer matches its data (files changed?)")
     root = latents_dir(lc.output_dir, artifact, lc.inner_steps)
     num_patches = Patcher(data.grid.shape, tuple(data.cfg.patch_shape)).num_patches if data.cfg.patch_shape else 1

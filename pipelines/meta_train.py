@@ -165,6 +165,7 @@ def write_artifact(cfg: Config, state_dict: dict) -> Path:
     metrics = {"test_psnr": test.psnr, "test_items": test.items, "inner_steps": cfg.meta.eval_inner_steps}
     artifact = ModelArtifact(model, cfg, data.grid, data.normaliser, data.split.to_dict(), metrics)
     path = save_artifact(artifact, cfg.train.artifact_dir)
+    print(f"data split along {data.split.describe()}")
     print(f"held-out test PSNR {test.psnr:.2f} dB over {test.items} items ({cfg.meta.eval_inner_steps} inner steps)")
     print(f"model artifact {artifact.hash[:16]} -> {path}")
     return path

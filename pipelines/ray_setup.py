@@ -22,7 +22,9 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         ray.init(log_to_driver=True, logging_config=logging_config)
         return
     ray.init(
-        address="local",  # never attach to some other `ray start` cluster by accident
+        # A new instance every time: never a `ray start` cluster, nor the Ray processes a
+        # killed run left behind (`ray stop` removes those; see the README).
+        address="local",
         num_cpus=max(num_cpus or 0, os.cpu_count() or 1),
         include_dashboard=False,
         configure_logging=True,

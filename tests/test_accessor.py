@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -256,3 +257,65 @@ def test_plain_xarray_encoding(model, ds, tmp_path):
         ok = np.isfinite(ds.air_temperature.values)
         np.testing.assert_array_equal(np.isnan(back), ~ok)
         assert metrics.rmse(ds.air_temperature.values[ok], back[ok]) < 5.0
+
+
+@pytest.mark.parametrize("where,key", [("attrs", "_FillValue"), ("attrs", "missing_value"), ("encoding", "_FillValue")])
+def test_declared_fill_values_come_back_missing(model, ds, tmp_path, where, key):
+    """A source declaring its fill value (CF attribute, or encoding as xarray keeps it)
+    is written: those points come back NaN, and nothing warns about them."""
+    filled = ds.copy(deep=True)
+    da = filled["air_temperature"]
+    fill = np.isnan(da.values)
+    fill[3, 5:9, 10:20] = True
+    da.values[fill] = -9999.0
+    getattr(da, where)[key] = np.float32(-9999.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = filled.vcinr.to_zarr(tmp_path / "fill.zarr", model=model, quality=QUALITY, chunks={"time": 10})
+    assert not [w for w in caught if "far outside" in str(w.message)]
+    back = open_zarr(out).air_temperature
+    np.testing.assert_array_equal(np.isnan(back.values), fill)
+    assert key not in back.attrs
+    assert back.attrs["vcinr_max_abs_error"] < 100.0  # measured at the real points only
+
+
+def test_undeclared_fill_value_warns(model, ds, tmp_path):
+    filled = ds.copy(deep=True)
+    filled["air_temperature"][3, 5:9, 10:20] = -9999.0
+    with pytest.warns(UserWarning, match=r"'air_temperature': 40 of [\d,]+ values \(0\.\d+%\) lie far outside") as w:
+        filled.vcinr.to_zarr(tmp_path / "undeclared.zarr", model=model, quality=QUALITY, chunks={"time": 10}, measure=False)
+    (message,) = [str(x.message) for x in w if "far outside" in str(x.message)]
+    assert "most extreme -9999" in message and "_FillValue" in message
+
+
+def test_integer_variables_are_named_with_their_dtype(model, ds, tmp_path):
+    ints = ds.fillna(0).astype("int16")
+    with pytest.raises(CodecError, match=r"'air_temperature' \(int16\) do, but vcinr codes float16, float32 or float64"):
+        ints.vcinr.to_zarr(tmp_path / "ints.zarr", model=model, quality=QUALITY)
+
+
+def test_moved_store_points_to_open_zarr(model, ds, tmp_path):
+    """Plain xarray on a store moved away from where its codec config says its model
+    lies: the error says how to read it (open_zarr finds the model inside)."""
+    from vcinr_sci.artifact import ArtifactError
+    from vcinr_sci.models import clear_model_cache
+
+    out = ds.vcinr.to_zarr(tmp_path / "here.zarr", model=model, quality=QUALITY, store_model=True, measure=False)
+    moved = tmp_path / "there.zarr"
+    out.rename(moved)
+    clear_model_cache(search_paths=True)
+    with pytest.raises(ArtifactError, match=r"no longer there: if the store was moved.*vcinr_sci\.accessor\.open_zarr"):
+        xr.open_zarr(moved).air_temperature.values
+    assert np.isfinite(open_zarr(moved).air_temperature.values).any()
+
+
+def test_lookup_errors_tell_hashes_apart(model, tmp_path):
+    """A model sharing the first 16 hex digits with the one asked for is named in full."""
+    from vcinr_sci.artifact import ArtifactError, load_artifact
+    from vcinr_sci.models import get_model
+
+    present = load_artifact(model).hash
+    missing = present[:16] + ("0" if present[16] != "0" else "1") + present[17:]
+    with pytest.raises(ArtifactError) as err:
+        get_model(missing, [model])
+    assert f"model {missing} not found" in str(err.value) and f"holds model {present}" in str(err.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dask.array
@@ -221,6 +222,29 @@ def test_make_split_along_time_and_errors(runs):
         make_split(src, runs_cfg(folder, split_dim="time", val_fraction=0.5, test_fraction=0.5))
 
 
+def test_split_after_isel_records_and_prints_coordinate_values(runs):
+    """Positions count within the selection; the coordinate values say which fields."""
+    folder, _ = runs
+    cfg = runs_cfg(folder, split_dim="time", isel={"time": [1, 2, 3, 4, 5]})
+    src = FieldSource(open_variable(cfg), cfg.grid_dims)
+    split = make_split(src, cfg)
+    assert split.positions == {"train": [0, 1, 2], "val": [3], "test": [4]}
+    assert split.coords == {"train": [1, 2, 3], "val": [4], "test": [5]}
+    assert {src.key(i)["time"] for i in split.test} == {"5"}
+    assert split.to_dict()["coords"] == split.coords
+    assert split.describe() == "time: train [1, 2, 3] (3), val [4] (1), test [5] (1)"
+    # a model recorded before coordinate values were still matches; another selection does not
+    assert split.matches({"dim": "time", "positions": split.positions})
+    assert split.matches(json.loads(json.dumps(split.to_dict())))
+    shifted = make_split(FieldSource(open_variable(runs_cfg(folder, split_dim="time", isel={"time": [0, 1, 2, 3, 4]})),
+                                     cfg.grid_dims), cfg)
+    assert shifted.positions == split.positions and not shifted.matches(split.to_dict())
+    # a dim without coordinate values: positions, said to be positions
+    member = make_split(src, runs_cfg(folder))
+    assert member.coords == {} and "coords" not in member.to_dict()
+    assert member.describe().startswith("member positions: train [0, 1, 2] (3)")
+
+
 # ---------------------------------------------------------------- normalisation
 
 
@@ -318,7 +342,7 @@ def test_itemset_subtracts_item_means(masked, cache_limit_mb, patch_shape):
 
 def test_item_means_refuse_what_float16_cannot_hold():
     assert item_means(np.array([[0.25, np.nan, 0.75]]))[0] == 0.5
-    with pytest.raises(ValueError, match="beyond float16"):
+    with pytest.raises(ValueError, match="beyond float16.*may hold an undeclared fill value"):
         item_means(np.full((2, 3), 1e6))
 
 

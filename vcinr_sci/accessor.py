@@ -17,13 +17,15 @@ CF-1.12 section 8.4 describes lossy compression only by quantisation algorithms 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import uuid
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import Any, Hashable, Iterator, Sequence
 
 import dask
 import numpy as np
@@ -36,11 +38,12 @@ from vcinr_sci.codec import (
     CodecError,
     LoadedModel,
     VCINRCodec,
-    VCINRZarrCodec,
     check_dtype,
     default_inner_steps,
     resolve_model,
 )
+from vcinr_sci.codec_zarr3 import VCINRZarrCodec  # needs zarr 3, as does xarray's Zarr backend
+from vcinr_sci.data import Normaliser
 from vcinr_sci.grids import RegularGrid, SphericalGrid
 from vcinr_sci.integrity import record_digests
 from vcinr_sci.store import (
@@ -69,6 +72,10 @@ ATTRS = (
 # or "abs_and_rel" (both hold).
 BOUND_ATTRS = ("vcinr_error_bound_abs", "vcinr_error_bound_rel")
 _LAT_NAMES = {"lat", "latitude", "nav_lat", "rlat"}
+# Values more than this many normalisation ranges beyond the model's [lo, hi] are taken
+# for undeclared fill values (or data unlike the training data) and warned about.
+FAR_OUTSIDE_RANGES = 1.0
+_FILL_KEYS = ("_FillValue", "missing_value")
 _TARGET_CHUNK_BYTES = 16 * 2**20
 _MAX_FIELDS_PER_CHUNK = 64
 
@@ -134,18 +141,67 @@ def _default_chunks(da: xr.DataArray, item_dims: list[str], grid_size: int) -> d
     return chunks
 
 
+def declared_fill_values(da: xr.DataArray) -> np.ndarray:
+    """The missing-value markers ``da`` declares, in its dtype: CF ``_FillValue`` and
+    ``missing_value`` in its attributes, or in its encoding unless that packs the data
+    (then they are in packed units, and decoding has already made them NaN)."""
+    sources = [da.attrs] if {"scale_factor", "add_offset"} & set(da.encoding) else [da.attrs, da.encoding]
+    values = [v for src in sources for k in _FILL_KEYS if src.get(k) is not None for v in np.atleast_1d(src[k])]
+    fills = np.asarray(values, dtype=da.dtype)
+    return np.unique(fills[~np.isnan(fills)])
+
+
+def mask_declared_fill(da: xr.DataArray) -> xr.DataArray:
+    """``da`` with its declared missing-value markers (:func:`declared_fill_values`) as
+    NaN, vcinr's missing value, and those attributes dropped (the store declares NaN)."""
+    if da.dtype.kind != "f":
+        return da  # refused by check_dtype, whatever it declares
+    fills = declared_fill_values(da)
+    out = (da.where(~da.isin(fills)) if fills.size else da).copy(deep=False)
+    out.attrs = {k: v for k, v in da.attrs.items() if k not in _FILL_KEYS}
+    return out
+
+
+def far_outside_range(da: xr.DataArray, normaliser: Normaliser) -> dict[str, Any]:
+    """Lazy count of the values more than :data:`FAR_OUTSIDE_RANGES` normalisation
+    ranges outside ``normaliser``'s [lo, hi], of the valid values, and the least and
+    greatest of those far values."""
+    margin = FAR_OUTSIDE_RANGES * (normaliser.hi - normaliser.lo)
+    far = (da < normaliser.lo - margin) | (da > normaliser.hi + margin)
+    return {"far": far.sum(), "valid": da.notnull().sum(), "min": da.where(far).min(), "max": da.where(far).max()}
+
+
+def warn_far_outside(name: Hashable, stats: dict[str, Any], normaliser: Normaliser) -> None:
+    """Warn if :func:`far_outside_range` found values: left as data, a fill value costs
+    accuracy at the real points of its chunk too."""
+    far, valid = int(stats["far"]), int(stats["valid"])
+    if not far:
+        return
+    lo, hi = float(stats["min"]), float(stats["max"])
+    extreme = lo if normaliser.lo - lo > hi - normaliser.hi else hi
+    warnings.warn(
+        f"{name!r}: {far:,} of {valid:,} values ({far / max(1, valid):.2%}) lie far outside the model's "
+        f"normalisation range [{normaliser.lo:.6g}, {normaliser.hi:.6g}] (most extreme {extreme:.6g}); if "
+        "they mark missing data, declare them (attrs['_FillValue'] or attrs['missing_value']) or set them to "
+        "NaN, else they are coded as data and the points around them lose accuracy",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def prepare_variable(
     da: xr.DataArray, model: LoadedModel, grid_dims: Sequence[str] | None = None, chunks: dict[str, int] | None = None
 ) -> tuple[xr.DataArray, list[str]]:
     """Check ``da`` against the chunking rule and the model (dtype, grid sizes and
-    coordinates) and return it transposed to (item dims..., grid dims...), with its
-    encoding reset and the Zarr chunk shape in ``encoding["vcinr_chunks"]`` (dask
-    arrays are rechunked to it); and the grid dims."""
+    coordinates) and return it transposed to (item dims..., grid dims...), its declared
+    fill values as NaN (:func:`mask_declared_fill`), with its encoding reset and the
+    Zarr chunk shape in ``encoding["vcinr_chunks"]`` (dask arrays are rechunked to it);
+    and the grid dims."""
     dims = _grid_dims(da, model, grid_dims)
     check_dtype(da.dtype)
     check_variable_grid(da, dims, model)
     item_dims = [d for d in da.dims if d not in dims]
-    out = da.transpose(*item_dims, *dims)
+    out = mask_declared_fill(da).transpose(*item_dims, *dims)
     sizes = _default_chunks(out, item_dims, model.grid.size) | dict(chunks or {})
     unknown = set(sizes) - set(item_dims)
     if unknown:
@@ -264,12 +320,19 @@ def coded_variable_attrs(
     return attrs
 
 
-def _write(ds: xr.Dataset, target: Any, encoding: dict, zarr_format: int, kwargs: dict[str, Any]) -> None:
-    """``ds.to_zarr`` with dask's threads in a pool of our own that is shut down, waiting,
-    before this returns or raises: when one chunk fails (inf found while encoding), dask
-    raises at once while chunks already handed to other threads are still being written,
-    and those would recreate the temporary store after it was removed."""
+@contextlib.contextmanager
+def joined_dask_pool() -> Iterator[None]:
+    """dask's threads in a pool of our own that is shut down, waiting, before the block
+    is left: when one chunk fails (inf found while encoding, a corrupt chunk while
+    decoding), dask raises at once while chunks already handed to other threads are
+    still being written, and those would recreate a temporary output after it was removed."""
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, dask.config.set(pool=pool):
+        yield
+
+
+def _write(ds: xr.Dataset, target: Any, encoding: dict, zarr_format: int, kwargs: dict[str, Any]) -> None:
+    """``ds.to_zarr`` in a :func:`joined_dask_pool`."""
+    with joined_dask_pool():
         ds.to_zarr(target, mode="w", encoding=encoding, zarr_format=zarr_format, **kwargs)
 
 
@@ -305,7 +368,10 @@ class VCINRDatasetAccessor:
         along them; ``chunks`` sets its chunk sizes along the other (item) dims (default:
         the dask chunks, else up to 64 fields or 16 MB per chunk along the first item
         dim). Its CF packing encoding is dropped: it is stored in its in-memory float
-        dtype with NaN as missing value. ``store_model`` stores the model inside the
+        dtype with NaN as missing value; values it declares missing (``_FillValue`` or
+        ``missing_value`` in its attributes or encoding) become NaN, and values far
+        outside the model's normalisation range (an undeclared fill value?) are warned
+        about (:data:`FAR_OUTSIDE_RANGES`). ``store_model`` stores the model inside the
         group. ``mode``: "w-" (refuse an existing store) or "w" (replace it).
         ``measure`` decodes what was written and records the errors as attributes.
         ``max_abs_error`` (data units) and/or ``max_rel_error`` (fraction of each chunk's
@@ -348,6 +414,9 @@ class VCINRDatasetAccessor:
             out[name] = da
             encoding[name] = coded_encoding(codec, da.encoding.pop("vcinr_chunks"), zarr_format)
             prepared[name] = (da, dims)
+        (ranges,) = dask.compute({n: far_outside_range(da, art.normaliser) for n, (da, _) in prepared.items()})
+        for name, stats in ranges.items():
+            warn_far_outside(name, stats, art.normaliser)
 
         target = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}" if local else store
         try:
@@ -378,11 +447,16 @@ class VCINRDatasetAccessor:
                 raise KeyError(f"variables {missing} not in the dataset; it has {list(ds.data_vars)}")
             return names
         dims = list(grid_dims or loaded.artifact.config.data.grid_dims)
-        names = [
-            n for n, v in ds.data_vars.items() if v.dtype.kind == "f" and dims and all(d in v.dims for d in dims)
-        ]
+        gridded = {n: v.dtype for n, v in ds.data_vars.items() if dims and all(d in v.dims for d in dims)}
+        names = [n for n, dtype in gridded.items() if dtype.kind == "f"]
         if not names:
-            raise CodecError(f"no float data variable has the grid dims {dims}; name variables= and grid_dims=")
+            if gridded:
+                found = ", ".join(f"{n!r} ({dtype})" for n, dtype in gridded.items())
+                raise CodecError(
+                    f"no float data variable has the grid dims {dims}: {found} do, but vcinr codes float16, "
+                    "float32 or float64; decode or cast them first (e.g. xr.decode_cf, or .astype('float32'))"
+                )
+            raise CodecError(f"no data variable has the grid dims {dims}; name variables= and grid_dims=")
         return names
 
     def _record(self, target, group, prepared, loaded: LoadedModel, quality, steps, measure, bound) -> None:

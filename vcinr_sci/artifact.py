@@ -276,6 +276,6 @@ def find_artifact(model_hash: str, hints: list[str | os.PathLike] = ()) -> Path:
         for cand in artifact_candidates(model_hash, root):
             return cand
     raise ArtifactError(
-        f"model {model_hash[:16]} not found; looked in {[str(r) for r in roots]} "
+        f"model {model_hash} not found; looked in {[str(r) for r in roots]} "
         f"(set {MODEL_PATH_ENV} to the folder holding it)"
     )

@@ -4,10 +4,12 @@ One implementation, two faces:
 
 - :class:`VCINRCodec`, a numcodecs codec (``codec_id = "vcinr"``, entry point
   ``numcodecs.codecs``): Zarr format 2 (as the array's compressor) and anything else that
-  takes numcodecs codecs.
-- :class:`VCINRZarrCodec`, a Zarr-3 array-to-bytes codec (``"name": "vcinr"``, entry point
-  ``zarr.codecs``): Zarr format 3 (as the array's ``serializer``). It holds a
-  :class:`VCINRCodec` and forwards to it, so both write and read the same bytes.
+  takes numcodecs codecs. It needs neither zarr 3 nor numcodecs 0.16: it works with
+  zarr 2.18 / numcodecs 0.15 too.
+- :class:`~vcinr_sci.codec_zarr3.VCINRZarrCodec`, a Zarr-3 array-to-bytes codec
+  (``"name": "vcinr"``, entry point ``zarr.codecs``): Zarr format 3 (as the array's
+  ``serializer``). It holds a :class:`VCINRCodec` and forwards to it, so both write and
+  read the same bytes. It needs zarr 3 (registered, and importable from here, only there).
 
 **Chunking rule.** A codec is never told which chunk it encodes, so every chunk must
 span the model's grid whole: a chunk of shape ``(c_1, ..., c_k, *grid.shape)``, ``k >= 0``,
@@ -87,7 +89,6 @@ C order.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -102,8 +103,6 @@ import torch
 from numcodecs import Zstd
 from numcodecs.abc import Codec
 from numcodecs.compat import ensure_ndarray_like, ndarray_copy
-from zarr.abc.codec import ArrayBytesCodec
-from zarr.core.common import parse_named_configuration
 
 from vcinr_sci.artifact import ModelArtifact
 from vcinr_sci.bounded import BoundError, ErrorBound, apply_residual, encode_residual, inr_scale
@@ -124,6 +123,7 @@ from vcinr_sci.models import (  # noqa: F401  (re-exported: the codec's model AP
     resolve_model,
     resolve_model_path,
 )
+from vcinr_sci.zarr_compat import ZARR3
 
 CODEC_ID = "vcinr"
 SUPPORTED_DTYPES = ("float16", "float32", "float64")
@@ -580,108 +580,38 @@ def _as_bytes(buf: Any) -> Any:
     return np.ascontiguousarray(ensure_ndarray_like(buf)).view(np.uint8).reshape(-1)
 
 
-# ---------------------------------------------------------------------------- Zarr 3 face
-
-
-@dataclass(frozen=True)
-class VCINRZarrCodec(ArrayBytesCodec):
-    """The ``vcinr`` codec as a Zarr-3 array-to-bytes codec (an array's ``serializer``).
-
-    Takes the same config as :class:`VCINRCodec` (stored in ``zarr.json`` as
-    ``{"name": "vcinr", "configuration": {...}}``) and forwards to it. It checks the
-    array's dtype and chunk shape when the array is created (nothing is written for an
-    array that breaks the chunking rule), and takes the array's fill value into its
-    config when ``fill_value`` is unset. Chunks are coded in worker threads, so Zarr
-    codes a batch of chunks in parallel.
-    """
-
-    is_fixed_size = False
-    codec: VCINRCodec
-
-    def __init__(self, *, codec: VCINRCodec | None = None, **config: Any) -> None:
-        if codec is None:
-            codec = VCINRCodec.from_config(config)
-        elif config:
-            raise TypeError("give either codec= or the config keys, not both")
-        object.__setattr__(self, "codec", codec)
-
-    @classmethod
-    def for_model(cls, model, quality: str, **kwargs: Any) -> "VCINRZarrCodec":
-        return cls(codec=VCINRCodec.for_model(model, quality, **kwargs))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "VCINRZarrCodec":
-        _, config = parse_named_configuration(data, CODEC_ID)
-        return cls(**config)
-
-    def to_dict(self) -> dict[str, Any]:
-        config = self.codec.get_config()
-        config.pop("id")
-        return {"name": CODEC_ID, "configuration": config}
-
-    def __hash__(self) -> int:
-        return hash(self.codec)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, VCINRZarrCodec) and self.codec == other.codec
-
-    def evolve_from_array_spec(self, array_spec: Any) -> "VCINRZarrCodec":
-        check_dtype(array_spec.dtype.to_native_dtype())
-        if self.codec.fill_value is None and array_spec.fill_value is not None:
-            config = self.codec.get_config()
-            config["fill_value"] = _fill_json(float(array_spec.fill_value))
-            return VCINRZarrCodec(codec=VCINRCodec.from_config(config))
-        return self
-
-    def validate(self, *, shape: tuple[int, ...], dtype: Any, chunk_grid: Any) -> None:
-        check_dtype(dtype.to_native_dtype())
-        chunk_shape = getattr(chunk_grid, "chunk_shape", None)
-        if chunk_shape is not None:
-            check_chunk_shape(chunk_shape, self.codec.grid_shape)
-        check_chunk_shape(shape, self.codec.grid_shape)
-
-    def compute_encoded_size(self, input_byte_length: int, chunk_spec: Any) -> int:
-        raise NotImplementedError("vcinr output has a data-dependent size")
-
-    def _encode_sync(self, chunk_array: Any, chunk_spec: Any) -> Any:
-        data = self.codec.encode_array(chunk_array.as_numpy_array())
-        return chunk_spec.prototype.buffer.from_bytes(data)
-
-    def _decode_sync(self, chunk_bytes: Any, chunk_spec: Any) -> Any:
-        arr = self.codec.decode_array(chunk_bytes.as_numpy_array(), expected_shape=tuple(chunk_spec.shape))
-        expected = chunk_spec.dtype.to_native_dtype()
-        if tuple(arr.shape) != tuple(chunk_spec.shape) or arr.dtype != expected:
-            raise ChunkFormatError(
-                f"chunk holds {arr.dtype} {arr.shape}, the array expects {expected} {tuple(chunk_spec.shape)}"
-            )
-        return chunk_spec.prototype.nd_buffer.from_numpy_array(arr)
-
-    async def _encode_single(self, chunk_array: Any, chunk_spec: Any) -> Any:
-        return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
-
-    async def _decode_single(self, chunk_bytes: Any, chunk_spec: Any) -> Any:
-        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
-
-
 def codec_of(array: Any) -> VCINRCodec | None:
-    """The :class:`VCINRCodec` of a zarr array (format 2 or 3), or None."""
-    serializer = getattr(array, "serializer", None)
-    if isinstance(serializer, VCINRZarrCodec):
-        return serializer.codec
-    for c in getattr(array, "compressors", ()) or ():
+    """The :class:`VCINRCodec` of a zarr array (format 2 or 3; zarr 2 or 3), or None."""
+    held = getattr(getattr(array, "serializer", None), "codec", None)  # the Zarr-3 face holds one
+    if isinstance(held, VCINRCodec):
+        return held
+    compressors = getattr(array, "compressors", None)
+    if compressors is None:  # zarr 2's arrays have a single compressor
+        compressors = (getattr(array, "compressor", None),)
+    for c in compressors:
         if isinstance(c, VCINRCodec):
             return c
     return None
 
 
+def __getattr__(name: str) -> Any:
+    # The Zarr-3 face lives in its own module, which needs zarr 3; still importable from here.
+    if name == "VCINRZarrCodec":
+        from vcinr_sci.codec_zarr3 import VCINRZarrCodec
+
+        return VCINRZarrCodec
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _register() -> None:
-    """Register both faces in-process too (entry points cover fresh processes)."""
+    """Register the codec in-process too (entry points cover fresh processes); with
+    zarr 3, its Zarr-3 face as well."""
     from numcodecs.registry import codec_registry, register_codec
-    from zarr.registry import register_codec as zarr_register
 
     if codec_registry.get(CODEC_ID) is not VCINRCodec:
         register_codec(VCINRCodec)
-    zarr_register(CODEC_ID, VCINRZarrCodec)
+    if ZARR3:
+        import vcinr_sci.codec_zarr3  # noqa: F401  (registers itself)
 
 
 _register()
@@ -692,7 +622,6 @@ __all__ = [
     "CodecError",
     "LoadedModel",
     "VCINRCodec",
-    "VCINRZarrCodec",
     "add_model_search_path",
     "check_chunk_shape",
     "check_dtype",

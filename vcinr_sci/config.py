@@ -2,7 +2,9 @@
 
 Every hyperparameter is defined once, here, with its default. A YAML file names only
 what it changes; an unknown key is an error (a typo must not silently fall back to a
-default).
+default). Every value is checked against its field's type and converted where the
+meaning is plain (``"3e-4"`` to a float: YAML 1.1 reads ``3e-4`` as a string), so a
+wrong value fails here, naming its key, instead of far away in a training loop.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+import types
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+from vcinr_sci.errors import ConfigError
 
 
 @dataclass
@@ -26,7 +31,7 @@ class DataConfig:
     variable: str = ""
     # Dims spanned by one field (e.g. [lat, lon]); every other dim indexes items.
     grid_dims: list[str] = field(default_factory=list)
-    grid: str = "spherical"  # spherical (lat, lon in degrees) | regular (any N-d grid)
+    grid: Literal["spherical", "regular"] = "spherical"  # spherical (lat, lon in degrees) | regular (any N-d grid)
     # With several files: the new dim they are stacked along (e.g. an ensemble member).
     concat_dim: str | None = None
     # Optional index selection applied before anything else, e.g. {isobaricInhPa: 0}.
@@ -37,7 +42,7 @@ class DataConfig:
     split_dim: str = "time"
     val_fraction: float = 0.1
     test_fraction: float = 0.1
-    normalisation: str = "minmax"  # minmax (training min/max to [0, 1]) | fixed
+    normalisation: Literal["minmax", "fixed"] = "minmax"  # minmax (training min/max to [0, 1]) | fixed
     fixed_range: list[float] | None = None  # [lo, hi] in data units, for "fixed"
     # Subtract each item's mean (of its valid points, after normalisation) before the INR
     # sees it, and store that mean beside the latent (16 bits an item). The INR then
@@ -59,7 +64,7 @@ class DataConfig:
 class ModelConfig:
     """The shared INR and how the latent conditions it."""
 
-    conditioning: str = "gated"  # gated (VC-INR soft gating) | shift (Functa/COIN++)
+    conditioning: Literal["gated", "shift"] = "gated"  # gated (VC-INR soft gating) | shift (Functa/COIN++)
     latent_dim: int = 64
     width: int = 128
     depth: int = 5  # number of sine layers; a linear output layer follows
@@ -192,26 +197,88 @@ class Config:
 
 def _build(cls, raw: dict[str, Any], where: str):
     if not isinstance(raw, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
     kwargs = {}
     for key, value in raw.items():
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            value = _build(hint, value or {}, f"{where}.{key}")
-        kwargs[key] = value
+            kwargs[key] = _build(hint, value or {}, f"{where}.{key}")
+        else:
+            kwargs[key] = _convert(value, hint, f"{where}.{key}")
     return cls(**kwargs)
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as the type ``hint`` says, or a :class:`ConfigError` naming ``where``."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for a in inner:
+            try:
+                return _convert(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {hint}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {_convert(k, args[0], where): _convert(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    return _scalar(value, hint, where)
+
+
+def _scalar(value: Any, hint: type, where: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise ConfigError(f"{where}: no rule for type {hint}")
+    raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
 
 
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Config:
     """Load a YAML config; ``overrides`` maps dotted keys (``meta.steps``) to values."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}")
     raw = yaml.safe_load(path.read_text()) or {}
     for dotted, value in (overrides or {}).items():
         node = raw
@@ -228,6 +295,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"override {item!r} is not KEY=VALUE")
+            raise ConfigError(f"override {item!r} is not KEY=VALUE")
         out[key.strip()] = yaml.safe_load(value)
     return out

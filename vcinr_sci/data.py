@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -221,23 +221,62 @@ def item_means(values: np.ndarray) -> np.ndarray:
     if np.abs(means).max(initial=0.0) > np.finfo(np.float16).max:
         raise ValueError(
             f"an item's mean is {np.abs(means).max():.3g} in normalised units, beyond float16: "
-            "the normalisation maps this data far outside [0, 1]"
+            "the normalisation maps this data far outside [0, 1]; it may hold an undeclared fill value "
+            "(such as 1e20 or -9999): declare it (_FillValue or missing_value) or set it to NaN"
         )
     return means.astype(np.float16).astype(np.float32)
 
 
 @dataclass(frozen=True)
 class DataSplit:
-    """Field indices of the train / validation / test items, and how they were chosen."""
+    """Field indices of the train / validation / test items, and how they were chosen:
+    ``positions`` along ``dim`` count within the variable as opened (after
+    ``data.isel``), ``coords`` are the coordinate values there (empty when the dim has
+    no coordinate), which say which members or times they are."""
 
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
     dim: str
     positions: dict[str, list[int]]
+    coords: dict[str, list[Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dim": self.dim, "positions": self.positions}
+        out = {"dim": self.dim, "positions": self.positions}
+        return (out | {"coords": self.coords}) if self.coords else out
+
+    def matches(self, recorded: dict[str, Any]) -> bool:
+        """Whether ``recorded`` (a :meth:`to_dict` stored with a model) is this split;
+        the coordinate values are compared when recorded (older models lack them)."""
+        mine = self.to_dict()
+        if "coords" not in recorded:
+            mine.pop("coords", None)
+        return mine == recorded
+
+    def describe(self) -> str:
+        """One line: each part's coordinate values along the split dim (positions when
+        the dim has no coordinate), e.g. ``number: train [1, 2, ..., 7] (7), val [8] (1)``."""
+        labels = self.coords or self.positions
+        kind = "" if self.coords else " positions"
+        return f"{self.dim}{kind}: " + ", ".join(f"{part} {_brief(v)} ({len(v)})" for part, v in labels.items())
+
+
+def _brief(values: list[Any]) -> str:
+    shown = [str(v) for v in values] if len(values) <= 4 else [str(values[0]), str(values[1]), "...", str(values[-1])]
+    return "[" + ", ".join(shown) + "]"
+
+
+def _json_labels(values: np.ndarray) -> list[Any]:
+    """Coordinate values as JSON-able labels: ISO dates, numbers, strings."""
+    if np.issubdtype(values.dtype, np.datetime64):
+        return [str(v) for v in np.datetime_as_string(values, unit="auto")]
+    if values.dtype.kind in "iub":
+        return [int(v) for v in values]
+    if values.dtype.kind == "f":
+        return [float(v) for v in values]
+    if values.dtype == object and all(hasattr(v, "isoformat") for v in values):  # cftime dates
+        return [v.isoformat().removesuffix("T00:00:00") for v in values]
+    return [str(v) for v in values]
 
 
 def make_split(source: FieldSource, cfg: DataConfig) -> DataSplit:
@@ -260,7 +299,11 @@ def make_split(source: FieldSource, cfg: DataConfig) -> DataSplit:
         "test": list(range(n_train + n_val, n)),
     }
     idx = {k: source.indices_along(cfg.split_dim, v) for k, v in pos.items()}
-    return DataSplit(idx["train"], idx["val"], idx["test"], cfg.split_dim, pos)
+    labels = {}
+    if cfg.split_dim in source.da.coords:
+        values = source.da[cfg.split_dim].values
+        labels = {k: _json_labels(values[v]) for k, v in pos.items()}
+    return DataSplit(idx["train"], idx["val"], idx["test"], cfg.split_dim, pos, labels)
 
 
 class ItemSet:

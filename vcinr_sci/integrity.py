@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+
+from vcinr_sci.zarr_compat import require_zarr3
 
 DIGESTS_GROUP = "_vcinr_digests"
 ROOT_ATTR = "vcinr_digest_root"
@@ -63,6 +63,9 @@ class DigestReport:
 def chunk_digests(array: zarr.Array) -> np.ndarray:
     """SHA-256 of each stored chunk of ``array``, ``(*chunk grid, 32)`` uint8 (zero for
     a chunk not written)."""
+    from zarr.core.buffer import default_buffer_prototype  # zarr 3 only
+    from zarr.core.sync import sync
+
     grid = tuple(array.cdata_shape)
     out = np.zeros((*grid, 32), np.uint8)
     positions = list(np.ndindex(grid))
@@ -96,6 +99,7 @@ def _arrays(group: zarr.Group) -> dict[str, zarr.Array]:
 def record_digests(store: Any) -> str:
     """Record the digest of every chunk of every array of ``store``'s root group (see
     the module doc); returns the record's root digest."""
+    require_zarr3("recording chunk digests")
     group = zarr.open_group(store, mode="r+")
     record = {name: chunk_digests(arr) for name, arr in _arrays(group).items()}
     digests = group.require_group(DIGESTS_GROUP)
@@ -111,6 +115,7 @@ def record_digests(store: Any) -> str:
 def verify_digests(store: Any, expected_root: str | None = None) -> DigestReport:
     """Compare every chunk of ``store`` with the recorded digests (and the record with
     ``expected_root``, the root digest kept apart from the store, when given)."""
+    require_zarr3("vcinr verify")
     group = zarr.open_group(store, mode="r")
     arrays = _arrays(group)
     recorded = {n: a[...] for n, a in group[DIGESTS_GROUP].arrays()} if DIGESTS_GROUP in group else {}

@@ -302,7 +302,8 @@ def load_model_artifact(model_hash: str, hints: Sequence[str | os.PathLike | Non
     looked = hinted + [str(r) for r in search_roots()]
     detail = f"; skipped: {skipped}" if skipped else ""
     raise ArtifactError(
-        f"model {model_hash[:16]} not found; looked in {looked} (set {MODEL_PATH_ENV} to the folder holding it){detail}"
+        f"model {model_hash} not found; looked in {looked} (set {MODEL_PATH_ENV} to the folder holding it)"
+        f"{detail}{_moved_store_hint(hints)}"
     )
 
 
@@ -351,12 +352,27 @@ def _in_root(root: Path, model_hash: str, skipped: list[str]) -> Iterator[tuple[
     found = artifact_candidates(model_hash, root)
     if not found and (root / MANIFEST).is_file():  # a hinted artifact of another model
         try:
-            other = str(json.loads((root / MANIFEST).read_text()).get("hash", ""))[:16]
+            other = str(json.loads((root / MANIFEST).read_text()).get("hash", ""))
         except (OSError, ValueError, AttributeError):
             other = "(unreadable)"
         skipped.append(f"{root}: refused, it holds model {other} (hash differs)")
     for folder in found:
         yield str(folder), folder
+
+
+def _moved_store_hint(hints: Sequence[str | os.PathLike | None]) -> str:
+    """How to read a store whose codec config names a model stored inside it, at a
+    place where the store no longer is (moved or copied since)."""
+    from vcinr_sci.store import MODELS_GROUP
+
+    gone = [str(h) for h in hints if h and MODELS_GROUP in Path(str(h)).parts and not Path(str(h)).exists()]
+    if not gone:
+        return ""
+    return (
+        f". The data was written with its model inside the store, at {gone[0]}, which is no longer there: "
+        "if the store was moved or copied, open it with vcinr_sci.accessor.open_zarr(store), "
+        "which finds the model stored inside it"
+    )
 
 
 def _fetch_remote(uri: str, model_hash: str) -> Path | None:

@@ -26,8 +26,6 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 
 from vcinr_sci.artifact import (
     MANIFEST,
@@ -61,9 +59,10 @@ def embed_model(group: zarr.Group, artifact: ModelArtifact) -> str:
     name = model_dir_name(artifact.hash)
     sub = group.require_group(MODELS_GROUP).require_group(name)
     sub.attrs[HASH_ATTR] = artifact.hash
+    create = getattr(sub, "create_array", None) or sub.create_dataset  # zarr 2 names it create_dataset
     for key, filename in _FILES.items():
         data = np.frombuffer((Path(artifact.path) / filename).read_bytes(), np.uint8)
-        arr = sub.create_array(key, shape=data.shape, dtype=np.uint8, chunks=(max(1, data.size),), overwrite=True)
+        arr = create(key, shape=data.shape, dtype=np.uint8, chunks=(max(1, data.size),), overwrite=True)
         arr[:] = data
     return f"{MODELS_GROUP}/{name}"
 
@@ -113,11 +112,11 @@ def extract_model(model_group: zarr.Group, cache: Path | None = None) -> Path:
                 raise ArtifactError(f"'{key}' claims {arr.shape[0]} bytes, above the limit of {MAX_ARTIFACT_BYTES}")
             files[filename] = np.asarray(arr[:], np.uint8).tobytes()
         except (KeyError, ValueError, OSError, ArtifactError) as e:
-            raise ArtifactError(f"stored model {full[:16]}: {e}") from None
+            raise ArtifactError(f"stored model {full}: {e}") from None
     try:
         return install_artifact(files[MANIFEST], files[WEIGHTS], full, cache)
     except ArtifactError as e:
-        raise ArtifactError(f"stored model {full[:16]}: {e}") from None
+        raise ArtifactError(f"stored model {full}: {e}") from None
 
 
 def extract_model_at(path: str | os.PathLike, model_hash: str | None = None) -> Path | None:
@@ -169,14 +168,18 @@ def consolidate(store: Any, zarr_format: int) -> None:
 
 
 def read_chunk(array: zarr.Array, chunk_coords: tuple[int, ...]) -> bytes | None:
-    """The stored bytes of one chunk (None if the chunk was never written)."""
+    """The stored bytes of one chunk (None if the chunk was never written). Needs zarr 3."""
+    from zarr.core.buffer import default_buffer_prototype  # zarr 3 only, unlike the rest here
+    from zarr.core.sync import sync
+
     key = array.metadata.encode_chunk_key(tuple(int(c) for c in chunk_coords))
     buf = sync((array.store_path / key).get(default_buffer_prototype()))
     return None if buf is None else buf.to_bytes()
 
 
 def chunk_bytes_stored(array: zarr.Array) -> int:
-    """Bytes of ``array``'s chunks in its store (metadata excluded)."""
+    """Bytes of ``array``'s chunks in its store (metadata excluded). Needs zarr 3."""
+    from zarr.core.sync import sync
 
     async def _total() -> int:
         store, prefix = array.store_path.store, array.store_path.path

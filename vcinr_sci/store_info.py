@@ -20,6 +20,7 @@ import zarr
 
 from vcinr_sci.codec import codec_of
 from vcinr_sci.store import MODELS_GROUP, chunk_bytes_stored, embedded_models
+from vcinr_sci.zarr_compat import require_zarr3
 
 
 def _grid_summary(grid: dict[str, Any]) -> dict[str, Any]:
@@ -32,7 +33,8 @@ def _grid_summary(grid: dict[str, Any]) -> dict[str, Any]:
 
 
 def store_info(store: Any) -> dict[str, Any]:
-    """A JSON-able description of ``store``'s arrays (see the module doc)."""
+    """A JSON-able description of ``store``'s arrays (see the module doc). Needs zarr 3."""
+    require_zarr3("vcinr info")
     group = zarr.open_group(store, mode="r")
     arrays = []
     for name, arr in sorted(group.arrays(), key=lambda kv: kv[0]):
@@ -91,7 +93,7 @@ def format_info(info: dict[str, Any]) -> str:
             if figures:
                 lines.append(f"  measured at compression: {figures}")
     models = info["embedded_models"]
-    listed = ", ".join(m[:16] for m in models) if models else "none"
+    listed = ", ".join(models) if models else "none"
     lines.append(f"models stored in the store ({MODELS_GROUP}): {listed}")
     return "\n".join(lines)
 
