@@ -10,6 +10,19 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_model_cache(tmp_path_factory):
+    """Models that tests extract from stores go to a folder of the session's, never the
+    user's ``~/.cache/vcinr`` (set before Ray starts, so its workers inherit it)."""
+    before = os.environ.get("VCINR_CACHE_DIR")
+    os.environ["VCINR_CACHE_DIR"] = str(tmp_path_factory.mktemp("model-cache"))
+    yield
+    if before is None:
+        os.environ.pop("VCINR_CACHE_DIR", None)
+    else:
+        os.environ["VCINR_CACHE_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray shared by every test that needs one (starting Ray costs seconds)."""
