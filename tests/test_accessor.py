@@ -319,3 +319,16 @@ def test_lookup_errors_tell_hashes_apart(model, tmp_path):
     with pytest.raises(ArtifactError) as err:
         get_model(missing, [model])
     assert f"model {missing} not found" in str(err.value) and f"holds model {present}" in str(err.value)
+
+
+def test_sample_refuses_a_chunk_that_claims_another_shape(model, ds, tmp_path):
+    # A CRC-valid chunk of 8 fields placed where the array holds 4: sampling must not read
+    # fields the array does not have (a store is untrusted input).
+    from vcinr_sci.chunk import ChunkFormatError
+
+    small = ds.vcinr.to_zarr(tmp_path / "s4.zarr", model=model, quality=QUALITY, zarr_format=2, chunks={"time": 4})
+    large = ds.vcinr.to_zarr(tmp_path / "s8.zarr", model=model, quality=QUALITY, zarr_format=2, chunks={"time": 8})
+    (Path(small) / "air_temperature" / "0.0.0").write_bytes((Path(large) / "air_temperature" / "0.0.0").read_bytes())
+    back = open_zarr(small).air_temperature.isel(time=[1])
+    with pytest.raises(ChunkFormatError):
+        back.vcinr.sample(latitude=30.0, longitude=250.0)

@@ -139,7 +139,7 @@ def sample(da: xr.DataArray, store: Any, points: dict[str, Any]) -> xr.DataArray
         if raw is None:  # never written: the array's fill value
             result[rows] = float(arr.fill_value) if arr.fill_value is not None else np.nan
             continue
-        result[rows] = _sample_chunk(raw, codec, model, local[rows], coords, flat, patch)
+        result[rows] = _sample_chunk(raw, codec, model, tuple(arr.chunks), local[rows], coords, flat, patch)
     shape = tuple(len(p) for d, p in zip(item_dims, positions) if d in out_dims) + pts[0].shape
     coords_out = {d: da[d] for d in out_dims if d in da.coords}
     for p in pts:
@@ -150,9 +150,10 @@ def sample(da: xr.DataArray, store: Any, points: dict[str, Any]) -> xr.DataArray
     )
 
 
-def _sample_chunk(raw: bytes, codec, model: LoadedModel, fields, coords, flat, patch) -> np.ndarray:
-    """Values of ``fields`` (positions within the chunk) at the points, ``(fields, points)``."""
-    lat = decode_latents(raw, [codec.model_path])
+def _sample_chunk(raw: bytes, codec, model: LoadedModel, chunk_shape, fields, coords, flat, patch) -> np.ndarray:
+    """Values of ``fields`` (positions within the chunk) at the points, ``(fields, points)``;
+    the header must claim the array's ``chunk_shape`` (a store is untrusted)."""
+    lat = decode_latents(raw, [codec.model_path], expected_shape=chunk_shape)
     values = np.full((len(fields), len(flat)), np.nan)
     slot = np.full(lat.num_fields * model.num_patches, -1)  # item -> row of phi (-1: no latent)
     slot[lat.active] = np.arange(len(lat.active))
