@@ -208,7 +208,7 @@ def _create_store(cfg: Config, store: Path, loaded, variables: list[str], qualit
     import xarray as xr
     import zarr
 
-    from vcinr_sci.accessor import coded_encoding, prepare_variable
+    from vcinr_sci.accessor import coded_encoding, item_chunks, prepare_variable
     from vcinr_sci.codec import VCINRCodec
     from vcinr_sci.store import MODELS_GROUP, embed_model
 
@@ -221,10 +221,7 @@ def _create_store(cfg: Config, store: Path, loaded, variables: list[str], qualit
     for v in variables:
         da = open_source(cfg, v)
         item_dims = list(da.dims[: da.ndim - len(art.grid.shape)])
-        chunks = {d: 1 for d in item_dims}
-        if item_dims:
-            chunks[item_dims[0]] = min(c.chunk_fields, da.sizes[item_dims[0]])
-        chunks |= {d: n for d, n in c.chunks.items() if d in item_dims}
+        chunks = item_chunks({d: da.sizes[d] for d in item_dims}, c.chunk_fields, c.chunks)
         da, _ = prepare_variable(da, loaded, cfg.data.grid_dims, chunks)
         codec = VCINRCodec(art.hash, quality, art.grid.to_dict(), steps, model_path, "NaN")
         encoding[v] = coded_encoding(codec, da.encoding.pop("vcinr_chunks"), c.zarr_format)
