@@ -124,6 +124,7 @@ from vcinr_sci.models import (  # noqa: F401  (re-exported: the codec's model AP
     resolve_model,
     resolve_model_path,
 )
+from vcinr_sci.threads import codec_threads, torch_threads
 
 CODEC_ID = "vcinr"
 SUPPORTED_DTYPES = ("float16", "float32", "float64")
@@ -539,11 +540,13 @@ class VCINRCodec(Codec):
         """Encode an ``(items..., *grid)`` float array (format-agnostic entry point)."""
         loaded = self.model()
         steps = self.inner_steps if self.inner_steps is not None else default_inner_steps(loaded.artifact, self.quality)
-        return encode_chunk(x, loaded, self.quality, steps, self._fill, self._bound)
+        with torch_threads(codec_threads()):  # Zarr and dask run chunks in parallel already
+            return encode_chunk(x, loaded, self.quality, steps, self._fill, self._bound)
 
     def decode_array(self, buf: Any) -> np.ndarray:
         """Decode container bytes to the array they hold."""
-        return decode_chunk(_as_bytes(buf), [self.model_path], self._fill)
+        with torch_threads(codec_threads()):
+            return decode_chunk(_as_bytes(buf), [self.model_path], self._fill)
 
     def encode(self, buf: Any) -> bytes:
         arr = ensure_ndarray_like(buf)
