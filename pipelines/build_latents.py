@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from pipelines.cli_args import config_parser, load
-from pipelines.ray_setup import ensure_ray
+from pipelines.ray_setup import ensure_ray, use_assigned_cpus
 from vcinr_sci.artifact import MANIFEST, ArtifactError, find_artifact, load_artifact
 from vcinr_sci.config import Config
 from vcinr_sci.grids import Patcher
@@ -86,10 +86,10 @@ def resolve_model(cfg: Config, model: str | None, with_coders: bool = False) -> 
 class EncodeShards:
     """Ray Data actor: loads the artifact once, then encodes and writes whole shards."""
 
-    def __init__(self, artifact_path: str, root: str, inner_steps: int, batch_size: int, threads: int, use_gpu: bool):
+    def __init__(self, artifact_path: str, root: str, inner_steps: int, batch_size: int, use_gpu: bool):
         from vcinr_sci.data import load_dataset
 
-        torch.set_num_threads(max(1, threads))
+        use_assigned_cpus()
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.artifact = load_artifact(artifact_path)
         self.model = self.artifact.model.to(self.device).eval()
@@ -211,7 +211,6 @@ def build(cfg: Config, model: str | None = None, quiet: bool = False) -> BuildSu
             "root": str(root.resolve()),
             "inner_steps": lc.inner_steps,
             "batch_size": lc.batch_size,
-            "threads": lc.cpus_per_actor,
             "use_gpu": use_gpu,
         },
         batch_size=1,

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.cli_args import config_parser, load
-from pipelines.ray_setup import ensure_ray
+from pipelines.ray_setup import ensure_ray, use_assigned_cpus
 from vcinr_sci.artifact import HASH_PREFIX_LEN, MANIFEST, ArtifactError, find_artifact
 from vcinr_sci.config import Config
 
@@ -105,13 +105,12 @@ def _chunk_slices(shape, chunks, flat: int, n_item_dims: int) -> tuple[slice, ..
 class WriteChunks:
     """Ray Data actor: loads the model once, then encodes and writes whole chunks."""
 
-    def __init__(self, config: dict, store: str, artifact_path: str, threads: int, use_gpu: bool):
+    def __init__(self, config: dict, store: str, artifact_path: str, use_gpu: bool):
         import dask
-        import torch
 
         from vcinr_sci.codec import register_model
 
-        torch.set_num_threads(max(1, threads))
+        use_assigned_cpus()  # the codec codes one chunk at a time here, with every CPU held
         dask.config.set(scheduler="synchronous")  # one chunk at a time per actor
         if not use_gpu:
             os.environ.setdefault("VCINR_DEVICE", "cpu")
@@ -208,7 +207,7 @@ def _create_store(cfg: Config, store: Path, loaded, variables: list[str], qualit
     import xarray as xr
     import zarr
 
-    from vcinr_sci.accessor import coded_encoding, prepare_variable
+    from vcinr_sci.accessor import coded_encoding, item_chunks, prepare_variable
     from vcinr_sci.codec import VCINRCodec
     from vcinr_sci.store import MODELS_GROUP, embed_model
 
@@ -221,10 +220,7 @@ def _create_store(cfg: Config, store: Path, loaded, variables: list[str], qualit
     for v in variables:
         da = open_source(cfg, v)
         item_dims = list(da.dims[: da.ndim - len(art.grid.shape)])
-        chunks = {d: 1 for d in item_dims}
-        if item_dims:
-            chunks[item_dims[0]] = min(c.chunk_fields, da.sizes[item_dims[0]])
-        chunks |= {d: n for d, n in c.chunks.items() if d in item_dims}
+        chunks = item_chunks({d: da.sizes[d] for d in item_dims}, c.chunk_fields, c.chunks)
         da, _ = prepare_variable(da, loaded, cfg.data.grid_dims, chunks)
         codec = VCINRCodec(art.hash, quality, art.grid.to_dict(), steps, model_path, "NaN")
         encoding[v] = coded_encoding(codec, da.encoding.pop("vcinr_chunks"), c.zarr_format)
@@ -349,7 +345,7 @@ def compress(cfg: Config, model: str | None = None, limit: int | None = None, qu
             WriteChunks,
             fn_constructor_kwargs={
                 "config": cfg.to_dict(), "store": str(store), "artifact_path": str(Path(path).resolve()),
-                "threads": c.cpus_per_actor, "use_gpu": use_gpu,
+                "use_gpu": use_gpu,
             },
             batch_size=1,
             batch_format="numpy",

@@ -26,7 +26,7 @@ import torch
 from ray.train.torch import prepare_model
 
 from pipelines.cli_args import config_parser, load
-from pipelines.ray_setup import ensure_ray, torch_trainer
+from pipelines.ray_setup import ensure_ray, torch_trainer, use_assigned_cpus
 from vcinr_sci.artifact import ModelArtifact, build_model, save_artifact
 from vcinr_sci.config import Config
 from vcinr_sci.data import load_dataset
@@ -58,6 +58,7 @@ def train_loop(loop_config: dict) -> None:
     cfg = Config.from_dict(loop_config["config"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
+    threads = use_assigned_cpus()
     seed_everything(cfg.train.seed)  # same init on every worker; batches differ by rank
     device = ray.train.torch.get_device()
     data = load_dataset(cfg.data)
@@ -99,6 +100,7 @@ def train_loop(loop_config: dict) -> None:
             "start_step": start,
             "train_psnr": float(-10 * torch.log10(torch.tensor(max(mse, 1e-12)))),
             "step_time_s": (now - t_last) / len(losses),
+            "torch_threads": threads,
         }
         t_last, losses = now, []
         if rank == 0 and (step % cfg.meta.eval_every == 0 or last):

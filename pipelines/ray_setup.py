@@ -34,6 +34,25 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     )
 
 
+def use_assigned_cpus() -> int:
+    """Give torch, in this Ray worker or actor, as many threads as the CPUs Ray assigned
+    to it (at least 1: a GPU actor may hold none), and the codec the same through
+    ``$VCINR_NUM_THREADS``; returns that count. Explicit, because Ray derives
+    ``OMP_NUM_THREADS`` from the CPUs only where the environment leaves it unset (a
+    driver started with ``OMP_NUM_THREADS=1`` gives every worker one thread), and the
+    codec would otherwise use its one-thread default."""
+    import ray
+    import torch
+
+    from vcinr_sci.threads import THREADS_ENV
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
+    threads = max(1, int(cpus))
+    torch.set_num_threads(threads)
+    os.environ[THREADS_ENV] = str(threads)
+    return threads
+
+
 def torch_trainer(
     loop,
     loop_config: dict,

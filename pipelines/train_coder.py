@@ -39,7 +39,7 @@ import torch
 
 from pipelines.build_latents import resolve_model
 from pipelines.cli_args import config_parser, load
-from pipelines.ray_setup import ensure_ray, torch_trainer
+from pipelines.ray_setup import ensure_ray, torch_trainer, use_assigned_cpus
 from vcinr_sci.artifact import ModelArtifact, load_artifact, save_artifact
 from vcinr_sci.coding import (
     LatentCoder,
@@ -171,7 +171,7 @@ def train_loop(loop_config: dict) -> None:
     cc = CoderConfig(**loop_config["coder"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, cc.cpus_per_worker))
+    threads = use_assigned_cpus()
     torch.manual_seed(cc.seed + rank)
     device = ray.train.torch.get_device()
     artifact = load_artifact(loop_config["artifact"])
@@ -232,7 +232,7 @@ def train_loop(loop_config: dict) -> None:
         if step % cc.log_every and step % cc.eval_every and step % cc.checkpoint_every and not last:
             continue
         now = time.perf_counter()
-        metrics = {"step": step, "rank": rank, "step_time_s": (now - t_last) / max(1, len(window)), "ref_psnr": ref_psnr, "coders": []}
+        metrics = {"step": step, "rank": rank, "step_time_s": (now - t_last) / max(1, len(window)), "torch_threads": threads, "ref_psnr": ref_psnr, "coders": []}
         for k, (index, lam) in enumerate(mine):
             m = {"index": index, "lambda": lam}
             if window:

@@ -68,3 +68,14 @@ def fields(n: int = 24):
 
     ds = xr.open_dataset(data_path())[["air_temperature"]].isel(time=slice(0, n)).load()
     return ds
+
+
+def five_d_fields(n_fields: int = 8):
+    """The first ``n_fields`` (a multiple of 4) as (realization, time, level, latitude,
+    longitude) = (1, 4, n_fields / 4, 37, 49): the layout a peer benchmark hands over."""
+    import xarray as xr
+
+    da = fields(n_fields).air_temperature
+    values = da.values.reshape(1, 4, n_fields // 4, *da.shape[1:])
+    dims = ("realization", "time", "level", "latitude", "longitude")
+    return xr.Dataset({"air_temperature": (dims, values)}, coords={"latitude": da.latitude, "longitude": da.longitude})

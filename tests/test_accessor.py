@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from _vcinr_tiny import QUALITY, fields, tiny_artifact
+from _vcinr_tiny import QUALITY, fields, five_d_fields, tiny_artifact
 from vcinr_sci import metrics
-from vcinr_sci.accessor import ATTRS, open_zarr
+from vcinr_sci.accessor import ATTRS, item_chunks, open_zarr
 from vcinr_sci.codec import CodecError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup")
@@ -85,6 +85,28 @@ def test_dask_input_encodes_in_parallel_chunks(model, ds, written, tmp_path):
     out2 = ds.chunk({"time": 5}).vcinr.to_zarr(tmp_path / "dask5.zarr", model=model, quality=QUALITY)
     back = open_zarr(out2).air_temperature
     assert back.encoding["chunks"] == (5, 37, 49)
+
+
+def test_item_chunks_fill_the_last_item_dims_first():
+    sizes = {"realization": 1, "time": 4, "level": 2}
+    assert item_chunks(sizes, 8) == {"realization": 1, "time": 4, "level": 2}
+    assert item_chunks(sizes, 4) == {"realization": 1, "time": 2, "level": 2}
+    assert item_chunks({"member": 3, "time": 40, "level": 2}, 64) == {"member": 1, "time": 32, "level": 2}
+    assert item_chunks({"time": 10, "level": 3}, 8) == {"time": 2, "level": 3}
+    assert item_chunks({"time": 10, "level": 30}, 16) == {"time": 1, "level": 16}
+    assert item_chunks(sizes, 8, {"level": 1, "other": 5}) == {"realization": 1, "time": 4, "level": 1}
+    assert item_chunks({"time": 6}, 0) == {"time": 1}
+
+
+def test_several_item_dims_share_a_chunk(model, tmp_path):
+    """A (1, 4, 2, lat, lon) array is one chunk of 8 fields, not 8 chunks of one."""
+    five = five_d_fields()
+    out = five.vcinr.to_zarr(tmp_path / "five.zarr", model=model, quality=QUALITY, measure=False)
+    back = open_zarr(out).air_temperature
+    assert back.encoding["chunks"] == (1, 4, 2, 37, 49)
+    assert back.shape == five.air_temperature.shape
+    named = five.vcinr.to_zarr(tmp_path / "named.zarr", model=model, quality=QUALITY, chunks={"level": 1}, measure=False)
+    assert open_zarr(named).air_temperature.encoding["chunks"] == (1, 4, 1, 37, 49)
 
 
 def test_error_report(written, ds):

@@ -23,7 +23,7 @@ from _vcinr_tiny import QUALITY, fields, tiny_artifact
 from vcinr_sci import bounded
 from vcinr_sci.accessor import BOUND_ATTRS, open_zarr
 from vcinr_sci.chunk import ChunkFormatError, decode_container, encode_container
-from vcinr_sci.codec import CodecError, LoadedModel, VCINRCodec, VCINRZarrCodec
+from vcinr_sci.codec import CodecError, LoadedModel, VCINRCodec, VCINRZarrCodec, decode_latents
 from vcinr_sci.models import full_float32
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup")
@@ -162,6 +162,32 @@ def test_bound_holds_for_a_decoder_whose_inr_differs(data, monkeypatch, rel, sub
         times[0] = 4.0
         with pytest.raises(AssertionError, match="max error"):
             assert_within(x, codec.decode(enc), bound_of(codec, x))
+
+
+def test_margin_counts_stored_means_once(data):
+    """On fields far above the training range (large stored means) the margin is the
+    documented one: the device term scales with max |INR's own output| + max |mean|,
+    computed here from the decoded latents, not with the means counted twice."""
+    b = 0.2  # K: the device term (about 0.06 here) sets the margin
+    codec = VCINRCodec.for_model(tiny_artifact(subtract_item_mean=True), QUALITY, max_abs_error=b)
+    x = data[:3] + np.float32(2000.0)
+    x[1, :6, :] = np.nan
+    enc = codec.encode(x)
+    info = bounded.read_info(decode_container(enc).residual)
+    lat = decode_latents(enc)
+    own = lat.model.evaluate(lat.active, lat.phi)  # (items, points): the INR before the means
+    own = np.where(np.isnan(x).reshape(own.shape), 0.0, own)
+    norm = lat.model.artifact.normaliser
+    means = float(np.abs(lat.offsets).max())
+    assert means > 10  # the means dominate the INR's output scale
+    scale = (norm.hi - norm.lo) * max(1.0, float(np.abs(own).max()) + means)
+    eps32 = float(np.finfo(np.float32).eps)
+    ulp = float(np.spacing(np.float32(np.abs(x[~np.isnan(x)]).max() + b)))
+    expected = max(b * bounded.MARGIN_FRACTION, bounded.INR_DEVICE_ULPS * eps32 * scale + ulp)
+    assert expected > b * bounded.MARGIN_FRACTION  # the device term sets it, not the floor
+    assert info.margin == pytest.approx(expected, rel=1e-5)
+    assert info.step > 0  # quantised, not every point stored exactly
+    assert_within(x, codec.decode(enc), b)
 
 
 def test_bound_holds_with_another_thread_count(artifact_path, data):

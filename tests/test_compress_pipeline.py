@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from _vcinr_tiny import QUALITY, fields, tiny_artifact
+from _vcinr_tiny import QUALITY, fields, five_d_fields, tiny_artifact
 from vcinr_sci import metrics
 from vcinr_sci.config import Config
 
@@ -108,3 +108,27 @@ def test_foreign_store_refused(job, tmp_path):
     (Path(cfg.compress.output) / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
     with pytest.raises(FileExistsError, match="not written by this job"):
         compress(cfg, str(tiny_artifact()), quiet=True)
+
+
+@pytest.mark.parametrize(
+    "chunk_fields, named, expected",
+    [(8, {}, (1, 4, 2)), (16, {}, (1, 4, 2)), (4, {}, (1, 2, 2)), (8, {"level": 1}, (1, 4, 1))],
+)
+def test_chunks_span_every_item_dim(tmp_path, chunk_fields, named, expected):
+    """chunk_fields fills the last item dims first, then the outer ones; named dims keep
+    their size (the layout is created before any chunk is written: limit=0)."""
+    import zarr
+
+    from pipelines.compress import compress
+
+    source = tmp_path / "five.nc"
+    five_d_fields().to_netcdf(source)
+    raw = {
+        "data": {"paths": [str(source)], "variable": "air_temperature", "grid_dims": ["latitude", "longitude"]},
+        "compress": {"output": str(tmp_path / "out.zarr"), "chunk_fields": chunk_fields, "chunks": named,
+                     "quality": QUALITY},
+    }
+    summary = compress(Config.from_dict(raw), str(tiny_artifact()), limit=0, quiet=True)
+    assert not summary.complete
+    assert zarr.open_group(tmp_path / "out.zarr", mode="r")["air_temperature"].chunks == (*expected, 37, 49)
+

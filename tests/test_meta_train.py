@@ -22,7 +22,9 @@ def tiny(tmp_path):
 
 
 def test_tiny_trains_and_writes_a_loadable_artifact(ray_session, tiny):
+    tiny.train.cpus_per_worker = 2  # (tests run with OMP_NUM_THREADS=1)
     out = fit(tiny)
+    assert out.metrics["torch_threads"] == 2  # the worker's torch threads: its CPUs
     assert out.metrics["step"] == tiny.meta.steps
     assert out.metrics["start_step"] == 0
     art = load_artifact(out.artifact)

@@ -130,15 +130,29 @@ def check_variable_grid(da: xr.DataArray, dims: list[str], model: LoadedModel) -
             raise CodecError(f"{da.name!r}'s {d} coordinates differ from the model's grid")
 
 
-def _default_chunks(da: xr.DataArray, item_dims: list[str], grid_size: int) -> dict[str, int]:
+def item_chunks(sizes: dict[str, int], max_fields: int, fixed: dict[str, int] | None = None) -> dict[str, int]:
+    """Chunk sizes along the item dims ``sizes`` (in array order) for at most
+    ``max_fields`` fields a chunk: the dims in ``fixed`` keep their size; the others
+    share the rest, innermost first (the last item dims whole, then as many positions of
+    the outer ones as fit), so a chunk is one contiguous block of fields and its header
+    is paid by as many fields as allowed."""
+    fixed = {d: int(n) for d, n in (fixed or {}).items() if d in sizes}
+    budget = max(1, int(max_fields) // max(1, math.prod(fixed.values())))
+    chunks = dict(fixed)
+    for d in reversed([d for d in sizes if d not in fixed]):
+        chunks[d] = max(1, min(int(sizes[d]), budget))
+        budget //= chunks[d]
+    return {d: chunks[d] for d in sizes}
+
+
+def _default_chunks(da: xr.DataArray, item_dims: list[str], grid_size: int, chunks: dict[str, int]) -> dict[str, int]:
+    """``chunks`` along the item dims it names; elsewhere the dask chunks, else up to
+    64 fields or 16 MB a chunk across the other item dims (:func:`item_chunks`)."""
     if da.chunks is not None:
-        return {d: int(c[0]) for d, c in zip(da.dims, da.chunks) if d in item_dims}
-    chunks = {d: 1 for d in item_dims}
-    if item_dims:
-        per_field = max(1, grid_size * da.dtype.itemsize)
-        n = max(1, min(_MAX_FIELDS_PER_CHUNK, _TARGET_CHUNK_BYTES // per_field))
-        chunks[item_dims[0]] = min(n, da.sizes[item_dims[0]])
-    return chunks
+        return {d: int(c[0]) for d, c in zip(da.dims, da.chunks) if d in item_dims} | chunks
+    per_field = max(1, grid_size * da.dtype.itemsize)
+    n = max(1, min(_MAX_FIELDS_PER_CHUNK, _TARGET_CHUNK_BYTES // per_field))
+    return item_chunks({d: da.sizes[d] for d in item_dims}, n, chunks) | chunks
 
 
 def declared_fill_values(da: xr.DataArray) -> np.ndarray:
@@ -202,7 +216,7 @@ def prepare_variable(
     check_variable_grid(da, dims, model)
     item_dims = [d for d in da.dims if d not in dims]
     out = mask_declared_fill(da).transpose(*item_dims, *dims)
-    sizes = _default_chunks(out, item_dims, model.grid.size) | dict(chunks or {})
+    sizes = _default_chunks(out, item_dims, model.grid.size, dict(chunks or {}))
     unknown = set(sizes) - set(item_dims)
     if unknown:
         raise CodecError(
@@ -366,8 +380,8 @@ class VCINRDatasetAccessor:
         variable that has the model's grid dims (others are written as xarray would).
         Each coded variable is transposed to put the grid dims last and chunked whole
         along them; ``chunks`` sets its chunk sizes along the other (item) dims (default:
-        the dask chunks, else up to 64 fields or 16 MB per chunk along the first item
-        dim). Its CF packing encoding is dropped: it is stored in its in-memory float
+        the dask chunks, else up to 64 fields or 16 MB per chunk, the last item dims
+        filled first, see :func:`item_chunks`). Its CF packing encoding is dropped: it is stored in its in-memory float
         dtype with NaN as missing value; values it declares missing (``_FillValue`` or
         ``missing_value`` in its attributes or encoding) become NaN, and values far
         outside the model's normalisation range (an undeclared fill value?) are warned

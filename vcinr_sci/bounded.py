@@ -19,9 +19,14 @@ BLAS, thread count or a GPU) and get a slightly different ``xhat``; and it round
 
     m = max(b / 8, INR_DEVICE_ULPS * eps32 * s + ulp_dtype(max|x| + b))
 
-where ``s = (hi - lo) * max(1, max |xhat_normalised|)`` is the INR's output scale in data
-units (``eps32 * s`` is one float32 ulp of the network's output) and ``ulp_dtype(v)`` is
-the spacing of the array's dtype at ``v`` (``|cast(a) - cast(c)| <= |a - c| + ulp``).
+where ``s = (hi - lo) * max(1, max |y| + max |o|)`` is the INR's output scale in data
+units (``eps32 * s`` is one float32 ulp of the network's output), ``y`` the INR's own
+normalised outputs at the chunk's valid points and ``o`` the item means added to them
+after it runs (``data.subtract_item_mean``; none otherwise). Decoder and sampling both
+compute ``y + o`` in float32: ``y`` varies between devices by a few ulps of ``max |y|``,
+the sum's rounding by one ulp of ``|y + o| <= max |y| + max |o|``, so the means count once.
+``ulp_dtype(v)`` is the spacing of the array's dtype at ``v``
+(``|cast(a) - cast(c)| <= |a - c| + ulp``).
 The ``b / 8`` floor leaves slack for devices beyond those measured, at a cost of
 ``log2(8/7) = 0.19`` bits per value. Since the encoder checks ``|x - x'| <= b - m``, a
 decoder whose ``xhat`` is within ``INR_DEVICE_ULPS`` ulps of the encoder's stays within
@@ -163,12 +168,13 @@ class ResidualInfo:
     num_values: int
 
 
-def inr_scale(normalised: np.ndarray, lo: float, hi: float, offsets: np.ndarray | None = None) -> float:
-    """``s``: the INR's output scale in data units, for its normalised outputs
-    ``normalised`` under the map ``[0, 1] -> [lo, hi]``. ``offsets`` were added to the
-    INR's own outputs (``data.subtract_item_mean``): those outputs, whose last bits vary
-    between devices, are then at most ``top + max |offset|``."""
-    top = float(np.abs(normalised).max(initial=0.0))
+def inr_scale(own: np.ndarray, lo: float, hi: float, offsets: np.ndarray | None = None) -> float:
+    """``s``: the INR's output scale in data units under the map ``[0, 1] -> [lo, hi]``.
+    ``own`` are the INR's own normalised outputs (without the item means), ``offsets``
+    the means added to them (``data.subtract_item_mean``): the decoder's values ``own +
+    offset`` are at most ``max |own| + max |offset|``, and only ``own`` varies between
+    devices."""
+    top = float(np.abs(own).max(initial=0.0))
     if offsets is not None:
         top += float(np.abs(offsets).max(initial=0.0))
     return (hi - lo) * max(1.0, top)

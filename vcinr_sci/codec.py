@@ -123,6 +123,7 @@ from vcinr_sci.models import (  # noqa: F401  (re-exported: the codec's model AP
     resolve_model,
     resolve_model_path,
 )
+from vcinr_sci.threads import codec_threads, torch_threads
 from vcinr_sci.zarr_compat import ZARR3
 
 CODEC_ID = "vcinr"
@@ -254,9 +255,11 @@ def encode_chunk(
     residual = None
     if bound is not None:  # reconstruct exactly as the decoder will: from the latents' bytes
         phi_hat = _decompress(model, quality, latents, len(active))
-        inr = ChunkLatents(header, model, mask, None, active, phi_hat, offsets).inr_normalised()[~mask]
+        lat = ChunkLatents(header, model, mask, None, active, phi_hat, offsets)
+        inr = lat.inr_normalised()[~mask]
         xhat = norm.denormalise(inr.astype(np.float64))
-        residual = encode_residual(x, ~mask, xhat, bound, inr_scale(inr, norm.lo, norm.hi, offsets))
+        own = inr - lat.offsets_on_grid()[~mask]  # the INR's outputs before the means are added
+        residual = encode_residual(x, ~mask, xhat, bound, inr_scale(own, norm.lo, norm.hi, offsets))
     return encode_container(header, mask if mask.any() else None, payload, residual)
 
 
@@ -287,9 +290,18 @@ class ChunkLatents:
         """The INR's normalised float32 values on the grid plus the items' offsets, in the
         chunk's shape (0 for items without latents): the decoder's computation, which the
         encoder of a bounded chunk repeats to check its correction."""
+        return self._on_grid(self.model.evaluate(self.active, self.phi) + self.offsets[:, None])
+
+    def offsets_on_grid(self) -> np.ndarray:
+        """Each point's item offset, in the chunk's shape (0 for items without latents)."""
+        return self._on_grid(np.broadcast_to(self.offsets[:, None], (len(self.active), self.model.points_per_item)))
+
+    def _on_grid(self, values: np.ndarray) -> np.ndarray:
+        """Per-point values of the active items ``(len(active), points_per_item)`` placed
+        in the chunk's shape, float32, 0 elsewhere."""
         model = self.model
         items = np.zeros((self.num_fields * model.num_patches, model.points_per_item), np.float32)
-        items[self.active] = model.evaluate(self.active, self.phi) + self.offsets[:, None]
+        items[self.active] = values
         return model.to_fields(items).reshape(self.header.shape)
 
     def masked_values(self, fill_value: float | None, dtype: Any = np.float64) -> np.ndarray:
@@ -545,14 +557,16 @@ class VCINRCodec(Codec):
         """Encode an ``(items..., *grid)`` float array (format-agnostic entry point)."""
         loaded = self.model()
         steps = self.inner_steps if self.inner_steps is not None else default_inner_steps(loaded.artifact, self.quality)
-        return encode_chunk(x, loaded, self.quality, steps, self._fill, self._bound)
+        with torch_threads(codec_threads()):  # Zarr and dask run chunks in parallel already
+            return encode_chunk(x, loaded, self.quality, steps, self._fill, self._bound)
 
     def decode_array(
         self, buf: Any, expected_shape: tuple[int, ...] | None = None, expected_nbytes: int | None = None
     ) -> np.ndarray:
         """Decode container bytes to the array they hold (a header claiming another size
         than ``expected_shape`` / ``expected_nbytes``, when given, is refused unread)."""
-        return decode_chunk(_as_bytes(buf), [self.model_path], self._fill, expected_shape, expected_nbytes)
+        with torch_threads(codec_threads()):
+            return decode_chunk(_as_bytes(buf), [self.model_path], self._fill, expected_shape, expected_nbytes)
 
     def encode(self, buf: Any) -> bytes:
         arr = ensure_ndarray_like(buf)

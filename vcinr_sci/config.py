@@ -163,8 +163,8 @@ class CompressConfig:
     variables: list[str] = field(default_factory=list)  # empty = [data.variable]
     output: str = ""  # the Zarr store; empty = compressed/<name>-<quality>.zarr
     zarr_format: int = 3
-    # Chunk sizes along item dims (grid dims are always whole), e.g. {time: 16};
-    # unnamed item dims get 1, except the first, which gets chunk_fields.
+    # Chunk sizes along item dims (grid dims are always whole), e.g. {time: 16}; the
+    # unnamed item dims share chunk_fields fields a chunk, the last ones filled first.
     chunks: dict[str, int] = field(default_factory=dict)
     chunk_fields: int = 16
     quality: str = ""  # a coder level of the model; empty = its first

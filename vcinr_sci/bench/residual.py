@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         lat = decode_latents(encoded)
         inr = lat.inr_normalised()[kept]
         xhat = norm.denormalise(inr.astype(np.float64))
-        scale = bounded.inr_scale(inr, norm.lo, norm.hi, lat.offsets)
+        scale = bounded.inr_scale(inr - lat.offsets_on_grid()[kept], norm.lo, norm.hi, lat.offsets)
         for rel in args.bounds:
             spec = bounded.ErrorBound(max_rel_error=rel)
             b = spec.absolute(x)
