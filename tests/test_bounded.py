@@ -375,3 +375,30 @@ def test_shared_ostia_every_chunk_within_bound(shared_data, tmp_path):
             return rel * float(np.nanmax(chunk) - np.nanmin(chunk))
 
         assert _check_every_chunk(out, "surface_temperature", ref, bound_for) == 3
+
+
+@pytest.mark.parametrize("section", ["gaps", "table", "raw"])
+def test_residual_sections_are_size_checked_before_decompressing(section):
+    # A CRC-valid chunk can carry a Zstd frame that inflates to any size: the size it
+    # declares is checked against what the section may hold before anything is allocated.
+    import tracemalloc
+
+    from numcodecs import Zstd
+
+    from vcinr_sci import bounded
+    from vcinr_sci.chunk import ChunkFormatError
+
+    bomb = Zstd(level=1).encode(np.zeros(64 * 1024**2, np.uint8))
+    call = {
+        "gaps": lambda: bounded._outlier_index(bomb, 10),
+        "table": lambda: bounded._rans_decode(bomb, b"", 0, 10),
+        "raw": lambda: bounded._unraw(bomb, np.dtype("<f4"), 10),
+    }[section]
+    tracemalloc.start()
+    try:
+        with pytest.raises(ChunkFormatError, match="declares"):
+            call()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024**2

@@ -88,7 +88,7 @@ from dataclasses import dataclass
 import numpy as np
 from numcodecs import Zstd
 
-from vcinr_sci.chunk import ChunkFormatError
+from vcinr_sci.chunk import ChunkFormatError, zstd_exact, zstd_within
 
 # The largest difference allowed between the encoder's and any decoder's float32 INR
 # output, in float32 ulps of the output scale: 256 ulps = 3.1e-5 of the normalisation
@@ -310,10 +310,8 @@ def _rans_encode(q: np.ndarray) -> tuple[int, bytes, bytes]:
 
 def _rans_decode(table: bytes, string: bytes, offset: int, n: int) -> np.ndarray:
     ans, _ = _compressai_rans()
-    try:
-        freqs = np.frombuffer(_ZSTD.decode(table), "<u2")
-    except Exception as e:  # numcodecs raises RuntimeError/ValueError variants
-        raise ChunkFormatError(f"residual section: histogram cannot be decompressed: {e}") from None
+    # Sizes a section claims are checked before anything is allocated: chunk bytes are untrusted.
+    freqs = np.frombuffer(zstd_within(table, 2 * (_MAX_SYMBOLS + 1), "residual section: histogram", 2), "<u2")
     if freqs.size < 2 or (freqs == 0).any() or int(freqs.sum(dtype=np.int64)) != 1 << _CDF_PRECISION:
         raise ChunkFormatError("residual section: the stored histogram is not a valid quantised CDF")
     cdf = np.concatenate([[0], np.cumsum(freqs, dtype=np.int64)]).tolist()
@@ -348,22 +346,13 @@ def _unraw(raw: bytes, dtype: np.dtype, n: int) -> np.ndarray:
         if raw:
             raise ChunkFormatError("residual section: raw values stored without outliers")
         return np.zeros(0, dtype)
-    try:
-        values = np.frombuffer(_ZSTD.decode(raw), dtype)
-    except Exception as e:
-        raise ChunkFormatError(f"residual section: raw values cannot be decompressed: {e}") from None
-    if values.size != n:
-        raise ChunkFormatError(f"residual section: {values.size} raw values for {n} outliers")
-    return values
+    return np.frombuffer(zstd_exact(raw, n * dtype.itemsize, "residual section: raw values"), dtype)
 
 
 def _outlier_index(gaps: bytes, n: int) -> np.ndarray:
     if not gaps:
         return np.zeros(0, np.int64)
-    try:
-        steps = np.frombuffer(_ZSTD.decode(gaps), "<u4").astype(np.int64)
-    except Exception as e:
-        raise ChunkFormatError(f"residual section: outlier index cannot be decompressed: {e}") from None
+    steps = np.frombuffer(zstd_within(gaps, 4 * n, "residual section: outlier index", 4), "<u4").astype(np.int64)
     index = np.cumsum(steps) - 1
     if not steps.size or (steps == 0).any() or index[-1] >= n:
         raise ChunkFormatError("residual section: outlier index out of range")

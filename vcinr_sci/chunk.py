@@ -269,6 +269,19 @@ def zstd_exact(data: bytes | memoryview, nbytes: int, what: str) -> bytes:
     return np.asarray(out, np.uint8).tobytes()
 
 
+def zstd_within(data: bytes | memoryview, max_nbytes: int, what: str, itemsize: int = 1) -> bytes:
+    """Decompress a Zstd frame whose declared content size is a multiple of ``itemsize``
+    and at most ``max_nbytes`` (for sections whose size is bounded, not known, before
+    decoding)."""
+    claimed = _zstd_content_size(bytes(data[:18]))
+    if claimed is None or claimed > max_nbytes or claimed % itemsize:
+        raise ChunkFormatError(
+            f"{what}: a compressed section declares {claimed} bytes, expected a multiple of {itemsize} "
+            f"up to {max_nbytes}"
+        )
+    return zstd_exact(data, claimed, what)
+
+
 def _zstd_content_size(head: bytes) -> int | None:
     """The content size a Zstd frame header declares (RFC 8878, 3.1.1.1), or None."""
     if len(head) < 6 or head[:4] != b"\x28\xb5\x2f\xfd":
