@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import signal
 import struct
@@ -204,7 +203,7 @@ def _decoders(seed: Seed) -> list[tuple[str, Callable[[bytes], np.ndarray]]]:
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
-    from vcinr_sci.codec import VCINRZarrCodec
+    from vcinr_sci.codec_zarr3 import VCINRZarrCodec
 
     codec, ref = seed.codec, seed.decoded
     fill = np.nan if codec.fill is None else codec.fill
@@ -226,9 +225,7 @@ def _decoders(seed: Seed) -> list[tuple[str, Callable[[bytes], np.ndarray]]]:
 
 def run(seeds: list[Seed], mutations: int, seed: int = 0, timeout: float = 30.0) -> dict:
     """Decode ``mutations`` mutated chunks; returns counts and the worst cases."""
-    from vcinr_sci.artifact import ArtifactError
-    from vcinr_sci.chunk import ChunkFormatError
-    from vcinr_sci.codec import CodecError
+    from vcinr_sci.errors import ArtifactError, ChunkFormatError, CodecError
 
     refusals = (ChunkFormatError, CodecError, ArtifactError)
     rng = np.random.default_rng(seed)

@@ -33,8 +33,9 @@ import torch
 
 from pipelines.cli_args import config_parser, load
 from pipelines.ray_setup import ensure_ray, use_assigned_cpus
-from vcinr_sci.artifact import MANIFEST, ArtifactError, find_artifact, load_artifact
+from vcinr_sci.artifact import MANIFEST, find_artifact, load_artifact
 from vcinr_sci.config import Config
+from vcinr_sci.errors import ArtifactError
 from vcinr_sci.grids import Patcher
 from vcinr_sci.latents import (
     complete_shards,

@@ -51,13 +51,8 @@ from vcinr_sci.coding import (
 )
 from vcinr_sci.config import CoderConfig, Config
 from vcinr_sci.data import ItemSet, load_dataset
-from vcinr_sci.latents import (
-    LatentsError,
-    LatentTable,
-    latents_dir,
-    read_manifest,
-    read_shards,
-)
+from vcinr_sci.errors import LatentsError
+from vcinr_sci.latents import LatentTable, latents_dir, read_manifest, read_shards
 from vcinr_sci.meta import MetaSGD, masked_mse
 
 STATE_FILE = "coders-rank{rank}.pt"

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-
 from _vcinr_tiny import QUALITY, fields, five_d_fields, tiny_artifact
+
 from vcinr_sci import metrics
 from vcinr_sci.accessor import ATTRS, item_chunks, open_zarr
-from vcinr_sci.codec import CodecError
+from vcinr_sci.errors import CodecError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup")
 
@@ -212,7 +212,7 @@ def test_store_alone_decodes_in_fresh_process(model, ds, tmp_path):
         # moved, with an empty cache: the config's model_path is stale, the store supplies the model
         shutil.move(r"{out}", r"{moved}")
         shutil.rmtree(r"{cache}")
-        from vcinr_sci.codec import clear_model_cache
+        from vcinr_sci.models import clear_model_cache
         from vcinr_sci.accessor import open_zarr
         clear_model_cache(search_paths=True)
         np.save(r"{tmp_path}/moved.npy", open_zarr(r"{moved}").air_temperature.values)
@@ -268,7 +268,8 @@ def test_patched_model_roundtrip_and_sample(ds, tmp_path, subtract_item_mean):
 
 def test_plain_xarray_encoding(model, ds, tmp_path):
     """The codec objects work directly in xarray's encoding (no accessor)."""
-    from vcinr_sci.codec import VCINRCodec, VCINRZarrCodec
+    from vcinr_sci.codec import VCINRCodec
+    from vcinr_sci.codec_zarr3 import VCINRZarrCodec
 
     codec = VCINRCodec.for_model(model, QUALITY, fill_value="NaN")
     enc3 = {"air_temperature": {"serializer": VCINRZarrCodec(codec=codec), "compressors": None, "chunks": (10, 37, 49)}}
@@ -319,7 +320,7 @@ def test_integer_variables_are_named_with_their_dtype(model, ds, tmp_path):
 def test_moved_store_points_to_open_zarr(model, ds, tmp_path):
     """Plain xarray on a store moved away from where its codec config says its model
     lies: the error says how to read it (open_zarr finds the model inside)."""
-    from vcinr_sci.artifact import ArtifactError
+    from vcinr_sci.errors import ArtifactError
     from vcinr_sci.models import clear_model_cache
 
     out = ds.vcinr.to_zarr(tmp_path / "here.zarr", model=model, quality=QUALITY, store_model=True, measure=False)
@@ -333,7 +334,8 @@ def test_moved_store_points_to_open_zarr(model, ds, tmp_path):
 
 def test_lookup_errors_tell_hashes_apart(model, tmp_path):
     """A model sharing the first 16 hex digits with the one asked for is named in full."""
-    from vcinr_sci.artifact import ArtifactError, load_artifact
+    from vcinr_sci.artifact import load_artifact
+    from vcinr_sci.errors import ArtifactError
     from vcinr_sci.models import get_model
 
     present = load_artifact(model).hash
@@ -346,7 +348,7 @@ def test_lookup_errors_tell_hashes_apart(model, tmp_path):
 def test_sample_refuses_a_chunk_that_claims_another_shape(model, ds, tmp_path):
     # A CRC-valid chunk of 8 fields placed where the array holds 4: sampling must not read
     # fields the array does not have (a store is untrusted input).
-    from vcinr_sci.chunk import ChunkFormatError
+    from vcinr_sci.errors import ChunkFormatError
 
     small = ds.vcinr.to_zarr(tmp_path / "s4.zarr", model=model, quality=QUALITY, zarr_format=2, chunks={"time": 4})
     large = ds.vcinr.to_zarr(tmp_path / "s8.zarr", model=model, quality=QUALITY, zarr_format=2, chunks={"time": 8})

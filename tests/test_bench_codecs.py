@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 import pytest
-
 from _vcinr_tiny import QUALITY, data_path, tiny_artifact
+
 from vcinr_sci.artifact import load_artifact
 from vcinr_sci.bench import codecs as bench
 from vcinr_sci.codec import VCINRCodec

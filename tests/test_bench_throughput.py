@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _vcinr_tiny import tiny_artifact
+
 from vcinr_sci.bench import cross_device, throughput
 from vcinr_sci.config import ModelConfig
 from vcinr_sci.inr import build_inr

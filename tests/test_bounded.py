@@ -16,15 +16,17 @@ import pytest
 import torch
 import xarray as xr
 import zarr
+from _vcinr_tiny import QUALITY, fields, tiny_artifact
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _vcinr_tiny import QUALITY, fields, tiny_artifact
 from vcinr_sci import bounded
 from vcinr_sci.accessor import BOUND_ATTRS, open_zarr
-from vcinr_sci.chunk import ChunkFormatError, decode_container, encode_container
-from vcinr_sci.codec import CodecError, LoadedModel, VCINRCodec, VCINRZarrCodec, decode_latents
-from vcinr_sci.models import full_float32
+from vcinr_sci.chunk import decode_container, encode_container
+from vcinr_sci.codec import VCINRCodec, decode_latents
+from vcinr_sci.codec_zarr3 import VCINRZarrCodec
+from vcinr_sci.errors import ChunkFormatError, CodecError
+from vcinr_sci.models import LoadedModel, full_float32
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup")
 
@@ -386,7 +388,7 @@ def test_residual_sections_are_size_checked_before_decompressing(section):
     from numcodecs import Zstd
 
     from vcinr_sci import bounded
-    from vcinr_sci.chunk import ChunkFormatError
+    from vcinr_sci.errors import ChunkFormatError
 
     bomb = Zstd(level=1).encode(np.zeros(64 * 1024**2, np.uint8))
     call = {

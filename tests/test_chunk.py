@@ -16,11 +16,11 @@ from vcinr_sci.chunk import (
     FLAG_HAS_MASK,
     FORMAT_VERSION,
     MAGIC,
-    ChunkFormatError,
     ChunkHeader,
     decode_container,
     encode_container,
 )
+from vcinr_sci.errors import ChunkFormatError
 
 HASH = "0123456789abcdef" * 4
 

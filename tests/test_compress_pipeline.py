@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from _vcinr_tiny import QUALITY, fields, five_d_fields, tiny_artifact
+
 from vcinr_sci import metrics
 from vcinr_sci.config import Config
 

@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 import xarray as xr
-
 from _vcinr_tiny import QUALITY, fields, tiny_artifact
+
 from vcinr_sci.accessor import open_zarr
 from vcinr_sci.decompress import main
 

@@ -10,7 +10,6 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-
 from _vcinr_tiny import tiny_artifact
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup")

@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-
 from _vcinr_tiny import QUALITY, fields, tiny_artifact
+
 from vcinr_sci.accessor import open_zarr
-from vcinr_sci.artifact import MANIFEST, WEIGHTS, ArtifactError
+from vcinr_sci.artifact import MANIFEST, WEIGHTS
+from vcinr_sci.errors import ArtifactError
 from vcinr_sci.store import HASH_ATTR, MODELS_GROUP, consolidate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup")
@@ -217,7 +218,8 @@ _BOMB_SCRIPT = textwrap.dedent(
     """
     import json, resource, sys
     import numpy as np, zarr
-    from vcinr_sci.codec import VCINRCodec, VCINRZarrCodec
+    from vcinr_sci.codec import VCINRCodec
+    from vcinr_sci.codec_zarr3 import VCINRZarrCodec
     artifact, store, fields = sys.argv[1], sys.argv[2], int(sys.argv[3])
     codec = VCINRCodec.for_model(artifact, "u6")
     x = np.full((4, 37, 49), np.nan, np.float32)  # all NaN: a header and no payload
@@ -280,7 +282,7 @@ def test_claimed_size_checks():
     check_claimed_size(h, (3, 4, 5))
     check_claimed_size(h, None, 3 * 4 * 5 * 4)
     check_claimed_size(h)
-    from vcinr_sci.chunk import ChunkFormatError
+    from vcinr_sci.errors import ChunkFormatError
 
     with pytest.raises(ChunkFormatError, match="array's chunks are"):
         check_claimed_size(h, (2, 4, 5))
@@ -295,8 +297,9 @@ def test_claimed_size_checks():
 def test_malformed_dtype_string_refused(model, ds, text):
     """A CRC-valid header whose dtype text numpy cannot (or should not) parse is refused
     with ChunkFormatError, never a SyntaxError from numpy's dtype parser."""
-    from vcinr_sci.chunk import ChunkFormatError, decode_container
+    from vcinr_sci.chunk import decode_container
     from vcinr_sci.codec import VCINRCodec
+    from vcinr_sci.errors import ChunkFormatError
 
     codec = VCINRCodec.for_model(model, QUALITY)
     enc = codec.encode(ds.air_temperature.values[:1])

@@ -7,9 +7,11 @@ import threading
 
 import pytest
 import torch
-
 from _vcinr_tiny import QUALITY, fields, tiny_artifact
-from vcinr_sci.codec import CodecError, LoadedModel, VCINRCodec
+
+from vcinr_sci.codec import VCINRCodec
+from vcinr_sci.errors import CodecError
+from vcinr_sci.models import LoadedModel
 
 pytestmark = pytest.mark.usefixtures("isolated_model_lookup")
 

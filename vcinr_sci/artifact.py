@@ -25,6 +25,7 @@ from safetensors.torch import save as st_save
 
 from vcinr_sci.config import Config
 from vcinr_sci.data import Normaliser
+from vcinr_sci.errors import ArtifactError
 from vcinr_sci.grids import Grid, grid_from_dict
 from vcinr_sci.inr import build_inr
 from vcinr_sci.meta import MetaSGD
@@ -39,10 +40,6 @@ HASH_PREFIX_LEN = 16
 MAX_ARTIFACT_BYTES = 2**30
 _FULL_HASH = re.compile(r"[0-9a-f]{64}")
 _HASH_PREFIX = re.compile(r"[0-9a-f]{8,64}")
-
-
-class ArtifactError(RuntimeError):
-    """A model artifact is missing, corrupt, or not the one asked for."""
 
 
 def check_model_hash(value: object, prefix: bool = False) -> str:

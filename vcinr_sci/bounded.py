@@ -88,7 +88,8 @@ from dataclasses import dataclass
 import numpy as np
 from numcodecs import Zstd
 
-from vcinr_sci.chunk import ChunkFormatError, zstd_exact, zstd_within
+from vcinr_sci.chunk import zstd_exact, zstd_within
+from vcinr_sci.errors import BoundError, ChunkFormatError
 
 # The largest difference allowed between the encoder's and any decoder's float32 INR
 # output, in float32 ulps of the output scale: 256 ulps = 3.1e-5 of the normalisation
@@ -110,10 +111,6 @@ _MAX_SYMBOLS = 4096
 # |q| beyond this goes to the outliers: compressai's bypass coding hangs near 2**28.
 _MAX_Q = 2**20
 _ZSTD = Zstd(level=9)
-
-
-class BoundError(ValueError):
-    """An error-bound option that is not a positive finite number."""
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 from numcodecs import Zstd
 
+from vcinr_sci.errors import ChunkFormatError
+
 MAGIC = b"VCINR"
 FORMAT_VERSION = 2  # the newest; chunks without a residual section are written as version 1
 SUPPORTED_VERSIONS = (1, 2)
@@ -95,10 +97,6 @@ _MASK_CODEC = Zstd(level=19)
 _DTYPE_STR = re.compile(r"[<>|][a-zA-Z]\d+(\[\w+\])?")
 MAX_CHUNK_VALUES_ENV = "VCINR_MAX_CHUNK_VALUES"
 DEFAULT_MAX_CHUNK_VALUES = 2**26
-
-
-class ChunkFormatError(ValueError):
-    """The bytes are not a valid vcinr chunk, or header fields are inconsistent."""
 
 
 @dataclass(frozen=True)

@@ -105,12 +105,16 @@ from numcodecs.abc import Codec
 from numcodecs.compat import ensure_ndarray_like, ndarray_copy
 
 from vcinr_sci.artifact import ModelArtifact
-from vcinr_sci.bounded import BoundError, ErrorBound, apply_residual, encode_residual, inr_scale
-from vcinr_sci.chunk import ChunkFormatError, ChunkHeader, decode_container, encode_container, zstd_exact
+from vcinr_sci.bounded import ErrorBound, apply_residual, encode_residual, inr_scale
+from vcinr_sci.chunk import ChunkHeader, decode_container, encode_container, zstd_exact
 from vcinr_sci.data import item_means
+from vcinr_sci.errors import (
+    BoundError,
+    ChunkFormatError,
+    CodecError,  # noqa: F401  (re-exported: the codec's model API)
+)
 from vcinr_sci.grids import grid_from_dict
 from vcinr_sci.models import (  # noqa: F401  (re-exported: the codec's model API)
-    CodecError,
     LoadedModel,
     add_model_search_path,
     clear_model_cache,

@@ -20,8 +20,8 @@ from zarr.abc.codec import ArrayBytesCodec  # noqa: E402  (after the check: zarr
 from zarr.core.common import parse_named_configuration  # noqa: E402
 from zarr.registry import register_codec  # noqa: E402
 
-from vcinr_sci.chunk import ChunkFormatError  # noqa: E402
 from vcinr_sci.codec import CODEC_ID, VCINRCodec, _fill_json, check_chunk_shape, check_dtype  # noqa: E402
+from vcinr_sci.errors import ChunkFormatError  # noqa: E402
 
 
 @dataclass(frozen=True)

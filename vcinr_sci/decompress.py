@@ -28,17 +28,8 @@ import xarray as xr
 import zarr
 
 from vcinr_sci.accessor import joined_dask_pool, open_zarr
-from vcinr_sci.artifact import ArtifactError
-from vcinr_sci.chunk import ChunkFormatError
-from vcinr_sci.codec import CodecError, codec_of
-
-
-class BadChunkError(ChunkFormatError):
-    """A stored chunk that does not decode, with the variable and chunk it is."""
-
-    def __init__(self, variable: str, index: tuple[int, ...], key: str, cause: Exception):
-        self.variable, self.index, self.key = variable, index, key
-        super().__init__(f"variable {variable!r}, chunk {index} (key {key!r}) cannot be decoded: {cause}")
+from vcinr_sci.codec import codec_of
+from vcinr_sci.errors import ArtifactError, BadChunkError, ChunkFormatError, CodecError
 
 
 @dataclass

@@ -31,14 +31,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vcinr_sci.errors import LatentsError
+
 MANIFEST = "latents.json"
 FORMAT_VERSION = 1
 TMP_PREFIX = ".tmp-"
 _SHARD_RE = re.compile(r"^shard-(\d{5})\.parquet$")
-
-
-class LatentsError(RuntimeError):
-    """Latent shards are missing, incomplete or from another model."""
 
 
 def inr_key(artifact) -> str:

@@ -35,7 +35,6 @@ from vcinr_sci.artifact import (
     MAX_ARTIFACT_BYTES,
     MODEL_PATH_ENV,
     WEIGHTS,
-    ArtifactError,
     ModelArtifact,
     artifact_candidates,
     check_model_hash,
@@ -46,15 +45,11 @@ from vcinr_sci.artifact import (
     model_dir_name,
     search_roots,
 )
+from vcinr_sci.errors import ArtifactError, CodecError
 from vcinr_sci.grids import Grid, Patcher
 
 DEVICE_ENV = "VCINR_DEVICE"
 BATCH_POINTS_ENV = "VCINR_BATCH_POINTS"
-
-
-class CodecError(ValueError):
-    """Input the codec cannot encode or decode: dtype, chunk shape, inf values, config,
-    an unknown quality level."""
 
 
 def default_device() -> torch.device:

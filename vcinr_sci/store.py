@@ -31,7 +31,6 @@ from vcinr_sci.artifact import (
     MANIFEST,
     MAX_ARTIFACT_BYTES,
     WEIGHTS,
-    ArtifactError,
     ModelArtifact,
     check_model_hash,
     default_cache_dir,
@@ -40,6 +39,7 @@ from vcinr_sci.artifact import (
     model_dir_name,
     save_artifact,
 )
+from vcinr_sci.errors import ArtifactError
 
 MODELS_GROUP = "_vcinr_models"
 HASH_ATTR = "vcinr_model_hash"
@@ -140,7 +140,7 @@ def use_embedded_models(store: Any) -> list[str]:
     """Let the codec find the models stored inside ``store`` in this process (copied
     into the cache folder, verified). Returns the hashes of those usable; a bad copy is
     skipped with a warning."""
-    from vcinr_sci.codec import add_model_search_path
+    from vcinr_sci.models import add_model_search_path
 
     stored, invalid = _stored_models(store)
     if invalid:

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import torch
 
-from vcinr_sci.models import CodecError
+from vcinr_sci.errors import CodecError
 
 THREADS_ENV = "VCINR_NUM_THREADS"
 # One torch thread per chunk thread: measured on a 2-core machine, see the README's

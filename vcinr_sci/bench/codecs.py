@@ -62,14 +62,14 @@ from numcodecs.compat import ensure_ndarray_like
 
 from vcinr_sci import metrics
 from vcinr_sci.artifact import MANIFEST, WEIGHTS, find_artifact
-from vcinr_sci.chunk import decode_container
 from vcinr_sci.bench.output import device_name, pyplot, save_figure, write_json
 from vcinr_sci.bench.throughput import count_flops, encode_flops, matmul_rate
-from vcinr_sci.codec import VCINRCodec, default_inner_steps
+from vcinr_sci.chunk import decode_container
+from vcinr_sci.codec import VCINRCodec
 from vcinr_sci.config import DataConfig
 from vcinr_sci.data import FieldSource, load_dataset, open_variable
 from vcinr_sci.grids import SphericalGrid
-from vcinr_sci.models import default_device, resolve_model
+from vcinr_sci.models import default_device, default_inner_steps, resolve_model
 from vcinr_sci.regrid import interp_lat_lon, regrid_lat_lon
 
 TARGETS_DB = (40.0, 45.0, 50.0)
