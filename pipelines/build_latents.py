@@ -35,8 +35,8 @@ from pipelines.cli_args import config_parser, load
 from pipelines.ray_setup import ensure_ray, use_assigned_cpus
 from vcinr_sci.artifact import MANIFEST, find_artifact, load_artifact
 from vcinr_sci.config import Config
+from vcinr_sci.data.grids import Patcher
 from vcinr_sci.errors import ArtifactError
-from vcinr_sci.grids import Patcher
 from vcinr_sci.latents import (
     complete_shards,
     inr_key,
@@ -88,7 +88,7 @@ class EncodeShards:
     """Ray Data actor: loads the artifact once, then encodes and writes whole shards."""
 
     def __init__(self, artifact_path: str, root: str, inner_steps: int, batch_size: int, use_gpu: bool):
-        from vcinr_sci.data import load_dataset
+        from vcinr_sci.data.items import load_dataset
 
         use_assigned_cpus()
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -162,7 +162,7 @@ def build(cfg: Config, model: str | None = None, quiet: bool = False) -> BuildSu
     path = resolve_model(cfg, model)
     artifact = load_artifact(path)
     # Only the split is needed here (opening is lazy; no field is read by the driver).
-    from vcinr_sci.data import load_dataset
+    from vcinr_sci.data.items import load_dataset
 
     data = load_dataset(artifact.config.data, artifact.normaliser)
     if not data.split.matches(artifact.split):

@@ -78,7 +78,7 @@ def resolve_model(cfg: Config, model: str | None, quality: str) -> Path:
 
 def open_source(cfg: Config, variable: str):
     """One input variable, lazily, item dims first and grid dims last."""
-    from vcinr_sci.data import open_variable
+    from vcinr_sci.data.sources import open_variable
 
     data = dataclasses.replace(cfg.data, variable=variable, paths=list(cfg.compress.paths or cfg.data.paths))
     return open_variable(data)

@@ -27,7 +27,7 @@ from pipelines.cli_args import config_parser, load
 from vcinr_sci.accessor import open_zarr
 from vcinr_sci.artifact import load_artifact
 from vcinr_sci.config import Config
-from vcinr_sci.data import open_variable
+from vcinr_sci.data.sources import open_variable
 
 
 def held_out(cfg: Config, split: dict) -> xr.DataArray:

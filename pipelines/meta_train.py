@@ -29,7 +29,7 @@ from pipelines.cli_args import config_parser, load
 from pipelines.ray_setup import ensure_ray, torch_trainer, use_assigned_cpus
 from vcinr_sci.artifact import ModelArtifact, build_model, save_artifact
 from vcinr_sci.config import Config
-from vcinr_sci.data import load_dataset
+from vcinr_sci.data.items import load_dataset
 from vcinr_sci.training import evaluate, outer_step, sample_batch, seed_everything
 
 CHECKPOINT_FILE = "state.pt"

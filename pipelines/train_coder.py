@@ -50,7 +50,7 @@ from vcinr_sci.coding import (
     rd_loss,
 )
 from vcinr_sci.config import CoderConfig, Config
-from vcinr_sci.data import ItemSet, load_dataset
+from vcinr_sci.data.items import ItemSet, load_dataset
 from vcinr_sci.errors import LatentsError
 from vcinr_sci.latents import LatentTable, latents_dir, read_manifest, read_shards
 from vcinr_sci.meta import MetaSGD, masked_mse

@@ -42,7 +42,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def shared_data():
     """The real data folder (``$VCINR_DATA_DIR`` or ``../shared/data``); skips when absent."""
-    from vcinr_sci.data import shared_data_dir
+    from vcinr_sci.data.sources import shared_data_dir
 
     path = shared_data_dir()
     if path is None:

@@ -1,4 +1,4 @@
-"""Data (vcinr_sci.data): lazy opening, item order, splits, normalisation, NaN masks."""
+"""Data (vcinr_sci.data.sources): lazy opening, item order, splits, normalisation, NaN masks."""
 
 from __future__ import annotations
 
@@ -13,18 +13,10 @@ import xarray as xr
 
 from vcinr_sci import metrics
 from vcinr_sci.config import DataConfig
-from vcinr_sci.data import (
-    FieldSource,
-    Normaliser,
-    fit_normaliser,
-    item_means,
-    load_dataset,
-    make_grid,
-    make_split,
-    open_variable,
-    resolve_paths,
-)
-from vcinr_sci.grids import RegularGrid, SphericalGrid
+from vcinr_sci.data.grids import RegularGrid, SphericalGrid
+from vcinr_sci.data.items import load_dataset
+from vcinr_sci.data.normalise import Normaliser, fit_normaliser, item_means
+from vcinr_sci.data.sources import FieldSource, make_grid, make_split, open_variable, resolve_paths
 from vcinr_sci.meta import masked_mse
 
 LAT = np.array([-30.0, 0.0, 30.0, 60.0])

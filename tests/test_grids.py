@@ -1,4 +1,4 @@
-"""Grids (vcinr_sci.grids): spherical and regular coordinates, area weights, patches."""
+"""Grids (vcinr_sci.data.grids): spherical and regular coordinates, area weights, patches."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vcinr_sci.grids import Patcher, RegularGrid, SphericalGrid, grid_from_dict, lat_lon_to_xyz
+from vcinr_sci.data.grids import Patcher, RegularGrid, SphericalGrid, grid_from_dict, lat_lon_to_xyz
 
 
 def gaussian_lats(n: int) -> np.ndarray:

@@ -12,7 +12,7 @@ import torch
 
 from vcinr_sci.artifact import ModelArtifact, build_model, save_artifact
 from vcinr_sci.config import load_config
-from vcinr_sci.data import load_dataset
+from vcinr_sci.data.items import load_dataset
 from vcinr_sci.errors import LatentsError
 from vcinr_sci.latents import (
     complete_shards,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vcinr_sci.config import MetaConfig, ModelConfig, load_config
-from vcinr_sci.data import load_dataset
+from vcinr_sci.data.items import load_dataset
 from vcinr_sci.inr import build_inr
 from vcinr_sci.meta import MetaSGD, masked_mse
 from vcinr_sci.training import outer_step, sample_batch, seed_everything

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vcinr_sci import metrics
-from vcinr_sci.grids import SphericalGrid
+from vcinr_sci.data.grids import SphericalGrid
 
 
 def test_psnr_of_known_mse():

@@ -7,8 +7,9 @@ import pytest
 import xarray as xr
 
 from vcinr_sci.config import DataConfig
-from vcinr_sci.data import load_dataset, open_variable
-from vcinr_sci.regrid import equiangular_lat_lon, interp_lat_lon, regrid_lat_lon
+from vcinr_sci.data.items import load_dataset
+from vcinr_sci.data.regrid import equiangular_lat_lon, interp_lat_lon, regrid_lat_lon
+from vcinr_sci.data.sources import open_variable
 
 
 def smooth_field(lat, lon, time=2):

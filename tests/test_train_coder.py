@@ -14,8 +14,8 @@ from pipelines.train_coder import coder_losses, distortion_on_data, freeze, trai
 from vcinr_sci.artifact import ModelArtifact, build_model, load_artifact, save_artifact
 from vcinr_sci.coding import LatentCoder
 from vcinr_sci.config import load_config
-from vcinr_sci.data import load_dataset
-from vcinr_sci.grids import RegularGrid
+from vcinr_sci.data.grids import RegularGrid
+from vcinr_sci.data.items import load_dataset
 from vcinr_sci.meta import masked_mse
 
 REPO = Path(__file__).resolve().parents[1]

@@ -36,9 +36,9 @@ from vcinr_sci.artifact import HASH_PREFIX_LEN
 from vcinr_sci.bounded import ErrorBound
 from vcinr_sci.codec import VCINRCodec, check_dtype
 from vcinr_sci.codec_zarr3 import VCINRZarrCodec  # needs zarr 3, as does xarray's Zarr backend
-from vcinr_sci.data import Normaliser
+from vcinr_sci.data.grids import RegularGrid, SphericalGrid
+from vcinr_sci.data.normalise import Normaliser
 from vcinr_sci.errors import CodecError
-from vcinr_sci.grids import RegularGrid, SphericalGrid
 from vcinr_sci.integrity import record_digests
 from vcinr_sci.models import LoadedModel, default_inner_steps, resolve_model
 from vcinr_sci.store import (

@@ -24,9 +24,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from vcinr_sci.config import Config
-from vcinr_sci.data import Normaliser
+from vcinr_sci.data.grids import Grid, grid_from_dict
+from vcinr_sci.data.normalise import Normaliser
 from vcinr_sci.errors import ArtifactError
-from vcinr_sci.grids import Grid, grid_from_dict
 from vcinr_sci.inr import build_inr
 from vcinr_sci.meta import MetaSGD
 

@@ -107,13 +107,13 @@ from numcodecs.compat import ensure_ndarray_like, ndarray_copy
 from vcinr_sci.artifact import ModelArtifact
 from vcinr_sci.bounded import ErrorBound, apply_residual, encode_residual, inr_scale
 from vcinr_sci.chunk import ChunkHeader, decode_container, encode_container, zstd_exact
-from vcinr_sci.data import item_means
+from vcinr_sci.data.grids import grid_from_dict
+from vcinr_sci.data.normalise import item_means
 from vcinr_sci.errors import (
     BoundError,
     ChunkFormatError,
     CodecError,  # noqa: F401  (re-exported: the codec's model API)
 )
-from vcinr_sci.grids import grid_from_dict
 from vcinr_sci.models import (  # noqa: F401  (re-exported: the codec's model API)
     LoadedModel,
     add_model_search_path,

@@ -51,7 +51,7 @@ class DataConfig:
     subtract_item_mean: bool = False
     # Bilinearly regrid spherical (lat, lon) fields onto an equiangular global grid of
     # [n_lat, n_lon] with both poles, e.g. the papers' ERA5 grids [46, 90] or [181, 360]
-    # (vcinr_sci.regrid); None = use the data's own grid.
+    # (vcinr_sci.data.regrid); None = use the data's own grid.
     regrid: list[int] | None = None
     # Cut fields into patches of this shape (one item each); None = whole fields.
     patch_shape: list[int] | None = None

@@ -45,8 +45,8 @@ from vcinr_sci.artifact import (
     model_dir_name,
     search_roots,
 )
+from vcinr_sci.data.grids import Grid, Patcher
 from vcinr_sci.errors import ArtifactError, CodecError
-from vcinr_sci.grids import Grid, Patcher
 
 DEVICE_ENV = "VCINR_DEVICE"
 BATCH_POINTS_ENV = "VCINR_BATCH_POINTS"
@@ -149,7 +149,7 @@ class LoadedModel:
 
     def to_items(self, fields: np.ndarray) -> np.ndarray:
         """``(n, *grid)`` -> ``(n * num_patches, points_per_item)`` (item i is patch
-        ``i % num_patches`` of field ``i // num_patches``, as in :class:`~vcinr_sci.data.ItemSet`)."""
+        ``i % num_patches`` of field ``i // num_patches``, as in :class:`~vcinr_sci.data.items.ItemSet`)."""
         if self.patcher is not None:
             fields = self.patcher.split(fields)
         return fields.reshape(-1, self.points_per_item)

@@ -14,8 +14,8 @@ import xarray as xr
 import zarr
 
 from vcinr_sci.codec import codec_of, decode_latents
+from vcinr_sci.data.grids import RegularGrid, SphericalGrid, lat_lon_to_xyz
 from vcinr_sci.errors import CodecError
-from vcinr_sci.grids import RegularGrid, SphericalGrid, lat_lon_to_xyz
 from vcinr_sci.models import LoadedModel
 from vcinr_sci.store import read_chunk, use_embedded_models
 

@@ -15,7 +15,7 @@ import torch
 from vcinr_sci.artifact import ModelArtifact, build_model
 from vcinr_sci.coding import UniformQuantiser
 from vcinr_sci.config import Config
-from vcinr_sci.data import ItemSet, load_dataset
+from vcinr_sci.data.items import ItemSet, load_dataset
 from vcinr_sci.meta import MetaSGD, masked_mse
 from vcinr_sci.models import default_inner_steps
 

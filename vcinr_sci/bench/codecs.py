@@ -37,7 +37,7 @@ Data: by default the held-out (test) fields of the model's own data split
 (in-distribution). ``--data PATH --variable V --grid-dims lat,lon`` takes any dataset
 instead (cross-dataset: a model trained on one dataset applied to another);
 ``--regrid 46x90`` / ``181x360`` (the papers' ERA5 grids) or ``model`` (the model's own
-lat/lon grid) interpolates it bilinearly first (:mod:`vcinr_sci.regrid`). vcinr rows need
+lat/lon grid) interpolates it bilinearly first (:mod:`vcinr_sci.data.regrid`). vcinr rows need
 the fields on the model's grid.
 
     vcinr bench codecs --model artifacts/<hash> --json out/codecs.json --plot out/codecs.png
@@ -67,10 +67,11 @@ from vcinr_sci.bench.throughput import count_flops, encode_flops, matmul_rate
 from vcinr_sci.chunk import decode_container
 from vcinr_sci.codec import VCINRCodec
 from vcinr_sci.config import DataConfig
-from vcinr_sci.data import FieldSource, load_dataset, open_variable
-from vcinr_sci.grids import SphericalGrid
+from vcinr_sci.data.grids import SphericalGrid
+from vcinr_sci.data.items import load_dataset
+from vcinr_sci.data.regrid import interp_lat_lon, regrid_lat_lon
+from vcinr_sci.data.sources import FieldSource, open_variable
 from vcinr_sci.models import default_device, default_inner_steps, resolve_model
-from vcinr_sci.regrid import interp_lat_lon, regrid_lat_lon
 
 TARGETS_DB = (40.0, 45.0, 50.0)
 METHOD_RANGE = (202.66, 320.93)  # method.md / COIN++: ERA5 temperature (K) -> [0, 1]

@@ -44,7 +44,8 @@ import torch
 from vcinr_sci.artifact import build_model
 from vcinr_sci.bench.output import device_name, resolve_device, write_json
 from vcinr_sci.config import Config, DataConfig, MetaConfig, ModelConfig, TrainConfig
-from vcinr_sci.data import DATA_DIR_ENV, load_dataset, shared_data_dir
+from vcinr_sci.data.items import load_dataset
+from vcinr_sci.data.sources import DATA_DIR_ENV, shared_data_dir
 from vcinr_sci.training import evaluate, outer_step, sample_batch, seed_everything
 
 CONDITIONINGS = ("gated", "shift")

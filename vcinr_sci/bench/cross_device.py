@@ -23,7 +23,7 @@ import torch
 
 from vcinr_sci.artifact import load_artifact
 from vcinr_sci.bench.output import write_json
-from vcinr_sci.data import load_dataset
+from vcinr_sci.data.items import load_dataset
 
 
 def _decode(model, coords: torch.Tensor, phi: torch.Tensor, device: str) -> np.ndarray:

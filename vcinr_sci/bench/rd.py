@@ -38,8 +38,8 @@ import torch
 from vcinr_sci.artifact import MANIFEST, ModelArtifact, find_artifact, load_artifact
 from vcinr_sci.bench.output import pyplot, save_figure, write_json
 from vcinr_sci.coding import LatentCoder, UniformQuantiser, coder_state
-from vcinr_sci.data import ItemSet, load_dataset
-from vcinr_sci.grids import SphericalGrid
+from vcinr_sci.data.grids import SphericalGrid
+from vcinr_sci.data.items import ItemSet, load_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vcinr_sci.artifact import build_model, load_artifact
 from vcinr_sci.bench.output import device_name, resolve_device, write_json
 from vcinr_sci.config import load_config, parse_overrides
-from vcinr_sci.data import load_dataset
+from vcinr_sci.data.items import load_dataset
 from vcinr_sci.training import outer_step, sample_batch, seed_everything
 
 

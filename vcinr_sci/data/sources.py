@@ -1,9 +1,9 @@
-"""From an xarray dataset on disk to items an INR can fit.
+"""Sources: one variable of a dataset on disk, opened lazily, as fields, and their split.
 
 One variable of a dataset is split into *fields* over its grid dims; every other dim
 (time, level, ensemble member, ...) indexes fields. A field, or each patch of it, is one
-*item*. Reading is lazy (dask-backed), so a dataset larger than memory is usable: only
-the items of a batch are read.
+*item* (:mod:`vcinr_sci.data.items`). Reading is lazy (dask-backed), so a dataset larger
+than memory is usable: only the fields of a batch are read.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 import xarray as xr
 
 from vcinr_sci.config import DataConfig
-from vcinr_sci.grids import Grid, Patcher, RegularGrid, SphericalGrid
-from vcinr_sci.regrid import regrid_lat_lon
+from vcinr_sci.data.grids import Grid, RegularGrid, SphericalGrid
+from vcinr_sci.data.regrid import regrid_lat_lon
 
 IRIS_PREFIX = "iris-sample-data:"
 DATA_DIR_ENV = "VCINR_DATA_DIR"
@@ -31,7 +31,7 @@ def shared_data_dir() -> Path | None:
     env = os.environ.get(DATA_DIR_ENV)
     if env:
         return Path(env) if Path(env).is_dir() else None
-    here = Path(__file__).resolve().parents[2] / "shared" / "data"
+    here = Path(__file__).resolve().parents[3] / "shared" / "data"  # beside the repository
     return here if here.is_dir() else None
 
 
@@ -162,69 +162,10 @@ class FieldSource:
         return np.flatnonzero(np.isin(grid[axis], np.asarray(positions)))
 
 
-@dataclass(frozen=True)
-class Normaliser:
-    """Affine map of data values onto [0, 1]: ``(x - lo) / (hi - lo)``."""
-
-    lo: float
-    hi: float
-
-    def __post_init__(self):
-        if not (np.isfinite(self.lo) and np.isfinite(self.hi) and self.hi > self.lo):
-            raise ValueError(f"normalisation range must be finite with hi > lo, got [{self.lo}, {self.hi}]")
-
-    def normalise(self, x):
-        return (x - self.lo) / (self.hi - self.lo)
-
-    def denormalise(self, y):
-        return y * (self.hi - self.lo) + self.lo
-
-    def to_dict(self) -> dict[str, float]:
-        return {"lo": float(self.lo), "hi": float(self.hi)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, float]) -> "Normaliser":
-        return cls(float(d["lo"]), float(d["hi"]))
 
 
-def fit_normaliser(
-    source: FieldSource, indices: np.ndarray, cfg: DataConfig, block: int = 256
-) -> Normaliser:
-    """Training-set min/max (NaNs ignored, read block by block), or the fixed range."""
-    if cfg.normalisation == "fixed":
-        if not cfg.fixed_range or len(cfg.fixed_range) != 2:
-            raise ValueError("normalisation 'fixed' needs fixed_range: [lo, hi]")
-        return Normaliser(*map(float, cfg.fixed_range))
-    if cfg.normalisation != "minmax":
-        raise ValueError(f"unknown normalisation {cfg.normalisation!r} (minmax | fixed)")
-    lo, hi = np.inf, -np.inf
-    for start in range(0, len(indices), block):
-        x = source.load(indices[start : start + block])
-        if np.isinf(x).any():
-            raise ValueError("training data holds inf values; vcinr needs finite values or NaN")
-        if np.isfinite(x).any():
-            lo, hi = min(lo, float(np.nanmin(x))), max(hi, float(np.nanmax(x)))
-    if not np.isfinite(lo):
-        raise ValueError("training items are all NaN: nothing to normalise")
-    return Normaliser(lo, hi if hi > lo else lo + 1.0)
 
 
-def item_means(values: np.ndarray) -> np.ndarray:
-    """The mean of each row of ``values`` ``(n, P)`` over its finite entries, rounded to
-    float16 as a chunk stores it (0 for a row with none): the offsets of
-    ``data.subtract_item_mean``. Whoever subtracts them subtracts these rounded values,
-    so the rounding costs no accuracy: the INR fits what is left."""
-    valid = np.isfinite(values)
-    count = valid.sum(axis=1)
-    total = np.where(valid, values, 0.0).sum(axis=1, dtype=np.float64)
-    means = np.divide(total, count, out=np.zeros(len(values)), where=count > 0)
-    if np.abs(means).max(initial=0.0) > np.finfo(np.float16).max:
-        raise ValueError(
-            f"an item's mean is {np.abs(means).max():.3g} in normalised units, beyond float16: "
-            "the normalisation maps this data far outside [0, 1]; it may hold an undeclared fill value "
-            "(such as 1e20 or -9999): declare it (_FillValue or missing_value) or set it to NaN"
-        )
-    return means.astype(np.float16).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -306,119 +247,7 @@ def make_split(source: FieldSource, cfg: DataConfig) -> DataSplit:
     return DataSplit(idx["train"], idx["val"], idx["test"], cfg.split_dim, pos, labels)
 
 
-class ItemSet:
-    """Normalised items (fields, or patches of fields) with their coordinates and masks.
-
-    ``batch(items)`` gives ``coords (B, P, d)``, ``values (B, P, 1)`` in [0, 1]-ish
-    normalised units with NaNs zeroed, and ``mask (B, P, 1)`` (True where data is valid).
-    Item ``i`` is patch ``i % num_patches`` of field ``fields[i // num_patches]``. With
-    ``subtract_mean`` every item's values are less its :func:`item_means` (``offsets``).
-    """
-
-    def __init__(
-        self,
-        source: FieldSource,
-        fields: np.ndarray,
-        grid: Grid,
-        normaliser: Normaliser,
-        patch_shape: Sequence[int] | None = None,
-        cache_limit_mb: float = 2048.0,
-        subtract_mean: bool = False,
-    ):
-        self.source, self.fields, self.grid, self.normaliser = source, np.asarray(fields), grid, normaliser
-        self.subtract_mean = subtract_mean
-        self.patcher = Patcher(grid.shape, tuple(patch_shape)) if patch_shape else None
-        coords = grid.coords()
-        self.patch_coords = (
-            self.patcher.split(coords, trailing=1).reshape(self.patcher.num_patches, -1, grid.coord_dim)
-            if self.patcher
-            else coords.reshape(1, -1, grid.coord_dim)
-        )
-        self.num_patches, self.points_per_item = self.patch_coords.shape[:2]
-        nbytes = len(self.fields) * grid.size * 4
-        self._cache = self._fields_to_items(source.load(self.fields)) if nbytes <= cache_limit_mb * 2**20 else None
-
-    def __len__(self) -> int:
-        return len(self.fields) * self.num_patches
-
-    def _fields_to_items(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = self.normaliser.normalise(x).astype(np.float32)
-        if self.patcher:
-            x = self.patcher.split(x)
-        x = x.reshape(-1, self.points_per_item)
-        offsets = item_means(x) if self.subtract_mean else np.zeros(len(x), np.float32)
-        return x - offsets[:, None], offsets
-
-    def _load(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        items = np.asarray(items, dtype=np.int64)
-        if self._cache is not None:
-            return self._cache[0][items], self._cache[1][items]
-        field_pos, patch = np.divmod(items, self.num_patches)
-        uniq, inv = np.unique(field_pos, return_inverse=True)
-        values, offsets = self._fields_to_items(self.source.load(self.fields[uniq]))
-        rows = inv * self.num_patches + patch
-        return values[rows], offsets[rows]
-
-    def values(self, items: np.ndarray) -> np.ndarray:
-        """Normalised values ``(B, P)`` of ``items`` (NaN where data is missing), less
-        their offsets."""
-        return self._load(items)[0]
-
-    def offsets(self, items: np.ndarray) -> np.ndarray:
-        """What was subtracted from each item's values ``(B,)``: its mean with
-        ``subtract_mean``, else 0. Data = normaliser.denormalise(values + offset)."""
-        return self._load(items)[1]
-
-    def batch(self, items: np.ndarray, points: np.ndarray | None = None):
-        """Tensors for ``items``; ``points`` selects a subset of grid points per item."""
-        import torch
-
-        items = np.asarray(items, dtype=np.int64)
-        v = self.values(items)
-        c = self.patch_coords[items % self.num_patches]
-        if points is not None:
-            v, c = v[:, points], c[:, points]
-        mask = np.isfinite(v)
-        v = np.where(mask, v, 0.0)
-        return (
-            torch.from_numpy(np.ascontiguousarray(c)),
-            torch.from_numpy(np.ascontiguousarray(v[..., None], dtype=np.float32)),
-            torch.from_numpy(mask[..., None]),
-        )
-
-    def to_fields(self, item_values: np.ndarray) -> np.ndarray:
-        """Per-item values ``(n_fields * num_patches, P)`` back to ``(n_fields, *grid)``."""
-        x = item_values.reshape(-1, self.num_patches, *(self.patcher.patch_shape if self.patcher else self.grid.shape))
-        if self.patcher:
-            x = self.patcher.merge(x)
-        else:
-            x = x[:, 0]
-        return x
 
 
-@dataclass
-class Dataset:
-    """A configured variable: its source, grid, split and normalisation."""
-
-    source: FieldSource
-    grid: Grid
-    split: DataSplit
-    normaliser: Normaliser
-    cfg: DataConfig
-
-    def items(self, part: str, fields: np.ndarray | None = None) -> ItemSet:
-        chosen = getattr(self.split, part) if fields is None else fields
-        return ItemSet(
-            self.source, chosen, self.grid, self.normaliser, self.cfg.patch_shape, self.cfg.cache_limit_mb,
-            self.cfg.subtract_item_mean,
-        )
 
 
-def load_dataset(cfg: DataConfig, normaliser: Normaliser | None = None) -> Dataset:
-    """Open, split and (unless given) fit the normalisation on the training part."""
-    da = open_variable(cfg)
-    source = FieldSource(da, cfg.grid_dims)
-    grid = make_grid(source.da, cfg.grid_dims, cfg.grid)
-    split = make_split(source, cfg)
-    norm = normaliser or fit_normaliser(source, split.train, cfg)
-    return Dataset(source, grid, split, norm, cfg)

@@ -1,0 +1,76 @@
+"""Normalisation: the affine map of data values onto [0, 1] fitted on the training
+fields, and the per-item means that ``data.subtract_item_mean`` takes out before a fit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vcinr_sci.config import DataConfig
+from vcinr_sci.data.sources import FieldSource
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """Affine map of data values onto [0, 1]: ``(x - lo) / (hi - lo)``."""
+
+    lo: float
+    hi: float
+
+    def __post_init__(self):
+        if not (np.isfinite(self.lo) and np.isfinite(self.hi) and self.hi > self.lo):
+            raise ValueError(f"normalisation range must be finite with hi > lo, got [{self.lo}, {self.hi}]")
+
+    def normalise(self, x):
+        return (x - self.lo) / (self.hi - self.lo)
+
+    def denormalise(self, y):
+        return y * (self.hi - self.lo) + self.lo
+
+    def to_dict(self) -> dict[str, float]:
+        return {"lo": float(self.lo), "hi": float(self.hi)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, float]) -> "Normaliser":
+        return cls(float(d["lo"]), float(d["hi"]))
+
+
+def fit_normaliser(
+    source: FieldSource, indices: np.ndarray, cfg: DataConfig, block: int = 256
+) -> Normaliser:
+    """Training-set min/max (NaNs ignored, read block by block), or the fixed range."""
+    if cfg.normalisation == "fixed":
+        if not cfg.fixed_range or len(cfg.fixed_range) != 2:
+            raise ValueError("normalisation 'fixed' needs fixed_range: [lo, hi]")
+        return Normaliser(*map(float, cfg.fixed_range))
+    if cfg.normalisation != "minmax":
+        raise ValueError(f"unknown normalisation {cfg.normalisation!r} (minmax | fixed)")
+    lo, hi = np.inf, -np.inf
+    for start in range(0, len(indices), block):
+        x = source.load(indices[start : start + block])
+        if np.isinf(x).any():
+            raise ValueError("training data holds inf values; vcinr needs finite values or NaN")
+        if np.isfinite(x).any():
+            lo, hi = min(lo, float(np.nanmin(x))), max(hi, float(np.nanmax(x)))
+    if not np.isfinite(lo):
+        raise ValueError("training items are all NaN: nothing to normalise")
+    return Normaliser(lo, hi if hi > lo else lo + 1.0)
+
+
+def item_means(values: np.ndarray) -> np.ndarray:
+    """The mean of each row of ``values`` ``(n, P)`` over its finite entries, rounded to
+    float16 as a chunk stores it (0 for a row with none): the offsets of
+    ``data.subtract_item_mean``. Whoever subtracts them subtracts these rounded values,
+    so the rounding costs no accuracy: the INR fits what is left."""
+    valid = np.isfinite(values)
+    count = valid.sum(axis=1)
+    total = np.where(valid, values, 0.0).sum(axis=1, dtype=np.float64)
+    means = np.divide(total, count, out=np.zeros(len(values)), where=count > 0)
+    if np.abs(means).max(initial=0.0) > np.finfo(np.float16).max:
+        raise ValueError(
+            f"an item's mean is {np.abs(means).max():.3g} in normalised units, beyond float16: "
+            "the normalisation maps this data far outside [0, 1]; it may hold an undeclared fill value "
+            "(such as 1e20 or -9999): declare it (_FillValue or missing_value) or set it to NaN"
+        )
+    return means.astype(np.float16).astype(np.float32)
