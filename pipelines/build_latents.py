@@ -7,7 +7,7 @@ Ray Data maps them over a pool of ``latents.num_actors`` actors (one GPU each wh
 ``latents.use_gpu`` and the cluster has GPUs, else ``latents.cpus_per_actor`` CPUs);
 each actor loads the model artifact once, reads only the fields of the shard it is
 given, adapts them (``latents.inner_steps`` MetaSGD steps) and writes the shard
-atomically (:mod:`vcinr_sci.latents`). A rerun plans only the shards not yet complete,
+atomically (:mod:`vcinr_sci.model.latents`). A rerun plans only the shards not yet complete,
 so a killed run resumes where it stopped and a finished one does nothing. Locally it
 starts an embedded Ray; under ``ray job submit`` it joins the cluster (the latents
 folder must then be on storage every node sees).
@@ -16,7 +16,7 @@ The model is ``--model`` (an artifact folder, or a hash looked up in
 ``train.artifact_dir`` and ``$VCINR_MODEL_PATH``), or else the newest artifact in
 ``train.artifact_dir`` meta-trained from this config's data, model and meta sections
 (one without coders first). The latents folder is named by the INR's fingerprint
-(:func:`vcinr_sci.latents.inr_key`), so artifacts that differ only in their coders share it.
+(:func:`vcinr_sci.model.latents.inr_key`), so artifacts that differ only in their coders share it.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ import torch
 
 from pipelines.cli_args import config_parser, load
 from pipelines.ray_setup import ensure_ray, use_assigned_cpus
-from vcinr_sci.artifact import MANIFEST, find_artifact, load_artifact
 from vcinr_sci.config import Config
 from vcinr_sci.data.grids import Patcher
 from vcinr_sci.errors import ArtifactError
-from vcinr_sci.latents import (
+from vcinr_sci.model.artifact import MANIFEST, find_artifact, load_artifact
+from vcinr_sci.model.latents import (
     complete_shards,
     inr_key,
     latents_dir,
@@ -49,7 +49,7 @@ from vcinr_sci.latents import (
     write_manifest,
     write_shard,
 )
-from vcinr_sci.meta import masked_mse
+from vcinr_sci.model.meta import masked_mse
 
 INR_SECTIONS = ("data", "model", "meta")
 

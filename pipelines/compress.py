@@ -41,9 +41,9 @@ import numpy as np
 
 from pipelines.cli_args import config_parser, load
 from pipelines.ray_setup import ensure_ray, use_assigned_cpus
-from vcinr_sci.artifact import HASH_PREFIX_LEN, MANIFEST, find_artifact
 from vcinr_sci.config import Config
 from vcinr_sci.errors import ArtifactError
+from vcinr_sci.model.artifact import HASH_PREFIX_LEN, MANIFEST, find_artifact
 
 JOB_ATTR = "vcinr_job"
 COMPLETE_ATTR = "vcinr_complete"
@@ -109,7 +109,7 @@ class WriteChunks:
     def __init__(self, config: dict, store: str, artifact_path: str, use_gpu: bool):
         import dask
 
-        from vcinr_sci.models import register_model
+        from vcinr_sci.model.registry import register_model
 
         use_assigned_cpus()  # the codec codes one chunk at a time here, with every CPU held
         dask.config.set(scheduler="synchronous")  # one chunk at a time per actor
@@ -133,7 +133,7 @@ class WriteChunks:
         return self.arrays[variable], self.sources[variable]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from vcinr_sci.models import model_cache_stats
+        from vcinr_sci.model.registry import model_cache_stats
 
         out: dict[str, list] = {"variable": [], "chunk": [], "seconds": [], "mse": [], "pid": [], "loads": []}
         for variable, chunk in zip(batch["variable"], batch["chunk"]):
@@ -210,7 +210,7 @@ def _create_store(cfg: Config, store: Path, loaded, variables: list[str], qualit
 
     from vcinr_sci.accessor import coded_encoding, item_chunks, prepare_variable
     from vcinr_sci.codec import VCINRCodec
-    from vcinr_sci.store import MODELS_GROUP, embed_model
+    from vcinr_sci.model.embedded import MODELS_GROUP, embed_model
 
     art, c = loaded.artifact, cfg.compress
     if c.store_model:  # where the model lies inside the store
@@ -289,7 +289,7 @@ def compress(cfg: Config, model: str | None = None, limit: int | None = None, qu
     import ray.data
     import zarr
 
-    from vcinr_sci.models import default_inner_steps, register_model
+    from vcinr_sci.model.registry import default_inner_steps, register_model
 
     t0 = time.perf_counter()
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))

@@ -27,10 +27,10 @@ from ray.train.torch import prepare_model
 
 from pipelines.cli_args import config_parser, load
 from pipelines.ray_setup import ensure_ray, torch_trainer, use_assigned_cpus
-from vcinr_sci.artifact import ModelArtifact, build_model, save_artifact
 from vcinr_sci.config import Config
 from vcinr_sci.data.items import load_dataset
-from vcinr_sci.training import evaluate, outer_step, sample_batch, seed_everything
+from vcinr_sci.model.artifact import ModelArtifact, build_model, save_artifact
+from vcinr_sci.model.training import evaluate, outer_step, sample_batch, seed_everything
 
 CHECKPOINT_FILE = "state.pt"
 DONE_FILE = "vcinr-done.json"  # written by the driver once the artifact exists

@@ -40,7 +40,6 @@ import torch
 from pipelines.build_latents import resolve_model
 from pipelines.cli_args import config_parser, load
 from pipelines.ray_setup import ensure_ray, torch_trainer, use_assigned_cpus
-from vcinr_sci.artifact import ModelArtifact, load_artifact, save_artifact
 from vcinr_sci.coding import (
     LatentCoder,
     UniformQuantiser,
@@ -52,8 +51,9 @@ from vcinr_sci.coding import (
 from vcinr_sci.config import CoderConfig, Config
 from vcinr_sci.data.items import ItemSet, load_dataset
 from vcinr_sci.errors import LatentsError
-from vcinr_sci.latents import LatentTable, latents_dir, read_manifest, read_shards
-from vcinr_sci.meta import MetaSGD, masked_mse
+from vcinr_sci.model.artifact import ModelArtifact, load_artifact, save_artifact
+from vcinr_sci.model.latents import LatentTable, latents_dir, read_manifest, read_shards
+from vcinr_sci.model.meta import MetaSGD, masked_mse
 
 STATE_FILE = "coders-rank{rank}.pt"
 FINAL_FILE = "final-rank{rank}.pt"

@@ -28,10 +28,10 @@ def tiny_artifact(patch_shape: list[int] | None = None, subtract_item_mean: bool
         return _CACHE[key]
     import torch
 
-    from vcinr_sci.artifact import save_artifact
     from vcinr_sci.coding import LatentCoder
     from vcinr_sci.config import load_config
-    from vcinr_sci.training import add_uniform_coder, train_in_process
+    from vcinr_sci.model.artifact import save_artifact
+    from vcinr_sci.model.training import add_uniform_coder, train_in_process
 
     repo = Path(__file__).resolve().parents[1]
     overrides = {"data.patch_shape": patch_shape, "data.subtract_item_mean": subtract_item_mean}
@@ -51,8 +51,8 @@ def other_artifact() -> Path:
     """A second artifact, same INR, different coder (so a different hash)."""
     if "other" in _CACHE:
         return _CACHE["other"]
-    from vcinr_sci.artifact import load_artifact, save_artifact
     from vcinr_sci.coding import UniformQuantiser
+    from vcinr_sci.model.artifact import load_artifact, save_artifact
 
     art = load_artifact(tiny_artifact())
     q = UniformQuantiser(art.model.latent_dim, bits=4)

@@ -66,7 +66,7 @@ def one_torch_thread():
 def isolated_model_lookup(tmp_path, monkeypatch):
     """No model is found except where a test puts it: an empty cache folder, no
     ``$VCINR_MODEL_PATH``, and the per-process model cache cleared before and after."""
-    from vcinr_sci.models import clear_model_cache
+    from vcinr_sci.model.registry import clear_model_cache
 
     monkeypatch.setenv("VCINR_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("VCINR_MODEL_PATH", raising=False)

@@ -212,7 +212,7 @@ def test_store_alone_decodes_in_fresh_process(model, ds, tmp_path):
         # moved, with an empty cache: the config's model_path is stale, the store supplies the model
         shutil.move(r"{out}", r"{moved}")
         shutil.rmtree(r"{cache}")
-        from vcinr_sci.models import clear_model_cache
+        from vcinr_sci.model.registry import clear_model_cache
         from vcinr_sci.accessor import open_zarr
         clear_model_cache(search_paths=True)
         np.save(r"{tmp_path}/moved.npy", open_zarr(r"{moved}").air_temperature.values)
@@ -321,7 +321,7 @@ def test_moved_store_points_to_open_zarr(model, ds, tmp_path):
     """Plain xarray on a store moved away from where its codec config says its model
     lies: the error says how to read it (open_zarr finds the model inside)."""
     from vcinr_sci.errors import ArtifactError
-    from vcinr_sci.models import clear_model_cache
+    from vcinr_sci.model.registry import clear_model_cache
 
     out = ds.vcinr.to_zarr(tmp_path / "here.zarr", model=model, quality=QUALITY, store_model=True, measure=False)
     moved = tmp_path / "there.zarr"
@@ -334,9 +334,9 @@ def test_moved_store_points_to_open_zarr(model, ds, tmp_path):
 
 def test_lookup_errors_tell_hashes_apart(model, tmp_path):
     """A model sharing the first 16 hex digits with the one asked for is named in full."""
-    from vcinr_sci.artifact import load_artifact
     from vcinr_sci.errors import ArtifactError
-    from vcinr_sci.models import get_model
+    from vcinr_sci.model.artifact import load_artifact
+    from vcinr_sci.model.registry import get_model
 
     present = load_artifact(model).hash
     missing = present[:16] + ("0" if present[16] != "0" else "1") + present[17:]

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from _vcinr_tiny import QUALITY, data_path, tiny_artifact
 
-from vcinr_sci.artifact import load_artifact
 from vcinr_sci.bench import codecs as bench
 from vcinr_sci.codec import VCINRCodec
 from vcinr_sci.data.items import load_dataset
+from vcinr_sci.model.artifact import load_artifact
 
 
 def test_needed_bits_interpolates_log_linearly():

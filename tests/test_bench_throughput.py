@@ -13,7 +13,7 @@ from _vcinr_tiny import tiny_artifact
 
 from vcinr_sci.bench import cross_device, throughput
 from vcinr_sci.config import ModelConfig
-from vcinr_sci.inr import build_inr
+from vcinr_sci.model.inr import build_inr
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -26,7 +26,7 @@ from vcinr_sci.chunk import decode_container, encode_container
 from vcinr_sci.codec import VCINRCodec, decode_latents
 from vcinr_sci.codec_zarr3 import VCINRZarrCodec
 from vcinr_sci.errors import ChunkFormatError, CodecError
-from vcinr_sci.models import LoadedModel, full_float32
+from vcinr_sci.model.loaded import LoadedModel, full_float32
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup")
 

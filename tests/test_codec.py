@@ -17,12 +17,12 @@ import pytest
 import zarr
 from _vcinr_tiny import LEARNED, QUALITY, fields, other_artifact, tiny_artifact
 
-from vcinr_sci.artifact import load_artifact
 from vcinr_sci.chunk import decode_container, encode_container
 from vcinr_sci.codec import VCINRCodec, decode_latents
 from vcinr_sci.codec_zarr3 import VCINRZarrCodec
 from vcinr_sci.errors import ArtifactError, ChunkFormatError, CodecError
-from vcinr_sci.models import clear_model_cache, model_cache_stats
+from vcinr_sci.model.artifact import load_artifact
+from vcinr_sci.model.registry import clear_model_cache, model_cache_stats
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup")
 

@@ -17,7 +17,7 @@ from vcinr_sci.data.grids import RegularGrid, SphericalGrid
 from vcinr_sci.data.items import load_dataset
 from vcinr_sci.data.normalise import Normaliser, fit_normaliser, item_means
 from vcinr_sci.data.sources import FieldSource, make_grid, make_split, open_variable, resolve_paths
-from vcinr_sci.meta import masked_mse
+from vcinr_sci.model.meta import masked_mse
 
 LAT = np.array([-30.0, 0.0, 30.0, 60.0])
 LON = np.array([0.0, 60.0, 120.0, 180.0, 240.0])

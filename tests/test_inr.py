@@ -1,4 +1,4 @@
-"""The shared INR (vcinr_sci.inr): shapes, per-item conditioning, gates, initialisation."""
+"""The shared INR (vcinr_sci.model.inr): shapes, per-item conditioning, gates, initialisation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vcinr_sci.config import ModelConfig
-from vcinr_sci.inr import GatedSiren, ShiftSiren, build_inr
+from vcinr_sci.model.inr import GatedSiren, ShiftSiren, build_inr
 
 D, N, B = 6, 40, 4
 

@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from vcinr_sci.artifact import ModelArtifact, build_model, save_artifact
 from vcinr_sci.config import load_config
 from vcinr_sci.data.items import load_dataset
 from vcinr_sci.errors import LatentsError
-from vcinr_sci.latents import (
+from vcinr_sci.model.artifact import ModelArtifact, build_model, save_artifact
+from vcinr_sci.model.latents import (
     complete_shards,
     missing_shards,
     plan_shards,
@@ -109,7 +109,7 @@ def test_build_latents_resumes_after_failure(ray_session, tiny_artifact, tmp_pat
     assert train.phi.shape == (192, cfg.model.latent_dim) and np.isfinite(train.psnr).all()
 
     # The shard's latents are what MetaSGD.adapt gives for those items.
-    from vcinr_sci.artifact import load_artifact
+    from vcinr_sci.model.artifact import load_artifact
 
     art = load_artifact(path)
     data = load_dataset(art.config.data, art.normaliser)

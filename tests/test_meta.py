@@ -1,4 +1,4 @@
-"""MetaSGD (vcinr_sci.meta): the inner loop, masks, step-size clipping, second-order
+"""MetaSGD (vcinr_sci.model.meta): the inner loop, masks, step-size clipping, second-order
 gradients (against finite differences) and encoding with more steps."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import torch
 
 from vcinr_sci.config import MetaConfig, ModelConfig, load_config
 from vcinr_sci.data.items import load_dataset
-from vcinr_sci.inr import build_inr
-from vcinr_sci.meta import MetaSGD, masked_mse
-from vcinr_sci.training import outer_step, sample_batch, seed_everything
+from vcinr_sci.model.inr import build_inr
+from vcinr_sci.model.meta import MetaSGD, masked_mse
+from vcinr_sci.model.training import outer_step, sample_batch, seed_everything
 
 TINY = "configs/tiny.yaml"  # the iris sample field (air temperature over North America)
 

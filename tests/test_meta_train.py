@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.meta_train import KILL_AT_STEP_ENV, fit, run_id
-from vcinr_sci.artifact import load_artifact
 from vcinr_sci.config import load_config
+from vcinr_sci.model.artifact import load_artifact
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -22,9 +22,10 @@ import zarr
 from _vcinr_tiny import QUALITY, fields, tiny_artifact
 
 from vcinr_sci.accessor import open_zarr
-from vcinr_sci.artifact import MANIFEST, WEIGHTS
 from vcinr_sci.errors import ArtifactError
-from vcinr_sci.store import HASH_ATTR, MODELS_GROUP, consolidate
+from vcinr_sci.model.artifact import MANIFEST, WEIGHTS
+from vcinr_sci.model.embedded import HASH_ATTR, MODELS_GROUP
+from vcinr_sci.store import consolidate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup")
 
@@ -48,7 +49,7 @@ def _write(model, ds, path: Path) -> tuple[Path, np.ndarray]:
 
 def _fresh_lookup(cache: Path, monkeypatch) -> None:
     """An empty cache folder, and no model loaded or searched for by this process."""
-    from vcinr_sci.models import clear_model_cache
+    from vcinr_sci.model.registry import clear_model_cache
 
     monkeypatch.setenv("VCINR_CACHE_DIR", str(cache))
     clear_model_cache(search_paths=True)
@@ -67,7 +68,7 @@ def _files_named(root: Path, names=(MANIFEST, WEIGHTS)) -> list[Path]:
 
 
 def test_model_hash_check():
-    from vcinr_sci.artifact import check_model_hash, model_dir_name
+    from vcinr_sci.model.artifact import check_model_hash, model_dir_name
 
     h = "0123456789abcdef" * 4
     assert check_model_hash(h) == h and model_dir_name(h) == h[:16]

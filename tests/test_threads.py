@@ -11,7 +11,7 @@ from _vcinr_tiny import QUALITY, fields, tiny_artifact
 
 from vcinr_sci.codec import VCINRCodec
 from vcinr_sci.errors import CodecError
-from vcinr_sci.models import LoadedModel
+from vcinr_sci.model.loaded import LoadedModel
 
 pytestmark = pytest.mark.usefixtures("isolated_model_lookup")
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from pipelines.train_coder import coder_losses, distortion_on_data, freeze, train_step
-from vcinr_sci.artifact import ModelArtifact, build_model, load_artifact, save_artifact
 from vcinr_sci.coding import LatentCoder
 from vcinr_sci.config import load_config
 from vcinr_sci.data.grids import RegularGrid
 from vcinr_sci.data.items import load_dataset
-from vcinr_sci.meta import masked_mse
+from vcinr_sci.model.artifact import ModelArtifact, build_model, load_artifact, save_artifact
+from vcinr_sci.model.meta import masked_mse
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -32,7 +32,6 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from vcinr_sci.artifact import HASH_PREFIX_LEN
 from vcinr_sci.bounded import ErrorBound
 from vcinr_sci.codec import VCINRCodec, check_dtype
 from vcinr_sci.codec_zarr3 import VCINRZarrCodec  # needs zarr 3, as does xarray's Zarr backend
@@ -40,15 +39,11 @@ from vcinr_sci.data.grids import RegularGrid, SphericalGrid
 from vcinr_sci.data.normalise import Normaliser
 from vcinr_sci.errors import CodecError
 from vcinr_sci.integrity import record_digests
-from vcinr_sci.models import LoadedModel, default_inner_steps, resolve_model
-from vcinr_sci.store import (
-    MODELS_GROUP,
-    chunk_bytes_stored,
-    consolidate,
-    embed_model,
-    is_local_path,
-    use_embedded_models,
-)
+from vcinr_sci.model.artifact import HASH_PREFIX_LEN
+from vcinr_sci.model.embedded import MODELS_GROUP, embed_model
+from vcinr_sci.model.loaded import LoadedModel
+from vcinr_sci.model.registry import default_inner_steps, resolve_model, use_embedded_models
+from vcinr_sci.store import chunk_bytes_stored, consolidate, is_local_path
 
 NOTE = (
     "Lossy compression by a neural codec (VC-INR: meta-learned implicit neural representation "
@@ -370,7 +365,7 @@ class VCINRDatasetAccessor:
     ) -> Any:
         """Write the dataset to ``store``, coding ``variables`` with the vcinr codec.
 
-        ``model``: a :class:`~vcinr_sci.artifact.ModelArtifact`, an artifact folder, or a
+        ``model``: a :class:`~vcinr_sci.model.artifact.ModelArtifact`, an artifact folder, or a
         hash; ``quality``: one of its levels. ``variables`` defaults to every float data
         variable that has the model's grid dims (others are written as xarray would).
         Each coded variable is transposed to put the grid dims last and chunked whole

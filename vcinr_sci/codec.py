@@ -66,7 +66,7 @@ not depend on the device: the entropy coder's tables are built on the CPU, so ch
 written on a GPU decode on a CPU and vice versa (the decoded floats may differ in the
 last bits between devices). Zarr format 2 arrays must use C order (the default).
 
-**Models** (:mod:`vcinr_sci.models`). Chunks name their model by content hash. :func:`get_model` loads a model
+**Models** (:mod:`vcinr_sci.model.registry`). Chunks name their model by content hash. :func:`get_model` loads a model
 artifact once per process (keyed by hash) and keeps it, moved to the device (CUDA when
 present, else CPU; ``$VCINR_DEVICE`` overrides) for every later chunk. The artifact is
 looked up in the config's ``model_path`` (a folder, ``file://`` URI, or any fsspec URI),
@@ -104,7 +104,6 @@ from numcodecs import Zstd
 from numcodecs.abc import Codec
 from numcodecs.compat import ensure_ndarray_like, ndarray_copy
 
-from vcinr_sci.artifact import ModelArtifact
 from vcinr_sci.bounded import ErrorBound, apply_residual, encode_residual, inr_scale
 from vcinr_sci.chunk import ChunkHeader, decode_container, encode_container, zstd_exact
 from vcinr_sci.data.grids import grid_from_dict
@@ -114,13 +113,16 @@ from vcinr_sci.errors import (
     ChunkFormatError,
     CodecError,  # noqa: F401  (re-exported: the codec's model API)
 )
-from vcinr_sci.models import (  # noqa: F401  (re-exported: the codec's model API)
+from vcinr_sci.model.artifact import ModelArtifact
+from vcinr_sci.model.loaded import (  # noqa: F401  (re-exported: the codec's model API)
     LoadedModel,
+    default_device,
+    full_float32,
+)
+from vcinr_sci.model.registry import (  # noqa: F401  (re-exported: the codec's model API)
     add_model_search_path,
     clear_model_cache,
-    default_device,
     default_inner_steps,
-    full_float32,
     get_model,
     model_cache_stats,
     register_model,

@@ -16,8 +16,9 @@ import zarr
 from vcinr_sci.codec import codec_of, decode_latents
 from vcinr_sci.data.grids import RegularGrid, SphericalGrid, lat_lon_to_xyz
 from vcinr_sci.errors import CodecError
-from vcinr_sci.models import LoadedModel
-from vcinr_sci.store import read_chunk, use_embedded_models
+from vcinr_sci.model.loaded import LoadedModel
+from vcinr_sci.model.registry import use_embedded_models
+from vcinr_sci.store import read_chunk
 
 
 def nearest_index(axis: np.ndarray, values: np.ndarray, period: float | None = None) -> np.ndarray:

@@ -24,9 +24,9 @@ import numcodecs  # noqa: E402
 import numpy as np  # noqa: E402
 from _vcinr_tiny import QUALITY, fields, other_artifact, tiny_artifact  # noqa: E402
 
-from vcinr_sci.artifact import HASH_PREFIX_LEN, load_artifact  # noqa: E402
 from vcinr_sci.codec import VCINRCodec, codec_of  # noqa: E402
-from vcinr_sci.store import MODELS_GROUP, embed_model  # noqa: E402
+from vcinr_sci.model.artifact import HASH_PREFIX_LEN, load_artifact  # noqa: E402
+from vcinr_sci.model.embedded import MODELS_GROUP, embed_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup")
 

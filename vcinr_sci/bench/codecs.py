@@ -61,7 +61,6 @@ from numcodecs.abc import Codec
 from numcodecs.compat import ensure_ndarray_like
 
 from vcinr_sci import metrics
-from vcinr_sci.artifact import MANIFEST, WEIGHTS, find_artifact
 from vcinr_sci.bench.output import device_name, pyplot, save_figure, write_json
 from vcinr_sci.bench.throughput import count_flops, encode_flops, matmul_rate
 from vcinr_sci.chunk import decode_container
@@ -71,7 +70,9 @@ from vcinr_sci.data.grids import SphericalGrid
 from vcinr_sci.data.items import load_dataset
 from vcinr_sci.data.regrid import interp_lat_lon, regrid_lat_lon
 from vcinr_sci.data.sources import FieldSource, open_variable
-from vcinr_sci.models import default_device, default_inner_steps, resolve_model
+from vcinr_sci.model.artifact import MANIFEST, WEIGHTS, find_artifact
+from vcinr_sci.model.loaded import default_device
+from vcinr_sci.model.registry import default_inner_steps, resolve_model
 
 TARGETS_DB = (40.0, 45.0, 50.0)
 METHOD_RANGE = (202.66, 320.93)  # method.md / COIN++: ERA5 temperature (K) -> [0, 1]

@@ -2,7 +2,7 @@
 COIN++ shifts) meta-trained with equal budgets.
 
 For each latent size dim(phi), both conditionings are meta-trained in-process
-(:mod:`vcinr_sci.training`, no Ray) on the same batches: same number of outer steps, same
+(:mod:`vcinr_sci.model.training`, no Ray) on the same batches: same number of outer steps, same
 batch size and grid points per step, same SIREN width and depth, same inner steps, same
 seed. The gating network adds parameters: the table reports each model's count.
 
@@ -41,12 +41,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from vcinr_sci.artifact import build_model
 from vcinr_sci.bench.output import device_name, resolve_device, write_json
 from vcinr_sci.config import Config, DataConfig, MetaConfig, ModelConfig, TrainConfig
 from vcinr_sci.data.items import load_dataset
 from vcinr_sci.data.sources import DATA_DIR_ENV, shared_data_dir
-from vcinr_sci.training import evaluate, outer_step, sample_batch, seed_everything
+from vcinr_sci.model.artifact import build_model
+from vcinr_sci.model.training import evaluate, outer_step, sample_batch, seed_everything
 
 CONDITIONINGS = ("gated", "shift")
 FILE_GLOB = "ccsm_trefht_1890-1999_annual_run*.nc"

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from vcinr_sci.artifact import load_artifact
 from vcinr_sci.bench.output import write_json
 from vcinr_sci.data.items import load_dataset
+from vcinr_sci.model.artifact import load_artifact
 
 
 def _decode(model, coords: torch.Tensor, phi: torch.Tensor, device: str) -> np.ndarray:

@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from vcinr_sci.artifact import MANIFEST, ModelArtifact, find_artifact, load_artifact
 from vcinr_sci.bench.output import pyplot, save_figure, write_json
 from vcinr_sci.coding import LatentCoder, UniformQuantiser, coder_state
 from vcinr_sci.data.grids import SphericalGrid
 from vcinr_sci.data.items import ItemSet, load_dataset
+from vcinr_sci.model.artifact import MANIFEST, ModelArtifact, find_artifact, load_artifact
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,13 +41,13 @@ import torch
 from numcodecs import Zstd
 
 from vcinr_sci import bounded
-from vcinr_sci.artifact import ModelArtifact, load_artifact, save_artifact
 from vcinr_sci.bench.output import write_json
 from vcinr_sci.codec import VCINRCodec, decode_latents
 from vcinr_sci.config import load_config
 from vcinr_sci.data.items import load_dataset
 from vcinr_sci.data.sources import shared_data_dir
-from vcinr_sci.training import add_uniform_coder, train_in_process
+from vcinr_sci.model.artifact import ModelArtifact, load_artifact, save_artifact
+from vcinr_sci.model.training import add_uniform_coder, train_in_process
 
 REPO = Path(__file__).resolve().parents[2]
 METHODS = ("rans", "zstd", "zstd-3", "sz3", "safeguards")

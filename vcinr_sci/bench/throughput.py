@@ -32,11 +32,11 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vcinr_sci.artifact import build_model, load_artifact
 from vcinr_sci.bench.output import device_name, resolve_device, write_json
 from vcinr_sci.config import load_config, parse_overrides
 from vcinr_sci.data.items import load_dataset
-from vcinr_sci.training import outer_step, sample_batch, seed_everything
+from vcinr_sci.model.artifact import build_model, load_artifact
+from vcinr_sci.model.training import outer_step, sample_batch, seed_everything
 
 
 def synchronize(device: torch.device) -> None:

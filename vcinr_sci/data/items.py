@@ -9,9 +9,9 @@ from typing import Sequence
 import numpy as np
 
 from vcinr_sci.config import DataConfig
+from vcinr_sci.data.grids import Grid, Patcher
 from vcinr_sci.data.normalise import Normaliser, fit_normaliser, item_means
 from vcinr_sci.data.sources import DataSplit, FieldSource, make_grid, make_split, open_variable
-from vcinr_sci.data.grids import Grid, Patcher
 
 
 class ItemSet:

@@ -27,8 +27,8 @@ from vcinr_sci.config import Config
 from vcinr_sci.data.grids import Grid, grid_from_dict
 from vcinr_sci.data.normalise import Normaliser
 from vcinr_sci.errors import ArtifactError
-from vcinr_sci.inr import build_inr
-from vcinr_sci.meta import MetaSGD
+from vcinr_sci.model.inr import build_inr
+from vcinr_sci.model.meta import MetaSGD
 
 FORMAT_VERSION = 1
 MANIFEST = "artifact.json"

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vcinr_sci.artifact import ModelArtifact, build_model
 from vcinr_sci.coding import UniformQuantiser
 from vcinr_sci.config import Config
 from vcinr_sci.data.items import ItemSet, load_dataset
-from vcinr_sci.meta import MetaSGD, masked_mse
-from vcinr_sci.models import default_inner_steps
+from vcinr_sci.model.artifact import ModelArtifact, build_model
+from vcinr_sci.model.meta import MetaSGD, masked_mse
+from vcinr_sci.model.registry import default_inner_steps
 
 
 def seed_everything(seed: int) -> None:

@@ -1,0 +1,178 @@
+"""A model artifact ready to code chunks: its weights on the device it runs on, the
+layout of its items (patches), their coordinates, its latent coders by level; and the
+full-float32 context every decode runs in, so that no speed setting changes the bytes' meaning."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from vcinr_sci.data.grids import Grid, Patcher
+from vcinr_sci.errors import CodecError
+from vcinr_sci.model.artifact import (
+    ModelArtifact,
+)
+
+DEVICE_ENV = "VCINR_DEVICE"
+
+
+BATCH_POINTS_ENV = "VCINR_BATCH_POINTS"
+
+
+def default_device() -> torch.device:
+    """``$VCINR_DEVICE`` if set, else CUDA when present, else the CPU."""
+    name = os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _batch_points() -> int:
+    return max(1, int(os.environ.get(BATCH_POINTS_ENV, 2**16)))
+
+
+_PRECISION_LOCK = threading.Lock()
+
+
+_PRECISION_USERS = 0
+
+
+_PRECISION_SAVED: str | None = None
+
+
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """Run CUDA float32 matmuls in IEEE float32 (no TF32) inside the block, restoring the
+    caller's setting afterwards.
+
+    Decoding must not depend on a process-wide speed setting: TF32 changes the INR's
+    output by ~1e-3 of the normalisation range, far beyond the error-bounded mode's
+    margin (:mod:`vcinr_sci.bounded`). torch 2.13 sets this with
+    ``torch.backends.cuda.matmul.fp32_precision`` (``"ieee"``); the legacy
+    ``allow_tf32`` / ``set_float32_matmul_precision`` flags map onto it, and reading
+    them after the new one was set raises, so only the new one is touched. The INR
+    has no convolutions, so cuDNN's flag does not apply. Chunks decode in several
+    threads at once: the first to enter saves and sets, the last to leave restores.
+    On the CPU the setting has no effect.
+    """
+    global _PRECISION_USERS, _PRECISION_SAVED
+    matmul = torch.backends.cuda.matmul
+    with _PRECISION_LOCK:
+        if _PRECISION_USERS == 0:
+            _PRECISION_SAVED = matmul.fp32_precision
+            matmul.fp32_precision = "ieee"
+        _PRECISION_USERS += 1
+    try:
+        yield
+    finally:
+        with _PRECISION_LOCK:
+            _PRECISION_USERS -= 1
+            if _PRECISION_USERS == 0:
+                matmul.fp32_precision = _PRECISION_SAVED
+
+
+@dataclass
+class LoadedModel:
+    """A model artifact ready to code chunks: weights on ``device``, the items' layout
+    (patches) and the coordinates of every item's points, latent coders by level."""
+
+    artifact: ModelArtifact
+    device: torch.device
+    patcher: Patcher | None
+    item_coords: torch.Tensor  # (num_patches, points_per_item, coord_dim) on device
+    _coders: dict[str, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def hash(self) -> str:
+        return self.artifact.hash
+
+    @property
+    def grid(self) -> Grid:
+        return self.artifact.grid
+
+    @property
+    def subtracts_item_mean(self) -> bool:
+        """Whether chunks store each item's mean and the INR codes the rest."""
+        return self.artifact.config.data.subtract_item_mean
+
+    @property
+    def num_patches(self) -> int:
+        return self.item_coords.shape[0]
+
+    @property
+    def points_per_item(self) -> int:
+        return self.item_coords.shape[1]
+
+    def coder(self, level: str):
+        """The latent coder of quality ``level`` (built once, on the model's device)."""
+        with self._lock:
+            if level not in self._coders:
+                try:
+                    coder = self.artifact.coder(level)
+                except KeyError:
+                    raise CodecError(
+                        f"model {self.hash[:16]} has no quality level {level!r}; "
+                        f"it has {self.artifact.quality_levels or 'none (train a coder first)'}"
+                    ) from None
+                if isinstance(coder, torch.nn.Module):
+                    coder = coder.to(self.device)
+                self._coders[level] = coder
+            return self._coders[level]
+
+    def to_items(self, fields: np.ndarray) -> np.ndarray:
+        """``(n, *grid)`` -> ``(n * num_patches, points_per_item)`` (item i is patch
+        ``i % num_patches`` of field ``i // num_patches``, as in :class:`~vcinr_sci.data.items.ItemSet`)."""
+        if self.patcher is not None:
+            fields = self.patcher.split(fields)
+        return fields.reshape(-1, self.points_per_item)
+
+    def to_fields(self, items: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`to_items`."""
+        if self.patcher is None:
+            return items.reshape(-1, *self.grid.shape)
+        return self.patcher.merge(items.reshape(-1, self.num_patches, *self.patcher.patch_shape))
+
+    def _batches(self, n: int):
+        size = max(1, _batch_points() // self.points_per_item)
+        for start in range(0, n, size):
+            yield slice(start, min(start + size, n))
+
+    def adapt(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int) -> torch.Tensor:
+        """Latents ``(len(items), D)`` of the normalised ``values`` at item indices ``items``."""
+        out = []
+        model = self.artifact.model
+        for sl in self._batches(len(items)):
+            coords = self.item_coords[torch.as_tensor(items[sl] % self.num_patches, device=self.device)]
+            target = torch.as_tensor(values[sl], device=self.device).unsqueeze(-1)
+            mask = torch.as_tensor(valid[sl], device=self.device).unsqueeze(-1)
+            out.append(model.adapt(coords, target, mask, steps))
+        return torch.cat(out) if out else torch.zeros(0, model.latent_dim, device=self.device)
+
+    @torch.no_grad()
+    def evaluate(self, items: np.ndarray, phi: torch.Tensor) -> np.ndarray:
+        """The INR of latents ``phi`` on the grid points of items ``items``: ``(n, P)``."""
+        out = []
+        model = self.artifact.model
+        phi = phi.to(self.device, torch.float32)
+        with full_float32():
+            for sl in self._batches(len(items)):
+                coords = self.item_coords[torch.as_tensor(items[sl] % self.num_patches, device=self.device)]
+                out.append(model.decode(coords, phi[sl])[..., 0].float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.points_per_item), np.float32)
+
+    @torch.no_grad()
+    def evaluate_at(self, coords: np.ndarray, phi: torch.Tensor) -> np.ndarray:
+        """The INR of each latent in ``phi`` ``(B, D)`` at shared points ``coords``
+        ``(N, coord_dim)``: ``(B, N)`` (continuous-resolution sampling)."""
+        model = self.artifact.model
+        c = torch.as_tensor(np.asarray(coords, np.float32), device=self.device)
+        phi = phi.to(self.device, torch.float32)
+        step = max(1, _batch_points() // max(1, len(c)))
+        with full_float32():
+            out = [model.decode(c, phi[i : i + step])[..., 0].float().cpu().numpy() for i in range(0, len(phi), step)]
+        return np.concatenate(out) if out else np.zeros((0, len(c)), np.float32)
