@@ -28,7 +28,7 @@ def tiny_artifact(patch_shape: list[int] | None = None, subtract_item_mean: bool
         return _CACHE[key]
     import torch
 
-    from vcinr_sci.coding import LatentCoder
+    from vcinr_sci.coding.coder import LatentCoder
     from vcinr_sci.config import load_config
     from vcinr_sci.model.artifact import save_artifact
     from vcinr_sci.model.training import add_uniform_coder, train_in_process
@@ -51,7 +51,7 @@ def other_artifact() -> Path:
     """A second artifact, same INR, different coder (so a different hash)."""
     if "other" in _CACHE:
         return _CACHE["other"]
-    from vcinr_sci.coding import UniformQuantiser
+    from vcinr_sci.coding.quantiser import UniformQuantiser
     from vcinr_sci.model.artifact import load_artifact, save_artifact
 
     art = load_artifact(tiny_artifact())

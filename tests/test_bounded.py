@@ -1,4 +1,4 @@
-"""The error-bounded mode (vcinr_sci.bounded through the codec): every valid point within
+"""The error-bounded mode (vcinr_sci.coding.bound through the codec): every valid point within
 the bound for random fields, bounds, NaN masks, fill values and edge chunks; decoders
 that differ from the encoder (perturbed INR, another thread count); exact fallback;
 the chunk format's residual section; configs, attributes and ``vcinr info``; every chunk
@@ -20,11 +20,11 @@ from _vcinr_tiny import QUALITY, fields, tiny_artifact
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vcinr_sci import bounded
 from vcinr_sci.accessor import BOUND_ATTRS, open_zarr
 from vcinr_sci.chunk import decode_container, encode_container
 from vcinr_sci.codec import VCINRCodec, decode_latents
 from vcinr_sci.codec_zarr3 import VCINRZarrCodec
+from vcinr_sci.coding import bound, residual_format
 from vcinr_sci.errors import ChunkFormatError, CodecError
 from vcinr_sci.model.loaded import LoadedModel, full_float32
 
@@ -94,10 +94,10 @@ def test_roundtrip_within_bound_property(artifact_path, data, draw):
     assert_within(x, y, bound_of(codec, x), fill)
     residual = decode_container(enc).residual
     if residual is not None:
-        info = bounded.read_info(residual)
+        info = bound.read_info(residual)
         assert info.bound == pytest.approx(bound_of(codec, x), rel=1e-12)
         assert info.mode == codec.bound.mode
-        assert bounded.MARGIN_FRACTION * info.bound <= info.margin
+        assert bound.MARGIN_FRACTION * info.bound <= info.margin
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -131,7 +131,7 @@ def test_zarr_edge_chunks_within_bound(artifact_path, data, tmp_path_factory, n,
 
 def _device_allowance(x: np.ndarray) -> float:
     """The largest INR difference (normalised units) the margin is built to absorb."""
-    return bounded.INR_DEVICE_ULPS * float(np.finfo(np.float32).eps) * max(1.0, float(np.abs(x).max()))
+    return bound.INR_DEVICE_ULPS * float(np.finfo(np.float32).eps) * max(1.0, float(np.abs(x).max()))
 
 
 @pytest.mark.parametrize("subtract_item_mean", [False, True])
@@ -160,7 +160,7 @@ def test_bound_holds_for_a_decoder_whose_inr_differs(data, monkeypatch, rel, sub
     assert not np.array_equal(y, exact)  # the perturbation did reach the output
     assert_within(x, y, bound_of(codec, x))
     if rel == 1e-4 and not subtract_item_mean:
-        assert bounded.read_info(decode_container(enc).residual).margin > bounded.MARGIN_FRACTION * bound_of(codec, x)
+        assert bound.read_info(decode_container(enc).residual).margin > bound.MARGIN_FRACTION * bound_of(codec, x)
         times[0] = 4.0
         with pytest.raises(AssertionError, match="max error"):
             assert_within(x, codec.decode(enc), bound_of(codec, x))
@@ -175,7 +175,7 @@ def test_margin_counts_stored_means_once(data):
     x = data[:3] + np.float32(2000.0)
     x[1, :6, :] = np.nan
     enc = codec.encode(x)
-    info = bounded.read_info(decode_container(enc).residual)
+    info = bound.read_info(decode_container(enc).residual)
     lat = decode_latents(enc)
     own = lat.model.evaluate(lat.active, lat.phi)  # (items, points): the INR before the means
     own = np.where(np.isnan(x).reshape(own.shape), 0.0, own)
@@ -185,8 +185,8 @@ def test_margin_counts_stored_means_once(data):
     scale = (norm.hi - norm.lo) * max(1.0, float(np.abs(own).max()) + means)
     eps32 = float(np.finfo(np.float32).eps)
     ulp = float(np.spacing(np.float32(np.abs(x[~np.isnan(x)]).max() + b)))
-    expected = max(b * bounded.MARGIN_FRACTION, bounded.INR_DEVICE_ULPS * eps32 * scale + ulp)
-    assert expected > b * bounded.MARGIN_FRACTION  # the device term sets it, not the floor
+    expected = max(b * bound.MARGIN_FRACTION, bound.INR_DEVICE_ULPS * eps32 * scale + ulp)
+    assert expected > b * bound.MARGIN_FRACTION  # the device term sets it, not the floor
     assert info.margin == pytest.approx(expected, rel=1e-5)
     assert info.step > 0  # quantised, not every point stored exactly
     assert_within(x, codec.decode(enc), b)
@@ -237,7 +237,7 @@ def test_bound_too_tight_for_float32_stores_exactly(artifact_path, data):
     codec = VCINRCodec.for_model(artifact_path, QUALITY, max_abs_error=1e-6)
     enc = codec.encode(x)
     np.testing.assert_array_equal(codec.decode(enc), x)
-    info = bounded.read_info(decode_container(enc).residual)
+    info = bound.read_info(decode_container(enc).residual)
     assert info.step == 0 and info.margin >= info.bound / 2
     # a rel bound on a constant chunk is 0: exact too
     flat = np.full((1, 37, 49), 271.5, np.float32)
@@ -300,7 +300,7 @@ def test_versions_and_damaged_residuals(artifact_path, data):
     with pytest.raises(ChunkFormatError, match="truncated"):
         codec.decode(enc[:-3])
     # well-checksummed but malformed sections (a faulty writer): clear errors, no array
-    n_field = bounded._HEAD.size - 4 - 1 - 8  # offset of the u64 count of valid points
+    n_field = residual_format.HEAD.size - 4 - 1 - 8  # offset of the u64 count of valid points
     wrong_n = bytearray(residual)
     struct.pack_into("<Q", wrong_n, n_field, 5)
     for bad in (residual[:-2], residual + b"\0", residual[:10], bytes(wrong_n), b"\x07" + residual[1:]):
@@ -387,14 +387,14 @@ def test_residual_sections_are_size_checked_before_decompressing(section):
 
     from numcodecs import Zstd
 
-    from vcinr_sci import bounded
+    from vcinr_sci.coding import rans, residual_format
     from vcinr_sci.errors import ChunkFormatError
 
     bomb = Zstd(level=1).encode(np.zeros(64 * 1024**2, np.uint8))
     call = {
-        "gaps": lambda: bounded._outlier_index(bomb, 10),
-        "table": lambda: bounded._rans_decode(bomb, b"", 0, 10),
-        "raw": lambda: bounded._unraw(bomb, np.dtype("<f4"), 10),
+        "gaps": lambda: residual_format.outlier_index(bomb, 10),
+        "table": lambda: rans.rans_decode(bomb, b"", 0, 10),
+        "raw": lambda: residual_format.unpack_raw(bomb, np.dtype("<f4"), 10),
     }[section]
     tracemalloc.start()
     try:

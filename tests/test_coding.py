@@ -15,8 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vcinr_sci._compressai import EntropyBottleneck
-from vcinr_sci.coding import LatentCoder, UniformQuantiser, coder_spec, coder_state, load_coder, rd_loss
+from vcinr_sci.coding._compressai import EntropyBottleneck
+from vcinr_sci.coding.coder import LatentCoder, coder_spec, coder_state, load_coder, rd_loss
+from vcinr_sci.coding.quantiser import UniformQuantiser
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -122,7 +123,7 @@ def test_state_round_trips_through_safetensors_in_a_fresh_process(trained, tmp_p
         import json, torch
         from pathlib import Path
         from safetensors.torch import load_file
-        from vcinr_sci.coding import load_coder
+        from vcinr_sci.coding.coder import load_coder
         root = Path({str(tmp_path)!r})
         coder = load_coder(json.loads((root / "spec.json").read_text()), load_file(root / "coder.safetensors"))
         phi = load_file(root / "phi.safetensors")

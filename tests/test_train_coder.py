@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipelines.train_coder import coder_losses, distortion_on_data, freeze, train_step
-from vcinr_sci.coding import LatentCoder
+from vcinr_sci.coding.coder import LatentCoder
 from vcinr_sci.config import load_config
 from vcinr_sci.data.grids import RegularGrid
 from vcinr_sci.data.items import load_dataset

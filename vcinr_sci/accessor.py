@@ -32,9 +32,9 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from vcinr_sci.bounded import ErrorBound
 from vcinr_sci.codec import VCINRCodec, check_dtype
 from vcinr_sci.codec_zarr3 import VCINRZarrCodec  # needs zarr 3, as does xarray's Zarr backend
+from vcinr_sci.coding.bound import ErrorBound
 from vcinr_sci.data.grids import RegularGrid, SphericalGrid
 from vcinr_sci.data.normalise import Normaliser
 from vcinr_sci.errors import CodecError

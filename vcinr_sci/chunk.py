@@ -43,7 +43,7 @@ exactly the size the header implies before they are decompressed.
 
 **Versions.** Version 2 differs from version 1 only by the two residual fields at the end
 of the header and the residual section (the error-bounded mode's correction, laid out by
-:mod:`vcinr_sci.bounded`) after the payload. A writer uses version 1 for a chunk without
+:mod:`vcinr_sci.coding.bound`) after the payload. A writer uses version 1 for a chunk without
 a residual section, so such chunks stay byte-identical to (and readable by) version-1
 readers, and version 2 only when one is present; this reader reads both. The residual
 section has its own CRC so that damage to it is reported as such.
@@ -73,6 +73,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 from numcodecs import Zstd
 
+from vcinr_sci.coding.zstd import zstd_exact
 from vcinr_sci.errors import ChunkFormatError
 
 MAGIC = b"VCINR"
@@ -254,44 +255,10 @@ def check_claimed_size(
         )
 
 
-def zstd_exact(data: bytes | memoryview, nbytes: int, what: str) -> bytes:
-    """Decompress a Zstd frame that must declare exactly ``nbytes`` of content. The size
-    a frame claims is checked before numcodecs allocates it: chunk bytes are untrusted."""
-    claimed = _zstd_content_size(bytes(data[:18]))
-    if claimed != nbytes:
-        raise ChunkFormatError(f"{what}: a compressed section declares {claimed} bytes, expected {nbytes}")
-    try:
-        out = _MASK_CODEC.decode(data, np.empty(nbytes, np.uint8))
-    except Exception as exc:  # numcodecs raises RuntimeError/ValueError variants
-        raise ChunkFormatError(f"{what} cannot be decompressed: {exc}") from None
-    return np.asarray(out, np.uint8).tobytes()
 
 
-def zstd_within(data: bytes | memoryview, max_nbytes: int, what: str, itemsize: int = 1) -> bytes:
-    """Decompress a Zstd frame whose declared content size is a multiple of ``itemsize``
-    and at most ``max_nbytes`` (for sections whose size is bounded, not known, before
-    decoding)."""
-    claimed = _zstd_content_size(bytes(data[:18]))
-    if claimed is None or claimed > max_nbytes or claimed % itemsize:
-        raise ChunkFormatError(
-            f"{what}: a compressed section declares {claimed} bytes, expected a multiple of {itemsize} "
-            f"up to {max_nbytes}"
-        )
-    return zstd_exact(data, claimed, what)
 
 
-def _zstd_content_size(head: bytes) -> int | None:
-    """The content size a Zstd frame header declares (RFC 8878, 3.1.1.1), or None."""
-    if len(head) < 6 or head[:4] != b"\x28\xb5\x2f\xfd":
-        return None
-    descriptor = head[4]
-    single_segment = bool(descriptor & 0x20)
-    fcs_size = (0, 2, 4, 8)[descriptor >> 6] or (1 if single_segment else 0)
-    pos = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 0x3]
-    if not fcs_size or len(head) < pos + fcs_size:
-        return None
-    size = int.from_bytes(head[pos : pos + fcs_size], "little")
-    return size + 256 if fcs_size == 2 else size
 
 
 def decode_container(

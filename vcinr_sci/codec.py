@@ -54,7 +54,7 @@ padding is encoded as data; Zarr crops it on read, so the result is still correc
 fraction of the chunk's valid value range, as SZ3's REL mode; the bound is computed per
 chunk and stored in it) the codec guarantees ``|x - decode(encode(x))| <= bound`` at
 every valid point of every chunk, whatever device decodes it: a residual section
-corrects the INR's reconstruction (:mod:`vcinr_sci.bounded` has the mechanism, the
+corrects the INR's reconstruction (:mod:`vcinr_sci.coding.bound` has the mechanism, the
 margin for device differences and the coder's choice). Masked points stay exact. In rel
 mode, tell a format-2 codec the array's numeric fill value (``fill_value=``): else the
 fill padding of edge chunks counts in the range. Without a bound (the default) nothing
@@ -104,8 +104,9 @@ from numcodecs import Zstd
 from numcodecs.abc import Codec
 from numcodecs.compat import ensure_ndarray_like, ndarray_copy
 
-from vcinr_sci.bounded import ErrorBound, apply_residual, encode_residual, inr_scale
-from vcinr_sci.chunk import ChunkHeader, decode_container, encode_container, zstd_exact
+from vcinr_sci.chunk import ChunkHeader, decode_container, encode_container
+from vcinr_sci.coding.bound import ErrorBound, apply_residual, encode_residual, inr_scale
+from vcinr_sci.coding.zstd import zstd_exact
 from vcinr_sci.data.grids import grid_from_dict
 from vcinr_sci.data.normalise import item_means
 from vcinr_sci.errors import (

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from vcinr_sci.bench.output import pyplot, save_figure, write_json
-from vcinr_sci.coding import LatentCoder, UniformQuantiser, coder_state
+from vcinr_sci.coding.coder import LatentCoder, coder_state
+from vcinr_sci.coding.quantiser import UniformQuantiser
 from vcinr_sci.data.grids import SphericalGrid
 from vcinr_sci.data.items import ItemSet, load_dataset
 from vcinr_sci.model.artifact import MANIFEST, ModelArtifact, find_artifact, load_artifact

@@ -5,7 +5,7 @@ for each bound (a fraction of each chunk's value range, 1e-4, 1e-3, 1e-2 by defa
 codes what the bounded mode must add, four ways, and checks every point of each result
 against the bound:
 
-- ``rans``: the codec's own residual section (:mod:`vcinr_sci.bounded`): the quantised
+- ``rans``: the codec's own residual section (:mod:`vcinr_sci.coding.bound`): the quantised
   residual ``q`` under compressai's rANS with a per-chunk histogram, outliers raw;
 - ``zstd``: the same ``q`` (and outliers) as the smallest integer dtype that holds it,
   numcodecs Zstd (level 19, its smallest output; level 3 reported as ``zstd-3``);
@@ -17,7 +17,7 @@ against the bound:
 Each row gives bits per valid value of the correction alone (``correction``) and of the
 whole chunk (latents + correction), and the encode / decode time of the correction stage
 (for ``safeguards``, its whole encode and decode, which include the plain codec's).
-The same margin ``m`` (:func:`vcinr_sci.bounded.margin`) is used throughout, so every
+The same margin ``m`` (:func:`vcinr_sci.coding.bound.margin`) is used throughout, so every
 method meets the same guarantee. Without ``--model`` a tiny model is trained on the
 data's training part first (seconds; the residuals are then those of a weak INR).
 
@@ -40,9 +40,9 @@ import numpy as np
 import torch
 from numcodecs import Zstd
 
-from vcinr_sci import bounded
 from vcinr_sci.bench.output import write_json
 from vcinr_sci.codec import VCINRCodec, decode_latents
+from vcinr_sci.coding import bound
 from vcinr_sci.config import load_config
 from vcinr_sci.data.items import load_dataset
 from vcinr_sci.data.sources import shared_data_dir
@@ -115,12 +115,12 @@ def _outlier_bytes(x: np.ndarray, outliers: np.ndarray) -> int:
 
 def _zstd(level: int):
     def run(x, xhat, b, m):
-        (q, step, outliers), t_q = _timed(lambda: bounded.quantise(x, xhat, b, m))
+        (q, step, outliers), t_q = _timed(lambda: bound.quantise(x, xhat, b, m))
         codec = Zstd(level)
         small = _smallest_int(q)
         (blob, extra), t_enc = _timed(lambda: (codec.encode(small), _outlier_bytes(x, outliers)))
         back, t_dec = _timed(lambda: np.frombuffer(codec.decode(blob), small.dtype).astype(np.int64))
-        out, t_apply = _timed(lambda: bounded.corrected(xhat, back, step, x.dtype))
+        out, t_apply = _timed(lambda: bound.corrected(xhat, back, step, x.dtype))
         out[outliers] = x[outliers]
         return out, len(blob) + extra, t_q + t_enc, t_dec + t_apply
 
@@ -140,7 +140,7 @@ def _sz3(x, xhat, b, m):
 
     blob, t_enc = _timed(encode)
     back, t_dec = _timed(lambda: sz.decompress(blob, np.float32, r.shape)[0])
-    out = bounded.corrected(xhat, back.astype(np.float64), 1.0, x.dtype)
+    out = bound.corrected(xhat, back.astype(np.float64), 1.0, x.dtype)
     with np.errstate(invalid="ignore"):
         outliers = ~(np.abs(out.astype(np.float64) - x) <= b - m)
     out[outliers] = x[outliers]
@@ -184,14 +184,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         lat = decode_latents(encoded)
         inr = lat.inr_normalised()[kept]
         xhat = norm.denormalise(inr.astype(np.float64))
-        scale = bounded.inr_scale(inr - lat.offsets_on_grid()[kept], norm.lo, norm.hi, lat.offsets)
+        scale = bound.inr_scale(inr - lat.offsets_on_grid()[kept], norm.lo, norm.hi, lat.offsets)
         for rel in args.bounds:
-            spec = bounded.ErrorBound(max_rel_error=rel)
+            spec = bound.ErrorBound(max_rel_error=rel)
             b = spec.absolute(x)
-            m = bounded.margin(b, scale, float(np.abs(x).max()), x.dtype)
+            m = bound.margin(b, scale, float(np.abs(x).max()), x.dtype)
             results = {}
-            section, t_enc = _timed(lambda: bounded.encode_residual(chunk, kept, xhat, spec, scale))
-            out, t_dec = _timed(lambda: bounded.apply_residual(section, kept, xhat, x.dtype))
+            section, t_enc = _timed(lambda: bound.encode_residual(chunk, kept, xhat, spec, scale))
+            out, t_dec = _timed(lambda: bound.apply_residual(section, kept, xhat, x.dtype))
             results["rans"] = (out, len(section), t_enc, t_dec)
             results["zstd"] = _zstd(19)(x, xhat, b, m)
             results["zstd-3"] = _zstd(3)(x, xhat, b, m)

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from vcinr_sci.coding.coder import coder_spec, coder_state, load_coder
 from vcinr_sci.config import Config
 from vcinr_sci.data.grids import Grid, grid_from_dict
 from vcinr_sci.data.normalise import Normaliser
@@ -84,8 +85,6 @@ class ModelArtifact:
     def add_coder(self, level: str, coder) -> None:
         """Store ``coder`` (a LatentCoder or UniformQuantiser) under quality ``level``.
         The artifact's hash changes when it is saved again."""
-        from vcinr_sci.coding import coder_spec, coder_state
-
         if not level or "." in level:
             raise ValueError(f"quality level must be a non-empty label without '.', got {level!r}")
         self.extra.setdefault("coders", {})[level] = coder_spec(coder)
@@ -95,8 +94,6 @@ class ModelArtifact:
 
     def coder(self, level: str):
         """The latent coder of quality ``level`` (loaded fresh, in eval mode)."""
-        from vcinr_sci.coding import load_coder
-
         specs = self.extra.get("coders", {})
         if level not in specs:
             raise KeyError(f"model {self.hash[:16]} has no quality level {level!r}; it has {sorted(specs)}")

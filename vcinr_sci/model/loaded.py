@@ -51,7 +51,7 @@ def full_float32() -> Iterator[None]:
 
     Decoding must not depend on a process-wide speed setting: TF32 changes the INR's
     output by ~1e-3 of the normalisation range, far beyond the error-bounded mode's
-    margin (:mod:`vcinr_sci.bounded`). torch 2.13 sets this with
+    margin (:mod:`vcinr_sci.coding.bound`). torch 2.13 sets this with
     ``torch.backends.cuda.matmul.fp32_precision`` (``"ieee"``); the legacy
     ``allow_tf32`` / ``set_float32_matmul_precision`` flags map onto it, and reading
     them after the new one was set raises, so only the new one is touched. The INR

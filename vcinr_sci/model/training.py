@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vcinr_sci.coding import UniformQuantiser
+from vcinr_sci.coding.quantiser import UniformQuantiser
 from vcinr_sci.config import Config
 from vcinr_sci.data.items import ItemSet, load_dataset
 from vcinr_sci.model.artifact import ModelArtifact, build_model

@@ -13,16 +13,14 @@ save and restore either as JSON plus plain tensors (safetensors-ready).
 from __future__ import annotations
 
 import copy
-import math
 import zlib
 from typing import Any
 
-import numpy as np
 import torch
-from numcodecs import Zstd
 from torch import Tensor, nn
 
-from vcinr_sci._compressai import EntropyBottleneck
+from vcinr_sci.coding._compressai import EntropyBottleneck
+from vcinr_sci.coding.quantiser import UniformQuantiser, check_batch, check_n
 
 SPEC_VERSION = 1
 _CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length")
@@ -32,16 +30,8 @@ _MAX_SYMBOL = 2**24
 _CRC_BYTES = 4
 
 
-def _check_batch(phi: Tensor, dim: int, finite: bool = True) -> None:
-    if phi.dim() != 2 or phi.shape[0] == 0 or phi.shape[1] != dim:
-        raise ValueError(f"phi must be a non-empty (B, {dim}) batch, got shape {tuple(phi.shape)}")
-    if finite and not torch.isfinite(phi).all():
-        raise ValueError("phi holds NaN or infinite values")
 
 
-def _check_n(n: int) -> None:
-    if n <= 0:
-        raise ValueError(f"n (number of vectors) must be positive, got {n}")
 
 
 class ResidualMLP(nn.Sequential):
@@ -86,13 +76,13 @@ class LatentCoder(nn.Module):
     @torch.no_grad()
     def set_stats(self, phi: Tensor) -> None:
         """Per-dimension mean and std of the training latents ``phi`` (B, D)."""
-        _check_batch(phi, self.latent_dim)
+        check_batch(phi, self.latent_dim)
         std = phi.float().std(dim=0, unbiased=False)
         self.phi_mean.copy_(phi.float().mean(dim=0))
         self.phi_std.copy_(torch.where(std > 0, std, torch.ones_like(std)))  # constant dims
 
     def _analysis(self, phi: Tensor) -> Tensor:
-        _check_batch(phi, self.latent_dim, finite=False)  # no device sync per training step
+        check_batch(phi, self.latent_dim, finite=False)  # no device sync per training step
         return self.g_a((phi.to(self.phi_mean) - self.phi_mean) / self.phi_std)
 
     def _synthesis(self, z: Tensor) -> Tensor:
@@ -181,7 +171,7 @@ class LatentCoder(nn.Module):
         """The ``(n, D)`` latents coded in ``data``, on the coder's device. ``n`` must be
         the count given to :meth:`compress`: the string does not record it, and a wrong
         ``n`` decodes garbage."""
-        _check_n(n)
+        check_n(n)
         cdf, cdf_length, offset = self._tables()
         crc, payload = data[:_CRC_BYTES], bytes(data[_CRC_BYTES:])
         # A rANS string is whole 32-bit words, at least the two of the final state.
@@ -209,87 +199,6 @@ def rd_loss(bits: Tensor, distortion: Tensor, lam: float, num_values: int) -> Te
     return bits.sum() / num_values + lam * distortion
 
 
-class UniformQuantiser:
-    """COIN++'s baseline: phi clipped to mean +- ``clip_std`` std (global scalars from the
-    training latents), cut into ``2**bits`` equal bins, each value sent as its bin index
-    and decoded to the bin centre; inside the clip range the error is at most half a bin.
-
-    ``compress`` packs the indices at ``bits`` bits per value with numpy; with
-    ``entropy_code=True`` it instead compresses the indices (one byte each, two above 8
-    bits) with numcodecs' Zstd, whose Huffman/FSE stages act as the entropy coder.
-    """
-
-    def __init__(
-        self, latent_dim: int, bits: int, clip_std: float = 3.0, entropy_code: bool = False, zstd_level: int = 19
-    ):
-        if not 1 <= bits <= 16:
-            raise ValueError(f"bits must be in 1..16, got {bits}")
-        self.latent_dim, self.bits, self.clip_std = latent_dim, bits, clip_std
-        self.entropy_code, self.zstd_level = entropy_code, zstd_level
-        self.mean: Tensor | None = None
-        self.std: Tensor | None = None
-
-    def fit(self, phi: Tensor) -> None:
-        """Global mean and std of the training latents."""
-        _check_batch(phi, self.latent_dim)
-        self.mean = phi.detach().float().mean().cpu()
-        self.std = phi.detach().float().std(unbiased=False).clamp_min(1e-12).cpu()
-
-    def _grid(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        if self.mean is None or self.std is None:
-            raise ValueError("UniformQuantiser is not fitted: call fit() or load_coder()")
-        lo = (self.mean - self.clip_std * self.std).to(device)
-        step = (2 * self.clip_std * self.std / 2**self.bits).to(device)
-        return lo, step
-
-    def _indices(self, phi: Tensor) -> Tensor:
-        _check_batch(phi, self.latent_dim)
-        lo, step = self._grid(phi.device)
-        return torch.floor((phi.float() - lo) / step).clamp(0, 2**self.bits - 1).to(torch.int64)
-
-    def _values(self, indices: Tensor) -> Tensor:
-        lo, step = self._grid(indices.device)
-        return lo + (indices.float() + 0.5) * step
-
-    def quantise(self, phi: Tensor) -> Tensor:
-        """``decompress(compress(phi))`` exactly, on phi's device."""
-        return self._values(self._indices(phi))
-
-    def compress(self, phi: Tensor) -> bytes:
-        """The batch's indices, row-major, packed or Zstd-coded (see the class doc)."""
-        indices = self._indices(phi).cpu().numpy()
-        if self.entropy_code:
-            dtype = np.uint8 if self.bits <= 8 else np.dtype("<u2")
-            return Zstd(level=self.zstd_level).encode(indices.astype(dtype).tobytes())
-        shifts = np.arange(self.bits - 1, -1, -1, dtype=np.int64)
-        bit_planes = ((indices.reshape(-1, 1) >> shifts) & 1).astype(np.uint8)
-        return np.packbits(bit_planes.reshape(-1)).tobytes()
-
-    def decompress(self, data: bytes, n: int) -> Tensor:
-        """The ``(n, D)`` latents in ``data``, on the CPU."""
-        _check_n(n)
-        count = n * self.latent_dim
-        if self.entropy_code:
-            dtype = np.uint8 if self.bits <= 8 else np.dtype("<u2")
-            try:
-                raw = Zstd().decode(data)
-            except RuntimeError as e:  # what numcodecs raises for a bad or cut frame
-                raise ValueError(f"uniform-quantised latents: corrupt Zstd data ({e})") from None
-            if len(raw) != count * np.dtype(dtype).itemsize:
-                raise ValueError(f"uniform-quantised latents: {len(raw)} bytes decoded, expected {count} values")
-            indices = np.frombuffer(raw, dtype=dtype).astype(np.int64)
-            if indices.max() >= 2**self.bits:
-                raise ValueError(f"uniform-quantised latents: an index exceeds {self.bits} bits (corrupt data)")
-        else:
-            expected = math.ceil(count * self.bits / 8)
-            if len(data) != expected:
-                raise ValueError(f"uniform-quantised latents: {len(data)} bytes, expected {expected} ({count} values)")
-            bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
-            if bits[count * self.bits :].any():
-                raise ValueError("uniform-quantised latents: nonzero padding bits (corrupt data)")
-            weights = 1 << np.arange(self.bits - 1, -1, -1, dtype=np.int64)
-            indices = bits[: count * self.bits].reshape(count, self.bits).astype(np.int64) @ weights
-        return self._values(torch.from_numpy(indices).reshape(n, self.latent_dim))
 
 
 Coder = LatentCoder | UniformQuantiser

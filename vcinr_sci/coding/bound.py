@@ -46,7 +46,7 @@ masked points), its 2-D Lorenzo differences along the last two axes (``q[i, j] -
 j] - q[i, j-1] + q[i-1, j-1]``, inverted exactly by two integer cumulative sums), choosing
 per chunk the one with the smaller empirical entropy. The symbols go through compressai's
 rANS coder with a per-chunk histogram, stored as the quantised CDF's frequencies; it
-spans at most :data:`_MAX_SYMBOLS` values around the median, rarer values go through
+spans at most :data:`MAX_SYMBOLS` values around the median, rarer values go through
 compressai's escape (bypass) coding. ``vcinr bench residual`` measured this against Zstd
 on the smallest integer dtype, SZ3 (pysz) on the float residual and compression-
 safeguards around the plain codec, at bounds of 1e-4, 1e-3 and 1e-2 of the range, with
@@ -61,34 +61,32 @@ codec checks a checksum of the corrected values on decode, so it refuses to deco
 wherever the INR's floats differ in the last bit (another device), besides being the
 slowest.
 
-Section layout (little-endian)::
-
-    u8   layout version (1)
-    u8   mode: 0 abs, 1 rel, 2 abs and rel (the smaller bound of the two)
-    f64  max_abs_error asked for (NaN if unset)
-    f64  max_rel_error asked for (NaN if unset)
-    f64  bound b, data units, for this chunk
-    f64  margin m
-    f64  step (0: nothing quantised, every point an outlier)
-    u64  number of valid points n
-    u8   transform of q: 0 none (valid points only), 1 Lorenzo (the whole chunk)
-    i32  symbol offset (value of the histogram's first bin)
-    u32  + Zstd(u16 frequencies of the quantised CDF, escape last)   (empty when step = 0)
-    u32  + rANS string of q                                           (empty when step = 0)
-    u32  + Zstd(u32 gaps between outlier indices among the valid points)
-    u32  + Zstd(the outliers' raw values, in the chunk's dtype)
+The section's byte layout: :mod:`vcinr_sci.coding.residual_format`.
 """
 
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass
 
 import numpy as np
-from numcodecs import Zstd
 
-from vcinr_sci.chunk import zstd_exact, zstd_within
+from vcinr_sci.coding.rans import rans_decode, rans_encode
+from vcinr_sci.coding.residual_format import (
+    HEAD,
+    LAYOUT,
+    LEN,
+    LORENZO,
+    MODES,
+    PLAIN,
+    ZSTD,
+    ResidualInfo,
+    nan_if_none,
+    outlier_index,
+    pack_raw,
+    parse_section,
+    unpack_raw,
+)
 from vcinr_sci.errors import BoundError, ChunkFormatError
 
 # The largest difference allowed between the encoder's and any decoder's float32 INR
@@ -99,18 +97,10 @@ from vcinr_sci.errors import BoundError, ChunkFormatError
 INR_DEVICE_ULPS = 256
 # The margin's floor as a fraction of the bound (slack for devices not measured).
 MARGIN_FRACTION = 1 / 8
-MODES = ("abs", "rel", "abs_and_rel")
 
-_LAYOUT = 1
-_HEAD = struct.Struct("<BBdddddQBi")
-_PLAIN, _LORENZO = 0, 1
-_LEN = struct.Struct("<I")
 _EPS32 = float(np.finfo(np.float32).eps)
-_CDF_PRECISION = 16
-_MAX_SYMBOLS = 4096
 # |q| beyond this goes to the outliers: compressai's bypass coding hangs near 2**28.
 _MAX_Q = 2**20
-_ZSTD = Zstd(level=9)
 
 
 @dataclass(frozen=True)
@@ -152,17 +142,6 @@ class ErrorBound:
         return min(bounds)
 
 
-@dataclass(frozen=True)
-class ResidualInfo:
-    """A residual section's header: the guarantee a chunk carries."""
-
-    mode: str
-    max_abs_error: float | None
-    max_rel_error: float | None
-    bound: float
-    margin: float
-    step: float
-    num_values: int
 
 
 def inr_scale(own: np.ndarray, lo: float, hi: float, offsets: np.ndarray | None = None) -> float:
@@ -218,34 +197,34 @@ def encode_residual(x: np.ndarray, kept: np.ndarray, xhat: np.ndarray, spec: Err
     max_abs = float(np.abs(x).max()) if x.size else 0.0
     m = margin(bound, inr_scale, max_abs, x.dtype)
     q, step, outliers = quantise(x, xhat, bound, m)
-    transform, symbols = _PLAIN, q
+    transform, symbols = PLAIN, q
     if step and kept.ndim:
         grid = np.zeros(kept.shape, np.int64)
         grid[kept] = q
         lorenzo = _lorenzo(grid).ravel()
         if _entropy_bits(lorenzo) < _entropy_bits(q):
-            transform, symbols = _LORENZO, lorenzo
-    offset, table, string = (0, b"", b"") if step == 0 else _rans_encode(symbols)
+            transform, symbols = LORENZO, lorenzo
+    offset, table, string = (0, b"", b"") if step == 0 else rans_encode(symbols)
     index = np.flatnonzero(outliers)
     gaps = np.diff(index, prepend=-1).astype("<u4") if index.size else np.zeros(0, "<u4")
-    head = _HEAD.pack(
-        _LAYOUT, MODES.index(spec.mode), _nan_if_none(spec.max_abs_error), _nan_if_none(spec.max_rel_error),
+    head = HEAD.pack(
+        LAYOUT, MODES.index(spec.mode), nan_if_none(spec.max_abs_error), nan_if_none(spec.max_rel_error),
         bound, m, step, x.size, transform, offset,
     )
-    parts = [table, string, _ZSTD.encode(gaps) if index.size else b"", _raw(x[index])]
-    return head + b"".join(_LEN.pack(len(p)) + p for p in parts)
+    parts = [table, string, ZSTD.encode(gaps) if index.size else b"", pack_raw(x[index])]
+    return head + b"".join(LEN.pack(len(p)) + p for p in parts)
 
 
 def read_info(section: bytes) -> ResidualInfo:
     """The guarantee stored in a residual section (its header only)."""
-    info, _, _, _ = _parse_head(section)
+    info, _, _, _ = parse_section(section)
     return info
 
 
 def apply_residual(section: bytes, kept: np.ndarray, xhat: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """The corrected values (1-D, ``dtype``) at the valid points ``kept`` (bool, the
     chunk's shape) of a chunk whose float64 reconstruction there is ``xhat``."""
-    info, transform, offset, parts = _parse_head(section)
+    info, transform, offset, parts = parse_section(section)
     if info.num_values != xhat.size:
         raise ChunkFormatError(f"residual section holds {info.num_values} values, the chunk has {xhat.size} valid points")
     table, symbols, gaps, raw = parts
@@ -254,15 +233,15 @@ def apply_residual(section: bytes, kept: np.ndarray, xhat: np.ndarray, dtype: np
             raise ChunkFormatError("residual section: symbols stored while nothing is quantised")
         out = np.zeros(xhat.size, dtype)
     else:
-        if transform == _LORENZO:
-            q = _unlorenzo(_rans_decode(table, symbols, offset, kept.size).reshape(kept.shape))[kept]
+        if transform == LORENZO:
+            q = _unlorenzo(rans_decode(table, symbols, offset, kept.size).reshape(kept.shape))[kept]
         else:
-            q = _rans_decode(table, symbols, offset, xhat.size)
+            q = rans_decode(table, symbols, offset, xhat.size)
         out = corrected(xhat, q, info.step, dtype)
-    index = _outlier_index(gaps, xhat.size)
+    index = outlier_index(gaps, xhat.size)
     if info.step == 0 and index.size != xhat.size:
         raise ChunkFormatError("residual section: an unquantised chunk must store every point")
-    values = _unraw(raw, dtype, index.size)
+    values = unpack_raw(raw, dtype, index.size)
     out[index] = values
     return out
 
@@ -290,91 +269,22 @@ def _entropy_bits(symbols: np.ndarray) -> float:
     return float(-(counts * np.log2(counts / symbols.size)).sum())
 
 
-def _rans_encode(q: np.ndarray) -> tuple[int, bytes, bytes]:
-    """``(offset, table, string)``: q under a histogram of at most ``_MAX_SYMBOLS`` bins."""
-    ans, pmf_to_quantized_cdf = _compressai_rans()
-    lo, hi = int(q.min()), int(q.max())
-    if hi - lo + 1 > _MAX_SYMBOLS:  # keep the window around the median; the rest escapes
-        lo = max(lo, int(np.median(q)) - _MAX_SYMBOLS // 2)
-        hi = lo + _MAX_SYMBOLS - 1
-    inside = (q >= lo) & (q <= hi)
-    counts = np.bincount(q[inside] - lo, minlength=hi - lo + 1).astype(np.float64)
-    pmf = np.append(counts, q.size - inside.sum()) / q.size  # the escape symbol last
-    cdf = pmf_to_quantized_cdf(pmf.tolist(), _CDF_PRECISION)
-    string = ans.RansEncoder().encode_with_indexes(q.tolist(), [0] * q.size, [cdf], [len(cdf)], [lo])
-    return lo, _ZSTD.encode(np.diff(cdf).astype("<u2")), string
 
 
-def _rans_decode(table: bytes, string: bytes, offset: int, n: int) -> np.ndarray:
-    ans, _ = _compressai_rans()
-    # Sizes a section claims are checked before anything is allocated: chunk bytes are untrusted.
-    freqs = np.frombuffer(zstd_within(table, 2 * (_MAX_SYMBOLS + 1), "residual section: histogram", 2), "<u2")
-    if freqs.size < 2 or (freqs == 0).any() or int(freqs.sum(dtype=np.int64)) != 1 << _CDF_PRECISION:
-        raise ChunkFormatError("residual section: the stored histogram is not a valid quantised CDF")
-    cdf = np.concatenate([[0], np.cumsum(freqs, dtype=np.int64)]).tolist()
-    q = ans.RansDecoder().decode_with_indexes(string, [0] * n, [cdf], [len(cdf)], [offset])
-    return np.asarray(q, np.int64)
 
 
-def _compressai_rans():
-    """compressai's rANS module and CDF builder, imported on first use (3 s)."""
-    from vcinr_sci._compressai import ans, pmf_to_quantized_cdf
-
-    return ans, pmf_to_quantized_cdf
 
 
 # ---------------------------------------------------------------------------- helpers
 
 
-def _nan_if_none(value: float | None) -> float:
-    return math.nan if value is None else value
 
 
-def _none_if_nan(value: float) -> float | None:
-    return None if math.isnan(value) else value
 
 
-def _raw(values: np.ndarray) -> bytes:
-    return _ZSTD.encode(np.ascontiguousarray(values)) if values.size else b""
 
 
-def _unraw(raw: bytes, dtype: np.dtype, n: int) -> np.ndarray:
-    if not n:
-        if raw:
-            raise ChunkFormatError("residual section: raw values stored without outliers")
-        return np.zeros(0, dtype)
-    return np.frombuffer(zstd_exact(raw, n * dtype.itemsize, "residual section: raw values"), dtype)
 
 
-def _outlier_index(gaps: bytes, n: int) -> np.ndarray:
-    if not gaps:
-        return np.zeros(0, np.int64)
-    steps = np.frombuffer(zstd_within(gaps, 4 * n, "residual section: outlier index", 4), "<u4").astype(np.int64)
-    index = np.cumsum(steps) - 1
-    if not steps.size or (steps == 0).any() or index[-1] >= n:
-        raise ChunkFormatError("residual section: outlier index out of range")
-    return index
 
 
-def _parse_head(section: bytes) -> tuple[ResidualInfo, int, int, list[bytes]]:
-    if len(section) < _HEAD.size:
-        raise ChunkFormatError(f"residual section of {len(section)} bytes is shorter than its header")
-    layout, mode, asked_abs, asked_rel, bound, m, step, n, transform, offset = _HEAD.unpack_from(section)
-    if layout != _LAYOUT or mode >= len(MODES) or transform not in (_PLAIN, _LORENZO):
-        raise ChunkFormatError(f"unknown residual section layout {layout} / mode {mode} / transform {transform}")
-    if not (math.isfinite(bound) and bound >= 0 and math.isfinite(step) and step >= 0):
-        raise ChunkFormatError("residual section: bound and step must be finite and non-negative")
-    parts, pos = [], _HEAD.size
-    for _ in range(4):
-        if len(section) < pos + _LEN.size:
-            raise ChunkFormatError("residual section truncated")
-        (length,) = _LEN.unpack_from(section, pos)
-        pos += _LEN.size
-        if len(section) < pos + length:
-            raise ChunkFormatError("residual section truncated")
-        parts.append(bytes(section[pos : pos + length]))
-        pos += length
-    if pos != len(section):
-        raise ChunkFormatError("residual section: trailing bytes")
-    info = ResidualInfo(MODES[mode], _none_if_nan(asked_abs), _none_if_nan(asked_rel), bound, m, step, n)
-    return info, transform, offset, parts

@@ -16,8 +16,8 @@ import warnings
 
 
 def _install_torchvision_stand_in() -> None:
-    package = types.ModuleType("torchvision", "Empty stand-in installed by vcinr_sci._compressai.")
-    transforms = types.ModuleType("torchvision.transforms", "Empty stand-in installed by vcinr_sci._compressai.")
+    package = types.ModuleType("torchvision", "Empty stand-in installed by vcinr_sci.coding._compressai.")
+    transforms = types.ModuleType("torchvision.transforms", "Empty stand-in installed by vcinr_sci.coding._compressai.")
     package.transforms = transforms
     sys.modules["torchvision"] = package
     sys.modules["torchvision.transforms"] = transforms

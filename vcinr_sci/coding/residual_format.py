@@ -1,0 +1,120 @@
+"""The byte layout of the error-bounded mode's residual section (the maths that fills it:
+:mod:`vcinr_sci.coding.bound`). Every size a section claims is checked before it is
+used: chunk bytes are untrusted.
+
+Section layout (little-endian)::
+
+    u8   layout version (1)
+    u8   mode: 0 abs, 1 rel, 2 abs and rel (the smaller bound of the two)
+    f64  max_abs_error asked for (NaN if unset)
+    f64  max_rel_error asked for (NaN if unset)
+    f64  bound b, data units, for this chunk
+    f64  margin m
+    f64  step (0: nothing quantised, every point an outlier)
+    u64  number of valid points n
+    u8   transform of q: 0 none (valid points only), 1 Lorenzo (the whole chunk)
+    i32  symbol offset (value of the histogram's first bin)
+    u32  + Zstd(u16 frequencies of the quantised CDF, escape last)   (empty when step = 0)
+    u32  + rANS string of q                                           (empty when step = 0)
+    u32  + Zstd(u32 gaps between outlier indices among the valid points)
+    u32  + Zstd(the outliers' raw values, in the chunk's dtype)
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+from numcodecs import Zstd
+
+from vcinr_sci.coding.zstd import zstd_exact, zstd_within
+from vcinr_sci.errors import ChunkFormatError
+
+LAYOUT = 1
+
+
+HEAD = struct.Struct("<BBdddddQBi")
+
+
+PLAIN = 0  # q coded at the valid points
+
+
+LORENZO = 1  # q coded as Lorenzo differences on the whole chunk
+
+
+LEN = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class ResidualInfo:
+    """A residual section's header: the guarantee a chunk carries."""
+
+    mode: str
+    max_abs_error: float | None
+    max_rel_error: float | None
+    bound: float
+    margin: float
+    step: float
+    num_values: int
+
+
+def nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def none_if_nan(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def pack_raw(values: np.ndarray) -> bytes:
+    return ZSTD.encode(np.ascontiguousarray(values)) if values.size else b""
+
+
+def unpack_raw(raw: bytes, dtype: np.dtype, n: int) -> np.ndarray:
+    if not n:
+        if raw:
+            raise ChunkFormatError("residual section: raw values stored without outliers")
+        return np.zeros(0, dtype)
+    return np.frombuffer(zstd_exact(raw, n * dtype.itemsize, "residual section: raw values"), dtype)
+
+
+def outlier_index(gaps: bytes, n: int) -> np.ndarray:
+    if not gaps:
+        return np.zeros(0, np.int64)
+    steps = np.frombuffer(zstd_within(gaps, 4 * n, "residual section: outlier index", 4), "<u4").astype(np.int64)
+    index = np.cumsum(steps) - 1
+    if not steps.size or (steps == 0).any() or index[-1] >= n:
+        raise ChunkFormatError("residual section: outlier index out of range")
+    return index
+
+
+def parse_section(section: bytes) -> tuple[ResidualInfo, int, int, list[bytes]]:
+    if len(section) < HEAD.size:
+        raise ChunkFormatError(f"residual section of {len(section)} bytes is shorter than its header")
+    layout, mode, asked_abs, asked_rel, bound, m, step, n, transform, offset = HEAD.unpack_from(section)
+    if layout != LAYOUT or mode >= len(MODES) or transform not in (PLAIN, LORENZO):
+        raise ChunkFormatError(f"unknown residual section layout {layout} / mode {mode} / transform {transform}")
+    if not (math.isfinite(bound) and bound >= 0 and math.isfinite(step) and step >= 0):
+        raise ChunkFormatError("residual section: bound and step must be finite and non-negative")
+    parts, pos = [], HEAD.size
+    for _ in range(4):
+        if len(section) < pos + LEN.size:
+            raise ChunkFormatError("residual section truncated")
+        (length,) = LEN.unpack_from(section, pos)
+        pos += LEN.size
+        if len(section) < pos + length:
+            raise ChunkFormatError("residual section truncated")
+        parts.append(bytes(section[pos : pos + length]))
+        pos += length
+    if pos != len(section):
+        raise ChunkFormatError("residual section: trailing bytes")
+    info = ResidualInfo(MODES[mode], none_if_nan(asked_abs), none_if_nan(asked_rel), bound, m, step, n)
+    return info, transform, offset, parts
+
+
+ZSTD = Zstd(level=9)
+
+
+MODES = ("abs", "rel", "abs_and_rel")
