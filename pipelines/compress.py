@@ -299,7 +299,7 @@ def compress(cfg: Config, model: str | None = None, limit: int | None = None, qu
     art = loaded.artifact
     quality = c.quality or (art.quality_levels[0] if art.quality_levels else "")
     loaded.coder(quality)  # a clear error for a missing level, before anything is written
-    steps = default_inner_steps(art, quality) if c.inner_steps is None else c.inner_steps
+    steps = default_inner_steps(art) if c.inner_steps is None else c.inner_steps
     variables = list(c.variables or [cfg.data.variable])
     store = default_output(cfg, quality).resolve()
     job = _job_id(cfg, variables, art.hash, quality, steps)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -34,8 +33,6 @@ from vcinr_sci.model.training import evaluate, outer_step, sample_batch, seed_ev
 
 CHECKPOINT_FILE = "state.pt"
 DONE_FILE = "vcinr-done.json"  # written by the driver once the artifact exists
-# Fault injection for tests: the worker process dies at this step, once per run folder.
-KILL_AT_STEP_ENV = "VCINR_KILL_WORKER_AT_STEP"
 
 
 @dataclass
@@ -77,17 +74,8 @@ def train_loop(loop_config: dict) -> None:
     if state is not None:
         optimiser.load_state_dict(state["optimiser"])
 
-    kill_at = int(loop_config.get("kill_at_step") or 0)
     t_last, losses = time.perf_counter(), []
     for step in range(start + 1, cfg.meta.steps + 1):
-        if step == kill_at and rank == 0:
-            marker = Path(ctx.get_storage().experiment_fs_path) / f"killed-at-{step}"
-            if not marker.exists():
-                marker.touch()
-                # Ray Train's controller registers reported checkpoints on its health
-                # poll (every 2 s): give it time, as a real kill minutes later would.
-                time.sleep(5)
-                os._exit(1)  # a hard kill: no exception handling, no cleanup
         ddp_model.train()
         losses.append(outer_step(ddp_model, optimiser, sample_batch(train_items, cfg, step, rank, device), cfg.meta.grad_clip))
         last = step == cfg.meta.steps
@@ -138,7 +126,7 @@ def fit(cfg: Config) -> TrainOutcome:
     ensure_ray(cfg.train.num_workers * cfg.train.cpus_per_worker)
     trainer = torch_trainer(
         train_loop,
-        {"config": cfg.to_dict(), "kill_at_step": os.environ.get(KILL_AT_STEP_ENV)},
+        {"config": cfg.to_dict()},
         name=run_id(cfg),
         storage_path=str(storage),
         num_workers=cfg.train.num_workers,

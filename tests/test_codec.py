@@ -334,3 +334,17 @@ def test_decode_in_fresh_process(codec, data, tmp_path):
     subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=tmp_path, timeout=120)
     for fmt in (2, 3):
         np.testing.assert_allclose(np.load(tmp_path / f"out{fmt}.npy"), expected[fmt], rtol=0, atol=1e-4)
+
+
+def test_default_inner_steps_come_from_the_coders_training(artifact_path):
+    from vcinr_sci.model.registry import default_inner_steps
+
+    art = load_artifact(artifact_path)
+    art.metrics = {k: v for k, v in art.metrics.items() if k != "latents_inner_steps"}
+    assert default_inner_steps(art) == art.config.latents.inner_steps
+    art.metrics["latents_inner_steps"] = 7
+    assert default_inner_steps(art) == 7
+    for bad in ("7", 7.5, True, -1):  # used to fall back silently to the config's value
+        art.metrics["latents_inner_steps"] = bad
+        with pytest.raises(ArtifactError, match="latents_inner_steps"):
+            default_inner_steps(art)

@@ -397,7 +397,7 @@ class VCINRDatasetAccessor:
         loaded = resolve_model(model)
         art = loaded.artifact
         loaded.coder(quality)  # unknown level -> CodecError before anything is written
-        steps = default_inner_steps(art, quality) if inner_steps is None else int(inner_steps)
+        steps = default_inner_steps(art) if inner_steps is None else int(inner_steps)
         bounds = {"max_abs_error": max_abs_error, "max_rel_error": max_rel_error}
         bound = VCINRCodec(art.hash, quality, art.grid.to_dict(), steps, None, "NaN", **bounds).bound  # bad: fails now
         ds = self._obj

@@ -134,7 +134,6 @@ from vcinr_sci.threads import codec_threads, torch_threads
 from vcinr_sci.zarr_compat import ZARR3
 
 CODEC_ID = "vcinr"
-SUPPORTED_DTYPES = ("float16", "float32", "float64")
 
 _PAYLOAD_OTHER = 1
 _U32 = struct.Struct("<I")
@@ -497,7 +496,7 @@ class VCINRCodec(Codec):
         loaded.coder(quality)  # refuse an unknown level now
         if model_path is None and art.path is not None:
             model_path = str(Path(art.path).resolve())
-        steps = default_inner_steps(art, quality) if inner_steps is None else inner_steps
+        steps = default_inner_steps(art) if inner_steps is None else inner_steps
         return cls(art.hash, quality, art.grid.to_dict(), steps, model_path, fill_value, max_abs_error, max_rel_error)
 
     @property
@@ -563,7 +562,7 @@ class VCINRCodec(Codec):
     def encode_array(self, x: np.ndarray) -> bytes:
         """Encode an ``(items..., *grid)`` float array (format-agnostic entry point)."""
         loaded = self.model()
-        steps = self.inner_steps if self.inner_steps is not None else default_inner_steps(loaded.artifact, self.quality)
+        steps = self.inner_steps if self.inner_steps is not None else default_inner_steps(loaded.artifact)
         with torch_threads(codec_threads()):  # Zarr and dask run chunks in parallel already
             return encode_chunk(x, loaded, self.quality, steps, self._fill, self._bound)
 

@@ -150,7 +150,7 @@ def vcinr_candidates(model_path: Path, levels: Sequence[str] | None, more_steps:
         raise SystemExit(f"vcinr bench codecs: model {art.hash[:16]} has no quality level(s) {missing}; it has {art.quality_levels}")
     out = []
     for name in names:
-        own = default_inner_steps(art, name)
+        own = default_inner_steps(art)
         learned = name.startswith("q")
         family = "vcinr" if learned else "vcinr uniform (COIN++)"
         for steps in [own, *[s for s in more_steps if s != own and learned]]:

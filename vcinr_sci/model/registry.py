@@ -256,19 +256,15 @@ def resolve_model(model: ModelArtifact | LoadedModel | str | os.PathLike) -> Loa
     raise ArtifactError(f"{text!r} is neither a model artifact folder nor a model hash")
 
 
-def default_inner_steps(artifact: ModelArtifact, quality: str | None = None) -> int:
-    """Adaptation steps used when a codec config names none: those the quality level's
-    coder was trained with (its spec's ``inner_steps``, else the artifact's
-    ``metrics["latents_inner_steps"]`` written by the coder training), else the config's
-    ``latents.inner_steps`` when it has that section, else ``meta.inner_steps``."""
-    spec = artifact.extra.get("coders", {}).get(quality or "", {})
-    for value in (spec.get("inner_steps"), artifact.metrics.get("latents_inner_steps")):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    latents = getattr(artifact.config, "latents", None)
-    if latents is not None and isinstance(getattr(latents, "inner_steps", None), int):
-        return latents.inner_steps
-    return int(artifact.config.meta.inner_steps)
+def default_inner_steps(artifact: ModelArtifact) -> int:
+    """Adaptation steps used when a codec config names none: those the artifact's
+    latent coders were trained on (``metrics["latents_inner_steps"]``, written by the
+    coder training), else its config's ``latents.inner_steps``. A value that is not a
+    whole number of steps is an :class:`ArtifactError`, not a silent fallback."""
+    value = artifact.metrics.get("latents_inner_steps", artifact.config.latents.inner_steps)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ArtifactError(f"model {artifact.hash}: latents_inner_steps {value!r} is not a number of steps")
+    return value
 
 
 def use_embedded_models(store: Any) -> list[str]:

@@ -96,7 +96,7 @@ def add_uniform_coder(artifact: ModelArtifact, items: ItemSet, bits: int, max_it
     """Give ``artifact`` quality level ``u{bits}``: a uniform latent quantiser fitted on
     the latents of the first ``max_items`` of ``items``; returns those latents."""
     coords, values, mask = items.batch(np.arange(min(max_items, len(items))))
-    phi = artifact.model.adapt(coords, values, mask, default_inner_steps(artifact, f"u{bits}"))
+    phi = artifact.model.adapt(coords, values, mask, default_inner_steps(artifact))
     quantiser = UniformQuantiser(artifact.model.latent_dim, bits=bits)
     quantiser.fit(phi)
     artifact.add_coder(f"u{bits}", quantiser)
