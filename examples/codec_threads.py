@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from vcinr_sci.bench.residual import held_out_fields
-from vcinr_sci.codec import VCINRCodec
+from vcinr_sci.codec.numcodecs import VCINRCodec
 from vcinr_sci.config import load_config
 from vcinr_sci.model.artifact import save_artifact
 from vcinr_sci.model.training import add_uniform_coder, train_in_process

@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 OUTCOMES = ("refused", "decoded-wrong", "decoded-same", "crashed", "hung")
 ACCIDENTS = ("bit flips", "truncation", "extension")
 _FIXED = struct.Struct("<5sBHI32sHBBBIQQQI")
-# field name -> (offset, struct format) in the fixed part of the header (vcinr_sci.chunk)
+# field name -> (offset, struct format) in the fixed part of the header (vcinr_sci.codec.container)
 _FIELDS = {
     "version": (5, "<B"), "header_len": (6, "<H"), "flags": (44, "<H"), "ndim": (46, "<B"),
     "dtype_len": (47, "<B"), "quality_len": (48, "<B"), "inner_steps": (49, "<I"), "num_items": (53, "<Q"),
@@ -161,7 +161,7 @@ def tiny_models() -> tuple[Path, Path]:
 
 
 def make_seeds(model: Path, mean_model: Path | None) -> list[Seed]:
-    from vcinr_sci.codec import VCINRCodec
+    from vcinr_sci.codec.numcodecs import VCINRCodec
 
     sys.path.insert(0, str(REPO / "tests"))
     from _vcinr_tiny import LEARNED, QUALITY, fields
@@ -203,7 +203,7 @@ def _decoders(seed: Seed) -> list[tuple[str, Callable[[bytes], np.ndarray]]]:
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
-    from vcinr_sci.codec_zarr3 import VCINRZarrCodec
+    from vcinr_sci.codec.zarr3 import VCINRZarrCodec
 
     codec, ref = seed.codec, seed.decoded
     fill = np.nan if codec.fill is None else codec.fill

@@ -209,7 +209,7 @@ def _create_store(cfg: Config, store: Path, loaded, variables: list[str], qualit
     import zarr
 
     from vcinr_sci.accessor import coded_encoding, item_chunks, prepare_variable
-    from vcinr_sci.codec import VCINRCodec
+    from vcinr_sci.codec.numcodecs import VCINRCodec
     from vcinr_sci.model.embedded import MODELS_GROUP, embed_model
 
     art, c = loaded.artifact, cfg.compress

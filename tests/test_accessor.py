@@ -248,7 +248,7 @@ def test_info_and_decompress_commands(written, ds, tmp_path, capsys):
 def test_patched_model_roundtrip_and_sample(ds, tmp_path, subtract_item_mean):
     """A model whose items are 16 x 16 patches: a patch without valid points gets no
     latent; sampling picks each point's patch (and, with stored item means, its mean)."""
-    from vcinr_sci.codec import decode_latents
+    from vcinr_sci.codec.core import decode_latents
 
     patched = tiny_artifact([16, 16], subtract_item_mean)
     d = ds.copy(deep=True)
@@ -268,8 +268,8 @@ def test_patched_model_roundtrip_and_sample(ds, tmp_path, subtract_item_mean):
 
 def test_plain_xarray_encoding(model, ds, tmp_path):
     """The codec objects work directly in xarray's encoding (no accessor)."""
-    from vcinr_sci.codec import VCINRCodec
-    from vcinr_sci.codec_zarr3 import VCINRZarrCodec
+    from vcinr_sci.codec.numcodecs import VCINRCodec
+    from vcinr_sci.codec.zarr3 import VCINRZarrCodec
 
     codec = VCINRCodec.for_model(model, QUALITY, fill_value="NaN")
     enc3 = {"air_temperature": {"serializer": VCINRZarrCodec(codec=codec), "compressors": None, "chunks": (10, 37, 49)}}

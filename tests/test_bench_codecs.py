@@ -11,7 +11,7 @@ import pytest
 from _vcinr_tiny import QUALITY, data_path, tiny_artifact
 
 from vcinr_sci.bench import codecs as bench
-from vcinr_sci.codec import VCINRCodec
+from vcinr_sci.codec.numcodecs import VCINRCodec
 from vcinr_sci.data.items import load_dataset
 from vcinr_sci.model.artifact import load_artifact
 

@@ -21,10 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vcinr_sci.accessor import BOUND_ATTRS, open_zarr
-from vcinr_sci.chunk import decode_container, encode_container
-from vcinr_sci.codec import VCINRCodec, decode_latents
-from vcinr_sci.codec_zarr3 import VCINRZarrCodec
-from vcinr_sci.coding.coder import bound, residual_format
+from vcinr_sci.codec.container import decode_container, encode_container
+from vcinr_sci.codec.core import decode_latents
+from vcinr_sci.codec.numcodecs import VCINRCodec
+from vcinr_sci.codec.zarr3 import VCINRZarrCodec
+from vcinr_sci.coding import bound, residual_format
 from vcinr_sci.errors import ChunkFormatError, CodecError
 from vcinr_sci.model.loaded import LoadedModel, full_float32
 
@@ -387,7 +388,7 @@ def test_residual_sections_are_size_checked_before_decompressing(section):
 
     from numcodecs import Zstd
 
-    from vcinr_sci.coding.coder import rans, residual_format
+    from vcinr_sci.coding import rans, residual_format
     from vcinr_sci.errors import ChunkFormatError
 
     bomb = Zstd(level=1).encode(np.zeros(64 * 1024**2, np.uint8))

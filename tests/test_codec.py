@@ -17,9 +17,10 @@ import pytest
 import zarr
 from _vcinr_tiny import LEARNED, QUALITY, fields, other_artifact, tiny_artifact
 
-from vcinr_sci.chunk import decode_container, encode_container
-from vcinr_sci.codec import VCINRCodec, decode_latents
-from vcinr_sci.codec_zarr3 import VCINRZarrCodec
+from vcinr_sci.codec.container import decode_container, encode_container
+from vcinr_sci.codec.core import decode_latents
+from vcinr_sci.codec.numcodecs import VCINRCodec
+from vcinr_sci.codec.zarr3 import VCINRZarrCodec
 from vcinr_sci.errors import ArtifactError, ChunkFormatError, CodecError
 from vcinr_sci.model.artifact import load_artifact
 from vcinr_sci.model.registry import clear_model_cache, model_cache_stats

@@ -144,7 +144,7 @@ def test_poisoned_remote_copy_is_skipped(model, ds, tmp_path, monkeypatch):
     empty, and the error names it; a good URI then works."""
     import fsspec
 
-    from vcinr_sci.codec import VCINRCodec
+    from vcinr_sci.codec.numcodecs import VCINRCodec
 
     cache = tmp_path / "reader-cache"
     fs = fsspec.filesystem("memory")
@@ -171,7 +171,7 @@ def test_poisoned_remote_copy_is_skipped(model, ds, tmp_path, monkeypatch):
 def test_tampered_copy_does_not_hide_a_good_one(model, ds, tmp_path, monkeypatch):
     """A copy that claims the hash but fails verification, earlier in the search order,
     is skipped with a warning naming it; the good copy later in the order is used."""
-    from vcinr_sci.codec import VCINRCodec
+    from vcinr_sci.codec.numcodecs import VCINRCodec
 
     tampered_root, good_root = tmp_path / "first", tmp_path / "second"
     shutil.copytree(model, tampered_root / Path(model).name)
@@ -219,8 +219,8 @@ _BOMB_SCRIPT = textwrap.dedent(
     """
     import json, resource, sys
     import numpy as np, zarr
-    from vcinr_sci.codec import VCINRCodec
-    from vcinr_sci.codec_zarr3 import VCINRZarrCodec
+    from vcinr_sci.codec.numcodecs import VCINRCodec
+    from vcinr_sci.codec.zarr3 import VCINRZarrCodec
     artifact, store, fields = sys.argv[1], sys.argv[2], int(sys.argv[3])
     codec = VCINRCodec.for_model(artifact, "u6")
     x = np.full((4, 37, 49), np.nan, np.float32)  # all NaN: a header and no payload
@@ -277,7 +277,7 @@ def test_chunk_claiming_more_fields_is_refused_before_allocating(model, tmp_path
 
 
 def test_claimed_size_checks():
-    from vcinr_sci.chunk import ChunkHeader, check_claimed_size
+    from vcinr_sci.codec.container import ChunkHeader, check_claimed_size
 
     h = ChunkHeader("0" * 64, (3, 4, 5), "<f4", 3, "q", 1)
     check_claimed_size(h, (3, 4, 5))
@@ -298,8 +298,8 @@ def test_claimed_size_checks():
 def test_malformed_dtype_string_refused(model, ds, text):
     """A CRC-valid header whose dtype text numpy cannot (or should not) parse is refused
     with ChunkFormatError, never a SyntaxError from numpy's dtype parser."""
-    from vcinr_sci.chunk import decode_container
-    from vcinr_sci.codec import VCINRCodec
+    from vcinr_sci.codec.container import decode_container
+    from vcinr_sci.codec.numcodecs import VCINRCodec
     from vcinr_sci.errors import ChunkFormatError
 
     codec = VCINRCodec.for_model(model, QUALITY)
@@ -327,7 +327,7 @@ def test_digests_name_a_forged_chunk(model, ds, tmp_path, capsys):
     from zarr.core.sync import sync
 
     from vcinr_sci.cli import main
-    from vcinr_sci.codec import codec_of
+    from vcinr_sci.codec.numcodecs import codec_of
     from vcinr_sci.integrity import record_digests, verify_digests
 
     store, expected = _write(model, ds, tmp_path / "s.zarr")  # 2 chunks of 4 fields

@@ -9,7 +9,7 @@ import pytest
 import torch
 from _vcinr_tiny import QUALITY, fields, tiny_artifact
 
-from vcinr_sci.codec import VCINRCodec
+from vcinr_sci.codec.numcodecs import VCINRCodec
 from vcinr_sci.errors import CodecError
 from vcinr_sci.model.loaded import LoadedModel
 

@@ -32,8 +32,9 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from vcinr_sci.codec import VCINRCodec, check_dtype
-from vcinr_sci.codec_zarr3 import VCINRZarrCodec  # needs zarr 3, as does xarray's Zarr backend
+from vcinr_sci.codec.core import check_dtype
+from vcinr_sci.codec.numcodecs import VCINRCodec
+from vcinr_sci.codec.zarr3 import VCINRZarrCodec  # needs zarr 3, as does xarray's Zarr backend
 from vcinr_sci.coding.bound import ErrorBound
 from vcinr_sci.data.grids import RegularGrid, SphericalGrid
 from vcinr_sci.data.normalise import Normaliser
@@ -379,7 +380,7 @@ class VCINRDatasetAccessor:
         group. ``mode``: "w-" (refuse an existing store) or "w" (replace it).
         ``measure`` decodes what was written and records the errors as attributes.
         ``max_abs_error`` (data units) and/or ``max_rel_error`` (fraction of each chunk's
-        value range) ask for a guaranteed point-wise bound (see :mod:`vcinr_sci.codec`);
+        value range) ask for a guaranteed point-wise bound (see :mod:`vcinr_sci.codec.core`);
         the bound and its mode are recorded as attributes.
 
         A local store is written under a temporary name and renamed when complete, so a

@@ -28,7 +28,7 @@ import xarray as xr
 import zarr
 
 from vcinr_sci.accessor import joined_dask_pool, open_zarr
-from vcinr_sci.codec import codec_of
+from vcinr_sci.codec.numcodecs import codec_of
 from vcinr_sci.errors import ArtifactError, BadChunkError, ChunkFormatError, CodecError
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from vcinr_sci.codec import codec_of, decode_latents
+from vcinr_sci.codec.core import decode_latents
+from vcinr_sci.codec.numcodecs import codec_of
 from vcinr_sci.data.grids import RegularGrid, SphericalGrid, lat_lon_to_xyz
 from vcinr_sci.errors import CodecError
 from vcinr_sci.model.loaded import LoadedModel

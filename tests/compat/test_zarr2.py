@@ -24,7 +24,7 @@ import numcodecs  # noqa: E402
 import numpy as np  # noqa: E402
 from _vcinr_tiny import QUALITY, fields, other_artifact, tiny_artifact  # noqa: E402
 
-from vcinr_sci.codec import VCINRCodec, codec_of  # noqa: E402
+from vcinr_sci.codec.numcodecs import VCINRCodec, codec_of  # noqa: E402
 from vcinr_sci.model.artifact import HASH_PREFIX_LEN, load_artifact  # noqa: E402
 from vcinr_sci.model.embedded import MODELS_GROUP, embed_model  # noqa: E402
 
@@ -119,6 +119,6 @@ def test_fresh_process_finds_codec_and_model(artifact_path, data, tmp_path):
 
 def test_zarr3_parts_say_so():
     with pytest.raises(ImportError, match=r"needs zarr >= 3\.1 \(installed: zarr 2\.18"):
-        from vcinr_sci.codec_zarr3 import VCINRZarrCodec  # noqa: F401
+        from vcinr_sci.codec.zarr3 import VCINRZarrCodec  # noqa: F401
     with pytest.raises(ImportError, match="xarray accessor"):
         import vcinr_sci.accessor  # noqa: F401

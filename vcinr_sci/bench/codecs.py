@@ -63,8 +63,8 @@ from numcodecs.compat import ensure_ndarray_like
 from vcinr_sci import metrics
 from vcinr_sci.bench.output import device_name, pyplot, save_figure, write_json
 from vcinr_sci.bench.throughput import count_flops, encode_flops, matmul_rate
-from vcinr_sci.chunk import decode_container
-from vcinr_sci.codec import VCINRCodec
+from vcinr_sci.codec.container import decode_container
+from vcinr_sci.codec.numcodecs import VCINRCodec
 from vcinr_sci.config import DataConfig
 from vcinr_sci.data.grids import SphericalGrid
 from vcinr_sci.data.items import load_dataset

@@ -41,8 +41,9 @@ import torch
 from numcodecs import Zstd
 
 from vcinr_sci.bench.output import write_json
-from vcinr_sci.codec import VCINRCodec, decode_latents
-from vcinr_sci.coding.coder import bound
+from vcinr_sci.codec.core import decode_latents
+from vcinr_sci.codec.numcodecs import VCINRCodec
+from vcinr_sci.coding import bound
 from vcinr_sci.config import load_config
 from vcinr_sci.data.items import load_dataset
 from vcinr_sci.data.sources import shared_data_dir

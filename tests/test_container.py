@@ -1,4 +1,4 @@
-"""Tests of the vcinr chunk container (vcinr_sci.chunk)."""
+"""Tests of the vcinr chunk container (vcinr_sci.codec.container)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vcinr_sci.chunk import (
+from vcinr_sci.codec.container import (
     FLAG_ALL_MASKED,
     FLAG_HAS_MASK,
     FORMAT_VERSION,

@@ -1,6 +1,6 @@
 """The ``vcinr`` codec's Zarr-3 face: :class:`VCINRZarrCodec`, an array-to-bytes codec
-(an array's ``serializer``) that forwards to :class:`~vcinr_sci.codec.VCINRCodec`, so
-both write and read the same bytes (see :mod:`vcinr_sci.codec` for the format and the
+(an array's ``serializer``) that forwards to :class:`~vcinr_sci.codec.numcodecs.VCINRCodec`, so
+both write and read the same bytes (see :mod:`vcinr_sci.codec.core` for the format and the
 chunking rule). Needs zarr 3; the numcodecs face does not, so it lives here, and
 importing this module registers it with zarr (the ``zarr.codecs`` entry point does so
 in a fresh process).
@@ -20,7 +20,8 @@ from zarr.abc.codec import ArrayBytesCodec  # noqa: E402  (after the check: zarr
 from zarr.core.common import parse_named_configuration  # noqa: E402
 from zarr.registry import register_codec  # noqa: E402
 
-from vcinr_sci.codec import CODEC_ID, VCINRCodec, _fill_json, check_chunk_shape, check_dtype  # noqa: E402
+from vcinr_sci.codec.core import check_chunk_shape, check_dtype  # noqa: E402
+from vcinr_sci.codec.numcodecs import CODEC_ID, VCINRCodec, fill_json  # noqa: E402
 from vcinr_sci.errors import ChunkFormatError  # noqa: E402
 
 
@@ -70,7 +71,7 @@ class VCINRZarrCodec(ArrayBytesCodec):
         check_dtype(array_spec.dtype.to_native_dtype())
         if self.codec.fill_value is None and array_spec.fill_value is not None:
             config = self.codec.get_config()
-            config["fill_value"] = _fill_json(float(array_spec.fill_value))
+            config["fill_value"] = fill_json(float(array_spec.fill_value))
             return VCINRZarrCodec(codec=VCINRCodec.from_config(config))
         return self
 
