@@ -36,6 +36,7 @@ from pipelines.ray_setup import ensure_ray, use_assigned_cpus
 from vcinr_sci.config import Config
 from vcinr_sci.data.grids import Patcher
 from vcinr_sci.errors import ArtifactError
+from vcinr_sci.metrics import psnr_from_mse
 from vcinr_sci.model.artifact import MANIFEST, find_artifact, load_artifact
 from vcinr_sci.model.latents import (
     complete_shards,
@@ -121,7 +122,7 @@ class EncodeShards:
             phi = self.model.adapt(coords, values, mask, self.inner_steps)
             mse = masked_mse(self.model.decode(coords, phi), values, mask).double()
             phis.append(phi.float().cpu().numpy())
-            psnrs.append((-10 * torch.log10(mse.clamp_min(1e-20))).cpu().numpy())
+            psnrs.append(psnr_from_mse(mse.clamp_min(1e-20)).cpu().numpy())
         local = np.arange(n)
         field_pos, patch = np.divmod(local, per)
         field = fields[field_pos]

@@ -43,6 +43,7 @@ from pipelines.cli_args import config_parser, load
 from pipelines.ray_setup import ensure_ray, use_assigned_cpus
 from vcinr_sci.config import Config
 from vcinr_sci.errors import ArtifactError
+from vcinr_sci.metrics import psnr_from_mse
 from vcinr_sci.model.artifact import HASH_PREFIX_LEN, MANIFEST, find_artifact
 
 JOB_ATTR = "vcinr_job"
@@ -146,7 +147,7 @@ class WriteChunks:
         return {k: np.asarray(v) for k, v in out.items()}
 
     def _write(self, variable: str, chunk: int) -> dict[str, float]:
-        from vcinr_sci.accessor import lat_dim
+        from vcinr_sci.io.layout import lat_dim
 
         arr, source = self._array(variable)
         n_items = arr.ndim - len(self.loaded.grid.shape)
@@ -208,8 +209,8 @@ def _create_store(cfg: Config, store: Path, loaded, variables: list[str], qualit
     import xarray as xr
     import zarr
 
-    from vcinr_sci.accessor import coded_encoding, item_chunks, prepare_variable
     from vcinr_sci.codec.numcodecs import VCINRCodec
+    from vcinr_sci.io.layout import coded_encoding, item_chunks, prepare_variable
     from vcinr_sci.model.embedded import MODELS_GROUP, embed_model
 
     art, c = loaded.artifact, cfg.compress
@@ -247,9 +248,10 @@ def _create_store(cfg: Config, store: Path, loaded, variables: list[str], qualit
 def _finalise(cfg: Config, store: Path, loaded, variables: list[str], quality: str, steps: int) -> dict[str, dict]:
     import zarr
 
-    from vcinr_sci.accessor import coded_variable_attrs, error_figures
-    from vcinr_sci.integrity import record_digests
-    from vcinr_sci.store import chunk_bytes_stored, consolidate
+    from vcinr_sci.io.integrity import record_digests
+    from vcinr_sci.io.layout import coded_variable_attrs
+    from vcinr_sci.io.store import chunk_bytes_stored, consolidate
+    from vcinr_sci.metrics import error_figures
 
     art = loaded.artifact
     group = zarr.open_group(store, mode="r+")
@@ -357,7 +359,7 @@ def compress(cfg: Config, model: str | None = None, limit: int | None = None, qu
             written += 1
             loads[int(row["pid"])] = int(row["loads"])
             span = float(art.normaliser.hi - art.normaliser.lo)
-            psnr = -10 * math.log10(row["mse"] / span**2) if row["mse"] > 0 else math.inf
+            psnr = psnr_from_mse(row["mse"], span)
             note = f"PSNR {psnr:6.2f} dB  " if c.measure and math.isfinite(row["mse"]) else ""
             where = f"{row['variable']}/{int(row['chunk']):06d}"
             say(f"chunk {where}  {note}{row['seconds']:6.2f} s  [{done + written}/{total}]")

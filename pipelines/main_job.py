@@ -24,9 +24,9 @@ import xarray as xr
 
 from pipelines import build_latents, meta_train, train_coder
 from pipelines.cli_args import config_parser, load
-from vcinr_sci.accessor import open_zarr
 from vcinr_sci.config import Config
 from vcinr_sci.data.sources import open_variable
+from vcinr_sci.io.accessor import open_zarr
 from vcinr_sci.model.artifact import load_artifact
 
 

@@ -28,6 +28,7 @@ from pipelines.cli_args import config_parser, load
 from pipelines.ray_setup import ensure_ray, torch_trainer, use_assigned_cpus
 from vcinr_sci.config import Config
 from vcinr_sci.data.items import load_dataset
+from vcinr_sci.metrics import psnr_from_mse
 from vcinr_sci.model.artifact import ModelArtifact, build_model, save_artifact
 from vcinr_sci.model.training import evaluate, outer_step, sample_batch, seed_everything
 
@@ -86,7 +87,7 @@ def train_loop(loop_config: dict) -> None:
         metrics = {
             "step": step,
             "start_step": start,
-            "train_psnr": float(-10 * torch.log10(torch.tensor(max(mse, 1e-12)))),
+            "train_psnr": psnr_from_mse(max(mse, 1e-12)),
             "step_time_s": (now - t_last) / len(losses),
             "torch_threads": threads,
         }

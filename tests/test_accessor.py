@@ -17,8 +17,9 @@ import xarray as xr
 from _vcinr_tiny import QUALITY, fields, five_d_fields, tiny_artifact
 
 from vcinr_sci import metrics
-from vcinr_sci.accessor import ATTRS, item_chunks, open_zarr
 from vcinr_sci.errors import CodecError
+from vcinr_sci.io.accessor import open_zarr
+from vcinr_sci.io.layout import ATTRS, item_chunks
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup")
 
@@ -208,12 +209,12 @@ def test_store_alone_decodes_in_fresh_process(model, ds, tmp_path):
         import shutil, sys
         import numpy as np, xarray as xr
         np.save(r"{tmp_path}/plain.npy", xr.open_zarr(r"{out}").air_temperature.values)
-        assert "vcinr_sci.accessor" not in sys.modules  # the entry point loaded the codec alone
+        assert "vcinr_sci.io.accessor" in sys.modules  # the entry point imported vcinr_sci, which registers the accessors
         # moved, with an empty cache: the config's model_path is stale, the store supplies the model
         shutil.move(r"{out}", r"{moved}")
         shutil.rmtree(r"{cache}")
         from vcinr_sci.model.registry import clear_model_cache
-        from vcinr_sci.accessor import open_zarr
+        from vcinr_sci.io.accessor import open_zarr
         clear_model_cache(search_paths=True)
         np.save(r"{tmp_path}/moved.npy", open_zarr(r"{moved}").air_temperature.values)
         """

@@ -20,13 +20,14 @@ from _vcinr_tiny import QUALITY, fields, tiny_artifact
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vcinr_sci.accessor import BOUND_ATTRS, open_zarr
 from vcinr_sci.codec.container import decode_container, encode_container
 from vcinr_sci.codec.core import decode_latents
 from vcinr_sci.codec.numcodecs import VCINRCodec
 from vcinr_sci.codec.zarr3 import VCINRZarrCodec
 from vcinr_sci.coding import bound, residual_format
 from vcinr_sci.errors import ChunkFormatError, CodecError
+from vcinr_sci.io.accessor import open_zarr
+from vcinr_sci.io.layout import BOUND_ATTRS
 from vcinr_sci.model.loaded import LoadedModel, full_float32
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup")
@@ -342,7 +343,7 @@ def test_real_dataset_every_chunk_within_bound(artifact_path, tmp_path, fmt):
 
 
 def test_info_shows_the_guarantee(artifact_path, tmp_path, capsys):
-    from vcinr_sci.store_info import store_info
+    from vcinr_sci.io.info import store_info
 
     ds = fields(4)
     bounded_store = ds.vcinr.to_zarr(tmp_path / "r.zarr", model=artifact_path, quality=QUALITY, max_rel_error=1e-3)

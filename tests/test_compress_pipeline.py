@@ -77,8 +77,8 @@ def test_resume_after_interruption(ray_session, job, tmp_path, monkeypatch):
     import xarray as xr
     import zarr
 
-    from vcinr_sci.accessor import open_zarr
-    from vcinr_sci.store_info import store_info
+    from vcinr_sci.io.accessor import open_zarr
+    from vcinr_sci.io.info import store_info
 
     assert zarr.open_group(store, mode="r").attrs[COMPLETE_ATTR] is True
     back = open_zarr(store).air_temperature
@@ -90,7 +90,7 @@ def test_resume_after_interruption(ray_session, job, tmp_path, monkeypatch):
     assert attrs["vcinr_max_abs_error"] == pytest.approx(metrics.max_abs_error(ref.values, back.values), rel=1e-5)
     assert "forecast_period" in back.coords and np.array_equal(back.forecast_period.values, ref.forecast_period.values)
     assert store_info(store)["embedded_models"] == [first.model_hash]
-    from vcinr_sci.integrity import verify_digests
+    from vcinr_sci.io.integrity import verify_digests
 
     digests = verify_digests(store)  # the finished store records every chunk's SHA-256
     assert digests.ok and digests.checked >= 5

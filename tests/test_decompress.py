@@ -11,8 +11,8 @@ import pytest
 import xarray as xr
 from _vcinr_tiny import QUALITY, fields, tiny_artifact
 
-from vcinr_sci.accessor import open_zarr
-from vcinr_sci.decompress import main
+from vcinr_sci.io.accessor import open_zarr
+from vcinr_sci.io.decompress import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup")
 

@@ -21,11 +21,11 @@ import xarray as xr
 import zarr
 from _vcinr_tiny import QUALITY, fields, tiny_artifact
 
-from vcinr_sci.accessor import open_zarr
 from vcinr_sci.errors import ArtifactError
+from vcinr_sci.io.accessor import open_zarr
+from vcinr_sci.io.store import consolidate
 from vcinr_sci.model.artifact import MANIFEST, WEIGHTS
 from vcinr_sci.model.embedded import HASH_ATTR, MODELS_GROUP
-from vcinr_sci.store import consolidate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup")
 
@@ -328,7 +328,7 @@ def test_digests_name_a_forged_chunk(model, ds, tmp_path, capsys):
 
     from vcinr_sci.cli import main
     from vcinr_sci.codec.numcodecs import codec_of
-    from vcinr_sci.integrity import record_digests, verify_digests
+    from vcinr_sci.io.integrity import record_digests, verify_digests
 
     store, expected = _write(model, ds, tmp_path / "s.zarr")  # 2 chunks of 4 fields
     first = verify_digests(store)

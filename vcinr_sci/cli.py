@@ -16,9 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "latents": ("pipelines.build_latents", "encode a dataset's items into latent shards on Ray Data"),
     "fit-coder": ("pipelines.train_coder", "train latent coders (one per lambda) on Ray Train into a new artifact"),
     "compress": ("pipelines.compress", "compress a dataset into a vcinr-coded Zarr store on Ray Data (resumable)"),
-    "decompress": ("vcinr_sci.decompress", "decode a vcinr-coded Zarr store to netCDF or plain Zarr"),
-    "info": ("vcinr_sci.store_info", "show a Zarr store's codec config, model hash, sizes and stored error figures"),
-    "verify": ("vcinr_sci.integrity", "check a store's chunks against the SHA-256 digests recorded when it was written"),
+    "decompress": ("vcinr_sci.io.decompress", "decode a vcinr-coded Zarr store to netCDF or plain Zarr"),
+    "info": ("vcinr_sci.io.info", "show a Zarr store's codec config, model hash, sizes and stored error figures"),
+    "verify": ("vcinr_sci.io.integrity", "check a store's chunks against the SHA-256 digests recorded when it was written"),
 }
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "conditioning": ("vcinr_sci.bench.conditioning", "GatedSiren vs ShiftSiren at equal budgets"),

@@ -7,7 +7,25 @@ ignored everywhere.
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+
+def psnr_from_mse(mse: Any, data_range: float = 1.0) -> Any:
+    """``10 log10(R^2 / MSE)``, the one copy of the formula: a float for a number (inf for
+    an MSE of 0), elementwise for a numpy array or a torch tensor (callers that want a
+    finite figure clamp the MSE first)."""
+    if isinstance(mse, (int, float, np.floating, np.integer)):
+        return math.inf if mse == 0 else 10 * math.log10(data_range**2 / float(mse))
+    if isinstance(mse, np.ndarray):
+        with np.errstate(divide="ignore"):
+            return 10 * np.log10(data_range**2 / mse)
+    return 10 * (data_range**2 / mse).log10()  # a torch tensor (torch is not imported here)
 
 
 def _valid(reference: np.ndarray, approx: np.ndarray):
@@ -27,8 +45,7 @@ def rmse(reference, approx) -> float:
 
 
 def psnr(reference, approx, data_range: float = 1.0) -> float:
-    m = mse(reference, approx)
-    return float("inf") if m == 0 else float(10 * np.log10(data_range**2 / m))
+    return float(psnr_from_mse(mse(reference, approx), data_range))
 
 
 def psnr_per_item(reference, approx, data_range: float = 1.0) -> np.ndarray:
@@ -36,8 +53,7 @@ def psnr_per_item(reference, approx, data_range: float = 1.0) -> np.ndarray:
     r, a, ok = _valid(reference, approx)
     err = np.where(ok, (r - a) ** 2, 0.0).reshape(len(r), -1)
     m = err.sum(1) / np.maximum(ok.reshape(len(r), -1).sum(1), 1)
-    with np.errstate(divide="ignore"):
-        return 10 * np.log10(data_range**2 / m)
+    return psnr_from_mse(m, data_range)
 
 
 def weighted_rmse(reference, approx, weights) -> float:
@@ -54,3 +70,35 @@ def max_abs_error(reference, approx) -> float:
 
 def bits_per_value(num_bytes: int, num_values: int) -> float:
     return 8.0 * num_bytes / num_values
+
+
+def error_sums(decoded: xr.DataArray, reference: xr.DataArray, lat_dim: str | None) -> dict[str, Any]:
+    """Lazy (dask-friendly) error sums of a decoded variable against its source, with
+    cos-latitude weights along ``lat_dim`` when given; :func:`error_figures` turns them
+    into figures."""
+    valid = reference.notnull()
+    err = (decoded.astype(np.float64) - reference.astype(np.float64)).where(valid)
+    out = {"sq": (err**2).sum(), "n": valid.sum(), "max": abs(err).max(), "lo": reference.min(), "hi": reference.max()}
+    if lat_dim is not None:
+        w = np.cos(np.deg2rad(reference[lat_dim].astype(np.float64)))
+        out["wsq"] = (err**2 * w).sum()
+        out["wn"] = (valid * w).sum()
+    return out
+
+
+def error_figures(stats: dict[str, Any], data_range: float | None) -> dict[str, float | None]:
+    """PSNR (over ``data_range``, else the source's range), RMSE, latitude-weighted RMSE,
+    max error and count from :func:`error_sums` (computed)."""
+    s = {k: float(v) for k, v in stats.items()}
+    n = s["n"]
+    mse = s["sq"] / n if n else math.nan
+    data_range = data_range if data_range else (s["hi"] - s["lo"] if n else math.nan)
+    report = {
+        "psnr_db": psnr_from_mse(mse, data_range) if n else math.nan,
+        "psnr_data_range": data_range,
+        "rmse": math.sqrt(mse) if n else math.nan,
+        "lat_weighted_rmse": math.sqrt(s["wsq"] / s["wn"]) if "wsq" in s and s["wn"] else None,
+        "max_abs_error": s["max"] if n else math.nan,
+        "n_values": int(n),
+    }
+    return report

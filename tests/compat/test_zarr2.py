@@ -121,4 +121,4 @@ def test_zarr3_parts_say_so():
     with pytest.raises(ImportError, match=r"needs zarr >= 3\.1 \(installed: zarr 2\.18"):
         from vcinr_sci.codec.zarr3 import VCINRZarrCodec  # noqa: F401
     with pytest.raises(ImportError, match="xarray accessor"):
-        import vcinr_sci.accessor  # noqa: F401
+        import vcinr_sci.io.accessor  # noqa: F401

@@ -45,6 +45,7 @@ from vcinr_sci.bench.output import device_name, resolve_device, write_json
 from vcinr_sci.config import Config, DataConfig, MetaConfig, ModelConfig, TrainConfig
 from vcinr_sci.data.items import load_dataset
 from vcinr_sci.data.sources import DATA_DIR_ENV, shared_data_dir
+from vcinr_sci.metrics import psnr_from_mse
 from vcinr_sci.model.artifact import build_model
 from vcinr_sci.model.training import evaluate, outer_step, sample_batch, seed_everything
 
@@ -187,7 +188,7 @@ def references(train_items, eval_items, dims: list[int]) -> dict[str, Any]:
     mean = train.mean(0)
 
     def psnr(pred):
-        return float(np.mean(-10 * np.log10(np.maximum(((held - pred) ** 2).mean(1), 1e-12))))
+        return float(np.mean(psnr_from_mse(np.maximum(((held - pred) ** 2).mean(1), 1e-12))))
 
     _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
     pca = {}
@@ -248,7 +249,7 @@ def run_one(args, data, train_items, eval_items, conditioning: str, dim: int) ->
         "outer_lr": cfg.meta.outer_lr,
         "inner_lr_init": cfg.meta.inner_lr_init,
         "steps": len(losses),
-        "train_psnr_last10pct": float(-10 * np.log10(max(train_mse, 1e-12))) if math.isfinite(train_mse) else float("nan"),
+        "train_psnr_last10pct": psnr_from_mse(max(train_mse, 1e-12)) if math.isfinite(train_mse) else float("nan"),
         "psnr_inner": ev_k.psnr,
         "psnr_encode": ev_more.psnr,
         "inner_steps": cfg.meta.inner_steps,

@@ -40,6 +40,7 @@ from vcinr_sci.coding.coder import LatentCoder, coder_state
 from vcinr_sci.coding.quantiser import UniformQuantiser
 from vcinr_sci.data.grids import SphericalGrid
 from vcinr_sci.data.items import ItemSet, load_dataset
+from vcinr_sci.metrics import psnr_from_mse
 from vcinr_sci.model.artifact import MANIFEST, ModelArtifact, find_artifact, load_artifact
 
 
@@ -116,8 +117,8 @@ class Scorer:
     def result(self) -> dict[str, float]:
         mse = torch.cat(self.mse)
         out = {
-            "psnr": float((-10 * torch.log10(mse.clamp_min(1e-30))).mean()),
-            "psnr_of_mean_mse": float(-10 * math.log10(max(float(mse.mean()), 1e-30))),
+            "psnr": float(psnr_from_mse(mse.clamp_min(1e-30)).mean()),
+            "psnr_of_mean_mse": psnr_from_mse(max(float(mse.mean()), 1e-30)),
             "rmse": math.sqrt(float(mse.mean())) * self.scale,
             "max_abs_error": self.max_abs,
         }

@@ -57,7 +57,7 @@ single-bit error and every burst of up to 32 bits, and misses random damage with
 probability 2**-32. It guards against accidents, not tampering: a crafted chunk with
 recomputed CRCs is read as what it claims (the model hash is an identifier, not a
 signature). Integrity against tampering is a separate, opt-in check of per-chunk
-SHA-256 digests (:mod:`vcinr_sci.integrity`).
+SHA-256 digests (:mod:`vcinr_sci.io.integrity`).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import torch
 
 from vcinr_sci.coding.coder import rd_loss
 from vcinr_sci.data.items import ItemSet
+from vcinr_sci.metrics import psnr_from_mse
 from vcinr_sci.model.meta import MetaSGD, masked_mse
 
 
@@ -87,7 +88,7 @@ def evaluate_coders(
     for lam, b, m in zip(lambdas, bits, mses):
         m = torch.cat(m)
         bpv, mse = float(b) / num_values, float(m.mean())
-        psnr = float((-10 * torch.log10(m.clamp_min(1e-20))).mean())
+        psnr = float(psnr_from_mse(m.clamp_min(1e-20)).mean())
         out.append({"loss": bpv + lam * mse, "bpv": bpv, "mse": mse, "psnr": psnr})
     for coder in coders:
         coder.train()

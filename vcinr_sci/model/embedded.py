@@ -5,7 +5,7 @@ decode: the group ``_vcinr_models`` holds one subgroup per model, named by its h
 prefix, with the artifact's two files as uint8 arrays ``manifest`` (artifact.json) and
 ``weights`` (weights.safetensors) and the full hash as attribute ``vcinr_model_hash``.
 Being plain Zarr, it travels with the store and upsets no Zarr tool.
-:func:`vcinr_sci.model.registry.use_embedded_models` (called by :func:`vcinr_sci.accessor.open_zarr`) copies them
+:func:`vcinr_sci.model.registry.use_embedded_models` (called by :func:`vcinr_sci.io.accessor.open_zarr`) copies them
 into the cache folder (``$VCINR_CACHE_DIR``); the codec also does so by itself when its
 ``model_path`` names such a subgroup of a local store, so ``xarray.open_zarr`` alone
 decodes a local store written with the model. A store is untrusted input: the hash

@@ -208,7 +208,7 @@ def _moved_store_hint(hints: Sequence[str | os.PathLike | None]) -> str:
         return ""
     return (
         f". The data was written with its model inside the store, at {gone[0]}, which is no longer there: "
-        "if the store was moved or copied, open it with vcinr_sci.accessor.open_zarr(store), "
+        "if the store was moved or copied, open it with vcinr_sci.io.accessor.open_zarr(store), "
         "which finds the model stored inside it"
     )
 

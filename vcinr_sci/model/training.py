@@ -15,6 +15,7 @@ import torch
 from vcinr_sci.coding.quantiser import UniformQuantiser
 from vcinr_sci.config import Config
 from vcinr_sci.data.items import ItemSet, load_dataset
+from vcinr_sci.metrics import psnr_from_mse
 from vcinr_sci.model.artifact import ModelArtifact, build_model
 from vcinr_sci.model.meta import MetaSGD, masked_mse
 from vcinr_sci.model.registry import default_inner_steps
@@ -73,7 +74,7 @@ def evaluate(
         phi = model.adapt(coords, target, mask, steps)
         err = masked_mse(model.decode(coords, phi), target, mask).cpu().double()
         mses.append(err)
-        psnrs.append(-10 * torch.log10(err.clamp_min(1e-12)))
+        psnrs.append(psnr_from_mse(err.clamp_min(1e-12)))
     return Evaluation(float(torch.cat(psnrs).mean()), float(torch.cat(mses).mean()), n)
 
 

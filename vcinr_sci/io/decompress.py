@@ -27,9 +27,9 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from vcinr_sci.accessor import joined_dask_pool, open_zarr
 from vcinr_sci.codec.numcodecs import codec_of
 from vcinr_sci.errors import ArtifactError, BadChunkError, ChunkFormatError, CodecError
+from vcinr_sci.io.accessor import joined_dask_pool, open_zarr
 
 
 @dataclass

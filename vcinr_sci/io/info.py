@@ -19,8 +19,8 @@ import numpy as np
 import zarr
 
 from vcinr_sci.codec.numcodecs import codec_of
+from vcinr_sci.io.store import chunk_bytes_stored
 from vcinr_sci.model.embedded import MODELS_GROUP, embedded_models
-from vcinr_sci.store import chunk_bytes_stored
 from vcinr_sci.zarr_compat import require_zarr3
 
 

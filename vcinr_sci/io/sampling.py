@@ -2,7 +2,7 @@
 
 Only the chunks holding the requested fields are read; their latents are decoded
 (container, entropy code) and the INR is evaluated at the requested points alone, never
-on the whole grid. Used by ``da.vcinr.sample`` (:mod:`vcinr_sci.accessor`).
+on the whole grid. Used by ``da.vcinr.sample`` (:mod:`vcinr_sci.io.accessor`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from vcinr_sci.codec.core import decode_latents
 from vcinr_sci.codec.numcodecs import codec_of
 from vcinr_sci.data.grids import RegularGrid, SphericalGrid, lat_lon_to_xyz
 from vcinr_sci.errors import CodecError
+from vcinr_sci.io.store import read_chunk
 from vcinr_sci.model.loaded import LoadedModel
 from vcinr_sci.model.registry import use_embedded_models
-from vcinr_sci.store import read_chunk
 
 
 def nearest_index(axis: np.ndarray, values: np.ndarray, period: float | None = None) -> np.ndarray:
@@ -98,16 +98,16 @@ def _item_positions(da: xr.DataArray, full: xr.DataArray, item_dims: list[str]) 
 
 
 def sample(da: xr.DataArray, store: Any, points: dict[str, Any]) -> xr.DataArray:
-    """See :meth:`vcinr_sci.accessor.VCINRDataArrayAccessor.sample`."""
+    """See :meth:`vcinr_sci.io.accessor.VCINRDataArrayAccessor.sample`."""
     store = store if store is not None else da.encoding.get("source")
     if store is None:
-        raise ValueError("unknown store: open the data with vcinr_sci.accessor.open_zarr or pass store=")
+        raise ValueError("unknown store: open the data with vcinr_sci.io.accessor.open_zarr or pass store=")
     try:
         arr = zarr.open_group(store, mode="r")[str(da.name)]
     except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError) as e:
         raise ValueError(
             f"unknown store: {store!r} holds no Zarr array {da.name!r} ({e}); open the data with "
-            "vcinr_sci.accessor.open_zarr or pass store="
+            "vcinr_sci.io.accessor.open_zarr or pass store="
         ) from None
     use_embedded_models(store)
     codec = codec_of(arr)
