@@ -21,7 +21,6 @@ The model is ``--model`` (an artifact folder, or a hash looked up in
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -37,7 +36,7 @@ from vcinr_sci.config import Config
 from vcinr_sci.data.grids import Patcher
 from vcinr_sci.errors import ArtifactError
 from vcinr_sci.metrics import psnr_from_mse
-from vcinr_sci.model.artifact import MANIFEST, find_artifact, load_artifact
+from vcinr_sci.model.artifact import load_artifact
 from vcinr_sci.model.latents import (
     complete_shards,
     inr_key,
@@ -51,38 +50,7 @@ from vcinr_sci.model.latents import (
     write_shard,
 )
 from vcinr_sci.model.meta import masked_mse
-
-INR_SECTIONS = ("data", "model", "meta")
-
-
-def resolve_model(cfg: Config, model: str | None, with_coders: bool = False) -> Path:
-    """The artifact folder named by ``model`` (a folder, or a hash), or else the newest
-    artifact in ``cfg.train.artifact_dir`` meta-trained from ``cfg``'s data, model and
-    meta sections: one without coders first, or with ``with_coders`` one holding coders."""
-    if model:
-        if Path(model, MANIFEST).is_file():
-            return Path(model)
-        return find_artifact(model, [cfg.train.artifact_dir])
-    root = Path(cfg.train.artifact_dir)
-    want = {k: v for k, v in cfg.to_dict().items() if k in INR_SECTIONS}
-    matches = []  # (preferred kind, modification time, folder)
-    for manifest in root.glob(f"*/{MANIFEST}") if root.is_dir() else []:
-        try:
-            stored = json.loads(manifest.read_text())
-            # through the dataclasses, so an artifact written before a defaulted field
-            # was added still matches
-            stored_cfg = Config.from_dict(stored.get("config", {})).to_dict()
-        except (json.JSONDecodeError, TypeError, ValueError, KeyError):
-            continue
-        if all(stored_cfg.get(k) == v for k, v in want.items()):
-            has_coders = bool(stored.get("extra", {}).get("coders"))
-            matches.append((has_coders == with_coders, manifest.stat().st_mtime, manifest.parent))
-    if not matches:
-        raise ArtifactError(
-            f"no artifact in {root} was meta-trained from this config's {'/'.join(INR_SECTIONS)}: "
-            "run pipelines.meta_train first or pass --model"
-        )
-    return max(matches)[2]
+from vcinr_sci.model.selection import select_artifact
 
 
 class EncodeShards:
@@ -160,7 +128,7 @@ def build(cfg: Config, model: str | None = None, quiet: bool = False) -> BuildSu
     t0 = time.perf_counter()
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     lc = cfg.latents
-    path = resolve_model(cfg, model)
+    path = select_artifact(cfg, model)
     artifact = load_artifact(path)
     # Only the split is needed here (opening is lazy; no field is read by the driver).
     from vcinr_sci.data.items import load_dataset

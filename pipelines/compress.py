@@ -42,39 +42,14 @@ import numpy as np
 from pipelines.cli_args import config_parser, load
 from pipelines.ray_setup import ensure_ray, use_assigned_cpus
 from vcinr_sci.config import Config
-from vcinr_sci.errors import ArtifactError
 from vcinr_sci.metrics import psnr_from_mse
-from vcinr_sci.model.artifact import HASH_PREFIX_LEN, MANIFEST, find_artifact
+from vcinr_sci.model.artifact import HASH_PREFIX_LEN
+from vcinr_sci.model.selection import select_artifact
 
 JOB_ATTR = "vcinr_job"
 COMPLETE_ATTR = "vcinr_complete"
-INR_SECTIONS = ("data", "model", "meta")
 
 
-def resolve_model(cfg: Config, model: str | None, quality: str) -> Path:
-    """``--model`` (folder or hash), else the newest artifact in ``train.artifact_dir``
-    meta-trained from this config's data/model/meta sections that has coders (with
-    ``quality`` when one is named)."""
-    if model:
-        return Path(model) if Path(model, MANIFEST).is_file() else find_artifact(model, [cfg.train.artifact_dir])
-    root = Path(cfg.train.artifact_dir)
-    want = {k: v for k, v in cfg.to_dict().items() if k in INR_SECTIONS}
-    matches = []
-    for manifest in root.glob(f"*/{MANIFEST}") if root.is_dir() else []:
-        try:
-            stored = json.loads(manifest.read_text())
-        except json.JSONDecodeError:
-            continue
-        coders = stored.get("extra", {}).get("coders", {})
-        if coders and (not quality or quality in coders):
-            if all(stored.get("config", {}).get(k) == v for k, v in want.items()):
-                matches.append((manifest.stat().st_mtime, manifest.parent))
-    if not matches:
-        raise ArtifactError(
-            f"no artifact in {root} with coders{f' (level {quality!r})' if quality else ''} was trained from this "
-            "config: run the train, latents and fit-coder stages first, or pass --model"
-        )
-    return max(matches)[1]
 
 
 def open_source(cfg: Config, variable: str):
@@ -296,7 +271,7 @@ def compress(cfg: Config, model: str | None = None, limit: int | None = None, qu
     t0 = time.perf_counter()
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     c = cfg.compress
-    path = resolve_model(cfg, model, c.quality)
+    path = select_artifact(cfg, model, with_coders=True, require_coders=True, quality=c.quality)
     loaded = register_model(path)
     art = loaded.artifact
     quality = c.quality or (art.quality_levels[0] if art.quality_levels else "")

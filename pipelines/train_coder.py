@@ -37,7 +37,6 @@ import ray
 import ray.train
 import torch
 
-from pipelines.build_latents import resolve_model
 from pipelines.cli_args import config_parser, load
 from pipelines.ray_setup import ensure_ray, torch_trainer, use_assigned_cpus
 from vcinr_sci.coding.coder import LatentCoder, coder_spec, coder_state, load_coder
@@ -48,6 +47,7 @@ from vcinr_sci.errors import LatentsError
 from vcinr_sci.model.artifact import ModelArtifact, load_artifact, save_artifact
 from vcinr_sci.model.coder_training import evaluate_coders, freeze, train_step
 from vcinr_sci.model.latents import LatentTable, latents_dir, read_manifest, read_shards
+from vcinr_sci.model.selection import select_artifact
 
 STATE_FILE = "coders-rank{rank}.pt"
 FINAL_FILE = "final-rank{rank}.pt"
@@ -232,7 +232,7 @@ def fit(cfg: Config, model: str | None = None) -> Path:
     cc = cfg.coder
     if not cc.lambdas:
         raise ValueError("coder.lambdas is empty: name at least one lambda")
-    path = resolve_model(cfg, model)
+    path = select_artifact(cfg, model)
     artifact = load_artifact(path)
     root = latents_dir(cfg.latents.output_dir, artifact, cfg.latents.inner_steps)
     train = read_shards(root, "train")  # fail here, before Ray starts, if the latents are not built

@@ -38,10 +38,12 @@ import torch
 from vcinr_sci.bench.output import pyplot, save_figure, write_json
 from vcinr_sci.coding.coder import LatentCoder, coder_state
 from vcinr_sci.coding.quantiser import UniformQuantiser
+from vcinr_sci.config import load_config
 from vcinr_sci.data.grids import SphericalGrid
 from vcinr_sci.data.items import ItemSet, load_dataset
 from vcinr_sci.metrics import psnr_from_mse
 from vcinr_sci.model.artifact import MANIFEST, ModelArtifact, find_artifact, load_artifact
+from vcinr_sci.model.selection import select_artifact
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,11 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _resolve(args) -> Path:
     if args.model:
         return Path(args.model) if Path(args.model, MANIFEST).is_file() else find_artifact(args.model)
-    from pipelines.build_latents import resolve_model
-    from vcinr_sci.config import load_config
-
-    cfg = load_config(args.config)
-    return resolve_model(cfg, None, with_coders=True)
+    return select_artifact(load_config(args.config), with_coders=True)
 
 
 def _levels(artifact: ModelArtifact, wanted: str | None) -> list[tuple[str, Any]]:

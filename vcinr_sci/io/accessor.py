@@ -33,10 +33,10 @@ from vcinr_sci.codec.numcodecs import VCINRCodec
 from vcinr_sci.errors import CodecError
 from vcinr_sci.io.integrity import record_digests
 from vcinr_sci.io.layout import (
-    finite_check,
     coded_encoding,
     coded_variable_attrs,
     far_outside_range,
+    finite_check,
     lat_dim,
     prepare_variable,
     warn_far_outside,
