@@ -32,7 +32,6 @@ import os
 import shutil
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ import numpy as np
 
 from pipelines.cli_args import config_parser, load
 from pipelines.ray_setup import ensure_ray, use_assigned_cpus
+from vcinr_sci.atomic import atomic_path, atomic_write_bytes
 from vcinr_sci.config import Config
 from vcinr_sci.metrics import psnr_from_mse
 from vcinr_sci.model.artifact import HASH_PREFIX_LEN
@@ -151,9 +151,7 @@ class WriteChunks:
                 stats |= {"wsq": float(np.sum(w * err**2)), "wn": float(np.sum(w * valid))}
         marker = _marker(self.store, variable, chunk)
         marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
-        tmp.write_text(json.dumps(stats))
-        os.replace(tmp, marker)  # the chunk counts as done only once this exists
+        atomic_write_bytes(marker, json.dumps(stats).encode())  # the chunk counts as done only once this exists
         return stats
 
 
@@ -207,17 +205,12 @@ def _create_store(cfg: Config, store: Path, loaded, variables: list[str], qualit
         ds[name].variable.load()
     for stale in store.parent.glob(f".{store.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = store.parent / f".{store.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_path(store, overwrite=False) as tmp:
         ds.to_zarr(tmp, mode="w", compute=False, encoding=encoding, zarr_format=c.zarr_format, consolidated=False)
         group = zarr.open_group(tmp, mode="r+")
         if c.store_model:
             embed_model(group, art)
         group.attrs.update({JOB_ATTR: job, COMPLETE_ATTR: False})
-        os.replace(tmp, store)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _finalise(cfg: Config, store: Path, loaded, variables: list[str], quality: str, steps: int) -> dict[str, dict]:

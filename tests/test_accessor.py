@@ -328,7 +328,7 @@ def test_moved_store_points_to_open_zarr(model, ds, tmp_path):
     moved = tmp_path / "there.zarr"
     out.rename(moved)
     clear_model_cache(search_paths=True)
-    with pytest.raises(ArtifactError, match=r"no longer there: if the store was moved.*vcinr_sci\.accessor\.open_zarr"):
+    with pytest.raises(ArtifactError, match=r"no longer there: if the store was moved.*vcinr_sci\.io\.accessor\.open_zarr"):
         xr.open_zarr(moved).air_temperature.values
     assert np.isfinite(open_zarr(moved).air_temperature.values).any()
 

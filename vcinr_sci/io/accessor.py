@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Hashable, Iterator, Sequence
@@ -29,6 +27,7 @@ import dask
 import xarray as xr
 import zarr
 
+from vcinr_sci.atomic import atomic_path
 from vcinr_sci.codec.numcodecs import VCINRCodec
 from vcinr_sci.errors import CodecError
 from vcinr_sci.io.integrity import record_digests
@@ -193,8 +192,8 @@ class VCINRDatasetAccessor:
         for name, stats in ranges.items():
             warn_far_outside(name, stats, art.normaliser)
 
-        target = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}" if local else store
-        try:
+        # a local store appears whole or not at all; a remote one is written in place
+        with atomic_path(final) if local else contextlib.nullcontext(store) as target:
             to_zarr_kwargs.setdefault("consolidated", False)  # consolidated once, at the end
             _write(out, target, encoding, zarr_format, to_zarr_kwargs)
             group = zarr.open_group(target, mode="r+")
@@ -203,14 +202,6 @@ class VCINRDatasetAccessor:
             self._record(target, group, prepared, loaded, quality, steps, measure, bound)
             record_digests(target)  # SHA-256 of every chunk, for `vcinr verify`
             consolidate(target, zarr_format=zarr_format)
-            if local:
-                if final.exists():
-                    shutil.rmtree(final)
-                os.replace(target, final)
-        except BaseException:
-            if local:
-                shutil.rmtree(target, ignore_errors=True)
-            raise
         return final if local else store
 
     def _select(self, variables, loaded: LoadedModel, grid_dims) -> list[Hashable]:

@@ -13,8 +13,6 @@ chunk; ``--skip-bad-chunks`` writes NaN in its place instead and says how many.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 import threading
 import uuid
@@ -27,6 +25,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from vcinr_sci.atomic import atomic_path
 from vcinr_sci.codec.numcodecs import codec_of
 from vcinr_sci.errors import ArtifactError, BadChunkError, ChunkFormatError, CodecError
 from vcinr_sci.io.accessor import joined_dask_pool, open_zarr
@@ -99,22 +98,11 @@ def decompress(
     ds = _guard(ds, store, result.skipped if skip_bad_chunks else None)
     for var in ds.variables.values():
         var.encoding = {k: v for k, v in var.encoding.items() if k in ("units", "calendar", "dtype", "_FillValue")}
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with joined_dask_pool():
-            if target.suffix in (".nc", ".nc4"):
-                ds.to_netcdf(tmp)
-            else:
-                ds.to_zarr(tmp, mode="w-")
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_path(target) as tmp, joined_dask_pool():
+        if target.suffix in (".nc", ".nc4"):
+            ds.to_netcdf(tmp)
         else:
-            tmp.unlink(missing_ok=True)
-        raise
+            ds.to_zarr(tmp, mode="w-")
     return result
 
 

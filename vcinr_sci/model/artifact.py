@@ -12,8 +12,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from vcinr_sci.atomic import atomic_path
 from vcinr_sci.coding.coder import coder_spec, coder_state, load_coder
 from vcinr_sci.config import Config
 from vcinr_sci.data.grids import Grid, grid_from_dict
@@ -135,13 +134,13 @@ def save_artifact(artifact: ModelArtifact, root: str | os.PathLike) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     final = root / model_dir_name(digest)
     if not final.exists():
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
-        (tmp / WEIGHTS).write_bytes(weights)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         try:
-            tmp.rename(final)
+            with atomic_path(final, overwrite=False) as tmp:
+                tmp.mkdir()
+                (tmp / WEIGHTS).write_bytes(weights)
+                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         except OSError:  # another writer got there first with the same content
-            shutil.rmtree(tmp, ignore_errors=True)
+            pass
     artifact.hash, artifact.path = digest, final
     return final
 
@@ -207,17 +206,15 @@ def install_artifact(manifest_text: bytes, weights: bytes, model_hash: str, cach
     if is_verified_artifact(target, model_hash):
         return target
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".install-"))
+    if target.exists():  # a bad copy (written before copies were verified): set aside
+        target.rename(cache / f".corrupt-{target.name}-{uuid.uuid4().hex[:8]}")
     try:
-        (tmp / WEIGHTS).write_bytes(weights)
-        (tmp / MANIFEST).write_bytes(manifest_text)
-        if target.exists():  # a bad copy (written before copies were verified): set aside
-            target.rename(cache / f".corrupt-{target.name}-{uuid.uuid4().hex[:8]}")
-        tmp.rename(target)
+        with atomic_path(target, overwrite=False) as tmp:
+            tmp.mkdir()
+            (tmp / WEIGHTS).write_bytes(weights)
+            (tmp / MANIFEST).write_bytes(manifest_text)
     except OSError:  # another process got there first (its copy is checked on load)
         pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vcinr_sci.atomic import atomic_path, atomic_write_bytes
 from vcinr_sci.errors import LatentsError
 
 MANIFEST = "latents.json"
@@ -94,7 +95,8 @@ def write_manifest(root: str | os.PathLike, manifest: dict[str, Any]) -> dict[st
             return existing
         manifest["parts"] = existing["parts"] | manifest["parts"]
     root.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(root / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    path = root / MANIFEST
+    atomic_write_bytes(path, json.dumps(manifest, indent=1, sort_keys=True).encode(), temp=_temp(path), fsync=True)
     return manifest
 
 
@@ -111,16 +113,9 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
 # ---------------------------------------------------------------- writing
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _temp(path: Path) -> Path:
+    """The temporary name a shard or manifest is written under (:func:`remove_temp_files`)."""
+    return path.with_name(f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
 
 
 def shard_table(
@@ -161,14 +156,10 @@ def write_shard(path: str | os.PathLike, table: pa.Table) -> Path:
     """Write ``table`` to ``path`` atomically: a temporary file, fsync, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(path, temp=_temp(path)) as tmp:
         pq.write_table(table, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
