@@ -21,7 +21,6 @@ The model is ``--model`` (an artifact folder, or a hash looked up in
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 from pipelines.cli_args import config_parser, load
-from pipelines.ray_setup import ensure_ray, use_assigned_cpus
+from pipelines.ray_setup import run_actor_pool, use_assigned_cpus
 from vcinr_sci.config import Config
 from vcinr_sci.data.grids import Patcher
 from vcinr_sci.errors import ArtifactError
@@ -122,8 +121,6 @@ class BuildSummary:
 
 def build(cfg: Config, model: str | None = None, quiet: bool = False) -> BuildSummary:
     """Encode the missing shards of ``cfg.latents.parts``; returns what was done."""
-    import ray
-    import ray.data
 
     t0 = time.perf_counter()
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
@@ -165,31 +162,23 @@ def build(cfg: Config, model: str | None = None, quiet: bool = False) -> BuildSu
     if not tasks:
         return BuildSummary(root, artifact.hash, 0, total, time.perf_counter() - t0)
 
-    ensure_ray(lc.num_actors * lc.cpus_per_actor)
-    use_gpu = bool(lc.use_gpu and ray.cluster_resources().get("GPU", 0) > 0)
-    if lc.use_gpu and not use_gpu:
-        say("latents.use_gpu is set but the cluster has no GPU: CPU actors")
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # one line per shard instead (below)
-    ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-    num_actors = max(1, min(lc.num_actors, len(tasks)))
-    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
+    rows = run_actor_pool(
         EncodeShards,
-        fn_constructor_kwargs={
+        tasks,
+        {
             "artifact_path": str(Path(path).resolve()),
             "root": str(root.resolve()),
             "inner_steps": lc.inner_steps,
             "batch_size": lc.batch_size,
-            "use_gpu": use_gpu,
         },
-        batch_size=1,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=num_actors),
-        **({"num_gpus": 1} if use_gpu else {"num_cpus": lc.cpus_per_actor}),
+        num_actors=lc.num_actors,
+        cpus_per_actor=lc.cpus_per_actor,
+        want_gpu=lc.use_gpu,
+        section="latents",
+        say=say,
     )
     written = 0
-    for row in ds.iter_rows():
+    for row in rows:
         written += not row["skipped"]
         note = "already complete" if row["skipped"] else f"mean PSNR {row['psnr']:6.2f} dB  {row['seconds']:6.1f} s"
         say(f"shard {row['part']}/{int(row['shard']):05d}  {int(row['rows']):>5} fields  {note}  [{written}/{len(tasks)}]")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import math
 import os
 import shutil
@@ -39,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.cli_args import config_parser, load
-from pipelines.ray_setup import ensure_ray, use_assigned_cpus
+from pipelines.ray_setup import run_actor_pool, use_assigned_cpus
 from vcinr_sci.atomic import atomic_path, atomic_write_bytes
 from vcinr_sci.config import Config
 from vcinr_sci.metrics import psnr_from_mse
@@ -255,8 +254,6 @@ def compress(cfg: Config, model: str | None = None, limit: int | None = None, qu
 
     ``limit`` writes at most that many chunks and leaves the store unfinished (for
     incremental runs and tests); a later run completes it."""
-    import ray
-    import ray.data
     import zarr
 
     from vcinr_sci.model.registry import default_inner_steps, register_model
@@ -304,26 +301,17 @@ def compress(cfg: Config, model: str | None = None, limit: int | None = None, qu
 
     written, loads = 0, {}
     if tasks:
-        ensure_ray(c.num_actors * c.cpus_per_actor)
-        use_gpu = bool(c.use_gpu and ray.cluster_resources().get("GPU", 0) > 0)
-        if c.use_gpu and not use_gpu:
-            say("compress.use_gpu is set but the cluster has no GPU: CPU actors")
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
-        ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
+        rows = run_actor_pool(
             WriteChunks,
-            fn_constructor_kwargs={
-                "config": cfg.to_dict(), "store": str(store), "artifact_path": str(Path(path).resolve()),
-                "use_gpu": use_gpu,
-            },
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=max(1, min(c.num_actors, len(tasks)))),
-            **({"num_gpus": 1} if use_gpu else {"num_cpus": c.cpus_per_actor}),
+            tasks,
+            {"config": cfg.to_dict(), "store": str(store), "artifact_path": str(Path(path).resolve())},
+            num_actors=c.num_actors,
+            cpus_per_actor=c.cpus_per_actor,
+            want_gpu=c.use_gpu,
+            section="compress",
+            say=say,
         )
-        for row in ds.iter_rows():
+        for row in rows:
             written += 1
             loads[int(row["pid"])] = int(row["loads"])
             span = float(art.normaliser.hi - art.normaliser.lo)

@@ -88,3 +88,44 @@ def torch_trainer(
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
+
+
+def run_actor_pool(
+    actor_cls,
+    tasks: list[dict],
+    constructor_kwargs: dict,
+    *,
+    num_actors: int,
+    cpus_per_actor: int,
+    want_gpu: bool,
+    section: str,
+    say,
+):
+    """Run the Ray Data callable class ``actor_cls`` over ``tasks`` (one task per batch)
+    on a pool of at most ``num_actors`` actors, as every Ray Data stage here does: Ray
+    joined or started, GPU actors when ``want_gpu`` and the cluster has a GPU (else CPU
+    actors, said through ``say``), progress bars off (the stage prints one line per
+    row). The actor is built with ``constructor_kwargs`` plus ``use_gpu``; returns the
+    iterator of result rows."""
+    import logging
+
+    import ray
+    import ray.data
+
+    ensure_ray(num_actors * cpus_per_actor)
+    use_gpu = bool(want_gpu and ray.cluster_resources().get("GPU", 0) > 0)
+    if want_gpu and not use_gpu:
+        say(f"{section}.use_gpu is set but the cluster has no GPU: CPU actors")
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
+        actor_cls,
+        fn_constructor_kwargs={**constructor_kwargs, "use_gpu": use_gpu},
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(num_actors, len(tasks)))),
+        **({"num_gpus": 1} if use_gpu else {"num_cpus": cpus_per_actor}),
+    )
+    return ds.iter_rows()

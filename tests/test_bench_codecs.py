@@ -13,6 +13,7 @@ from _vcinr_tiny import QUALITY, data_path, tiny_artifact
 from vcinr_sci.bench import codecs as bench
 from vcinr_sci.codec.numcodecs import VCINRCodec
 from vcinr_sci.data.items import load_dataset
+from vcinr_sci.errors import UsageError
 from vcinr_sci.model.artifact import load_artifact
 
 
@@ -96,7 +97,7 @@ def test_cross_dataset_and_regrid_options(tmp_path):
     assert rc == 0
     result = json.loads(out.read_text())
     assert "E1_north_america.nc" in result["fields"] and any(r["kind"] == "vcinr" for r in result["rows"])
-    with pytest.raises(SystemExit, match="needs --variable"):
+    with pytest.raises(UsageError, match="needs --variable"):
         bench.main(["--data", other])
 
 

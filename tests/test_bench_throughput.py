@@ -13,6 +13,7 @@ from _vcinr_tiny import tiny_artifact
 
 from vcinr_sci.bench import cross_device, throughput
 from vcinr_sci.config import ModelConfig
+from vcinr_sci.errors import UsageError
 from vcinr_sci.model.inr import build_inr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def test_throughput_on_tiny_config(tmp_path, capsys):
 def test_throughput_refuses_a_missing_gpu():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    with pytest.raises(SystemExit, match="sees no GPU"):
+    with pytest.raises(UsageError, match="sees no GPU"):
         throughput.main(["--config", str(REPO / "configs/tiny.yaml"), "--device", "cuda"])
 
 

@@ -2,6 +2,11 @@
 
 Each subcommand forwards its remaining arguments to the ``main(argv)`` of the module
 that does the work, so ``vcinr train --help`` shows that module's own options.
+
+The CLI is the top floor: it is the one place that may start the Ray pipelines
+(``pipelines.*``, imported by name only when their command runs, so the library never
+imports them) and the one place that turns errors into exit codes (a
+:class:`~vcinr_sci.errors.UsageError` exits with status 2 and its message).
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from vcinr_sci.errors import UsageError
 
 # subcommand -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -32,7 +39,11 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 
 def _dispatch(table: dict[str, tuple[str, str]], name: str, argv: list[str]) -> int:
     module = importlib.import_module(table[name][0])
-    return int(module.main(argv) or 0)
+    try:
+        return int(module.main(argv) or 0)
+    except UsageError as e:
+        print(f"vcinr: {e}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,6 +70,7 @@ from vcinr_sci.data.grids import SphericalGrid
 from vcinr_sci.data.items import load_dataset
 from vcinr_sci.data.regrid import interp_lat_lon, regrid_lat_lon
 from vcinr_sci.data.sources import FieldSource, open_variable
+from vcinr_sci.errors import UsageError
 from vcinr_sci.model.artifact import MANIFEST, WEIGHTS, find_artifact
 from vcinr_sci.model.loaded import default_device
 from vcinr_sci.model.registry import default_inner_steps, resolve_model
@@ -147,7 +148,7 @@ def vcinr_candidates(model_path: Path, levels: Sequence[str] | None, more_steps:
     names = list(levels) if levels else art.quality_levels
     missing = [n for n in names if n not in art.quality_levels]
     if missing:
-        raise SystemExit(f"vcinr bench codecs: model {art.hash[:16]} has no quality level(s) {missing}; it has {art.quality_levels}")
+        raise UsageError(f"vcinr bench codecs: model {art.hash[:16]} has no quality level(s) {missing}; it has {art.quality_levels}")
     out = []
     for name in names:
         own = default_inner_steps(art)
@@ -323,7 +324,7 @@ def load_fields(args: argparse.Namespace, model_grid: SphericalGrid | None, mode
     """The fields to compress: ``--data`` or the model's held-out part, regridded if asked."""
     if args.data:
         if not args.variable or not args.grid_dims:
-            raise SystemExit("vcinr bench codecs: --data needs --variable and --grid-dims")
+            raise UsageError("vcinr bench codecs: --data needs --variable and --grid-dims")
         cfg = DataConfig(paths=list(args.data), variable=args.variable, grid_dims=args.grid_dims.split(","),
                          concat_dim=args.concat_dim)
         source = FieldSource(open_variable(cfg), cfg.grid_dims)
@@ -335,12 +336,12 @@ def load_fields(args: argparse.Namespace, model_grid: SphericalGrid | None, mode
         source, indices = data.source, getattr(data.split, part)
         name = f"{model_cfg.name} {model_cfg.data.variable}, {part} part ({data.split.dim} {data.split.positions[part]})"
     else:
-        raise SystemExit("vcinr bench codecs: give --model or --data")
+        raise UsageError("vcinr bench codecs: give --model or --data")
     da = source.da
     if args.regrid:
         if args.regrid == "model":
             if model_grid is None:
-                raise SystemExit("vcinr bench codecs: --regrid model needs a model on a lat/lon grid")
+                raise UsageError("vcinr bench codecs: --regrid model needs a model on a lat/lon grid")
             da = interp_lat_lon(da, source.grid_dims, model_grid.lat, model_grid.lon)
         else:
             da = regrid_lat_lon(da, source.grid_dims, [int(v) for v in args.regrid.lower().split("x")])
@@ -350,7 +351,7 @@ def load_fields(args: argparse.Namespace, model_grid: SphericalGrid | None, mode
         indices = indices[np.unique(np.linspace(0, len(indices) - 1, args.fields).round().astype(int))]
     values = source.load(indices)
     if np.isnan(values).any():
-        raise SystemExit("vcinr bench codecs: the fields hold NaN; compare codecs on fields without missing values")
+        raise UsageError("vcinr bench codecs: the fields hold NaN; compare codecs on fields without missing values")
     lat = lon = None
     if len(source.grid_dims) == 2 and all(d in da.coords for d in source.grid_dims):
         lat, lon = (np.asarray(da[d].values, np.float64) for d in source.grid_dims)

@@ -45,6 +45,7 @@ from vcinr_sci.bench.output import device_name, resolve_device, write_json
 from vcinr_sci.config import Config, DataConfig, MetaConfig, ModelConfig, TrainConfig
 from vcinr_sci.data.items import load_dataset
 from vcinr_sci.data.sources import DATA_DIR_ENV, shared_data_dir
+from vcinr_sci.errors import UsageError
 from vcinr_sci.metrics import psnr_from_mse
 from vcinr_sci.model.artifact import build_model
 from vcinr_sci.model.training import evaluate, outer_step, sample_batch, seed_everything
@@ -156,10 +157,10 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
     args.conditionings = [c.strip() for c in args.conditionings.split(",") if c.strip()]
     bad = [c for c in args.conditionings if c not in CONDITIONINGS]
     if bad or not args.conditionings:
-        raise SystemExit(f"vcinr bench conditioning: unknown conditioning(s) {bad} (gated | shift)")
+        raise UsageError(f"vcinr bench conditioning: unknown conditioning(s) {bad} (gated | shift)")
     args.device = str(resolve_device(args.device, "vcinr bench conditioning"))
     if min(args.dims, default=0) < 1 or args.steps < 0 or args.width < 1 or args.depth < 2:
-        raise SystemExit("vcinr bench conditioning: dims and width must be positive, depth >= 2, steps >= 0")
+        raise UsageError("vcinr bench conditioning: dims and width must be positive, depth >= 2, steps >= 0")
     return args
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from vcinr_sci.errors import UsageError
+
 
 def resolve_device(name: str, prog: str) -> torch.device:
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when present); a GPU asked for
@@ -16,7 +18,7 @@ def resolve_device(name: str, prog: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"{prog}: --device {name} asked for, but torch sees no GPU")
+        raise UsageError(f"{prog}: --device {name} asked for, but torch sees no GPU")
     return torch.device(name)
 
 

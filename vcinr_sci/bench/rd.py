@@ -41,6 +41,7 @@ from vcinr_sci.coding.quantiser import UniformQuantiser
 from vcinr_sci.config import load_config
 from vcinr_sci.data.grids import SphericalGrid
 from vcinr_sci.data.items import ItemSet, load_dataset
+from vcinr_sci.errors import UsageError
 from vcinr_sci.metrics import psnr_from_mse
 from vcinr_sci.model.artifact import MANIFEST, ModelArtifact, find_artifact, load_artifact
 from vcinr_sci.model.selection import select_artifact
@@ -279,7 +280,7 @@ def plot(result: dict[str, Any], path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.chunk_items < 1:
-        raise SystemExit("--chunk-items must be positive")
+        raise UsageError("--chunk-items must be positive")
     result = run(args)
     print(markdown(result))
     if args.json:

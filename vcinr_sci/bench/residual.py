@@ -47,6 +47,7 @@ from vcinr_sci.coding import bound
 from vcinr_sci.config import load_config
 from vcinr_sci.data.items import load_dataset
 from vcinr_sci.data.sources import shared_data_dir
+from vcinr_sci.errors import UsageError
 from vcinr_sci.model.artifact import ModelArtifact, load_artifact, save_artifact
 from vcinr_sci.model.training import add_uniform_coder, train_in_process
 
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         data = Path(args.data) if args.data else (shared_data_dir() or Path("missing")) / "ccsm_trefht_1890-1999_annual_run57.nc"
         if not data.is_file():
-            raise SystemExit(f"data file {data} not found: pass --data or set VCINR_DATA_DIR")
+            raise UsageError(f"data file {data} not found: pass --data or set VCINR_DATA_DIR")
         path = tiny_model(str(data), args.variable, args.grid_dims, args.train_steps)
     artifact = load_artifact(path)
     plain = VCINRCodec.for_model(path, "u6" if "u6" in artifact.quality_levels else artifact.quality_levels[0])
