@@ -212,7 +212,7 @@ def _create_store(cfg: Config, store: Path, loaded, variables: list[str], qualit
         group.attrs.update({JOB_ATTR: job, COMPLETE_ATTR: False})
 
 
-def _finalise(cfg: Config, store: Path, loaded, variables: list[str], quality: str, steps: int) -> dict[str, dict]:
+def _finalise(cfg: Config, store: Path, loaded, variables: list[str], quality: str, steps: int) -> dict[str, Any]:
     import zarr
 
     from vcinr_sci.io.integrity import record_digests
@@ -222,7 +222,7 @@ def _finalise(cfg: Config, store: Path, loaded, variables: list[str], quality: s
 
     art = loaded.artifact
     group = zarr.open_group(store, mode="r+")
-    reports = {}
+    reports: dict[str, Any] = {}
     for v in variables:
         arr = group[v]
         report = None

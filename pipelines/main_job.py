@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     reference = held_out(art.config, art.split).load()
     figure = out_dir / f"{cfg.name}-{best['quality']}.png"
     plot_field(reference, open_zarr(best["store"])[reference.name], figure,
-               f"{cfg.name}: first held-out field, quality {best['quality']} ({best['bits_per_value']:.3f} bits/value, {best['psnr_db']:.1f} dB)")
+               f"{cfg.name}: first held-out field, quality {best['quality']} "
+               f"({best['bits_per_value']:.3f} bits/value, {best['psnr_db']:.1f} dB)")
     print(f"figure: {figure}")
     print("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; total {time.perf_counter() - t0:.0f} s")
     return 0

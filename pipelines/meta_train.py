@@ -70,7 +70,7 @@ def train_loop(loop_config: dict) -> None:
         model.load_state_dict(state["model"])
         start = int(state["step"])
     ddp_model = prepare_model(model)  # DDP when world > 1; moves to the worker's device
-    model = ddp_model.module if hasattr(ddp_model, "module") else ddp_model
+    model = ddp_model.module if hasattr(ddp_model, "module") else ddp_model  # type: ignore[assignment]
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.meta.outer_lr)
     if state is not None:
         optimiser.load_state_dict(state["optimiser"])

@@ -79,7 +79,8 @@ def torch_trainer(
             use_gpu=use_gpu,
             resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
         ),
-        run_config=RunConfig(
+        # Ray Train v2's RunConfig takes logging_config; the stubs describe v1's
+        run_config=RunConfig(  # type: ignore[call-arg]
             name=name,
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=max_failures),

@@ -149,7 +149,10 @@ def train_loop(loop_config: dict) -> None:
         if step % cc.log_every and step % cc.eval_every and step % cc.checkpoint_every and not last:
             continue
         now = time.perf_counter()
-        metrics = {"step": step, "rank": rank, "step_time_s": (now - t_last) / max(1, len(window)), "torch_threads": threads, "ref_psnr": ref_psnr, "coders": []}
+        metrics = {
+            "step": step, "rank": rank, "step_time_s": (now - t_last) / max(1, len(window)), "torch_threads": threads,
+            "ref_psnr": ref_psnr, "coders": [],
+        }
         for k, (index, lam) in enumerate(mine):
             m = {"index": index, "lambda": lam}
             if window:
@@ -208,7 +211,8 @@ class ProgressPrinter(ray.train.UserCallback):
                     line += f"  | val loss {c['val_loss']:.5f} bpv {c['val_bpv']:.5f} PSNR {c['val_psnr']:6.2f} dB"
                 print(line + f"  {m['step_time_s'] * 1e3:6.0f} ms/step", flush=True)
         if checkpoint:
-            print(f"step {metrics[0]['step']:>6}  [checkpoint]  (unquantised latents: val PSNR {metrics[0]['ref_psnr']:.2f} dB)", flush=True)
+            ref = metrics[0]["ref_psnr"]
+            print(f"step {metrics[0]['step']:>6}  [checkpoint]  (unquantised latents: val PSNR {ref:.2f} dB)", flush=True)
 
 
 # ---------------------------------------------------------------- driver
@@ -289,7 +293,8 @@ def write_coders(
         level = f"q{i}"
         artifact.add_coder(level, coder)
         summary[level] = {"lambda": lam, "val_bpv_bytes": bpv, "bit_exact": exact} | {f"val_{k}": v for k, v in ev.items()}
-        print(f"{level:<6} {lam:>8g} {bpv:>16.5f} {ev.get('bpv', float('nan')):>15.5f} {ev.get('psnr', float('nan')):>8.2f} {ev.get('step', 0):>9} {exact}")
+        nan = float("nan")
+        print(f"{level:<6} {lam:>8g} {bpv:>16.5f} {ev.get('bpv', nan):>15.5f} {ev.get('psnr', nan):>8.2f} {ev.get('step', 0):>9} {exact}")
         if not exact:
             raise RuntimeError(f"coder {level} (lambda {lam}) does not decode bit-exactly")
     for bits in cc.uniform_bits:

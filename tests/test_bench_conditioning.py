@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 
@@ -42,5 +43,5 @@ def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
 def test_outer_lr_per_conditioning():
     assert conditioning.parse_lrs("1e-3") == {"gated": 1e-3, "shift": 1e-3}
     assert conditioning.parse_lrs("gated=1e-3,shift=3e-4") == {"gated": 1e-3, "shift": 3e-4}
-    with pytest.raises(Exception):
+    with pytest.raises(argparse.ArgumentTypeError):
         conditioning.parse_lrs("gated=1e-3")

@@ -303,7 +303,10 @@ def test_zarr3_refuses_bad_chunks_before_writing(codec, tmp_path):
 
 def test_zarr3_takes_array_fill_value(codec, data, tmp_path):
     path = tmp_path / "fill.zarr"
-    a = zarr.create_array(path, shape=(4, 37, 49), chunks=(4, 37, 49), dtype="f4", fill_value=-1.0, serializer=VCINRZarrCodec(codec=codec), compressors=None)
+    a = zarr.create_array(
+        path, shape=(4, 37, 49), chunks=(4, 37, 49), dtype="f4", fill_value=-1.0,
+        serializer=VCINRZarrCodec(codec=codec), compressors=None,
+    )
     x = data[:4].copy()
     x[0, :5, :5] = -1.0
     a[:] = x

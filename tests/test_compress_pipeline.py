@@ -18,6 +18,8 @@ from _vcinr_tiny import QUALITY, fields, five_d_fields, tiny_artifact
 from vcinr_sci import metrics
 from vcinr_sci.config import Config
 
+pytestmark = pytest.mark.slow  # an end-to-end run of a Ray pipeline
+
 REPO = Path(__file__).resolve().parents[1]
 
 

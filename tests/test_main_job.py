@@ -8,6 +8,8 @@ import xarray as xr
 
 from pipelines.main_job import main
 
+pytestmark = pytest.mark.slow  # an end-to-end run of a Ray pipeline
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 

@@ -15,6 +15,8 @@ from pipelines.meta_train import fit, run_id
 from vcinr_sci.config import load_config
 from vcinr_sci.model.artifact import load_artifact
 
+pytestmark = pytest.mark.slow  # an end-to-end run of a Ray pipeline
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 

@@ -18,6 +18,8 @@ from vcinr_sci.data.items import load_dataset
 from vcinr_sci.model.artifact import ModelArtifact, build_model, load_artifact, save_artifact
 from vcinr_sci.model.meta import masked_mse
 
+pytestmark = pytest.mark.slow  # an end-to-end run of a Ray pipeline
+
 REPO = Path(__file__).resolve().parents[1]
 
 

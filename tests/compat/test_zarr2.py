@@ -67,7 +67,9 @@ def test_zarr2_array_compressor(artifact_path, data, tmp_path):
     codec = VCINRCodec.for_model(artifact_path, QUALITY)
     x = data.copy()
     x[19, 10:20, 10:20] = np.nan
-    a = zarr.open_array(str(tmp_path / "a.zarr"), mode="w", shape=x.shape, chunks=(8, 37, 49), dtype="f4", fill_value=np.nan, compressor=codec)
+    a = zarr.open_array(
+        str(tmp_path / "a.zarr"), mode="w", shape=x.shape, chunks=(8, 37, 49), dtype="f4", fill_value=np.nan, compressor=codec
+    )
     a[:] = x
     meta = json.loads((tmp_path / "a.zarr" / ".zarray").read_text())
     assert meta["compressor"] == codec.get_config()

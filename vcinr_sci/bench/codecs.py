@@ -228,13 +228,13 @@ def run_candidate(c: Candidate, x: np.ndarray) -> tuple[np.ndarray, int, int, fl
     return decoded, nbytes, payload, t_enc, t_dec
 
 
-def score(fields: Fields, decoded: np.ndarray, psnr_range: tuple[float, float]) -> dict[str, float]:
+def score(fields: Fields, decoded: np.ndarray, psnr_range: tuple[float, float]) -> dict[str, float | None]:
     x = fields.values
     fixed = psnr_range[1] - psnr_range[0]
     span = float(np.nanmax(x) - np.nanmin(x))
     with np.errstate(divide="ignore"):
         per_field = metrics.psnr_per_item(x, decoded, fixed)
-    out = {
+    out: dict[str, float | None] = {
         "psnr": float(np.mean(np.minimum(per_field, 200.0))),  # a lossless field counts as 200 dB
         "psnr_data_range": metrics.psnr(x, decoded, span),
         "rmse": metrics.rmse(x, decoded),

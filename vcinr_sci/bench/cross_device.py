@@ -63,8 +63,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     settings: list[tuple[str, str, Any]] = [("cpu, 1 thread", "cpu", lambda: torch.set_num_threads(1))]
     if torch.cuda.is_available():
         def tf32(on: bool):
-            return lambda: (setattr(torch.backends.cuda.matmul, "allow_tf32", on),
-                            setattr(torch.backends.cudnn, "allow_tf32", on))
+            return lambda: (setattr(torch.backends.cuda.matmul, "allow_tf32", on),  # type: ignore[func-returns-value]
+                            setattr(torch.backends.cudnn, "allow_tf32", on))  # type: ignore[func-returns-value]
         gpu = torch.cuda.get_device_name()
         settings += [(f"{gpu} float32", "cuda", tf32(False)), (f"{gpu} TF32 matmul", "cuda", tf32(True))]
     scale = artifact.normaliser.hi - artifact.normaliser.lo

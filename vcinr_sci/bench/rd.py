@@ -100,7 +100,8 @@ class Scorer:
 
     def __init__(self, scale: float, weights: np.ndarray | None):
         self.scale, self.weights = scale, weights
-        self.mse, self.sq_w, self.w, self.max_abs, self.bytes = [], 0.0, 0.0, 0.0, 0
+        self.mse: list[float] = []
+        self.sq_w, self.w, self.max_abs, self.bytes = 0.0, 0.0, 0.0, 0
 
     def add(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> None:
         err = (pred.double() - target.double())[..., 0]

@@ -192,8 +192,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             b = spec.absolute(x)
             m = bound.margin(b, scale, float(np.abs(x).max()), x.dtype)
             results = {}
-            section, t_enc = _timed(lambda: bound.encode_residual(chunk, kept, xhat, spec, scale))
-            out, t_dec = _timed(lambda: bound.apply_residual(section, kept, xhat, x.dtype))
+            # _timed calls each lambda at once, so the loop variables are the current ones
+            section, t_enc = _timed(lambda: bound.encode_residual(chunk, kept, xhat, spec, scale))  # noqa: B023
+            out, t_dec = _timed(lambda: bound.apply_residual(section, kept, xhat, x.dtype))  # noqa: B023
             results["rans"] = (out, len(section), t_enc, t_dec)
             results["zstd"] = _zstd(19)(x, xhat, b, m)
             results["zstd-3"] = _zstd(3)(x, xhat, b, m)

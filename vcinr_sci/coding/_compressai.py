@@ -18,7 +18,7 @@ import warnings
 def _install_torchvision_stand_in() -> None:
     package = types.ModuleType("torchvision", "Empty stand-in installed by vcinr_sci.coding._compressai.")
     transforms = types.ModuleType("torchvision.transforms", "Empty stand-in installed by vcinr_sci.coding._compressai.")
-    package.transforms = transforms
+    setattr(package, "transforms", transforms)  # noqa: B010  (a module attribute mypy cannot see)
     sys.modules["torchvision"] = package
     sys.modules["torchvision.transforms"] = transforms
 

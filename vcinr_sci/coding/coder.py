@@ -209,9 +209,9 @@ def coder_spec(coder: Coder) -> dict[str, Any]:
     if isinstance(coder, LatentCoder):
         args = {"latent_dim": coder.latent_dim, "dim_y": coder.dim_y, "width": coder.width, "blocks": coder.blocks}
         return {"kind": "latent_coder", "version": SPEC_VERSION, **args}
-    args = {"latent_dim": coder.latent_dim, "bits": coder.bits, "clip_std": coder.clip_std}
-    args |= {"entropy_code": coder.entropy_code, "zstd_level": coder.zstd_level}
-    return {"kind": "uniform", "version": SPEC_VERSION, **args}
+    spec: dict[str, Any] = {"latent_dim": coder.latent_dim, "bits": coder.bits, "clip_std": coder.clip_std}
+    spec |= {"entropy_code": coder.entropy_code, "zstd_level": coder.zstd_level}
+    return {"kind": "uniform", "version": SPEC_VERSION, **spec}
 
 
 def coder_state(coder: Coder) -> dict[str, Tensor]:

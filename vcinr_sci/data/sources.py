@@ -148,7 +148,7 @@ class FieldSource:
         """The item's coordinates along the item dims (labels where the dims have them)."""
         if not self.item_dims:
             return {}
-        out = {}
+        out: dict[str, Any] = {}
         for d, i in zip(self.item_dims, np.unravel_index(int(index), self.item_shape)):
             out[d] = str(self.da[d].values[i]) if d in self.da.coords else int(i)
         return out

@@ -172,6 +172,7 @@ class VCINRDatasetAccessor:
         bound = VCINRCodec(art.hash, quality, art.grid.to_dict(), steps, None, "NaN", **bounds).bound  # bad: fails now
         ds = self._obj
         names = self._select(variables, loaded, grid_dims)
+        model_path: str | None
         if store_model and local:  # where the model will lie once the store is in place
             model_path = str(final / MODELS_GROUP / art.hash[:HASH_PREFIX_LEN])
         else:

@@ -15,7 +15,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors.torch import load as st_load
@@ -231,7 +231,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("VCINR_CACHE_DIR", Path.home() / ".cache" / "vcinr"))
 
 
-def search_roots(hints: list[str | os.PathLike] = ()) -> list[Path]:
+def search_roots(hints: Sequence[str | os.PathLike] = ()) -> list[Path]:
     """Where models are looked for, in order: ``hints``, each folder of
     ``$VCINR_MODEL_PATH`` (os.pathsep-separated), the cache folder."""
     roots = [Path(h) for h in hints if h]
@@ -257,7 +257,7 @@ def artifact_candidates(model_hash: str, root: Path) -> list[Path]:
     return found
 
 
-def find_artifact(model_hash: str, hints: list[str | os.PathLike] = ()) -> Path:
+def find_artifact(model_hash: str, hints: Sequence[str | os.PathLike] = ()) -> Path:
     """Where the artifact of ``model_hash`` lies: the first candidate (see
     :func:`artifact_candidates`) in :func:`search_roots`. If none claims it, an
     :class:`ArtifactError` lists where it looked."""

@@ -74,7 +74,7 @@ def evaluate_coders(
         coder.eval()
     n = len(indices)
     bits = [torch.zeros((), dtype=torch.float64) for _ in coders]
-    mses = [[] for _ in coders]
+    mses: list[list[torch.Tensor]] = [[] for _ in coders]
     for s in range(0, n, batch_size):
         idx = indices[s : s + batch_size]
         coords, values, mask = (t.to(device) for t in items.batch(idx))
@@ -85,8 +85,8 @@ def evaluate_coders(
             mses[k].append(err[k].double().cpu())
     num_values = n * items.points_per_item
     out = []
-    for lam, b, m in zip(lambdas, bits, mses):
-        m = torch.cat(m)
+    for lam, b, parts in zip(lambdas, bits, mses):
+        m = torch.cat(parts)
         bpv, mse = float(b) / num_values, float(m.mean())
         psnr = float(psnr_from_mse(m.clamp_min(1e-20)).mean())
         out.append({"loss": bpv + lam * mse, "bpv": bpv, "mse": mse, "psnr": psnr})

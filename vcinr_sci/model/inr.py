@@ -94,7 +94,9 @@ class GatedSiren(_SirenBase):
         if not self.gated:
             raise ValueError("GatedSiren has nothing to gate: use depth >= 2 or gate_first_layer")
         r = cfg.gate_rank
-        self.gate_sizes = [(self.layers[i].out_features, self.layers[i].in_features) for i in self.gated]
+        self.gate_sizes: list[tuple[int, int]] = [
+            (int(self.layers[i].out_features), int(self.layers[i].in_features)) for i in self.gated
+        ]
         total = sum((m + n) * r for m, n in self.gate_sizes)
         self.to_gates = LatentToGates(cfg.latent_dim, total, cfg.mod_width, cfg.mod_blocks)
 

@@ -151,7 +151,9 @@ def load_model_artifact(model_hash: str, hints: Sequence[str | os.PathLike | Non
 
 def resolve_model_path(model_hash: str, hints: Sequence[str | os.PathLike | None] = ()) -> Path:
     """Where the verified artifact of ``model_hash`` lies (see :func:`load_model_artifact`)."""
-    return load_model_artifact(model_hash, hints).path
+    path = load_model_artifact(model_hash, hints).path
+    assert path is not None  # a loaded artifact knows its folder
+    return path
 
 
 def _skip(skipped: list[str], where: str, error: Exception) -> None:
