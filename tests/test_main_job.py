@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import xarray as xr
 
 from pipelines.main_job import main
