@@ -15,11 +15,11 @@ GRID46=(--set "data.regrid=[46,90]" --set "coder.lambdas=[10,100,1000,10000]" --
 
 # The artifact (with coders) trained from CFG and the given overrides; trained if absent.
 model() {
-  local find="from pipelines.build_latents import resolve_model
+  local find="from vcinr_sci.model.selection import select_artifact
 from vcinr_sci.config import load_config, parse_overrides
 import sys
 a = sys.argv[1:]
-print(resolve_model(load_config('$CFG', parse_overrides([a[i + 1] for i in range(0, len(a), 2)])), None, with_coders=True))"
+print(select_artifact(load_config('$CFG', parse_overrides([a[i + 1] for i in range(0, len(a), 2)])), with_coders=True))"
   if ! $PY -c "$find" "$@" >/dev/null 2>&1; then
     $PY -m pipelines.meta_train --config $CFG "$@" >&2
     $PY -m pipelines.build_latents --config $CFG "$@" >&2

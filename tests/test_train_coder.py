@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.train_coder import coder_losses, distortion_on_data, freeze, train_step
 from vcinr_sci.coding.coder import LatentCoder
 from vcinr_sci.config import load_config
 from vcinr_sci.data.grids import RegularGrid
 from vcinr_sci.data.items import load_dataset
 from vcinr_sci.model.artifact import ModelArtifact, build_model, load_artifact, save_artifact
+from vcinr_sci.model.coder_training import coder_losses, distortion_on_data, freeze, train_step
 from vcinr_sci.model.meta import masked_mse
 
 pytestmark = pytest.mark.slow  # an end-to-end run of a Ray pipeline
