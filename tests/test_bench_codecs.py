@@ -26,19 +26,27 @@ def test_needed_bits_interpolates_log_linearly():
     assert bench.needed_bits(sweep, 20.0) == (1.0, True)
 
 
-def test_summary_ratio_of_best_classical_to_vcinr():
+def test_summary_ratios_of_best_classical_and_best_other_to_vcinr():
     rows = [
         {"family": "A", "kind": "classical", "bpv": 2.0, "psnr": 38.0},
         {"family": "A", "kind": "classical", "bpv": 8.0, "psnr": 42.0},
-        {"family": "v", "kind": "vcinr", "bpv": 0.01, "bpv_latents": 0.005, "bpv_with_model": 1.0, "psnr": 39.0},
-        {"family": "v", "kind": "vcinr", "bpv": 0.04, "bpv_latents": 0.02, "bpv_with_model": 4.0, "psnr": 41.0},
+        {"family": "v", "kind": "vcinr", "bpv": 0.01, "bpv_latents": 0.005, "bpv_with_model": 1.0,
+         "bpv_model_1e9": 0.02, "psnr": 39.0},
+        {"family": "v", "kind": "vcinr", "bpv": 0.04, "bpv_latents": 0.02, "bpv_with_model": 4.0,
+         "bpv_model_1e9": 0.08, "psnr": 41.0},
+        {"family": "B", "kind": "baseline", "bpv": 0.05, "bpv_with_model": 2.0, "bpv_model_1e9": 0.06, "psnr": 40.0},
     ]
     summary = {e["family"]: e for e in bench.summarise(rows, targets=(40.0,))}
     assert summary["A"]["bpv"]["40.0"] == pytest.approx(4.0)
     assert summary["v"]["bpv"]["40.0"] == pytest.approx(0.02)
     assert summary["v"]["bpv_latents"]["40.0"] == pytest.approx(0.01)
+    assert summary["v"]["bpv_model_1e9"]["40.0"] == pytest.approx(0.04)
     assert summary["v"]["best_classical_over_vcinr"]["40.0"] == pytest.approx(200.0)
     assert summary["v"]["best_classical_over_vcinr_with_model"]["40.0"] == pytest.approx(2.0)
+    # the best of all the others is the baseline, not the classical codec
+    assert summary["v"]["best_other"]["40.0"] == "B"
+    assert summary["v"]["best_other_over_vcinr"]["40.0"] == pytest.approx(2.5)
+    assert summary["v"]["best_other_over_vcinr_latents"]["40.0"] == pytest.approx(5.0)
 
 
 @pytest.fixture(scope="module")

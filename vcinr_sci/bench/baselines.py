@@ -38,6 +38,9 @@ from numcodecs.compat import ensure_bytes, ensure_ndarray_like
 from safetensors.numpy import save as st_save
 from scipy.stats import norm
 
+from vcinr_sci.config import DataConfig
+from vcinr_sci.data import FieldSource, open_variable
+
 _CDF_PRECISION = 16  # bits of compressai's quantised CDFs
 _TABLE_SIGMAS = 6.0  # the Gaussian table covers +-6 deviations; beyond, rANS escapes (bypass)
 _FLAG_MASK = 1  # the chunk stores its own NaN mask (it differs from the model's)
@@ -251,3 +254,10 @@ def _read_section(data: memoryview, pos: int) -> tuple[bytes, int]:
     if pos + size > len(data):
         raise BaselineFormatError("baseline chunk: a section runs past the end")
     return bytes(data[pos : pos + size]), pos + size
+
+
+def training_fields(data_cfg: DataConfig, split: dict[str, Any]) -> np.ndarray:
+    """The training fields of a model's recorded data split (``artifact.split``), as its
+    config reads them (regridding included): what the baselines are fitted on."""
+    source = FieldSource(open_variable(data_cfg), data_cfg.grid_dims)
+    return source.load(source.indices_along(split["dim"], split["positions"]["train"]))
