@@ -182,3 +182,17 @@ def test_bounded_baselines_keep_the_bound_at_every_point(tmp_path):
         assert r["bound_met"] and r["max_abs_error"] <= r["bound"], r
     for e in result["summary"]:
         assert e["best_baseline"] is not None and e["best_other_ratio"] >= e["best_baseline_ratio"]
+
+
+def test_suite_table_reads_the_bench_results(bench_runs, tmp_path):
+    from vcinr_sci.bench import suite
+
+    (tmp_path / "d.json").write_text(json.dumps(bench_runs[4]))
+    rc = suite.main([str(tmp_path), "--json", str(tmp_path / "suite.json")])
+    assert rc == 0
+    (table,) = json.loads((tmp_path / "suite.json").read_text())["datasets"]
+    assert table["name"] == "d" and table["bounds"] == []  # no d-bounded.json
+    assert {r["family"] for r in table["rows"]} == {e["family"] for e in bench_runs[4]["summary"]}
+    for t, best in table["best"].items():
+        needed = [r["bpv"][t] for r in table["rows"] if r["bpv"][t] is not None]
+        assert (best is None and not needed) or best[0] == min(needed)
