@@ -16,6 +16,8 @@ DATASETS=("$@")
 [ ${#DATASETS[@]} -gt 0 ] || DATASETS=(ccsm ccsm-46x90 hadcm3 era5-uk ccsm-ts ostia)
 OUT=out/suite/bench; mkdir -p "$OUT" out/suite/logs
 FIELDS=24  # held-out fields evaluated per dataset, evenly spaced
+# vcinr at its own encode steps only (more steps cost minutes a dataset on one core)
+VCINR=(--more-steps "")
 
 timed() {  # timed NAME STAGE COMMAND...: run it, log its output, record its seconds
   local name=$1 stage=$2; shift 2
@@ -51,7 +53,9 @@ for name in "${DATASETS[@]}"; do
     model=$(find_model "$cfg")
   fi
   echo "== $name: bench codecs with model $model" >&2
-  timed "$name" bench_rd bench "$OUT/$name" --model "$model" --fields $FIELDS
-  timed "$name" bench_bounded bench "$OUT/$name-bounded" --model "$model" --fields $FIELDS --bounded
+  timed "$name" bench_rd bench "$OUT/$name" --model "$model" --fields $FIELDS "${VCINR[@]}"
+  timed "$name" bench_bounded bench "$OUT/$name-bounded" --model "$model" --fields $FIELDS --bounded \
+    --levels "$($PY -c "from vcinr_sci.artifact import load_artifact
+print(','.join(q for q in load_artifact('$model').quality_levels if q.startswith('q')))")"
 done
 $PY -m vcinr_sci.cli bench suite "$OUT" --json out/suite/suite.json | tee out/suite/suite.md

@@ -685,6 +685,8 @@ def _psnr_axes(out: dict[str, Any], ax) -> None:
             families.setdefault(r["family"], []).append(r)
     for fam, rs in families.items():
         rs = sorted(rs, key=lambda r: r["bpv"])
+        if rs[0]["kind"] == "baseline":  # a sweep of two knobs (EOF k and step): its Pareto front
+            rs = [r for i, r in enumerate(rs) if all(r["psnr"] > q["psnr"] for q in rs[:i])]
         style = {"vcinr": "o-", "baseline": "s-"}.get(rs[0]["kind"], ".--")
         ax.plot([r["bpv"] for r in rs], [r["psnr"] for r in rs], style, label=fam)
         if rs[0]["kind"] == "vcinr":
