@@ -93,6 +93,19 @@ def _fmt(v: float | None, spec: str = ".3g") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _inverse(ratio: float | None) -> str:
+    """vcinr's bits over the best other's, from the summary's other-over-vcinr ratio."""
+    return "-" if not ratio else format(1 / ratio, ".3g")
+
+
+def _versus(v: dict[str, Any], target: str) -> str:
+    other = f"{v['best_other'][target]} ({_fmt(v['best_other_bpv'][target])} bpv)" if v["best_other"][target] else "none"
+    if v["bpv"][target] is None:
+        return f"{target} dB: vcinr does not reach it; best other {other}"
+    return (f"{target} dB: vcinr needs {_inverse(v['best_other_over_vcinr'][target])}x the bits of {other} "
+            f"({_inverse(v['best_other_over_vcinr_latents'][target])}x counting latent bytes only)")
+
+
 def markdown(tables: list[dict[str, Any]]) -> str:
     lines = [
         "Bits per value each method needs for a PSNR (whole chunks / vcinr's latent bytes only / with the "
@@ -125,9 +138,7 @@ def markdown(tables: list[dict[str, Any]]) -> str:
         lines.append("Best at each target: " + "; ".join(
             f"{x} dB: {b[1]} ({b[0]:.3g})" if b else f"{x} dB: none" for x, b in t["best"].items()) + ".")
         for v in t["vcinr_summary"]:
-            lines.append(f"{v['family']} against the best other: " + "; ".join(
-                f"{x} dB: {v['best_other'][x] or '-'} needs {_fmt(v['best_other_over_vcinr'][x])}x vcinr's chunk bits, "
-                f"{_fmt(v['best_other_over_vcinr_latents'][x])}x its latent bits" for x in targets) + ".")
+            lines.append(f"{v['family']} against the best other: " + "; ".join(_versus(v, x) for x in targets) + ".")
     return "\n".join(lines)
 
 
