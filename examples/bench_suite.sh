@@ -16,6 +16,8 @@ DATASETS=("$@")
 [ ${#DATASETS[@]} -gt 0 ] || DATASETS=(ccsm ccsm-46x90 hadcm3 era5-uk ccsm-ts ostia)
 OUT=out/suite/bench; mkdir -p "$OUT" out/suite/logs
 FIELDS=24  # held-out fields evaluated per dataset, evenly spaced
+# PSNR on each model's normalisation range: the fixed 202.66..320.93 K for CCSM TREFHT,
+# the training min/max elsewhere (--psnr-range model)
 # vcinr at its own encode steps only (more steps cost minutes a dataset on one core)
 VCINR=(--more-steps "")
 
@@ -28,7 +30,7 @@ timed() {  # timed NAME STAGE COMMAND...: run it, log its output, record its sec
 
 bench() {  # bench OUTSTEM ARGS...: the table to OUTSTEM.md, JSON and plot beside it
   local stem=$1; shift
-  $PY -m vcinr_sci.cli bench codecs --json "$stem.json" --plot "$stem.png" "$@" > "$stem.md"
+  $PY -m vcinr_sci.cli bench codecs --json "$stem.json" --plot "$stem.png" --psnr-range model "$@" > "$stem.md"
 }
 
 # The artifact with coders trained from CFG; empty when there is none yet (each pipeline

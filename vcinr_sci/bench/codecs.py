@@ -467,7 +467,8 @@ def vcinr_costs(model_path: Path, fields: Fields, steps: int, rows: list[dict[st
     n = min(4, len(fields.values))
     items = loaded.to_items(loaded.artifact.normaliser.normalise(fields.values[:n]).astype(np.float32))
     idx = np.arange(len(items))
-    valid = np.ones_like(items, dtype=bool)
+    valid = np.isfinite(items)
+    items = np.where(valid, items, 0.0).astype(np.float32)
     coords = loaded.item_coords[torch.as_tensor(idx % loaded.num_patches, device=device)]
     target = torch.as_tensor(items, device=device).unsqueeze(-1)
     mask = torch.as_tensor(valid, device=device).unsqueeze(-1)
@@ -502,7 +503,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model_grid = loaded.grid if loaded is not None and isinstance(loaded.grid, SphericalGrid) else None
     fields = load_fields(args, model_grid, loaded.artifact.config if loaded else None)
     x = fields.values
-    psnr_range = tuple(args.psnr_range)
+    if args.psnr_range == "model":
+        if loaded is None:
+            raise SystemExit("vcinr bench codecs: --psnr-range model needs --model")
+        psnr_range = (loaded.artifact.normaliser.lo, loaded.artifact.normaliser.hi)
+    else:
+        psnr_range = tuple(args.psnr_range)
     notes = []
     on_grid = loaded is not None and tuple(x.shape[1:]) == tuple(loaded.grid.shape)
     if loaded is not None and not on_grid:
@@ -553,7 +559,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "grid": list(x.shape[1:]),
         "values": int(x.size),
         "psnr_range": list(psnr_range),
-        "data_range": [float(x.min()), float(x.max())],
+        "data_range": [float(np.nanmin(x)), float(np.nanmax(x))],
         "model": loaded.hash if loaded else None,
         "model_bytes": vcinr_model_bytes,
         "chunk_fields": args.chunk_fields,
@@ -712,7 +718,9 @@ def _bounded_axes(out: dict[str, Any], ax) -> None:
     ax.set_ylabel("compression ratio vs float32 (real bytes)")
 
 
-def _range(text: str) -> list[float]:
+def _range(text: str) -> list[float] | str:
+    if text == "model":
+        return text
     lo, hi = (float(v) for v in text.split(","))
     if not hi > lo:
         raise argparse.ArgumentTypeError("--psnr-range needs LO,HI with HI > LO")
@@ -735,7 +743,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regrid", help="46x90, 181x360 (equiangular, the papers' grids), any NxM, or 'model'")
     p.add_argument("--fields", type=int, default=24, help="fields evaluated, evenly spaced (default 24; 0 = all)")
     p.add_argument("--psnr-range", type=_range, default=list(METHOD_RANGE),
-                   help="LO,HI mapped to [0, 1] for PSNR (default method.md's 202.66,320.93 K)")
+                   help="LO,HI mapped to [0, 1] for PSNR (default method.md's 202.66,320.93 K), "
+                        "or 'model': the model's normalisation range (its training min/max or fixed range)")
     p.add_argument("--no-classical", action="store_true", help="no per-field (classical) codecs")
     p.add_argument("--no-baselines", action="store_true",
                    help="no baselines fitted on the model's training data (mean field, EOFs)")
