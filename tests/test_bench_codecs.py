@@ -123,3 +123,17 @@ def test_bounded_mode_keeps_every_bound_and_compares_at_equal_bounds(tmp_path):
             assert r["bound_met"] and r["max_abs_error"] <= r["bound"], r  # the guarantee
     assert [e["bound_rel"] for e in result["summary"]] == [1e-3, 1e-2]
     assert all(e["best_vcinr_ratio"] > 1 for e in result["summary"])
+
+
+def test_psnr_range_model_scores_on_the_models_normalisation(tmp_path):
+    out = tmp_path / "m.json"
+    rc = bench.main(["--model", str(tiny_artifact()), "--psnr-range", "model", "--fields", "2", "--more-steps", "",
+                     "--levels", QUALITY, "--no-classical", "--no-baselines", "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    norm = load_artifact(tiny_artifact()).normaliser
+    assert result["psnr_range"] == [norm.lo, norm.hi] != list(bench.METHOD_RANGE)
+    assert {r["kind"] for r in result["rows"]} == {"vcinr"}
+    with pytest.raises(SystemExit, match="needs --model"):
+        bench.main(["--psnr-range", "model", "--data", data_path(), "--variable", "air_temperature",
+                    "--grid-dims", "latitude,longitude"])
