@@ -47,6 +47,10 @@ def test_summary_ratios_of_best_classical_and_best_other_to_vcinr():
     assert summary["v"]["best_other"]["40.0"] == "B"
     assert summary["v"]["best_other_over_vcinr"]["40.0"] == pytest.approx(2.5)
     assert summary["v"]["best_other_over_vcinr_latents"]["40.0"] == pytest.approx(5.0)
+    # at vcinr's best point (41 dB) only A reaches that PSNR: 2 * 4 ** (3 / 4) bpv
+    top = summary["v"]["at_best_psnr"]
+    assert (top["psnr"], top["bpv"], top["best_other"]) == (41.0, 0.04, "A")
+    assert top["best_other_bpv"] == pytest.approx(2 * 4 ** 0.75)
 
 
 @pytest.fixture(scope="module")

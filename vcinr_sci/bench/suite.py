@@ -139,6 +139,11 @@ def markdown(tables: list[dict[str, Any]]) -> str:
             f"{x} dB: {b[1]} ({b[0]:.3g})" if b else f"{x} dB: none" for x, b in t["best"].items()) + ".")
         for v in t["vcinr_summary"]:
             lines.append(f"{v['family']} against the best other: " + "; ".join(_versus(v, x) for x in targets) + ".")
+            top = v.get("at_best_psnr")
+            if top:
+                lines.append(f"{v['family']} at its highest PSNR, {top['psnr']:.2f} dB: {top['bpv']:.3g} bpv "
+                             f"({top['bpv_latents']:.3g} latents only); the best other there: "
+                             f"{top['best_other'] or '-'} at {_fmt(top['best_other_bpv'])} bpv.")
     return "\n".join(lines)
 
 
