@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The headline comparison of vcinr against today's codecs, from a fresh clone:
+# vcinr's rd-ccsm model against today's codecs and against the baselines fitted on its
+# training data (mean field, EOFs; the README headline uses examples/bench_suite.sh):
 #   bash examples/bench_codecs.sh       (about 1.5 hours on 2 CPU cores, most of it training)
 # Needs the real data folder (../shared/data or $VCINR_DATA_DIR). Trains two rd-ccsm models
 # with their coders unless they are already in out/artifacts: one on CCSM's own 64 x 128

@@ -59,6 +59,26 @@ def compress_and_report(cfg: Config, artifact_path: Path, out_dir: Path) -> list
     return rows
 
 
+def report_table(rows: list[dict]) -> str:
+    """The held-out figures per quality level as a markdown table ("-" where a figure
+    does not apply: no latitude-weighted RMSE on a grid without latitudes)."""
+
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    lines = [
+        "| quality | bits/value | ratio vs float32 | PSNR (dB) | RMSE | lat-weighted RMSE | max abs error |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['quality']} | {num(r['bits_per_value'], '.4f')} | {num(r['ratio_vs_float32'], '.0f')} | "
+            f"{num(r['psnr_db'], '.2f')} | {num(r['rmse'], '.3f')} | {num(r['lat_weighted_rmse'], '.3f')} | "
+            f"{num(r['max_abs_error'], '.3f')} |"
+        )
+    return "\n".join(lines)
+
+
 def plot_field(reference: xr.DataArray, decoded: xr.DataArray, path: Path, title: str) -> None:
     import matplotlib
 
@@ -118,13 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     art = load_artifact(coded)
     print(f"\n[5/5] held-out test fields reopened with xarray (model {art.hash[:16]}; "
           f"unquantised latents: {art.metrics['test_psnr']:.2f} dB with {art.metrics['inner_steps']} inner steps)")
-    print("| quality | bits/value | ratio vs float32 | PSNR (dB) | RMSE | lat-weighted RMSE | max abs error |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['quality']} | {r['bits_per_value']:.4f} | {r['ratio_vs_float32']:.0f} | "
-            f"{r['psnr_db']:.2f} | {r['rmse']:.3f} | {r['lat_weighted_rmse']:.3f} | {r['max_abs_error']:.3f} |"
-        )
+    print(report_table(rows))
     print(f"PSNR over the normalisation range [{art.normaliser.lo:.2f}, {art.normaliser.hi:.2f}]; "
           "errors in the data's units; bytes are the chunks as stored (the model stored once beside them is not counted).")
     best = rows[-1]

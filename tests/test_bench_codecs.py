@@ -27,19 +27,31 @@ def test_needed_bits_interpolates_log_linearly():
     assert bench.needed_bits(sweep, 20.0) == (1.0, True)
 
 
-def test_summary_ratio_of_best_classical_to_vcinr():
+def test_summary_ratios_of_best_classical_and_best_other_to_vcinr():
     rows = [
         {"family": "A", "kind": "classical", "bpv": 2.0, "psnr": 38.0},
         {"family": "A", "kind": "classical", "bpv": 8.0, "psnr": 42.0},
-        {"family": "v", "kind": "vcinr", "bpv": 0.01, "bpv_latents": 0.005, "bpv_with_model": 1.0, "psnr": 39.0},
-        {"family": "v", "kind": "vcinr", "bpv": 0.04, "bpv_latents": 0.02, "bpv_with_model": 4.0, "psnr": 41.0},
+        {"family": "v", "kind": "vcinr", "bpv": 0.01, "bpv_latents": 0.005, "bpv_with_model": 1.0,
+         "bpv_model_1e9": 0.02, "psnr": 39.0},
+        {"family": "v", "kind": "vcinr", "bpv": 0.04, "bpv_latents": 0.02, "bpv_with_model": 4.0,
+         "bpv_model_1e9": 0.08, "psnr": 41.0},
+        {"family": "B", "kind": "baseline", "bpv": 0.05, "bpv_with_model": 2.0, "bpv_model_1e9": 0.06, "psnr": 40.0},
     ]
     summary = {e["family"]: e for e in bench.summarise(rows, targets=(40.0,))}
     assert summary["A"]["bpv"]["40.0"] == pytest.approx(4.0)
     assert summary["v"]["bpv"]["40.0"] == pytest.approx(0.02)
     assert summary["v"]["bpv_latents"]["40.0"] == pytest.approx(0.01)
+    assert summary["v"]["bpv_model_1e9"]["40.0"] == pytest.approx(0.04)
     assert summary["v"]["best_classical_over_vcinr"]["40.0"] == pytest.approx(200.0)
     assert summary["v"]["best_classical_over_vcinr_with_model"]["40.0"] == pytest.approx(2.0)
+    # the best of all the others is the baseline, not the classical codec
+    assert summary["v"]["best_other"]["40.0"] == "B"
+    assert summary["v"]["best_other_over_vcinr"]["40.0"] == pytest.approx(2.5)
+    assert summary["v"]["best_other_over_vcinr_latents"]["40.0"] == pytest.approx(5.0)
+    # at vcinr's best point (41 dB) only A reaches that PSNR: 2 * 4 ** (3 / 4) bpv
+    top = summary["v"]["at_best_psnr"]
+    assert (top["psnr"], top["bpv"], top["best_other"]) == (41.0, 0.04, "A")
+    assert top["best_other_bpv"] == pytest.approx(2 * 4 ** 0.75)
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +128,17 @@ def test_bounded_mode_keeps_every_bound_and_compares_at_equal_bounds(tmp_path):
             assert r["bound_met"] and r["max_abs_error"] <= r["bound"], r  # the guarantee
     assert [e["bound_rel"] for e in result["summary"]] == [1e-3, 1e-2]
     assert all(e["best_vcinr_ratio"] > 1 for e in result["summary"])
+
+
+def test_psnr_range_model_scores_on_the_models_normalisation(tmp_path):
+    out = tmp_path / "m.json"
+    rc = bench.main(["--model", str(tiny_artifact()), "--psnr-range", "model", "--fields", "2", "--more-steps", "",
+                     "--levels", QUALITY, "--no-classical", "--no-baselines", "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    norm = load_artifact(tiny_artifact()).normaliser
+    assert result["psnr_range"] == [norm.lo, norm.hi] != list(bench.METHOD_RANGE)
+    assert {r["kind"] for r in result["rows"]} == {"vcinr"}
+    with pytest.raises(SystemExit, match="needs --model"):
+        bench.main(["--psnr-range", "model", "--data", data_path(), "--variable", "air_temperature",
+                    "--grid-dims", "latitude,longitude"])

@@ -70,3 +70,21 @@ def test_cross_device_on_cpu(tmp_path):
     # float32 on the same CPU with another thread count: equal or a few ulps apart
     assert result["rows"][0]["max_abs_diff"] < 1e-5
     assert np.isfinite([r["max_abs_diff_data_units"] for r in result["rows"]]).all()
+
+
+def test_cross_device_decodes_as_the_codec_does_and_restores_precision(tmp_path, monkeypatch):
+    # Its number calibrates the bounded mode's margin, so it must decode as the codec does
+    # (IEEE float32 matmuls, whatever the process set) and leave the caller's setting.
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.fp32_precision
+    seen = []
+    real = cross_device._decode
+    monkeypatch.setattr(cross_device, "_decode", lambda *a: (seen.append(matmul.fp32_precision), real(*a))[1])
+    matmul.fp32_precision = "tf32"
+    try:
+        cross_device.main(["--model", str(tiny_artifact()), "--items", "2"])
+        after = matmul.fp32_precision
+    finally:
+        matmul.fp32_precision = saved
+    assert seen[:2] == ["ieee", "ieee"]  # the CPU reference and the CPU decode
+    assert after == "tf32"

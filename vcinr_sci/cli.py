@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "rd": ("vcinr_sci.bench.rd", "rate-distortion of learned coders vs uniform quantisation, from real bytes"),
     "residual": ("vcinr_sci.bench.residual", "coders of the error-bounded mode's correction: bytes, time, bound check"),
     "codecs": ("vcinr_sci.bench.codecs", "vcinr vs SZ3, SPERR, ZFP, JPEG 2000, BitRound+Zstd at equal error, from real bytes"),
+    "suite": ("vcinr_sci.bench.suite", "one table over datasets from bench codecs results (examples/bench_suite.sh)"),
     "throughput": ("vcinr_sci.bench.throughput", "meta-train, encode and decode speed, FLOPs per value, fraction of matmul peak"),
     "cross-device": ("vcinr_sci.bench.cross_device", "reconstruction differences between CPU and GPU decoders"),
 }

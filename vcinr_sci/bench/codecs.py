@@ -12,7 +12,13 @@ objects a Zarr array would hold, filters first), on the same held-out fields:
 - **SZ3** (absolute bound) and **SPERR** (point-wise error) from imagecodecs, **ZFP**
   (``numcodecs.ZFPY``, fixed accuracy and fixed rate), **JPEG 2000** (imagecodecs, on a
   16-bit linear quantisation of the field over its range), **BitRound + Zstd** and
-  **Zstd** lossless (numcodecs), each with its knob swept.
+  **Zstd** lossless (numcodecs), each with its knob swept (on fields with NaN points,
+  each stores the field's mask beside it: :mod:`vcinr_sci.bench.masked`);
+- **baselines that see vcinr's training data** (:mod:`vcinr_sci.bench.baselines`, fitted
+  on the training part of the model's own split): the training mean field alone, with
+  SPERR / SZ3 on the anomaly, EOF-k with entropy-coded coefficients (k and step swept),
+  and EOF-8 with SPERR on the residual; their model file (mean, EOFs, deviations) is
+  counted as vcinr's is.
 
 Classical codecs compress one 2-D field at a time (as the papers' tables do); vcinr
 compresses chunks of ``--chunk-fields`` fields, each field coded independently.
@@ -26,7 +32,9 @@ machine (CPU, or the GPU the vcinr codec runs on when one is present).
 
 Summary: the bits each codec needs for 40, 45 and 50 dB (log-linear interpolation
 between the two sweep points around the target; "-" where the sweep never reaches it),
-and the ratio of the best classical codec's bits to vcinr's.
+and the ratio of the best other codec's bits (classical or baseline) to vcinr's, for
+vcinr's whole chunks and its latent bytes alone. "Model per 1e9 values" spreads the model
+file (vcinr's or a baseline's) over a billion values, an archive's size.
 
 Distance to the physical limit (vcinr): FLOPs per decoded and per encoded value, counted
 by torch's FlopCounterMode from the model's matrix products, and the fraction of this
@@ -61,6 +69,8 @@ from numcodecs.abc import Codec
 from numcodecs.compat import ensure_ndarray_like
 
 from vcinr_sci import metrics
+from vcinr_sci.bench.baselines import TrainingBasis, TrainingBasisCodec, training_fields
+from vcinr_sci.bench.masked import NanMasked
 from vcinr_sci.bench.output import device_name, pyplot, save_figure, write_json
 from vcinr_sci.bench.throughput import count_flops, encode_flops, matmul_rate
 from vcinr_sci.codec.container import decode_container
@@ -80,6 +90,10 @@ METHOD_RANGE = (202.66, 320.93)  # method.md / COIN++: ERA5 temperature (K) -> [
 # Error tolerances, as fractions of the data range, swept for the error-bounded codecs.
 TOLERANCES = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
 QUICK_TOLERANCES = (1e-2, 1e-3)
+EOF_KS = (2, 4, 8, 16, 32, 64)
+EOF_STEPS = (1.0, 0.5, 0.25)  # coefficient quantisation step, in training deviations
+RESIDUAL_K = 8  # EOFs in front of SPERR / SZ3 in "EOF-k + SPERR"
+ARCHIVE_VALUES = 1e9  # "model per 1e9 values": the model file spread over an archive this size
 
 
 @dataclass
@@ -107,7 +121,7 @@ class Candidate:
     knob: str
     pipeline: list[Codec]
     chunk_fields: int = 1  # fields per encode call
-    kind: str = "classical"  # classical | vcinr
+    kind: str = "classical"  # classical | baseline | vcinr
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -137,6 +151,71 @@ def classical_candidates(fields: Fields, quick: bool = False) -> list[Candidate]
     for keep in ((4, 8) if quick else (2, 3, 4, 5, 6, 7, 8, 10, 12, 14)):
         out.append(Candidate("BitRound + Zstd", f"keepbits={keep}", [numcodecs.BitRound(keepbits=keep), numcodecs.Zstd(level=9)]))
     out.append(Candidate("Zstd (lossless)", "level=9", [numcodecs.Zstd(level=9)]))
+    return _masked_if_nan(out, x)
+
+
+def _masked_if_nan(candidates: list[Candidate], x: np.ndarray) -> list[Candidate]:
+    """On fields with NaN points, each per-field codec stores the mask beside the field."""
+    if not np.isnan(x).any():
+        return candidates
+    for c in candidates:
+        if c.kind == "classical":
+            c.pipeline = [NanMasked(c.pipeline, x.shape[1:], x.dtype)]
+    return candidates
+
+
+def _residual_codec(name: str, tol: float, shape: tuple[int, ...]) -> Codec:
+    """SPERR (point-wise error) or SZ3 (absolute bound) for one float64 residual field."""
+    from imagecodecs.numcodecs import Sperr, Sz3
+
+    if name == "SPERR":
+        return Sperr(level=tol, mode="pwe", shape=shape, dtype=np.float64)
+    return Sz3(shape=shape, dtype=np.float64, mode="abs", abs=tol)
+
+
+def baseline_candidates(basis: TrainingBasis, fields: Fields, chunk_fields: int,
+                        quick: bool = False) -> list[Candidate]:
+    """The codecs that use vcinr's training split (mean field, EOFs), each knob swept."""
+    x = fields.values
+    span = float(np.nanmax(x) - np.nanmin(x)) or 1.0
+    shape = x.shape[1:]
+    tols = QUICK_TOLERANCES if quick else TOLERANCES
+    ks = [k for k in ((4, 8) if quick else EOF_KS) if k <= basis.max_k]
+    k_res = min(RESIDUAL_K, basis.max_k)
+
+    def cand(family: str, knob: str, codec: TrainingBasisCodec) -> Candidate:
+        return Candidate(family, knob, [codec], chunk_fields, "baseline", {"model_bytes": len(codec.model_bytes())})
+
+    out = [cand("mean field (training)", "k=0", TrainingBasisCodec(basis))]
+    out += [cand("EOF-k (training)", f"k={k} step={s:g}", TrainingBasisCodec(basis, k, s))
+            for k in ks for s in ((0.5,) if quick else EOF_STEPS)]
+    for name in ("SPERR", "SZ3"):
+        out += [cand(f"mean field + {name}", f"{'pwe' if name == 'SPERR' else 'abs'}={t:g} x range",
+                     TrainingBasisCodec(basis, residual=_residual_codec(name, t * span, shape))) for t in tols]
+    out += [cand(f"EOF-{k_res} + SPERR", f"pwe={t:g} x range",
+                 TrainingBasisCodec(basis, k_res, 0.5, _residual_codec("SPERR", t * span, shape))) for t in tols]
+    return out
+
+
+def bounded_baseline_candidates(basis: TrainingBasis, fields: Fields, bounds: Sequence[float],
+                                chunk_fields: int) -> list[Candidate]:
+    """Mean field and EOF-8 with SPERR / SZ3 in their bounded modes on what is left, each
+    asked for the bound less the float32 rounding of adding the residual back."""
+    x = fields.values
+    span = float(np.nanmax(x) - np.nanmin(x)) or 1.0
+    top = float(np.nanmax(np.abs(x)))
+    k_res = min(RESIDUAL_K, basis.max_k)
+    out = []
+    for rel in bounds:
+        b = rel * span
+        inner = b - 2 * float(np.spacing(np.float32(top + b)))
+        extra = {"bound": b, "bound_rel": rel}
+        for k in (0, k_res):
+            for name in ("SPERR", "SZ3"):
+                codec = TrainingBasisCodec(basis, k, 0.5, _residual_codec(name, inner, x.shape[1:]))
+                out.append(Candidate(f"{'mean field' if k == 0 else f'EOF-{k}'} + {name}", f"bound={rel:g} x range",
+                                     [codec], chunk_fields, "baseline",
+                                     dict(extra, model_bytes=len(codec.model_bytes()))))
     return out
 
 
@@ -194,7 +273,7 @@ def bounded_candidates(fields: Fields, model_path: Path | None, levels: Sequence
             codec = VCINRCodec.for_model(model_path, name, max_abs_error=b)
             out.append(Candidate(f"vcinr bounded ({name})", knob, [codec], chunk_fields, "vcinr",
                                  dict(extra, inner_steps=codec.inner_steps)))
-    return out
+    return _masked_if_nan(out, x)
 
 
 def run_candidate(c: Candidate, x: np.ndarray) -> tuple[np.ndarray, int, int, float, float]:
@@ -264,58 +343,93 @@ def needed_bits(points: list[tuple[float, float]], target: float) -> tuple[float
     return float(math.exp(math.log(b_lo) + frac * (math.log(b_hi) - math.log(b_lo)))), False
 
 
+SUMMARY_COLUMNS = {
+    "classical": ["bpv"],
+    "baseline": ["bpv", "bpv_with_model", "bpv_model_1e9"],
+    "vcinr": ["bpv", "bpv_latents", "bpv_with_model", "bpv_model_1e9"],
+}
+
+
 def summarise(rows: list[dict[str, Any]], targets: Sequence[float] = TARGETS_DB) -> list[dict[str, Any]]:
-    """Per codec family: bits needed at each target; for vcinr also with the model's bits."""
+    """Per codec family: bits needed at each target; for vcinr and the baselines also with
+    the model's bits; for vcinr the best other codec (classical or baseline) at each
+    target and its bits over vcinr's (whole chunks, and latent bytes alone)."""
     families: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         families.setdefault(r["family"], []).append(r)
     out = []
     for fam, rs in families.items():
         entry: dict[str, Any] = {"family": fam, "kind": rs[0]["kind"]}
-        columns = ["bpv", "bpv_latents", "bpv_with_model"] if rs[0]["kind"] == "vcinr" else ["bpv"]
-        for col in columns:
+        for col in SUMMARY_COLUMNS[rs[0]["kind"]]:
             need = {str(t): needed_bits([(r[col], r["psnr"]) for r in rs if r[col] > 0], t) for t in targets}
             entry[col] = {t: v for t, (v, _) in need.items()}
             entry[f"{col}_upper_bound"] = {t: flag for t, (_, flag) in need.items()}
         out.append(entry)
-    best = {}
+    best, best_other = {}, {}
     for t in map(str, targets):
         classical = [e["bpv"][t] for e in out if e["kind"] == "classical" and e["bpv"][t] is not None]
         best[t] = min(classical) if classical else None
+        others = [(e["bpv"][t], e["family"]) for e in out if e["kind"] != "vcinr" and e["bpv"][t] is not None]
+        best_other[t] = min(others) if others else (None, None)
+
+    def ratio(num: float | None, den: float | None) -> float | None:
+        return num / den if num and den else None
+
     for e in out:
         if e["kind"] == "vcinr":
-            e["best_classical_over_vcinr"] = {
-                t: (best[t] / e["bpv"][t]) if best[t] and e["bpv"][t] else None for t in best
-            }
-            e["best_classical_over_vcinr_with_model"] = {
-                t: (best[t] / e["bpv_with_model"][t]) if best[t] and e["bpv_with_model"][t] else None for t in best
-            }
+            e["best_classical_over_vcinr"] = {t: ratio(best[t], e["bpv"][t]) for t in best}
+            e["best_classical_over_vcinr_with_model"] = {t: ratio(best[t], e["bpv_with_model"][t]) for t in best}
+            e["best_other"] = {t: best_other[t][1] for t in best}
+            e["best_other_bpv"] = {t: best_other[t][0] for t in best}
+            e["best_other_over_vcinr"] = {t: ratio(best_other[t][0], e["bpv"][t]) for t in best}
+            e["best_other_over_vcinr_latents"] = {t: ratio(best_other[t][0], e["bpv_latents"][t]) for t in best}
+            e["at_best_psnr"] = _at_best_psnr(families[e["family"]], families)
     return out
 
 
+def _at_best_psnr(own: list[dict[str, Any]], families: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """vcinr's highest-PSNR point, and the fewest bits any other codec needs for that PSNR
+    (where the targets lie above what vcinr reaches, this still compares it)."""
+    top = max(own, key=lambda r: r["psnr"])
+    need = [(needed_bits([(r["bpv"], r["psnr"]) for r in rs if r["bpv"] > 0], top["psnr"])[0], fam)
+            for fam, rs in families.items() if rs[0]["kind"] != "vcinr"]
+    bits, fam = min(((b, f) for b, f in need if b is not None), default=(None, None))
+    return {"psnr": top["psnr"], "bpv": top["bpv"], "bpv_latents": top["bpv_latents"],
+            "best_other": fam, "best_other_bpv": bits}
+
+
 def bounded_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per bound: the best classical ratio, the best vcinr ratio (latents and correction;
-    and with the model's bytes), among the codecs that kept the bound at every point, and
-    the codecs that broke it."""
+    """Per bound: the best ratio of the classical codecs, of the baselines and of vcinr
+    (latents and correction; and with the model's bytes), among the codecs that kept the
+    bound at every point (and NaN points exactly), and the codecs that broke it."""
     out = []
     for rel in sorted({r["bound_rel"] for r in rows}):
         rs = [r for r in rows if r["bound_rel"] == rel]
-        classical = [r for r in rs if r["kind"] == "classical" and r["bound_met"]]
-        vc = [r for r in rs if r["kind"] == "vcinr" and r["bound_met"]]
-        best_c = max(classical, key=lambda r: r["ratio_vs_float32"], default=None)
-        best_v = max(vc, key=lambda r: r["ratio_vs_float32"], default=None)
+        kept = [r for r in rs if r["bound_met"] and r.get("nan_exact", True)]
+
+        def best(kinds: tuple[str, ...]) -> dict[str, Any] | None:
+            return max((r for r in kept if r["kind"] in kinds), key=lambda r: r["ratio_vs_float32"], default=None)  # noqa: B023  (called at once, below)
+
+        best_c, best_b, best_v = best(("classical",)), best(("baseline",)), best(("vcinr",))
+        best_o = best(("classical", "baseline"))
         entry: dict[str, Any] = {
             "bound_rel": rel,
             "bound": rs[0]["bound"],
             "best_classical": best_c and best_c["family"],
             "best_classical_ratio": best_c and best_c["ratio_vs_float32"],
+            "best_baseline": best_b and best_b["family"],
+            "best_baseline_ratio": best_b and best_b["ratio_vs_float32"],
+            "best_other": best_o and best_o["family"],
+            "best_other_ratio": best_o and best_o["ratio_vs_float32"],
             "best_vcinr": best_v and best_v["family"],
             "best_vcinr_ratio": best_v and best_v["ratio_vs_float32"],
             "best_vcinr_ratio_with_model": best_v and 32 / best_v["bpv_with_model"],
-            "broke_the_bound": [r["family"] for r in rs if not r["bound_met"]],
+            "broke_the_bound": [f"{r['family']} ({r['knob']})" for r in rs if r not in kept],
         }
         if best_c and best_v:
             entry["vcinr_over_best_classical"] = best_v["ratio_vs_float32"] / best_c["ratio_vs_float32"]
+        if best_o and best_v:
+            entry["vcinr_over_best_other"] = best_v["ratio_vs_float32"] / best_o["ratio_vs_float32"]
         out.append(entry)
     return out
 
@@ -350,8 +464,8 @@ def load_fields(args: argparse.Namespace, model_grid: SphericalGrid | None, mode
     if args.fields and args.fields < len(indices):
         indices = indices[np.unique(np.linspace(0, len(indices) - 1, args.fields).round().astype(int))]
     values = source.load(indices)
-    if np.isnan(values).any():
-        raise UsageError("vcinr bench codecs: the fields hold NaN; compare codecs on fields without missing values")
+    if np.isinf(values).any():
+        raise UsageError("vcinr bench codecs: the fields hold inf values; codecs compare on finite values and NaN")
     lat = lon = None
     if len(source.grid_dims) == 2 and all(d in da.coords for d in source.grid_dims):
         lat, lon = (np.asarray(da[d].values, np.float64) for d in source.grid_dims)
@@ -368,7 +482,8 @@ def vcinr_costs(model_path: Path, fields: Fields, steps: int, rows: list[dict[st
     n = min(4, len(fields.values))
     items = loaded.to_items(loaded.artifact.normaliser.normalise(fields.values[:n]).astype(np.float32))
     idx = np.arange(len(items))
-    valid = np.ones_like(items, dtype=bool)
+    valid = np.isfinite(items)
+    items = np.where(valid, items, 0.0).astype(np.float32)
     coords = loaded.item_coords[torch.as_tensor(idx % loaded.num_patches, device=device)]
     target = torch.as_tensor(items, device=device).unsqueeze(-1)
     mask = torch.as_tensor(valid, device=device).unsqueeze(-1)
@@ -403,20 +518,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model_grid = loaded.grid if loaded is not None and isinstance(loaded.grid, SphericalGrid) else None
     fields = load_fields(args, model_grid, loaded.artifact.config if loaded else None)
     x = fields.values
-    psnr_range = tuple(args.psnr_range)
+    if args.psnr_range == "model":
+        if loaded is None:
+            raise UsageError("vcinr bench codecs: --psnr-range model needs --model")
+        psnr_range = (loaded.artifact.normaliser.lo, loaded.artifact.normaliser.hi)
+    else:
+        psnr_range = tuple(args.psnr_range)
     notes = []
     on_grid = loaded is not None and tuple(x.shape[1:]) == tuple(loaded.grid.shape)
     if loaded is not None and not on_grid:
         notes.append(f"vcinr skipped: fields are {x.shape[1:]}, the model's grid is {tuple(loaded.grid.shape)} "
                      "(use --regrid model)")
+    # The baselines use the training part of the model's own split, on the model's grid.
+    basis = None
+    if on_grid and not args.no_baselines:
+        art = loaded.artifact
+        basis = TrainingBasis.fit(training_fields(art.config.data, art.split), max_k=max(EOF_KS))
+        notes.append(f"baselines fitted on the model's training part ({art.split['dim']} "
+                     f"{art.split['positions']['train']}); EOFs of its anomalies: {basis.max_k}")
     if args.bounded:
         candidates = bounded_candidates(fields, model_path if on_grid else None, args.levels,
                                         args.bounds, args.chunk_fields)
+        if basis is not None:
+            candidates += bounded_baseline_candidates(basis, fields, args.bounds, args.chunk_fields)
     else:
         candidates = [] if args.no_classical else classical_candidates(fields, args.quick)
+        if basis is not None:
+            candidates += baseline_candidates(basis, fields, args.chunk_fields, args.quick)
         if on_grid:
             candidates += vcinr_candidates(model_path, args.levels, args.more_steps, args.chunk_fields)
-    model_bytes = (model_path / WEIGHTS).stat().st_size if model_path else 0
+    vcinr_model_bytes = (model_path / WEIGHTS).stat().st_size if model_path else 0
     rows = []
     for c in candidates:
         decoded, nbytes, payload, t_enc, t_dec = run_candidate(c, x)
@@ -425,8 +556,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                "bpv": 8 * nbytes / x.size, "ratio_vs_float32": 32 * x.size / (8 * nbytes),
                "encode_mb_s": mb / t_enc, "decode_mb_s": mb / t_dec, **c.extra, **score(fields, decoded, psnr_range)}
         if c.kind == "vcinr":
-            row["bpv_with_model"] = 8 * (nbytes + model_bytes) / x.size
+            row["model_bytes"] = vcinr_model_bytes
             row["bpv_latents"] = 8 * payload / x.size
+        if c.kind != "classical":  # the model file: over these fields, and over an archive
+            row["bpv_with_model"] = 8 * (nbytes + row["model_bytes"]) / x.size
+            row["bpv_model_1e9"] = row["bpv"] + 8 * row["model_bytes"] / ARCHIVE_VALUES
+        row["nan_exact"] = bool(np.array_equal(np.isnan(x), np.isnan(decoded)))
         if "bound" in row:
             row["bound_met"] = bool(row["max_abs_error"] <= row["bound"])
         rows.append(row)
@@ -439,9 +574,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "grid": list(x.shape[1:]),
         "values": int(x.size),
         "psnr_range": list(psnr_range),
-        "data_range": [float(x.min()), float(x.max())],
+        "data_range": [float(np.nanmin(x)), float(np.nanmax(x))],
         "model": loaded.hash if loaded else None,
-        "model_bytes": model_bytes,
+        "model_bytes": vcinr_model_bytes,
         "chunk_fields": args.chunk_fields,
         "vcinr_device": str(default_device()),
         "threads": torch.get_num_threads(),
@@ -486,10 +621,26 @@ def markdown(out: dict[str, Any]) -> str:
               "<= = the sweep's coarsest point already exceeds it):", "",
               "| codec | " + " | ".join(f"{t} dB" for t in targets) + " |", "|---|" + "---|" * len(targets)]
     for e in out["summary"]:
-        for col, label in (("bpv", ""), ("bpv_latents", ", latent bytes only"), ("bpv_with_model", " + model bits")):
+        for col, label in (("bpv", ""), ("bpv_latents", ", latent bytes only"), ("bpv_with_model", " + model bits"),
+                           ("bpv_model_1e9", " + model per 1e9 values")):
             if col in e:
                 lines.append(f"| {e['family']}{label} | " + " | ".join(
                     ("<= " if e[f"{col}_upper_bound"][t] else "") + _fmt(e[col][t], ".4g") for t in targets) + " |")
+    lines += ["", "vcinr against the best of all the others (classical codecs and the baselines fitted on "
+              "vcinr's training data), bits per value:", "",
+              "| vcinr | target | vcinr chunks | vcinr latents only | best other | its bpv | other / chunks | other / latents |",
+              "|---|---|---|---|---|---|---|---|"]
+    for e in out["summary"]:
+        for t in e.get("best_other", {}):
+            lines.append(f"| {e['family']} | {t} dB | {_fmt(e['bpv'][t], '.4g')} | {_fmt(e['bpv_latents'][t], '.4g')} | "
+                         f"{e['best_other'][t] or '-'} | {_fmt(e['best_other_bpv'][t], '.4g')} | "
+                         f"{_fmt(e['best_other_over_vcinr'][t])} | {_fmt(e['best_other_over_vcinr_latents'][t])} |")
+    for e in out["summary"]:
+        if "at_best_psnr" in e:
+            a = e["at_best_psnr"]
+            lines.append(f"\n{e['family']} at its highest PSNR, {a['psnr']:.2f} dB: {a['bpv']:.4g} bpv "
+                         f"({a['bpv_latents']:.4g} latent bytes only); the best other there: "
+                         f"{a['best_other'] or '-'} at {_fmt(a['best_other_bpv'], '.4g')} bpv.")
     for e in out["summary"]:
         if "best_classical_over_vcinr" in e:
             lines.append(
@@ -525,13 +676,16 @@ def _bounded_markdown(out: dict[str, Any], lines: list[str]) -> str:
             f"{r['encode_mb_s']:.3g} | {r['decode_mb_s']:.3g} |"
         )
     lines += ["", "Among the codecs that kept the bound at every point:", "",
-              "| bound (x range) | best classical (ratio) | best vcinr (ratio; with model bytes) | vcinr / classical | broke the bound |",
-              "|---|---|---|---|---|"]
+              "| bound (x range) | best classical (ratio) | best baseline (ratio) | best vcinr (ratio; with model bytes) "
+              "| vcinr / classical | vcinr / best other | broke the bound |",
+              "|---|---|---|---|---|---|---|"]
     for e in out["summary"]:
         vc = f"{e['best_vcinr']} ({_fmt(e['best_vcinr_ratio'])}; {_fmt(e['best_vcinr_ratio_with_model'])})" \
             if e["best_vcinr"] else "-"
-        lines.append(f"| {e['bound_rel']:g} | {e['best_classical']} ({_fmt(e['best_classical_ratio'])}) | {vc} | "
-                     f"{_fmt(e.get('vcinr_over_best_classical'))} | {', '.join(e['broke_the_bound']) or '-'} |")
+        base = f"{e['best_baseline']} ({_fmt(e['best_baseline_ratio'])})" if e["best_baseline"] else "-"
+        lines.append(f"| {e['bound_rel']:g} | {e['best_classical']} ({_fmt(e['best_classical_ratio'])}) | {base} | {vc} | "
+                     f"{_fmt(e.get('vcinr_over_best_classical'))} | {_fmt(e.get('vcinr_over_best_other'))} | "
+                     f"{', '.join(e['broke_the_bound']) or '-'} |")
     if out["model"]:
         lines.append(f"\nModel {out['model'][:16]}: {out['model_bytes']:,} bytes (INR and coders), counted in 'with model bytes'.")
     lines += [f"Note: {n}" for n in out["notes"]]
@@ -558,7 +712,9 @@ def _psnr_axes(out: dict[str, Any], ax) -> None:
             families.setdefault(r["family"], []).append(r)
     for fam, rs in families.items():
         rs = sorted(rs, key=lambda r: r["bpv"])
-        style = "o-" if rs[0]["kind"] == "vcinr" else ".--"
+        if rs[0]["kind"] == "baseline":  # a sweep of two knobs (EOF k and step): its Pareto front
+            rs = [r for i, r in enumerate(rs) if all(r["psnr"] > q["psnr"] for q in rs[:i])]
+        style = {"vcinr": "o-", "baseline": "s-"}.get(rs[0]["kind"], ".--")
         ax.plot([r["bpv"] for r in rs], [r["psnr"] for r in rs], style, label=fam)
         if rs[0]["kind"] == "vcinr":
             ax.plot([r["bpv_latents"] for r in rs], [r["psnr"] for r in rs], "x-", alpha=0.7, label=f"{fam}, latents only")
@@ -583,7 +739,9 @@ def _bounded_axes(out: dict[str, Any], ax) -> None:
     ax.set_ylabel("compression ratio vs float32 (real bytes)")
 
 
-def _range(text: str) -> list[float]:
+def _range(text: str) -> list[float] | str:
+    if text == "model":
+        return text
     lo, hi = (float(v) for v in text.split(","))
     if not hi > lo:
         raise argparse.ArgumentTypeError("--psnr-range needs LO,HI with HI > LO")
@@ -606,8 +764,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regrid", help="46x90, 181x360 (equiangular, the papers' grids), any NxM, or 'model'")
     p.add_argument("--fields", type=int, default=24, help="fields evaluated, evenly spaced (default 24; 0 = all)")
     p.add_argument("--psnr-range", type=_range, default=list(METHOD_RANGE),
-                   help="LO,HI mapped to [0, 1] for PSNR (default method.md's 202.66,320.93 K)")
-    p.add_argument("--no-classical", action="store_true", help="vcinr rows only")
+                   help="LO,HI mapped to [0, 1] for PSNR (default method.md's 202.66,320.93 K), "
+                        "or 'model': the model's normalisation range (its training min/max or fixed range)")
+    p.add_argument("--no-classical", action="store_true", help="no per-field (classical) codecs")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="no baselines fitted on the model's training data (mean field, EOFs)")
     p.add_argument("--bounded", action="store_true",
                    help="compare at equal max-abs-error bounds (vcinr's bounded mode vs SZ3, SPERR, ZFP, safeguards)")
     p.add_argument("--bounds", type=lambda s: [float(v) for v in s.split(",") if v], default=[1e-4, 1e-3, 1e-2],

@@ -15,8 +15,9 @@ in data units. The error-bounded mode must leave at least this much margin.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ import torch
 from vcinr_sci.bench.output import write_json
 from vcinr_sci.data.items import load_dataset
 from vcinr_sci.model.artifact import load_artifact
+from vcinr_sci.model.loaded import full_float32
 
 
 def _decode(model, coords: torch.Tensor, phi: torch.Tensor, device: str) -> np.ndarray:
@@ -38,9 +40,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return _run(args)
     finally:  # leave the process as it was
         torch.set_num_threads(threads)
-        if torch.cuda.is_available():
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = True
+
+
+@contextlib.contextmanager
+def _tf32_matmul() -> Iterator[None]:
+    """CUDA float32 matmuls in TF32 inside the block, the caller's setting restored after
+    (torch 2.13's ``fp32_precision``; the legacy ``allow_tf32`` flag raises once it is set)."""
+    matmul = torch.backends.cuda.matmul
+    saved, matmul.fp32_precision = matmul.fp32_precision, "tf32"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = saved
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
@@ -56,22 +67,22 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     steps = args.steps or cfg.latents.inner_steps
     torch.set_num_threads(args.threads)
     phi = model.to("cpu").adapt(coords, target, mask, steps)
-    ref = _decode(model, coords, phi, "cpu")
+    with full_float32():
+        ref = _decode(model, coords, phi, "cpu")
     valid = mask[..., 0].numpy()
 
-    # (name, device, what to set before decoding)
-    settings: list[tuple[str, str, Any]] = [("cpu, 1 thread", "cpu", lambda: torch.set_num_threads(1))]
+    # (name, device, the precision it decodes in): the codec decodes in full_float32,
+    # which is what the bounded mode's margin must cover; TF32 shows what it guards against.
+    torch.set_num_threads(1)
+    settings: list[tuple[str, str, Any]] = [("cpu, 1 thread", "cpu", full_float32)]
     if torch.cuda.is_available():
-        def tf32(on: bool):
-            return lambda: (setattr(torch.backends.cuda.matmul, "allow_tf32", on),  # type: ignore[func-returns-value]
-                            setattr(torch.backends.cudnn, "allow_tf32", on))  # type: ignore[func-returns-value]
         gpu = torch.cuda.get_device_name()
-        settings += [(f"{gpu} float32", "cuda", tf32(False)), (f"{gpu} TF32 matmul", "cuda", tf32(True))]
+        settings += [(f"{gpu} float32 (as the codec)", "cuda", full_float32), (f"{gpu} TF32 matmul", "cuda", _tf32_matmul)]
     scale = artifact.normaliser.hi - artifact.normaliser.lo
     rows = []
-    for name, device, prepare in settings:
-        prepare()
-        out = _decode(model, coords, phi, device)
+    for name, device, precision in settings:
+        with precision():
+            out = _decode(model, coords, phi, device)
         diff = np.abs(out - ref)[valid]
         rows.append({"decoder": name, "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
                      "max_abs_diff_data_units": float(diff.max() * scale)})

@@ -174,7 +174,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device_name": device_name(device),
         "matmul_flop_s": peak,
         "dtype": "float32",
-        "tf32": bool(device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32),
+        # fp32_precision: the legacy allow_tf32 flag raises once full_float32 has set it
+        "tf32": bool(device.type == "cuda" and torch.backends.cuda.matmul.fp32_precision == "tf32"),
         "grid": list(data.grid.shape),
         "items": len(items),
         "model": {"conditioning": cfg.model.conditioning, "latent_dim": cfg.model.latent_dim,

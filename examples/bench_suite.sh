@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# vcinr against per-field codecs and against the baselines that use the same training data
+# (mean field, EOFs), on six datasets, from a fresh clone:
+#   bash examples/bench_suite.sh                 (all datasets)
+#   bash examples/bench_suite.sh ccsm hadcm3     (some of them)
+# Per dataset (configs/suite-NAME.yaml) it trains a CPU-sized model on that dataset's own
+# training split unless one is already in out/suite/artifacts (found by its config), then
+# runs `vcinr bench codecs` (RD and --bounded) on the held-out split. Writes NAME.md/.json/.png
+# per dataset and suite.md/suite.json to out/suite/bench/, and the seconds each stage took
+# to out/suite/timings.tsv. Needs the real data folder (../shared/data or $VCINR_DATA_DIR).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${PY:-}" ]; then bash scripts/setup.sh; PY=.venv/bin/python; fi  # PY=...: an existing environment
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+DATASETS=("$@")
+[ ${#DATASETS[@]} -gt 0 ] || DATASETS=(ccsm ccsm-46x90 hadcm3 era5-uk ccsm-ts ostia)
+OUT=out/suite/bench; mkdir -p "$OUT" out/suite/logs
+FIELDS=24  # held-out fields evaluated per dataset, evenly spaced
+# PSNR on each model's normalisation range: the fixed 202.66..320.93 K for CCSM TREFHT,
+# the training min/max elsewhere (--psnr-range model)
+# vcinr at its own encode steps only (more steps cost minutes a dataset on one core)
+VCINR=(--more-steps "")
+
+timed() {  # timed NAME STAGE COMMAND...: run it, log its output, record its seconds
+  local name=$1 stage=$2; shift 2
+  local t0=$SECONDS
+  "$@" > "out/suite/logs/$name-$stage.log" 2>&1 || { echo "$name $stage failed: see out/suite/logs/$name-$stage.log" >&2; return 1; }
+  printf '%s\t%s\t%s\n' "$name" "$stage" $((SECONDS - t0)) >> out/suite/timings.tsv
+}
+
+bench() {  # bench OUTSTEM ARGS...: the table to OUTSTEM.md, JSON and plot beside it
+  local stem=$1; shift
+  $PY -m vcinr_sci.cli bench codecs --json "$stem.json" --plot "$stem.png" --psnr-range model "$@" > "$stem.md"
+}
+
+# The artifact with coders trained from CFG; empty when there is none yet (each pipeline
+# stage skips what an earlier run finished).
+find_model() {
+  $PY -c "from pipelines.build_latents import resolve_model
+from vcinr_sci.model.artifact import load_artifact
+from vcinr_sci.config import load_config
+path = resolve_model(load_config('$1'), None, with_coders=True)
+if load_artifact(path).quality_levels: print(path)" 2>/dev/null || true
+}
+
+for name in "${DATASETS[@]}"; do
+  cfg=configs/suite-$name.yaml
+  [ -f "$cfg" ] || { echo "no config $cfg" >&2; exit 2; }
+  model=$(find_model "$cfg")
+  if [ -z "$model" ]; then
+    echo "== $name: training (meta-train, latents, coders)" >&2
+    timed "$name" meta_train $PY -m pipelines.meta_train --config "$cfg"
+    timed "$name" build_latents $PY -m pipelines.build_latents --config "$cfg"
+    timed "$name" train_coder $PY -m pipelines.train_coder --config "$cfg"
+    model=$(find_model "$cfg")
+  fi
+  echo "== $name: bench codecs with model $model" >&2
+  timed "$name" bench_rd bench "$OUT/$name" --model "$model" --fields $FIELDS "${VCINR[@]}"
+  timed "$name" bench_bounded bench "$OUT/$name-bounded" --model "$model" --fields $FIELDS --bounded \
+    --levels "$($PY -c "from vcinr_sci.model.artifact import load_artifact
+print(','.join(q for q in load_artifact('$model').quality_levels if q.startswith('q')))")"
+done
+$PY -m vcinr_sci.cli bench suite "$OUT" --json out/suite/suite.json | tee out/suite/suite.md
