@@ -139,6 +139,6 @@ def test_psnr_range_model_scores_on_the_models_normalisation(tmp_path):
     norm = load_artifact(tiny_artifact()).normaliser
     assert result["psnr_range"] == [norm.lo, norm.hi] != list(bench.METHOD_RANGE)
     assert {r["kind"] for r in result["rows"]} == {"vcinr"}
-    with pytest.raises(SystemExit, match="needs --model"):
+    with pytest.raises(UsageError, match="needs --model"):
         bench.main(["--psnr-range", "model", "--data", data_path(), "--variable", "air_temperature",
                     "--grid-dims", "latitude,longitude"])
