@@ -5,32 +5,9 @@ refuses (with :class:`ChunkFormatError`) any input that is not exactly what an
 encoder wrote: wrong magic, unknown version, truncation, trailing bytes, or any
 corrupted bit.
 
-Byte layout (all integers little-endian, offsets in bytes)::
-
-    offset  size     field
-    ------  -------  ----------------------------------------------------------
-     0      5        magic b"VCINR"
-     5      1        u8   format version (1, or 2 when a residual section follows)
-     6      2        u16  header_len: bytes from offset 0 to the end of the header
-     8      4        u32  header_crc: crc32 of bytes [0, 8) + [12, header_len)
-    12      32       model hash (raw SHA-256 digest)
-    44      2        u16  flags (bit 0: mask stored; bit 1: every point is masked)
-    46      1        u8   ndim
-    47      1        u8   dtype_len
-    48      1        u8   quality_len
-    49      4        u32  inner_steps
-    53      8        u64  num_items
-    61      8        u64  mask_len: bytes of the stored mask (0 when none)
-    69      8        u64  payload_len
-    77      4        u32  payload_crc: crc32 of the body (mask bytes + payload)
-    81      8*ndim   u64  shape
-    ..      dtype_len      dtype, ASCII numpy dtype str (e.g. "<f4")
-    ..      quality_len    quality label, UTF-8
-    ..      8        u64  residual_len (version 2 only; > 0)
-    ..      4        u32  residual_crc: crc32 of the residual section (version 2 only)
-    header_len  mask_len      mask: Zstd(np.packbits(mask.ravel()))
-    ..          payload_len   payload (opaque)
-    ..          residual_len  residual section (opaque; version 2 only)
+The byte layout (header fields, offsets, CRCs, versions) is specified in
+``docs/format.md``, the one place that defines it; tests/golden holds chunks of every
+version that must decode forever.
 
 The total length must be exactly ``header_len + mask_len + payload_len (+ residual_len)``.
 

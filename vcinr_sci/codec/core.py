@@ -74,18 +74,9 @@ looked up in the config's ``model_path`` (a folder, ``file://`` URI, or any fssp
 the folders added with :func:`add_model_search_path`, ``$VCINR_MODEL_PATH`` and the cache
 folder (``$VCINR_CACHE_DIR``); a candidate whose content hash differs is refused.
 
-Payload layout (inside the container's opaque payload)::
-
-    u8 flags (bit 0: "other" mask present)
-    [u32 length + Zstd(packbits(other))]   which masked points hold the *other* missing
-                                           value (NaN, when fill_value is a number)
-    [f16 offset per item with a valid point]   (models with data.subtract_item_mean):
-                                           the mean subtracted before the fit, normalised
-    latent string (the coder's bytes) for the items with at least one valid point
-
-An empty payload means: every point masked, all holding the default masked value.
-A bounded chunk's residual section (container version 2) corrects its valid points, in
-C order.
+The payload's bytes (masks, stored means, latent string) are laid out in
+``docs/format.md``; a bounded chunk's residual section (container version 2) corrects its
+valid points, in C order.
 """
 
 from __future__ import annotations

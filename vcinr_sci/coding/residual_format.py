@@ -2,22 +2,8 @@
 :mod:`vcinr_sci.coding.bound`). Every size a section claims is checked before it is
 used: chunk bytes are untrusted.
 
-Section layout (little-endian)::
-
-    u8   layout version (1)
-    u8   mode: 0 abs, 1 rel, 2 abs and rel (the smaller bound of the two)
-    f64  max_abs_error asked for (NaN if unset)
-    f64  max_rel_error asked for (NaN if unset)
-    f64  bound b, data units, for this chunk
-    f64  margin m
-    f64  step (0: nothing quantised, every point an outlier)
-    u64  number of valid points n
-    u8   transform of q: 0 none (valid points only), 1 Lorenzo (the whole chunk)
-    i32  symbol offset (value of the histogram's first bin)
-    u32  + Zstd(u16 frequencies of the quantised CDF, escape last)   (empty when step = 0)
-    u32  + rANS string of q                                           (empty when step = 0)
-    u32  + Zstd(u32 gaps between outlier indices among the valid points)
-    u32  + Zstd(the outliers' raw values, in the chunk's dtype)
+The section's layout is specified in ``docs/format.md`` (one place for the whole chunk
+format).
 """
 
 from __future__ import annotations
