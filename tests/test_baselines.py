@@ -14,6 +14,8 @@ from scipy.stats import norm
 
 from vcinr_sci.bench import codecs as bench
 from vcinr_sci.bench.baselines import BaselineFormatError, TrainingBasis, TrainingBasisCodec, training_fields
+from vcinr_sci.bench.candidates import EOF_KS
+from vcinr_sci.bench.fields import load_fields
 from vcinr_sci.bench.masked import NanMasked
 from vcinr_sci.model.artifact import load_artifact
 
@@ -138,8 +140,8 @@ def bench_runs(tmp_path_factory):
 def test_bench_bytes_are_the_codecs_and_the_model_is_counted_once(bench_runs):
     result = bench_runs[4]
     art = load_artifact(tiny_artifact())
-    basis = TrainingBasis.fit(training_fields(art.config.data, art.split), max_k=max(bench.EOF_KS))
-    fields = bench.load_fields(bench.build_parser().parse_args(["--fields", "4"]), None, art.config)
+    basis = TrainingBasis.fit(training_fields(art.config.data, art.split), max_k=max(EOF_KS))
+    fields = load_fields(bench.build_parser().parse_args(["--fields", "4"]), None, art.config)
     row = next(r for r in result["rows"] if r["family"] == "EOF-k (training)" and r["knob"] == "k=8 step=0.5")
     codec = TrainingBasisCodec(basis, k=8, step=0.5)
     assert row["bytes"] == sum(len(codec.encode(fields.values[i : i + 2])) for i in (0, 2))

@@ -11,6 +11,7 @@ import pytest
 from _vcinr_tiny import QUALITY, data_path, tiny_artifact
 
 from vcinr_sci.bench import codecs as bench
+from vcinr_sci.bench.summary import needed_bits, summarise
 from vcinr_sci.codec.numcodecs import VCINRCodec
 from vcinr_sci.data.items import load_dataset
 from vcinr_sci.errors import UsageError
@@ -19,12 +20,12 @@ from vcinr_sci.model.artifact import load_artifact
 
 def test_needed_bits_interpolates_log_linearly():
     sweep = [(1.0, 30.0), (4.0, 50.0), (8.0, 60.0)]
-    bits, bound = bench.needed_bits(sweep, 40.0)
+    bits, bound = needed_bits(sweep, 40.0)
     assert bits == pytest.approx(2.0) and not bound  # halfway in dB is the geometric mean
-    assert bench.needed_bits(sweep, 50.0) == (4.0, False)
-    assert bench.needed_bits(sweep, 70.0) == (None, False)
+    assert needed_bits(sweep, 50.0) == (4.0, False)
+    assert needed_bits(sweep, 70.0) == (None, False)
     # the coarsest point already beats 20 dB: only an upper bound is known
-    assert bench.needed_bits(sweep, 20.0) == (1.0, True)
+    assert needed_bits(sweep, 20.0) == (1.0, True)
 
 
 def test_summary_ratios_of_best_classical_and_best_other_to_vcinr():
@@ -37,7 +38,7 @@ def test_summary_ratios_of_best_classical_and_best_other_to_vcinr():
          "bpv_model_1e9": 0.08, "psnr": 41.0},
         {"family": "B", "kind": "baseline", "bpv": 0.05, "bpv_with_model": 2.0, "bpv_model_1e9": 0.06, "psnr": 40.0},
     ]
-    summary = {e["family"]: e for e in bench.summarise(rows, targets=(40.0,))}
+    summary = {e["family"]: e for e in summarise(rows, targets=(40.0,))}
     assert summary["A"]["bpv"]["40.0"] == pytest.approx(4.0)
     assert summary["v"]["bpv"]["40.0"] == pytest.approx(0.02)
     assert summary["v"]["bpv_latents"]["40.0"] == pytest.approx(0.01)
