@@ -36,11 +36,7 @@ def _batch_points() -> int:
 
 
 _PRECISION_LOCK = threading.Lock()
-
-
 _PRECISION_USERS = 0
-
-
 _PRECISION_SAVED: str | None = None
 
 
