@@ -245,32 +245,20 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
 
 
 def _scalar(value: Any, hint: type, where: str) -> Any:
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    else:
+    if hint not in (bool, int, float, str):
         raise ConfigError(f"{where}: no rule for type {hint}")
+    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):  # bool is an int
+        return value
+    if hint in (int, float) and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:  # "3e-4" (YAML 1.1 reads it as a string), 3 for a float, 2.0 for an int
+            number = float(value)
+        except ValueError:
+            pass
+        else:
+            if hint is float:
+                return number
+            if number.is_integer():
+                return int(value) if isinstance(value, str) and value.strip().lstrip("+-").isdigit() else int(number)
     raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
 
 
