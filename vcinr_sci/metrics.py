@@ -69,7 +69,8 @@ def max_abs_error(reference, approx) -> float:
 
 
 def bits_per_value(num_bytes: int, num_values: int) -> float:
-    return 8.0 * num_bytes / num_values
+    """Bits per value of ``num_bytes`` stored for ``num_values`` values (an empty array: per 1)."""
+    return 8.0 * num_bytes / max(1, num_values)
 
 
 def error_sums(decoded: xr.DataArray, reference: xr.DataArray, lat_dim: str | None) -> dict[str, Any]:

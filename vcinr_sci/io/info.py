@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from vcinr_sci import metrics
 from vcinr_sci.codec.numcodecs import codec_of
 from vcinr_sci.io.store import chunk_bytes_stored
 from vcinr_sci.model.embedded import MODELS_GROUP, embedded_models
@@ -57,7 +58,7 @@ def store_info(store: Any) -> dict[str, Any]:
             entry["error_bound"] = None if bound is None else {
                 "mode": bound.mode, "max_abs_error": bound.max_abs_error, "max_rel_error": bound.max_rel_error,
             }
-            entry["bits_per_value"] = 8.0 * stored / max(1, math.prod(arr.shape))
+            entry["bits_per_value"] = metrics.bits_per_value(stored, math.prod(arr.shape))
             entry["compression_ratio"] = raw / stored if stored and raw else None
             entry["vcinr_attrs"] = {k: v for k, v in arr.attrs.items() if k.startswith("vcinr_") and k != "vcinr_note"}
         arrays.append(entry)

@@ -12,6 +12,7 @@ from typing import Any, Hashable, Sequence
 import numpy as np
 import xarray as xr
 
+from vcinr_sci import metrics
 from vcinr_sci.codec.core import check_dtype
 from vcinr_sci.codec.numcodecs import VCINRCodec
 from vcinr_sci.codec.zarr3 import VCINRZarrCodec  # needs zarr 3, as does xarray's Zarr backend
@@ -251,7 +252,7 @@ def coded_variable_attrs(
         "vcinr_quality": quality,
         "vcinr_inner_steps": int(inner_steps),
         "vcinr_grid_dims": [str(d) for d in grid_dims],
-        "vcinr_bits_per_value": 8.0 * stored_bytes / max(1, num_values),
+        "vcinr_bits_per_value": metrics.bits_per_value(stored_bytes, num_values),
         "vcinr_compression_ratio": _json_number(num_values * itemsize / stored_bytes if stored_bytes else math.inf),
         "vcinr_error_bound_mode": "none" if bound is None else bound.mode,
         "vcinr_note": NOTE,

@@ -160,7 +160,7 @@ def verify_artifact_files(manifest_text: bytes | str, weights: bytes, expected_h
     if digest != manifest.get("hash"):
         raise ArtifactError(f"content hash {digest[:16]} does not match its manifest; the files are corrupt")
     if expected_hash and not digest.startswith(expected_hash):
-        raise ArtifactError(f"holds model {digest[:16]}, not the requested {expected_hash[:16]}")
+        raise ArtifactError(f"holds model {digest}, not the requested {expected_hash}")  # full: prefixes can agree
     return manifest
 
 
