@@ -5,6 +5,8 @@
 1. meta-train the shared INR (Ray Train),
 2. adapt every training/validation field to its latent (Ray Data, latent shards),
 3. train one latent coder per lambda (Ray Train) and store them in the model artifact,
+   (a linear model, ``model.kind: linear``, replaces 1-3 by ``pipelines.fit_basis``:
+   the training mean and EOFs, one coefficient coder per target PSNR),
 4. compress the held-out test fields into a local Zarr store at each quality level
    (the ``vcinr`` codec, through the xarray accessor), with the model stored inside,
 5. reopen each store with xarray, print size, bits per value and errors, and draw the
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from pipelines import build_latents, meta_train, train_coder
+from pipelines import build_latents, fit_basis, meta_train, train_coder
 from pipelines.cli_args import config_parser, load
 from vcinr_sci.config import Config
 from vcinr_sci.data.sources import open_variable
@@ -105,6 +107,23 @@ def plot_field(reference: xr.DataArray, decoded: xr.DataArray, path: Path, title
     plt.close(fig)
 
 
+def train_inr(cfg: Config, stage) -> Path:
+    """Stages 1-3 for an INR: meta-train, latents, coders; the artifact with coders."""
+    print(f"[1/5] meta-training a {cfg.model.conditioning} INR on {cfg.data.variable} ({cfg.meta.steps} outer steps)", flush=True)
+    s = time.perf_counter()
+    inr = meta_train.fit(cfg).artifact
+    stage("meta-train", s)
+    print(f"[2/5] adapting fields to latents ({cfg.latents.inner_steps} inner steps)", flush=True)
+    s = time.perf_counter()
+    build_latents.build(cfg, model=str(inr))
+    stage("latents", s)
+    print(f"[3/5] training {len(cfg.coder.lambdas)} latent coders (lambda {cfg.coder.lambdas})", flush=True)
+    s = time.perf_counter()
+    coded = train_coder.fit(cfg, model=str(inr))
+    stage("coders", s)
+    return coded
+
+
 def main(argv: list[str] | None = None) -> int:
     p = config_parser(__doc__, "YAML run config (configs/*.yaml)", "meta.steps=50")
     p.add_argument("--out", default="out", help="folder for the Zarr stores and the figure (default: out)")
@@ -118,26 +137,23 @@ def main(argv: list[str] | None = None) -> int:
     def stage(name: str, start: float) -> None:
         times[name] = time.perf_counter() - start
 
-    print(f"[1/5] meta-training a {cfg.model.conditioning} INR on {cfg.data.variable} ({cfg.meta.steps} outer steps)", flush=True)
-    s = time.perf_counter()
-    inr = meta_train.fit(cfg).artifact
-    stage("meta-train", s)
-    print(f"[2/5] adapting fields to latents ({cfg.latents.inner_steps} inner steps)", flush=True)
-    s = time.perf_counter()
-    build_latents.build(cfg, model=str(inr))
-    stage("latents", s)
-    print(f"[3/5] training {len(cfg.coder.lambdas)} latent coders (lambda {cfg.coder.lambdas})", flush=True)
-    s = time.perf_counter()
-    coded = train_coder.fit(cfg, model=str(inr))
-    stage("coders", s)
+    if cfg.model.kind == "linear":
+        print(f"[1-3/5] fitting the linear model (up to {cfg.basis.components} EOFs, levels for "
+              f"{cfg.basis.target_psnr} dB)", flush=True)
+        s = time.perf_counter()
+        coded = fit_basis.fit(cfg)
+        stage("fit basis", s)
+    else:
+        coded = train_inr(cfg, stage)
     print("[4/5] compressing the held-out fields into Zarr, one store per quality level", flush=True)
     s = time.perf_counter()
     rows = compress_and_report(cfg, coded, out_dir)
     stage("compress+report", s)
 
     art = load_artifact(coded)
+    how = "closed form" if art.model is None else f"{art.metrics['inner_steps']} inner steps"
     print(f"\n[5/5] held-out test fields reopened with xarray (model {art.hash[:16]}; "
-          f"unquantised latents: {art.metrics['test_psnr']:.2f} dB with {art.metrics['inner_steps']} inner steps)")
+          f"unquantised latents: {art.metrics['test_psnr']:.2f} dB, {how})")
     print(report_table(rows))
     print(f"PSNR over the normalisation range [{art.normaliser.lo:.2f}, {art.normaliser.hi:.2f}]; "
           "errors in the data's units; bytes are the chunks as stored (the model stored once beside them is not counted).")

@@ -79,3 +79,18 @@ def five_d_fields(n_fields: int = 8):
     values = da.values.reshape(1, 4, n_fields // 4, *da.shape[1:])
     dims = ("realization", "time", "level", "latitude", "longitude")
     return xr.Dataset({"air_temperature": (dims, values)}, coords={"latitude": da.latitude, "longitude": da.longitude})
+
+
+def linear_artifact() -> Path:
+    """A linear model (``model.kind: linear``) of the tiny data: 16 EOFs, levels q0/q1
+    for 30 and 40 dB, fitted by the real stage (seconds)."""
+    if "linear" in _CACHE:
+        return _CACHE["linear"]
+    from pipelines import fit_basis
+    from vcinr_sci.config import load_config
+
+    repo = Path(__file__).resolve().parents[1]
+    overrides = {"model.kind": "linear", "basis.components": 16, "basis.target_psnr": [30, 40],
+                 "train.artifact_dir": tempfile.mkdtemp(prefix="vcinr-linear-artifact-")}
+    _CACHE["linear"] = fit_basis.fit(load_config(repo / "configs" / "tiny.yaml", overrides))
+    return _CACHE["linear"]

@@ -62,8 +62,12 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The shared INR and how the latent conditions it."""
+    """The model: a linear basis (training mean and EOFs, ``basis``) or the shared INR
+    and how the latent conditions it (the other keys, which ``kind: linear`` ignores)."""
 
+    # inr: a meta-learned INR (meta-train, latents, coders) | linear: the training mean
+    # and leading EOFs, closed-form coefficients (pipelines/fit_basis.py)
+    kind: Literal["inr", "linear"] = "inr"
     conditioning: Literal["gated", "shift"] = "gated"  # gated (VC-INR soft gating) | shift (Functa/COIN++)
     latent_dim: int = 64
     width: int = 128
@@ -155,6 +159,18 @@ class CoderConfig:
 
 
 @dataclass
+class BasisConfig:
+    """The linear model (``model.kind: linear``, ``pipelines/fit_basis.py``)."""
+
+    components: int = 256  # leading EOFs kept (at most the fitted training items - 1)
+    max_fit_items: int = 1024  # training items the SVD sees, evenly spaced (memory ~ this x points x 8 bytes)
+    # One quality level per target, labelled q0.. from lowest to highest: the step that
+    # reaches the target PSNR (dB on the normalised range) on the validation items.
+    target_psnr: list[float] = field(default_factory=lambda: [40.0, 45.0, 50.0])
+    predict: bool = True  # chunks may predict each field's coefficients from the previous field's
+
+
+@dataclass
 class CompressConfig:
     """Compressing a dataset into a vcinr-coded Zarr store (``pipelines/compress.py``)."""
 
@@ -185,6 +201,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     latents: LatentsConfig = field(default_factory=LatentsConfig)
     coder: CoderConfig = field(default_factory=CoderConfig)
+    basis: BasisConfig = field(default_factory=BasisConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
 
     def to_dict(self) -> dict[str, Any]:

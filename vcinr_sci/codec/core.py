@@ -333,7 +333,7 @@ def decode_latents(
     else:
         if latents:
             raise ChunkFormatError("latents stored for a chunk whose every point is masked")
-        phi = torch.zeros(0, model.artifact.model.latent_dim)
+        phi = torch.zeros(0, model.latent_dim)
     return ChunkLatents(header, model, mask, other, active, phi, offsets, residual)
 
 

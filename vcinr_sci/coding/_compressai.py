@@ -5,7 +5,7 @@ transform names. We install compressai with ``--no-deps`` beside the CPU torch, 
 torchvision is absent (PyPI's torchvision does not even import beside that torch), so
 when torchvision cannot be imported, an empty stand-in for ``torchvision`` and
 ``torchvision.transforms`` goes into ``sys.modules`` first. Nothing of torchvision is
-used by what we re-export: the entropy model, the rANS coder and its CDF builder.
+used by what we re-export: the entropy models, the rANS coder and its CDF builder.
 """
 
 from __future__ import annotations
@@ -33,6 +33,6 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning)
     from compressai import ans
     from compressai._CXX import pmf_to_quantized_cdf
-    from compressai.entropy_models import EntropyBottleneck
+    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 
-__all__ = ["EntropyBottleneck", "ans", "pmf_to_quantized_cdf"]
+__all__ = ["EntropyBottleneck", "GaussianConditional", "ans", "pmf_to_quantized_cdf"]

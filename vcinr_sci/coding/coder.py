@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from vcinr_sci.coding._compressai import EntropyBottleneck
+from vcinr_sci.coding.coefficients import SPEC_KIND as COEFFICIENTS_KIND
+from vcinr_sci.coding.coefficients import CoefficientCoder
 from vcinr_sci.coding.quantiser import UniformQuantiser, check_batch, check_n
 
 SPEC_VERSION = 1
@@ -201,11 +203,13 @@ def rd_loss(bits: Tensor, distortion: Tensor, lam: float, num_values: int) -> Te
 
 
 
-Coder = LatentCoder | UniformQuantiser
+Coder = LatentCoder | UniformQuantiser | CoefficientCoder
 
 
 def coder_spec(coder: Coder) -> dict[str, Any]:
     """JSON-able description from which :func:`load_coder` rebuilds ``coder``."""
+    if isinstance(coder, CoefficientCoder):
+        return coder.spec()
     if isinstance(coder, LatentCoder):
         args = {"latent_dim": coder.latent_dim, "dim_y": coder.dim_y, "width": coder.width, "blocks": coder.blocks}
         return {"kind": "latent_coder", "version": SPEC_VERSION, **args}
@@ -216,6 +220,8 @@ def coder_spec(coder: Coder) -> dict[str, Any]:
 
 def coder_state(coder: Coder) -> dict[str, Tensor]:
     """All of ``coder``'s tensors, on the CPU and contiguous (the CDF tables included)."""
+    if isinstance(coder, CoefficientCoder):
+        return coder.state()
     if isinstance(coder, LatentCoder):
         return {k: v.detach().cpu().contiguous() for k, v in coder.state_dict().items()}
     if coder.mean is None or coder.std is None:
@@ -229,6 +235,8 @@ def load_coder(spec: dict[str, Any], state: dict[str, Tensor]) -> Coder:
         raise ValueError(f"coder spec version {spec.get('version')} is not supported (expected {SPEC_VERSION})")
     args = {k: v for k, v in spec.items() if k not in ("kind", "version")}
     kind = spec.get("kind")
+    if kind == COEFFICIENTS_KIND:
+        return CoefficientCoder.load(spec, state)
     if kind == "uniform":
         quantiser = UniformQuantiser(**args)
         if set(state) != {"mean", "std"}:
@@ -236,7 +244,7 @@ def load_coder(spec: dict[str, Any], state: dict[str, Tensor]) -> Coder:
         quantiser.mean, quantiser.std = state["mean"].float().cpu(), state["std"].float().cpu()
         return quantiser
     if kind != "latent_coder":
-        raise ValueError(f"unknown coder kind {kind!r} (expected 'latent_coder' or 'uniform')")
+        raise ValueError(f"unknown coder kind {kind!r} (expected 'latent_coder', 'uniform' or '{COEFFICIENTS_KIND}')")
     coder = LatentCoder(**args)
     # A fresh bottleneck's CDF buffers are empty; load_state_dict needs the saved shapes.
     for name in _CDF_BUFFERS:

@@ -1,9 +1,10 @@
-"""The model artifact: everything a later stage needs to use a trained INR.
+"""The model artifact: everything a later stage needs to use a trained model.
 
 An artifact is a folder holding ``weights.safetensors`` (all tensors, no pickle) and
 ``artifact.json`` (the run config, grid, normalisation, data split, metrics and any
-extra component specs). Its content hash (SHA-256 over both files' canonical content)
-names it; loading recomputes the hash and refuses a mismatch.
+extra component specs). Its model is a meta-learned INR (``model.kind: inr``) or a
+linear basis (``model.kind: linear``: no network, the basis among the extra tensors).
+Its content hash (SHA-256 over both files' canonical content) names it; loading recomputes the hash and refuses a mismatch.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from vcinr_sci.config import Config
 from vcinr_sci.data.grids import Grid, grid_from_dict
 from vcinr_sci.data.normalise import Normaliser
 from vcinr_sci.errors import ArtifactError
+from vcinr_sci.model.basis import LinearBasis
 from vcinr_sci.model.inr import build_inr
 from vcinr_sci.model.meta import MetaSGD
 
@@ -63,9 +65,10 @@ def model_dir_name(model_hash: str) -> str:
 @dataclass
 class ModelArtifact:
     """A loaded artifact. ``extra`` holds component specs added by later stages
-    (e.g. latent coders), with their tensors in ``extra_tensors``."""
+    (e.g. latent coders, a linear basis), with their tensors in ``extra_tensors``.
+    ``model`` is None for a linear model."""
 
-    model: MetaSGD
+    model: MetaSGD | None
     config: Config
     grid: Grid
     normaliser: Normaliser
@@ -91,6 +94,20 @@ class ModelArtifact:
         self.extra_tensors = {k: v for k, v in self.extra_tensors.items() if not k.startswith(prefix)}
         self.extra_tensors.update({prefix + k: v for k, v in coder_state(coder).items()})
 
+    @property
+    def basis(self) -> LinearBasis | None:
+        """The linear model's basis (None for an INR)."""
+        if "basis" not in self.extra:
+            return None
+        return LinearBasis.from_state({k[len("basis."):]: v.numpy() for k, v in self.extra_tensors.items()
+                                       if k.startswith("basis.")})
+
+    def set_basis(self, basis: LinearBasis) -> None:
+        """Store ``basis`` (the artifact's hash changes when it is saved again)."""
+        self.extra["basis"] = {"components": basis.num_components, "points": basis.points}
+        self.extra_tensors = {k: v for k, v in self.extra_tensors.items() if not k.startswith("basis.")}
+        self.extra_tensors.update({f"basis.{k}": torch.from_numpy(v) for k, v in basis.state().items()})
+
     def coder(self, level: str):
         """The latent coder of quality ``level`` (loaded fresh, in eval mode)."""
         specs = self.extra.get("coders", {})
@@ -100,7 +117,10 @@ class ModelArtifact:
         return load_coder(specs[level], {k[len(prefix):]: v for k, v in self.extra_tensors.items() if k.startswith(prefix)})
 
 
-def build_model(config: Config, grid: Grid) -> MetaSGD:
+def build_model(config: Config, grid: Grid) -> MetaSGD | None:
+    """The network of ``config`` (None for a linear model, which has none)."""
+    if config.model.kind == "linear":
+        return None
     return MetaSGD(build_inr(grid.coord_dim, config.model), config.meta)
 
 
@@ -116,7 +136,8 @@ def save_artifact(artifact: ModelArtifact, root: str | os.PathLike) -> Path:
 
     Written to a temporary folder and renamed, so a crash leaves no half artifact.
     """
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in artifact.model.state_dict().items()}
+    state = artifact.model.state_dict() if artifact.model is not None else {}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in state.items()}
     tensors.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in artifact.extra_tensors.items()})
     weights = st_save(tensors)
     manifest = {
@@ -178,8 +199,11 @@ def load_artifact(path: str | os.PathLike, expected_hash: str | None = None) -> 
     grid = grid_from_dict(manifest["grid"])
     tensors = st_load(weights)
     model = build_model(config, grid)
-    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-    model.eval()
+    if model is not None:
+        model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+        model.eval()
+    elif "basis" not in manifest.get("extra", {}):
+        raise ArtifactError(f"{path}: a linear model artifact without its basis")
     return ModelArtifact(
         model=model,
         config=config,

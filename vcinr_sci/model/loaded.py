@@ -1,5 +1,6 @@
-"""A model artifact ready to code chunks: its weights on the device it runs on, the
-layout of its items (patches), their coordinates, its latent coders by level; and the
+"""A model artifact ready to code chunks: its weights on the device it runs on (or its
+linear basis), the layout of its items (patches), their coordinates, its latent coders
+by level; and the
 full-float32 context every decode runs in, so that no speed setting changes the bytes' meaning."""
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import numpy as np
 import torch
 
 from vcinr_sci.data.grids import Grid, Patcher
-from vcinr_sci.errors import CodecError
+from vcinr_sci.errors import CodecError, UsageError
 from vcinr_sci.model.artifact import (
     ModelArtifact,
 )
+from vcinr_sci.model.basis import LinearBasis
 
 DEVICE_ENV = "VCINR_DEVICE"
 
@@ -74,12 +76,16 @@ def full_float32() -> Iterator[None]:
 @dataclass
 class LoadedModel:
     """A model artifact ready to code chunks: weights on ``device``, the items' layout
-    (patches) and the coordinates of every item's points, latent coders by level."""
+    (patches) and the coordinates of every item's points, latent coders by level.
+
+    With a linear model (``basis``) an item's "latent" is its coefficients: found in
+    closed form (no inner steps) and evaluated as ``mean + c @ components`` on the CPU."""
 
     artifact: ModelArtifact
     device: torch.device
     patcher: Patcher | None
     item_coords: torch.Tensor  # (num_patches, points_per_item, coord_dim) on device
+    basis: LinearBasis | None = None
     _coders: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -95,6 +101,14 @@ class LoadedModel:
     def subtracts_item_mean(self) -> bool:
         """Whether chunks store each item's mean and the INR codes the rest."""
         return self.artifact.config.data.subtract_item_mean
+
+    @property
+    def latent_dim(self) -> int:
+        """Numbers per item in a latent (coefficients, for a linear model)."""
+        if self.basis is not None:
+            return self.basis.num_components
+        assert self.artifact.model is not None
+        return self.artifact.model.latent_dim
 
     @property
     def num_patches(self) -> int:
@@ -133,15 +147,23 @@ class LoadedModel:
             return items.reshape(-1, *self.grid.shape)
         return self.patcher.merge(items.reshape(-1, self.num_patches, *self.patcher.patch_shape))
 
+    def _network(self):
+        if self.artifact.model is None:
+            raise UsageError(f"model {self.hash[:16]} has no network")
+        return self.artifact.model
+
     def _batches(self, n: int):
         size = max(1, _batch_points() // self.points_per_item)
         for start in range(0, n, size):
             yield slice(start, min(start + size, n))
 
     def adapt(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int) -> torch.Tensor:
-        """Latents ``(len(items), D)`` of the normalised ``values`` at item indices ``items``."""
+        """Latents ``(len(items), D)`` of the normalised ``values`` at item indices ``items``
+        (a linear model's least-squares coefficients: ``steps`` does not apply)."""
+        if self.basis is not None:
+            return torch.from_numpy(self.basis.coefficients(values, valid))
         out = []
-        model = self.artifact.model
+        model = self._network()
         for sl in self._batches(len(items)):
             coords = self.item_coords[torch.as_tensor(items[sl] % self.num_patches, device=self.device)]
             target = torch.as_tensor(values[sl], device=self.device).unsqueeze(-1)
@@ -152,8 +174,10 @@ class LoadedModel:
     @torch.no_grad()
     def evaluate(self, items: np.ndarray, phi: torch.Tensor) -> np.ndarray:
         """The INR of latents ``phi`` on the grid points of items ``items``: ``(n, P)``."""
+        if self.basis is not None:
+            return self.basis.reconstruct(phi.cpu().numpy())
         out = []
-        model = self.artifact.model
+        model = self._network()
         phi = phi.to(self.device, torch.float32)
         with full_float32():
             for sl in self._batches(len(items)):
@@ -164,8 +188,13 @@ class LoadedModel:
     @torch.no_grad()
     def evaluate_at(self, coords: np.ndarray, phi: torch.Tensor) -> np.ndarray:
         """The INR of each latent in ``phi`` ``(B, D)`` at shared points ``coords``
-        ``(N, coord_dim)``: ``(B, N)`` (continuous-resolution sampling)."""
-        model = self.artifact.model
+        ``(N, coord_dim)``: ``(B, N)`` (continuous-resolution sampling; an INR only)."""
+        if self.basis is not None:
+            raise UsageError(
+                f"model {self.hash[:16]} is linear: it is defined on its grid's points only, so sampling off the "
+                "grid needs an INR model (read the array, or interpolate it, instead)"
+            )
+        model = self._network()
         c = torch.as_tensor(np.asarray(coords, np.float32), device=self.device)
         phi = phi.to(self.device, torch.float32)
         step = max(1, _batch_points() // max(1, len(c)))

@@ -108,9 +108,10 @@ def get_model(model_hash: str, hints: Sequence[str | os.PathLike | None] = ()) -
 
 def _prepare(artifact: ModelArtifact) -> LoadedModel:
     device = default_device()
-    model = artifact.model.to(device).eval()
-    for p in model.parameters():  # the inner loop needs gradients w.r.t. phi only
-        p.requires_grad_(False)
+    if artifact.model is not None:
+        model = artifact.model.to(device).eval()
+        for p in model.parameters():  # the inner loop needs gradients w.r.t. phi only
+            p.requires_grad_(False)
     grid = artifact.grid
     patch_shape = artifact.config.data.patch_shape
     patcher = Patcher(tuple(grid.shape), tuple(patch_shape)) if patch_shape else None
@@ -119,7 +120,8 @@ def _prepare(artifact: ModelArtifact) -> LoadedModel:
         coords = patcher.split(coords, trailing=1).reshape(patcher.num_patches, -1, grid.coord_dim)
     else:
         coords = coords.reshape(1, -1, grid.coord_dim)
-    return LoadedModel(artifact, device, patcher, torch.as_tensor(np.ascontiguousarray(coords), device=device))
+    return LoadedModel(artifact, device, patcher, torch.as_tensor(np.ascontiguousarray(coords), device=device),
+                       basis=artifact.basis)
 
 
 def load_model_artifact(model_hash: str, hints: Sequence[str | os.PathLike | None] = ()) -> ModelArtifact:

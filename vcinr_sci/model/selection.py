@@ -1,8 +1,8 @@
 """Which artifact a pipeline stage or benchmark works on, chosen one way for all.
 
 ``--model`` (an artifact folder, or a hash looked up in ``train.artifact_dir``) wins;
-otherwise the newest artifact in ``train.artifact_dir`` meta-trained from this config's
-data, model and meta sections. Stored configs are compared *through the config
+otherwise the newest artifact in ``train.artifact_dir`` made from this config's data,
+model and meta sections (data, model and basis for a linear model). Stored configs are compared *through the config
 dataclasses*, so an artifact written before a defaulted field was added still matches.
 """
 
@@ -16,11 +16,14 @@ from vcinr_sci.errors import ArtifactError
 from vcinr_sci.model.artifact import MANIFEST, find_artifact
 
 INR_SECTIONS = ("data", "model", "meta")
+LINEAR_SECTIONS = ("data", "model", "basis")
 
 
 def inr_sections(config: dict) -> dict:
-    """The sections of a config (as a dict) that define a meta-trained INR."""
-    return {k: v for k, v in config.items() if k in INR_SECTIONS}
+    """The sections of a config (as a dict) that define its model: a meta-trained INR,
+    or a fitted linear basis."""
+    linear = config.get("model", {}).get("kind") == "linear"
+    return {k: v for k, v in config.items() if k in (LINEAR_SECTIONS if linear else INR_SECTIONS)}
 
 
 def select_artifact(
@@ -60,8 +63,7 @@ def select_artifact(
                 f"no artifact in {root} with coders{f' (level {quality!r})' if quality else ''} was trained from "
                 "this config: run the train, latents and fit-coder stages first, or pass --model"
             )
-        raise ArtifactError(
-            f"no artifact in {root} was meta-trained from this config's {'/'.join(INR_SECTIONS)}: "
-            "run pipelines.meta_train first or pass --model"
-        )
+        first = "pipelines.fit_basis" if cfg.model.kind == "linear" else "pipelines.meta_train"
+        raise ArtifactError(f"no artifact in {root} was made from this config's {'/'.join(inr_sections(cfg.to_dict()))}: "
+                            f"run {first} first or pass --model")
     return max(matches)[2]

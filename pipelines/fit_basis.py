@@ -1,0 +1,138 @@
+"""Fit a linear model (``model.kind: linear``): the training mean item and leading EOFs,
+and one coefficient coder per target PSNR, into a model artifact.
+
+    python -m pipelines.fit_basis --config configs/suite-ccsm-linear.yaml
+
+1. the basis (:class:`~vcinr_sci.model.basis.LinearBasis`) from the training part of the
+   split (an SVD of up to ``basis.max_fit_items`` items; every training item's
+   coefficients give each component's deviation and lag-1 correlation);
+2. per ``basis.target_psnr``, the one quantisation step whose reconstruction of the
+   validation items reaches it (bisection; the training items when there is no
+   validation part), a :class:`~vcinr_sci.coding.coefficients.CoefficientCoder` for it,
+   labelled ``q0``.. from the lowest target up;
+3. the artifact, with the unquantised test PSNR and, per level, the validation PSNR and
+   bits per value of the coefficient strings in chunks of ``compress.chunk_fields``.
+
+Deterministic: a rerun writes the same artifact (same hash) and skips nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.cli_args import config_parser, load
+from vcinr_sci.coding.coefficients import CoefficientCoder, min_step
+from vcinr_sci.config import Config
+from vcinr_sci.data.items import ItemSet, load_dataset
+from vcinr_sci.errors import ConfigError
+from vcinr_sci.metrics import bits_per_value, psnr_from_mse
+from vcinr_sci.model.artifact import ModelArtifact, save_artifact
+from vcinr_sci.model.basis import LinearBasis
+
+_MAX_STEP = 1.0  # normalised units; the data's whole range is ~1
+# A target beyond the model's unquantised PSNR is aimed this far below it instead: the
+# last fraction of a dB would cost bits out of all proportion.
+_LIMIT_GAP_DB = 0.25
+_BISECTIONS = 40
+
+
+def fit(cfg: Config) -> Path:
+    """Fit, score and save the linear model of ``cfg``; returns the artifact folder."""
+    if cfg.model.kind != "linear":
+        raise ConfigError(f"pipelines.fit_basis fits model.kind 'linear', the config says {cfg.model.kind!r}")
+    if not cfg.basis.target_psnr:
+        raise ConfigError("basis.target_psnr is empty: no quality level to make")
+    data = load_dataset(cfg.data)
+    train = data.items("train")
+    print(f"data split along {data.split.describe()}", flush=True)
+    print(f"[1/3] fitting up to {cfg.basis.components} EOFs on {len(train)} training items "
+          f"({train.points_per_item} points each)", flush=True)
+    basis = LinearBasis.fit(train.values, len(train), cfg.basis.components, cfg.basis.max_fit_items)
+    val = data.items("val") if len(data.split.val) else train
+    tune = _Scored(basis, val)
+    test = _Scored(basis, data.items("test")) if len(data.split.test) else None
+    artifact = ModelArtifact(None, cfg, data.grid, data.normaliser, data.split.to_dict(), {
+        "components": basis.num_components,
+        "test_psnr": test.psnr(None) if test else math.nan,
+        "test_items": len(test.items) if test else 0,
+        "inner_steps": 0,
+        "latents_inner_steps": 0,
+    })
+    artifact.set_basis(basis)
+    print(f"[2/3] {basis.num_components} components; steps for {cfg.basis.target_psnr} dB on "
+          f"{'validation' if tune.items is not train else 'training'} items", flush=True)
+    levels: dict[str, dict] = {}
+    steps: list[float] = []
+    limit = tune.psnr(None) - _LIMIT_GAP_DB
+    for target in sorted(cfg.basis.target_psnr):
+        if target > limit:
+            print(f"  target {target:g} dB is beyond what {basis.num_components} components reach on these items: "
+                  f"aiming at {limit:.2f} dB")
+        step = tune.step_for(min(float(target), limit), min_step(basis.scales))
+        if steps and step == steps[-1]:
+            print(f"  target {target:g} dB: the same step as the level before (the model's limit); no new level")
+            continue
+        steps.append(step)
+        coder = CoefficientCoder(basis.scales, basis.rho, step, cfg.basis.predict)
+        label = f"q{len(levels)}"
+        artifact.add_coder(label, coder)
+        psnr = tune.psnr(step)
+        bpv = tune.bits_per_value(coder, cfg.compress.chunk_fields)
+        levels[label] = {"target_psnr": float(target), "step": step, "val_psnr": psnr, "val_bits_per_value": bpv}
+        print(f"  {label}: step {step:.3g} -> {psnr:.2f} dB at {bpv:.4f} bits/value (target {target:g} dB)", flush=True)
+    artifact.metrics["levels"] = levels
+    path = save_artifact(artifact, cfg.train.artifact_dir)
+    if test:
+        print(f"held-out test PSNR {artifact.metrics['test_psnr']:.2f} dB unquantised over {len(test.items)} items")
+    print(f"[3/3] model artifact {artifact.hash[:16]} -> {path}", flush=True)
+    return path
+
+
+class _Scored:
+    """Items (valid points, their coefficients) on which steps are scored."""
+
+    def __init__(self, basis: LinearBasis, items: ItemSet):
+        self.basis, self.items = basis, items
+        self.values = items.values(np.arange(len(items))).astype(np.float64)
+        self.valid = np.isfinite(self.values)
+        self.coefficients = basis.coefficients(self.values, self.valid)
+
+    def psnr(self, step: float | None) -> float:
+        """PSNR (dB, normalised range) of the items from coefficients rounded to ``step``
+        (None: unquantised)."""
+        c = self.coefficients if step is None else np.round(self.coefficients / step) * step
+        err = np.where(self.valid, self.basis.reconstruct(c) - self.values, 0.0)
+        return float(psnr_from_mse((err**2).sum() / max(1, self.valid.sum())))
+
+    def step_for(self, target: float, finest: float) -> float:
+        """The largest step in ``[finest, 1]`` whose PSNR reaches ``target`` (``finest``
+        when none does; 1 when even that one does)."""
+        lo, hi = math.log(finest), math.log(_MAX_STEP)
+        if self.psnr(math.exp(lo)) < target:
+            return math.exp(lo)
+        if self.psnr(math.exp(hi)) >= target:
+            return math.exp(hi)
+        for _ in range(_BISECTIONS):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if self.psnr(math.exp(mid)) >= target else (lo, mid)
+        return math.exp(lo)
+
+    def bits_per_value(self, coder: CoefficientCoder, chunk_items: int) -> float:
+        """Bits per value of the coefficient strings in chunks of ``chunk_items`` items."""
+        n = len(self.coefficients)
+        size = sum(len(coder.compress(self.coefficients[s : s + chunk_items])) for s in range(0, n, chunk_items))
+        return bits_per_value(size, n * self.values.shape[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = config_parser(__doc__, "YAML run config with model.kind: linear", "basis.components=64").parse_args(argv)
+    fit(load(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

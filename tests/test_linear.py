@@ -1,0 +1,154 @@
+"""The linear model: basis fit and least squares, the coefficient coder, the fit stage,
+and linear models through the codec (plain and error-bounded)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _vcinr_tiny import fields, linear_artifact
+
+from vcinr_sci.codec.numcodecs import VCINRCodec
+from vcinr_sci.coding.coder import load_coder
+from vcinr_sci.coding.coefficients import MAX_SCALE_SYMBOLS, CoefficientCoder, min_step
+from vcinr_sci.errors import ArtifactError, ChunkFormatError, UsageError
+from vcinr_sci.model.artifact import load_artifact
+from vcinr_sci.model.basis import LinearBasis
+from vcinr_sci.model.registry import register_model
+
+
+def low_rank_items(n=60, p=200, k=5, seed=0):
+    rng = np.random.default_rng(seed)
+    mean = rng.normal(size=p)
+    modes = rng.normal(size=(k, p))
+    return mean + rng.normal(size=(n, k)) * np.array([5.0, 3, 2, 1, 0.5]) @ modes
+
+
+def test_basis_spans_low_rank_data_and_solves_masked_items():
+    x = low_rank_items()
+    basis = LinearBasis.fit(lambda idx: x[idx], len(x), max_components=8)
+    assert basis.num_components == 5  # null directions dropped
+    assert np.allclose(basis.components @ basis.components.T, np.eye(5), atol=1e-5)
+    new = low_rank_items(n=4, seed=1)  # other modes: outside the span
+    same_span = x[:3] + 0.5 * (x[3:6] - x[6:9])
+    assert np.allclose(basis.reconstruct(basis.coefficients(same_span)), same_span, atol=1e-3)
+    assert np.abs(basis.reconstruct(basis.coefficients(new)) - new).max() > 1  # outside the span
+    holed = same_span.copy()
+    holed[:, :40] = np.nan  # least squares on the rest still finds the item
+    assert np.allclose(basis.reconstruct(basis.coefficients(holed)), same_span, atol=1e-3)
+    assert (basis.scales > 0).all() and (np.abs(basis.rho) <= 1).all()
+
+
+def test_basis_state_round_trip_and_bad_state_refused():
+    x = low_rank_items()
+    basis = LinearBasis.fit(lambda idx: x[idx], len(x), max_components=3)
+    again = LinearBasis.from_state(basis.state())
+    assert np.array_equal(again.components, basis.components)
+    state = basis.state()
+    state["scales"] = state["scales"][:2]
+    with pytest.raises(ArtifactError, match="do not agree"):
+        LinearBasis.from_state(state)
+    with pytest.raises(ArtifactError, match="needs tensors"):
+        LinearBasis.from_state({"mean": basis.mean})
+
+
+def ar1_coefficients(n=48, k=12, rho=0.95, seed=0):
+    rng = np.random.default_rng(seed)
+    scales = np.geomspace(1.0, 0.01, k)
+    c = np.zeros((n, k))
+    c[0] = rng.normal(size=k) * scales
+    for t in range(1, n):
+        c[t] = rho * c[t - 1] + rng.normal(size=k) * scales * np.sqrt(1 - rho**2)
+    return c, scales.astype(np.float32), np.full(k, rho, np.float32)
+
+
+def test_coefficient_coder_round_trip_error_and_rate():
+    c, scales, rho = ar1_coefficients()
+    sizes = []
+    for step in (0.1, 0.03, 0.01):
+        coder = CoefficientCoder(scales, rho, step, predict=False)
+        data = coder.compress(c)
+        out = coder.decompress(data, len(c)).numpy()
+        assert np.abs(out - c).max() <= step / 2 + 1e-12
+        assert np.array_equal(out, coder.quantise(c).numpy())
+        sizes.append(len(data))
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+
+
+def test_prediction_is_chosen_when_it_pays_and_decodes_exactly():
+    c, scales, rho = ar1_coefficients(rho=0.98)
+    predicted, plain = CoefficientCoder(scales, rho, 0.01), CoefficientCoder(scales, rho, 0.01, predict=False)
+    a, b = predicted.compress(c), plain.compress(c)
+    assert a[0] == 1 and len(a) < 0.8 * len(b)
+    out = predicted.decompress(a, len(c)).numpy()
+    assert np.abs(out - c).max() <= 0.005 + 1e-12  # closed loop: no drift along the chunk
+    assert np.array_equal(out, predicted.quantise(c).numpy())
+    shuffled = np.random.default_rng(1).permutation(c)  # no correlation left: the plain mode wins
+    assert predicted.compress(shuffled)[0] == 0
+
+
+def test_coefficient_coder_saved_and_loaded_codes_the_same_bytes():
+    c, scales, rho = ar1_coefficients()
+    coder = CoefficientCoder(scales, rho, 0.02)
+    again = load_coder(coder.spec(), coder.state())
+    assert again.compress(c) == coder.compress(c)
+    assert torch.equal(again.decompress(coder.compress(c), len(c)), coder.decompress(coder.compress(c), len(c)))
+
+
+def test_coefficient_coder_refuses_bad_input():
+    c, scales, rho = ar1_coefficients()
+    coder = CoefficientCoder(scales, rho, 0.02, predict=False)
+    data = coder.compress(c)
+    with pytest.raises(ValueError, match="truncated"):
+        coder.decompress(data[:-1], len(c))
+    with pytest.raises(ValueError, match="mode"):
+        coder.decompress(b"\x01" + data[1:], len(c))  # a mode this coder was not made with
+    with pytest.raises(ValueError, match="not finite"):
+        coder.compress(np.full_like(c, np.nan))
+    with pytest.raises(ValueError, match="too fine"):
+        CoefficientCoder(scales, rho, min_step(scales) / 2)
+    assert min_step(scales) * MAX_SCALE_SYMBOLS == pytest.approx(scales.max())
+
+
+@pytest.fixture(scope="module")
+def linear():
+    return load_artifact(linear_artifact())
+
+
+def test_fit_stage_makes_levels_that_reach_their_targets(linear):
+    assert linear.model is None and linear.basis is not None
+    assert linear.quality_levels == ["q0", "q1"]
+    levels = linear.metrics["levels"]
+    assert levels["q0"]["step"] > levels["q1"]["step"]
+    for level in levels.values():
+        assert level["val_psnr"] >= min(level["target_psnr"], linear.metrics["test_psnr"]) - 1.0
+
+
+def test_linear_model_through_the_codec(linear):
+    da = fields(24).air_temperature
+    x = da.values.astype(np.float32)
+    x[3, :5, :7] = np.nan
+    codec = VCINRCodec(linear.hash, "q1", linear.grid.to_dict(), model_path=str(linear.path))
+    out = codec.decode(codec.encode(x)).reshape(x.shape)
+    assert np.array_equal(np.isnan(out), np.isnan(x))
+    span = linear.normaliser.hi - linear.normaliser.lo
+    psnr = -10 * np.log10(np.nanmean(((out - x) / span) ** 2))
+    assert psnr > 35  # the tiny data's 40 dB level, on fields partly from training
+    coarse = VCINRCodec(linear.hash, "q0", linear.grid.to_dict(), model_path=str(linear.path))
+    assert len(coarse.encode(x)) < len(codec.encode(x))
+    data = bytearray(codec.encode(x))
+    with pytest.raises(ChunkFormatError):
+        codec.decode(bytes(data[:-3]))
+
+
+def test_linear_model_keeps_an_error_bound(linear):
+    x = fields(8).air_temperature.values.astype(np.float32)
+    codec = VCINRCodec(linear.hash, "q0", linear.grid.to_dict(), model_path=str(linear.path), max_abs_error=0.05)
+    out = codec.decode(codec.encode(x)).reshape(x.shape)
+    assert np.abs(out - x).max() <= 0.05
+
+
+def test_linear_model_has_no_off_grid_sampling(linear):
+    loaded = register_model(linear)
+    with pytest.raises(UsageError, match="linear"):
+        loaded.evaluate_at(np.zeros((3, loaded.item_coords.shape[-1]), np.float32), torch.zeros(1, loaded.latent_dim))
