@@ -99,19 +99,10 @@ def vcinr_costs(model_path: Path, fields: Fields, steps: int, rows: list[dict[st
     matmul rate achieved by the fastest measured codec throughput."""
     loaded = resolve_model(model_path)
     model, device = loaded.artifact.model, loaded.device
-    n = min(4, len(fields.values))
-    items = loaded.to_items(loaded.artifact.normaliser.normalise(fields.values[:n]).astype(np.float32))
-    idx = np.arange(len(items))
-    valid = np.isfinite(items)
-    items = np.where(valid, items, 0.0).astype(np.float32)
-    coords = loaded.item_coords[torch.as_tensor(idx % loaded.num_patches, device=device)]
-    target = torch.as_tensor(items, device=device).unsqueeze(-1)
-    mask = torch.as_tensor(valid, device=device).unsqueeze(-1)
-    phi = loaded.adapt(idx, items, valid, steps)
-    model.eval()
-    values = items.size
-    dec = count_flops(lambda: model.decode(coords, phi)) / values
-    enc = encode_flops(model, coords, target, mask, steps) / values
+    if model is None:  # linear: one (B, P) x (P, K) projection to encode, its transpose to decode
+        dec = enc = 2.0 * loaded.latent_dim
+    else:
+        dec, enc = _inr_flops(loaded, model, fields, steps)
     peak = matmul_rate(device)
     vc = [r for r in rows if r["kind"] == "vcinr" and r["inner_steps"] == steps]
     best_dec = max((r["decode_mb_s"] for r in vc), default=0.0) * 1e6 / 4
@@ -126,3 +117,20 @@ def vcinr_costs(model_path: Path, fields: Fields, steps: int, rows: list[dict[st
         "decode_fraction_of_matmul": dec * best_dec / peak,
         "encode_fraction_of_matmul": enc * best_enc / peak,
     }
+
+
+def _inr_flops(loaded, model, fields: Fields, steps: int) -> tuple[float, float]:
+    """Counted FLOPs per value of an INR's decode and of its ``steps``-step encode, on a few fields."""
+    device = loaded.device
+    n = min(4, len(fields.values))
+    items = loaded.to_items(loaded.artifact.normaliser.normalise(fields.values[:n]).astype(np.float32))
+    idx = np.arange(len(items))
+    valid = np.isfinite(items)
+    items = np.where(valid, items, 0.0).astype(np.float32)
+    coords = loaded.item_coords[torch.as_tensor(idx % loaded.num_patches, device=device)]
+    target = torch.as_tensor(items, device=device).unsqueeze(-1)
+    mask = torch.as_tensor(valid, device=device).unsqueeze(-1)
+    phi = loaded.adapt(idx, items, valid, steps)
+    model.eval()
+    values = items.size
+    return count_flops(lambda: model.decode(coords, phi)) / values, encode_flops(model, coords, target, mask, steps) / values
