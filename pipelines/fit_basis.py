@@ -9,7 +9,9 @@ and one coefficient coder per target PSNR, into a model artifact.
 2. per ``basis.target_psnr``, the one quantisation step whose reconstruction of the
    validation items reaches it (bisection; the training items when there is no
    validation part), a :class:`~vcinr_sci.coding.coefficients.CoefficientCoder` for it,
-   labelled ``q0``.. from the lowest target up;
+   labelled ``q0``.. from the lowest target up; components whose training deviation is
+   under an eighth of the finest step (their coefficients round to 0 at every level)
+   are dropped, so the model file and the FLOPs hold only components some level codes;
 3. the artifact, with the unquantised test PSNR and, per level, the validation PSNR and
    bits per value of the coefficient strings in chunks of ``compress.chunk_fields``.
 
@@ -37,6 +39,9 @@ _MAX_STEP = 1.0  # normalised units; the data's whole range is ~1
 # A target beyond the model's unquantised PSNR is aimed this far below it instead: the
 # last fraction of a dB would cost bits out of all proportion.
 _LIMIT_GAP_DB = 0.25
+# A component whose deviation is under this many steps rounds to 0 (|c| > step / 2 is a
+# 4-sigma event) at every level: it is dropped from the model.
+_PRUNE_BELOW_STEP = 0.125
 _BISECTIONS = 40
 
 
@@ -54,6 +59,24 @@ def fit(cfg: Config) -> Path:
     basis = LinearBasis.fit(train.values, len(train), cfg.basis.components, cfg.basis.max_fit_items)
     val = data.items("val") if len(data.split.val) else train
     tune = _Scored(basis, val)
+    print(f"[2/3] {basis.num_components} components; steps for {cfg.basis.target_psnr} dB on "
+          f"{'validation' if tune.items is not train else 'training'} items", flush=True)
+    steps: dict[float, float] = {}  # target -> step, distinct steps only
+    limit = tune.psnr(None) - _LIMIT_GAP_DB
+    for target in sorted(cfg.basis.target_psnr):
+        if target > limit:
+            print(f"  target {target:g} dB is beyond what {basis.num_components} components reach on these items: "
+                  f"aiming at {limit:.2f} dB")
+        step = tune.step_for(min(float(target), limit), min_step(basis.scales))
+        if step in steps.values():
+            print(f"  target {target:g} dB: the same step as the level before (the model's limit); no new level")
+            continue
+        steps[float(target)] = step
+    keep = basis.scales >= min(steps.values()) * _PRUNE_BELOW_STEP
+    if not keep.all():
+        print(f"  dropping {int((~keep).sum())} of {basis.num_components} components: no level codes them")
+        basis = basis.subset(keep)
+        tune = _Scored(basis, tune.items)
     test = _Scored(basis, data.items("test")) if len(data.split.test) else None
     artifact = ModelArtifact(None, cfg, data.grid, data.normaliser, data.split.to_dict(), {
         "components": basis.num_components,
@@ -63,20 +86,8 @@ def fit(cfg: Config) -> Path:
         "latents_inner_steps": 0,
     })
     artifact.set_basis(basis)
-    print(f"[2/3] {basis.num_components} components; steps for {cfg.basis.target_psnr} dB on "
-          f"{'validation' if tune.items is not train else 'training'} items", flush=True)
     levels: dict[str, dict] = {}
-    steps: list[float] = []
-    limit = tune.psnr(None) - _LIMIT_GAP_DB
-    for target in sorted(cfg.basis.target_psnr):
-        if target > limit:
-            print(f"  target {target:g} dB is beyond what {basis.num_components} components reach on these items: "
-                  f"aiming at {limit:.2f} dB")
-        step = tune.step_for(min(float(target), limit), min_step(basis.scales))
-        if steps and step == steps[-1]:
-            print(f"  target {target:g} dB: the same step as the level before (the model's limit); no new level")
-            continue
-        steps.append(step)
+    for target, step in steps.items():
         coder = CoefficientCoder(basis.scales, basis.rho, step, cfg.basis.predict)
         label = f"q{len(levels)}"
         artifact.add_coder(label, coder)
