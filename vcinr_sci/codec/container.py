@@ -335,7 +335,7 @@ def decode_container(
     return Container(header, _decode_mask(header, bytes(mask_bytes)), payload, residual)
 
 
-_Sections = tuple[ChunkHeader, memoryview, bytes, "bytes | None"]
+_Sections = tuple[ChunkHeader, memoryview, bytes, bytes | None]  # header, mask bytes, payload, residual
 
 
 def _read(data: memoryview) -> _Sections:
