@@ -292,14 +292,14 @@ def test_versions_and_damaged_residuals(artifact_path, data):
     x = data[:3].copy()
     x[0, :4, :4] = np.nan
     plain = VCINRCodec.for_model(artifact_path, QUALITY).encode(x)
-    assert plain[5] == 1 and decode_container(plain).residual is None  # unbounded chunks as before
+    assert plain[2] == 3 and not plain[7] & 1 << 2 and decode_container(plain).residual is None  # no residual flag
     codec = VCINRCodec.for_model(artifact_path, QUALITY, max_rel_error=1e-3)
     enc = codec.encode(x)
-    assert enc[5] == 2
+    assert enc[2] == 3 and enc[7] & 1 << 2  # format 3, residual flag set
     header, mask, payload, residual = decode_container(enc)
-    with pytest.raises(ChunkFormatError, match="residual checksum"):
+    with pytest.raises(ChunkFormatError, match="checksum mismatch"):
         codec.decode(enc[:-1] + bytes([enc[-1] ^ 1]))
-    with pytest.raises(ChunkFormatError, match="truncated"):
+    with pytest.raises(ChunkFormatError, match="checksum mismatch"):
         codec.decode(enc[:-3])
     # well-checksummed but malformed sections (a faulty writer): clear errors, no array
     n_field = residual_format.HEAD.size - 4 - 1 - 8  # offset of the u64 count of valid points

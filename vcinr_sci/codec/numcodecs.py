@@ -76,7 +76,8 @@ def _grids_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
 class VCINRCodec(Codec):
     """The ``vcinr`` numcodecs codec (see the module doc for the chunking rule).
 
-    Config (all JSON): ``model_hash`` (64 hex), ``model_path`` (where to find it: folder
+    Config (all JSON): ``model_hash`` (64 hex; chunks hold a 16-hex prefix of it, which
+    decoding checks against it), ``model_path`` (where to find it: folder
     or URI, or None), ``quality`` (a level of the model's coders), ``grid`` (the model
     grid's description, checked against the model at encode time), ``inner_steps`` (the
     adaptation steps at encode time; None = the model's default, see
@@ -224,7 +225,9 @@ class VCINRCodec(Codec):
         """Decode container bytes to the array they hold (a header claiming another size
         than ``expected_shape`` / ``expected_nbytes``, when given, is refused unread)."""
         with torch_threads(codec_threads()):
-            return decode_chunk(_as_bytes(buf), [self.model_path], self._fill, expected_shape, expected_nbytes)
+            return decode_chunk(
+                _as_bytes(buf), [self.model_path], self._fill, expected_shape, expected_nbytes, self.model_hash
+            )
 
     def encode(self, buf: Any) -> bytes:
         arr = ensure_ndarray_like(buf)
