@@ -44,6 +44,8 @@ CASES = {
     "v1_means": ("means", "holes", {"quality": QUALITY}),
     "v2_abs_bound_means_mask": ("means", "holes", {"quality": QUALITY, "max_abs_error": 0.05}),
     "v2_rel_bound": ("plain", "plain", {"quality": LEARNED, "max_rel_error": 1e-3}),
+    # a loose bound, where the encoder's pick stores the correction as SPERR's stream
+    "v2_sperr_residual": ("plain", "holes", {"quality": QUALITY, "max_rel_error": 0.05}),
 }
 
 
