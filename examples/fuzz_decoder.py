@@ -5,7 +5,8 @@
 
 Seeds are real chunks of a tiny model (trained in-process from the tiny test config, or
 ``--model``): plain, with NaN, with NaN among fill values, all NaN, the learned (rANS)
-coder, the error-bounded mode (a residual section), stored item means. Each mutation is
+coder, the error-bounded mode (a residual section: rANS-coded, and SPERR-coded at a loose
+bound), stored item means. Each mutation is
 one of: random bit flips, a truncation, an extension (accidents: the CRCs must refuse
 every one), or a crafted edit whose CRCs are recomputed (header fields, the shape, the
 dtype, section lengths, mask/payload/residual bytes: CRCs cannot refuse these, the
@@ -153,6 +154,7 @@ def make_seeds(model: Path, mean_model: Path | None) -> list[Seed]:
         ("all NaN", plain, np.full_like(x, np.nan)),
         ("learned coder", VCINRCodec.for_model(model, LEARNED), holes),
         ("bounded", VCINRCodec.for_model(model, QUALITY, max_abs_error=0.05), holes),
+        ("bounded, SPERR", VCINRCodec.for_model(model, QUALITY, max_rel_error=0.05), holes),  # the pick: SPERR
     ]
     if mean_model is not None:
         cases.append(("item means", VCINRCodec.for_model(mean_model, QUALITY), holes))

@@ -1,7 +1,8 @@
 """Chunks written by earlier versions decode forever: the golden chunks in tests/golden
 (formats 1, 2 and 3; uniform and learned coders; NaN masks, a numeric fill value beside NaN,
-stored item means; absolute and relative bounds) decode through the codec registry to the
-values they decoded to when written. Written once by tests/golden/make_golden.py."""
+stored item means; absolute and relative bounds, rANS- and SPERR-coded corrections) decode
+through the codec registry to the values they decoded to when written. Written once by
+tests/golden/make_golden.py."""
 
 from __future__ import annotations
 
@@ -73,3 +74,16 @@ def test_golden_chunk_of_another_model_refused():
     for name in ("v1_uniform", "v3_uniform"):
         with pytest.raises(ChunkFormatError, match="written with model"):
             codec.decode((GOLDEN / f"{name}.vcinr").read_bytes())
+
+
+def test_golden_covers_each_correction_coder():
+    """Bounded golden chunks with rANS-coded (plain or Lorenzo) and SPERR-coded corrections."""
+    from vcinr_sci.codec.container import decode_container
+    from vcinr_sci.coding import residual_format
+
+    methods = set()
+    for name in CASES:
+        residual = decode_container((GOLDEN / f"{name}.vcinr").read_bytes()).residual
+        if residual is not None:
+            methods.add(residual_format.parse_section(residual)[1])
+    assert residual_format.SPERR in methods and methods & {residual_format.PLAIN, residual_format.LORENZO}

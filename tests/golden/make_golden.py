@@ -49,6 +49,8 @@ CASES = {
     "v3_uniform": ("plain", "plain", {"quality": QUALITY}),
     "v3_learned_fill_other_mask": ("plain", "filled", {"quality": LEARNED, "fill_value": -9999.0}),
     "v3_abs_bound_means_mask": ("means", "holes", {"quality": QUALITY, "max_abs_error": 0.05}),
+    # a loose bound, where the encoder's pick stores the correction as SPERR's stream
+    "v2_sperr_residual": ("plain", "holes", {"quality": QUALITY, "max_rel_error": 0.05}),
 }
 
 
