@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from _vcinr_tiny import QUALITY, data_path, tiny_artifact
+from _vcinr_tiny import QUALITY, data_path, linear_artifact, tiny_artifact
 
 from vcinr_sci.bench import codecs as bench
 from vcinr_sci.bench.summary import needed_bits, summarise
@@ -143,3 +143,21 @@ def test_psnr_range_model_scores_on_the_models_normalisation(tmp_path):
     with pytest.raises(UsageError, match="needs --model"):
         bench.main(["--psnr-range", "model", "--data", data_path(), "--variable", "air_temperature",
                     "--grid-dims", "latitude,longitude"])
+
+
+def test_vcinr_with_a_correction_extends_the_psnr_sweep(tmp_path):
+    """--vcinr-bounds adds the bounded mode to the sweep: every bound kept, finer bounds
+    cost more and score higher, beyond what the levels alone reach."""
+    out = tmp_path / "c.json"
+    rc = bench.main(["--model", str(linear_artifact()), "--fields", "4", "--more-steps", "", "--no-classical",
+                     "--no-baselines", "--vcinr-bounds", "1e-2,1e-3", "--json", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    plain = [r for r in rows if r["family"].startswith("vcinr, ")]
+    corrected = [r for r in rows if r["family"] == "vcinr + correction"]
+    assert len(corrected) == 2 * len(plain) == 4  # two levels x two bounds
+    for level in ("q0", "q1"):
+        coarse, fine = (r for r in corrected if r["knob"].startswith(level + ","))
+        assert fine["bpv"] > coarse["bpv"] and fine["psnr"] > coarse["psnr"]
+        assert coarse["bound_met"] and fine["bound_met"] and fine["bound"] == pytest.approx(coarse["bound"] / 10)
+    assert max(r["psnr"] for r in corrected) > max(r["psnr"] for r in plain) + 5

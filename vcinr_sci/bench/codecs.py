@@ -73,6 +73,7 @@ from vcinr_sci.bench.candidates import (
     bounded_baseline_candidates,
     bounded_candidates,
     classical_candidates,
+    corrected_candidates,
     vcinr_candidates,
 )
 from vcinr_sci.bench.fields import load_fields
@@ -128,6 +129,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             candidates += baseline_candidates(basis, fields, args.chunk_fields, args.quick)
         if on_grid:
             candidates += vcinr_candidates(model_path, args.levels, args.more_steps, args.chunk_fields)
+            if args.vcinr_bounds:
+                span = float(np.nanmax(x) - np.nanmin(x)) or 1.0
+                candidates += corrected_candidates(model_path, args.levels, args.vcinr_bounds, span, args.chunk_fields)
     vcinr_model_bytes = (model_path / WEIGHTS).stat().st_size if model_path else 0
     rows = []
     for c in candidates:
@@ -193,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare at equal max-abs-error bounds (vcinr's bounded mode vs SZ3, SPERR, ZFP, safeguards)")
     p.add_argument("--bounds", type=lambda s: [float(v) for v in s.split(",") if v], default=[1e-4, 1e-3, 1e-2],
                    help="bounds as fractions of the data range, for --bounded (default 1e-4,1e-3,1e-2)")
+    p.add_argument("--vcinr-bounds", type=lambda s: [float(v) for v in s.split(",") if v], default=[],
+                   help="also vcinr's bounded mode in the PSNR sweep: each learned level with a correction to each "
+                        "of these bounds (fractions of the data range), family 'vcinr + correction' (default none)")
     p.add_argument("--quick", action="store_true", help="two knob values per codec (smoke test)")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--plot", metavar="PNG")
