@@ -22,7 +22,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/_vcinr_tiny.py
 
-from _vcinr_tiny import LEARNED, QUALITY, fields, tiny_artifact  # noqa: E402
+from _vcinr_tiny import LEARNED, QUALITY, fields, linear_artifact, tiny_artifact  # noqa: E402
 
 
 def _inputs() -> dict[str, np.ndarray]:
@@ -51,6 +51,9 @@ CASES = {
     "v3_abs_bound_means_mask": ("means", "holes", {"quality": QUALITY, "max_abs_error": 0.05}),
     # a loose bound, where the encoder's pick stores the correction as SPERR's stream
     "v2_sperr_residual": ("plain", "holes", {"quality": QUALITY, "max_rel_error": 0.05}),
+    # a linear model (training mean + EOFs, coefficient coder)
+    "v3_linear": ("linear", "plain", {"quality": "q1"}),
+    "v3_linear_abs_bound_mask": ("linear", "holes", {"quality": "q0", "max_abs_error": 0.05}),
 }
 
 
@@ -62,6 +65,8 @@ def _models(index: dict) -> dict[str, Path]:
         used["plain"] = tiny_artifact()
     if "means" not in used:
         used["means"] = tiny_artifact(subtract_item_mean=True)
+    if "linear" not in used:
+        used["linear"] = linear_artifact()
     return used
 
 
