@@ -16,8 +16,10 @@ objects a Zarr array would hold, filters first), on the same held-out fields:
   each stores the field's mask beside it: :mod:`vcinr_sci.bench.masked`);
 - **baselines that see vcinr's training data** (:mod:`vcinr_sci.bench.baselines`, fitted
   on the training part of the model's own split): the training mean field alone, with
-  SPERR / SZ3 on the anomaly, EOF-k with entropy-coded coefficients (k and step swept),
-  and EOF-8 with SPERR on the residual; their model file (mean, EOFs, deviations) is
+  SPERR / SZ3 on the anomaly, EOF-k with entropy-coded coefficients (k and step swept;
+  each coefficient's step relative to its own deviation), EOF abs-step (one absolute step
+  for all coefficients, k up to 256; k and step swept), and EOF-8 with SPERR on the
+  residual; their model file (mean, EOFs, deviations) is
   counted as vcinr's is.
 
 Classical codecs compress one 2-D field at a time (as the papers' tables do); vcinr
@@ -68,7 +70,7 @@ import torch
 
 from vcinr_sci.bench.baselines import TrainingBasis, training_fields
 from vcinr_sci.bench.candidates import (
-    EOF_KS,
+    MAX_EOFS,
     baseline_candidates,
     bounded_baseline_candidates,
     bounded_candidates,
@@ -114,9 +116,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     basis = None
     if on_grid and not args.no_baselines:
         art = loaded.artifact
-        basis = TrainingBasis.fit(training_fields(art.config.data, art.split), max_k=max(EOF_KS))
+        basis = TrainingBasis.fit(training_fields(art.config.data, art.split), max_k=MAX_EOFS)
         notes.append(f"baselines fitted on the model's training part ({art.split['dim']} "
-                     f"{art.split['positions']['train']}); EOFs of its anomalies: {basis.max_k}")
+                     f"{art.split['positions']['train']}); EOFs of its anomalies: {basis.max_k}; "
+                     f"their total deviation ('dev', EOF abs-step's unit): {basis.deviation:.4g}")
     if args.bounded:
         candidates = bounded_candidates(fields, model_path if on_grid else None, args.levels,
                                         args.bounds, args.chunk_fields)
