@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part", default="test", choices=["train", "val", "test"], help="model split part (default test)")
     p.add_argument("--regrid", help="46x90, 181x360 (equiangular, the papers' grids), any NxM, or 'model'")
     p.add_argument("--fields", type=int, default=24, help="fields evaluated, evenly spaced (default 24; 0 = all)")
+    p.add_argument("--consecutive", action="store_true",
+                   help="evaluate the last --fields fields in a row, as a store chunked along time holds them, "
+                        "instead of evenly spaced ones")
     p.add_argument("--psnr-range", type=_range, default=list(METHOD_RANGE),
                    help="LO,HI mapped to [0, 1] for PSNR (default method.md's 202.66,320.93 K), "
                         "or 'model': the model's normalisation range (its training min/max or fixed range)")
