@@ -166,6 +166,32 @@ def test_damaged_chunks_are_refused(basis, absolute):
         codec.decode(data[:-1])
 
 
+@pytest.mark.parametrize("absolute", [False, True])
+def test_short_and_escape_heavy_strings_round_trip(basis, absolute):
+    """compressai's encoder buffer holds one word per symbol: one coefficient of one field,
+    or fields far from the training ones (every coefficient escaping its table) need more."""
+    step = 0.05 * basis.deviation if absolute else 0.5
+    one = _fields(1, seed=11)[0]
+    far = _fields(2, seed=12) + (300 * np.random.default_rng(13).standard_normal((2, *GRID))).astype(np.float32)
+    for k, fields in ((1, one), (8, far)):
+        codec = TrainingBasisCodec(basis, k=k, step=step, absolute=absolute)
+        stack = fields.reshape(-1, *GRID)
+        symbols = codec._symbols(stack)
+        # the decoder got every symbol back: the fields rebuilt from the encoder's own symbols
+        rebuilt = np.where(np.isnan(stack), np.nan, codec._reconstruct(symbols)).astype(np.float32)
+        assert np.array_equal(codec.decode(codec.encode(fields)).reshape(stack.shape), rebuilt, equal_nan=True)
+        if k == 8 and absolute:
+            assert (np.abs(symbols[:, RANK:]) > 1).all()  # the weak coefficients' tables end at +-1
+
+
+def test_coefficients_beyond_the_coders_reach_are_refused(basis):
+    """A symbol of 2**27 steps or more would hang compressai's encoder: a clear error instead."""
+    codec = TrainingBasisCodec(basis, k=8, step=0.5)  # steps of the noise EOFs' float32 deviation
+    far = _fields(1, seed=14) + (1e3 * np.random.default_rng(15).standard_normal((1, *GRID))).astype(np.float32)
+    with pytest.raises(ValueError, match="beyond what compressai"):
+        codec.encode(far)
+
+
 def test_model_bytes_hold_mean_mask_and_k_eofs(basis):
     values = math.prod(GRID)
     sizes = [len(TrainingBasisCodec(basis, k=k).model_bytes()) for k in (0, 2, 4)]

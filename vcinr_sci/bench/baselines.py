@@ -188,7 +188,7 @@ class TrainingBasisCodec(Codec):
         base = np.broadcast_to(self.basis.mean.astype(np.float64), fields.shape)
         if self.k:
             symbols = self._symbols(fields)
-            out += _section(self._rans().RansEncoder().encode_with_indexes(*self._rans_args(symbols.reshape(-1))))
+            out += _section(self._encode_symbols(symbols.reshape(-1)))
             base = self._reconstruct(symbols)
         if self.residual is not None:
             resid = np.where(nan, 0.0, fields - base)
@@ -214,7 +214,7 @@ class TrainingBasisCodec(Codec):
         base = np.broadcast_to(self.basis.mean.astype(np.float64), shape)
         if self.k:
             string, pos = _read_section(data, pos)
-            symbols = self._rans().RansDecoder().decode_with_indexes(string, *self._rans_args(np.zeros(n * self.k, np.int64))[1:])
+            symbols = self._rans().RansDecoder().decode_with_indexes(string, *self._tables(np.tile(self._table_index, n)))
             base = self._reconstruct(np.asarray(symbols, np.int64).reshape(n, self.k))
         values = np.array(base)
         if self.residual is not None:
@@ -243,11 +243,36 @@ class TrainingBasisCodec(Codec):
         flat = (symbols * self._steps) @ self.basis.eofs[: self.k].astype(np.float64)
         return self.basis.mean.astype(np.float64) + flat.reshape(len(symbols), *self.basis.grid_shape)
 
-    def _rans_args(self, symbols: np.ndarray) -> tuple[list[int], list[int], list[list[int]], list[int], list[int]]:
-        """compressai's ``*_with_indexes`` arguments for ``symbols``, ``(n * k,)`` in field
-        order: each coefficient's table."""
+    def _tables(self, indexes: np.ndarray) -> tuple[list[int], list[list[int]], list[int], list[int]]:
+        """compressai's ``*_with_indexes`` arguments after the symbols: each symbol's table
+        (``indexes``), the tables, their sizes and offsets."""
+        return indexes.tolist(), self._cdfs, [len(c) for c in self._cdfs], self._offsets
+
+    def _encode_symbols(self, symbols: np.ndarray) -> bytes:
+        """The rANS string of ``symbols``, ``(n * k,)`` in field order, each coefficient
+        under its table.
+
+        compressai's encoder writes into a buffer of one 32-bit word per symbol, which a
+        short or escape-heavy string overruns (heap corruption: one field at k = 1, or
+        fields whose coefficients fall far outside the tables). Zero symbols appended
+        (coded first, so the decoder, which stops after ``n * k``, never reads them) make
+        the buffer hold at least what the string can take: at most 16 bits a symbol and
+        4 a bypass nibble, 32 bits a word, plus the two words of the final state. A value
+        of 8 or more nibbles would hang it (an int32 shifted by 32): refused."""
         indexes = np.tile(self._table_index, symbols.size // self.k)
-        return symbols.tolist(), indexes.tolist(), self._cdfs, [len(c) for c in self._cdfs], self._offsets
+        half = -np.asarray(self._offsets, np.int64)[indexes]
+        value, escape = symbols + half, 2 * half + 1  # as compressai indexes a table; its escape symbol
+        raw = np.where(value < 0, -2 * value - 1, 2 * (value - escape))[(value < 0) | (value >= escape)]
+        if raw.size and raw.max() >= 1 << 28:
+            raise ValueError(f"a coefficient lies {np.abs(symbols).max():,} quantisation steps from the training "
+                             "mean: beyond what compressai's rANS codes (2**27); the fields are far from the basis")
+        nibbles = np.zeros_like(raw)
+        while (rest := raw >> (4 * nibbles)).any():
+            nibbles += rest > 0
+        bypass = int(np.sum(nibbles + nibbles // 15 + 1))  # the value's nibbles, then their count's
+        pad = max(0, -(-bypass // 4) + 6 - symbols.size)
+        symbols = np.concatenate([symbols, np.zeros(pad, np.int64)])
+        return self._rans().RansEncoder().encode_with_indexes(symbols.tolist(), *self._tables(np.pad(indexes, (0, pad))))
 
     @staticmethod
     def _rans():
