@@ -19,8 +19,7 @@ objects a Zarr array would hold, filters first), on the same held-out fields:
   SPERR / SZ3 on the anomaly, EOF-k with entropy-coded coefficients (k and step swept;
   each coefficient's step relative to its own deviation), EOF abs-step (one absolute step
   for all coefficients, k up to 256; k and step swept), and EOF-8 with SPERR on the
-  residual; their model file (mean, EOFs, deviations) is
-  counted as vcinr's is.
+  residual; their model file (mean, EOFs, deviations) is counted as vcinr's is.
 
 Classical codecs compress one 2-D field at a time (as the papers' tables do); vcinr
 compresses chunks of ``--chunk-fields`` fields, each field coded independently.
