@@ -11,6 +11,7 @@ import pytest
 from _vcinr_tiny import QUALITY, data_path, linear_artifact, tiny_artifact
 
 from vcinr_sci.bench import codecs as bench
+from vcinr_sci.bench.fields import load_fields
 from vcinr_sci.bench.summary import needed_bits, summarise
 from vcinr_sci.codec.numcodecs import VCINRCodec
 from vcinr_sci.data.items import load_dataset
@@ -99,6 +100,17 @@ def test_vcinr_bytes_are_the_codecs_chunks(quick_run):
     codec = VCINRCodec.for_model(tiny_artifact(), QUALITY, inner_steps=row["inner_steps"])
     assert row["bytes"] == sum(len(codec.encode(x[i : i + 2])) for i in (0, 2))
     assert row["bpv_with_model"] > row["bpv"] > row["bpv_latents"] > 0  # the header costs bytes
+
+
+def test_consecutive_takes_the_last_fields_of_the_part_in_a_row():
+    art = load_artifact(tiny_artifact())
+    data = load_dataset(art.config.data)
+    parser = bench.build_parser()
+    last = load_fields(parser.parse_args(["--fields", "3", "--consecutive"]), None, art.config)
+    assert np.array_equal(last.values, data.source.load(data.split.test[-3:]), equal_nan=True)
+    assert "last 3 fields" in last.source
+    spaced = load_fields(parser.parse_args(["--fields", "3"]), None, art.config)  # the default: evenly spaced
+    assert np.array_equal(spaced.values[[0, -1]], data.source.load(data.split.test[[0, -1]]), equal_nan=True)
 
 
 def test_cross_dataset_and_regrid_options(tmp_path):
