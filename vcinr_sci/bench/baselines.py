@@ -42,6 +42,7 @@ from numcodecs.compat import ensure_bytes, ensure_ndarray_like
 from safetensors.numpy import save as st_save
 from scipy.stats import norm
 
+from vcinr_sci.coding.rans import encode_with_indexes
 from vcinr_sci.config import DataConfig
 from vcinr_sci.data.sources import FieldSource, open_variable
 
@@ -250,29 +251,9 @@ class TrainingBasisCodec(Codec):
 
     def _encode_symbols(self, symbols: np.ndarray) -> bytes:
         """The rANS string of ``symbols``, ``(n * k,)`` in field order, each coefficient
-        under its table.
-
-        compressai's encoder writes into a buffer of one 32-bit word per symbol, which a
-        short or escape-heavy string overruns (heap corruption: one field at k = 1, or
-        fields whose coefficients fall far outside the tables). Zero symbols appended
-        (coded first, so the decoder, which stops after ``n * k``, never reads them) make
-        the buffer hold at least what the string can take: at most 16 bits a symbol and
-        4 a bypass nibble, 32 bits a word, plus the two words of the final state. A value
-        of 8 or more nibbles would hang it (an int32 shifted by 32): refused."""
+        under its table (through the library's overrun-safe encoder)."""
         indexes = np.tile(self._table_index, symbols.size // self.k)
-        half = -np.asarray(self._offsets, np.int64)[indexes]
-        value, escape = symbols + half, 2 * half + 1  # as compressai indexes a table; its escape symbol
-        raw = np.where(value < 0, -2 * value - 1, 2 * (value - escape))[(value < 0) | (value >= escape)]
-        if raw.size and raw.max() >= 1 << 28:
-            raise ValueError(f"a coefficient lies {np.abs(symbols).max():,} quantisation steps from the training "
-                             "mean: beyond what compressai's rANS codes (2**27); the fields are far from the basis")
-        nibbles = np.zeros_like(raw)
-        while (rest := raw >> (4 * nibbles)).any():
-            nibbles += rest > 0
-        bypass = int(np.sum(nibbles + nibbles // 15 + 1))  # the value's nibbles, then their count's
-        pad = max(0, -(-bypass // 4) + 6 - symbols.size)
-        symbols = np.concatenate([symbols, np.zeros(pad, np.int64)])
-        return self._rans().RansEncoder().encode_with_indexes(symbols.tolist(), *self._tables(np.pad(indexes, (0, pad))))
+        return encode_with_indexes(symbols, indexes, *self._tables(indexes)[1:])
 
     @staticmethod
     def _rans():

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from vcinr_sci.coding._compressai import ans
+from vcinr_sci.coding.rans import encode_with_indexes
 
 SPEC_KIND = "coefficients"
 SPEC_VERSION = 1
@@ -150,9 +151,8 @@ class CoefficientCoder:
             s = candidates[np.argmin(cost, axis=0), np.arange(k)]  # ties keep the rounded symbol
             symbols[t] = s
             decoded[t] = prev = pred + s * self.step
-        string = ans.RansEncoder().encode_with_indexes(
-            symbols.ravel().tolist(), self._indexes(len(c), mode), self._cdf, self._cdf_length, self._offset
-        )
+        string = encode_with_indexes(symbols.ravel(), self._indexes(len(c), mode), self._cdf, self._cdf_length,
+                                     self._offset)
         return bytes([mode]) + string, decoded
 
     def _symbol_bits(self, rows: np.ndarray, symbols: np.ndarray) -> np.ndarray:
