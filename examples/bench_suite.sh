@@ -6,6 +6,8 @@
 #   KIND=inr bash examples/bench_suite.sh        (the meta-learned INR instead of the linear model)
 #   KIND=inr SET="model.conditioning=shift" TAG=shift bash examples/bench_suite.sh ccsm
 #                                                (config overrides for every stage; TAG names the output)
+#   CONSECUTIVE=1 bash examples/bench_suite.sh   (the last 24 held-out fields, as a store chunks
+#                                                 them along time, instead of 24 spread out)
 # Per dataset (configs/suite-NAME.yaml) it fits a linear model (KIND=linear, the default:
 # seconds) or trains a CPU-sized INR (KIND=inr: minutes) on that dataset's own training
 # split unless one is already in out/suite/artifacts (found by its config), then
@@ -17,16 +19,17 @@ cd "$(dirname "$0")/.."
 if [ -z "${PY:-}" ]; then bash scripts/setup.sh; PY=.venv/bin/python; fi  # PY=...: an existing environment
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 KIND=${KIND:-linear}
-RUN=$KIND${TAG:+-$TAG}  # names the outputs of this variant
+RUN=$KIND${TAG:+-$TAG}${CONSECUTIVE:+-consecutive}  # names the outputs of this variant
 OVERRIDES=(--set "model.kind=$KIND")
 for kv in ${SET:-}; do OVERRIDES+=(--set "$kv"); done
 DATASETS=("$@")
 [ ${#DATASETS[@]} -gt 0 ] || DATASETS=(ccsm ccsm-46x90 hadcm3 era5-uk ccsm-ts ostia)
 OUT=out/suite/bench-$RUN; mkdir -p "$OUT" out/suite/logs
-FIELDS=24  # held-out fields evaluated per dataset, evenly spaced
+FIELDS=24  # held-out fields evaluated per dataset, evenly spaced (CONSECUTIVE=1: the last 24)
 # Chunks of up to 64 fields, the accessor's default (the 24 fields make one chunk), for
 # vcinr and the baselines alike: a chunk's fixed bytes are paid once per chunk.
 CHUNK=(--chunk-fields 64)
+[ -n "${CONSECUTIVE:-}" ] && CHUNK+=(--consecutive)
 # PSNR on each model's normalisation range: the fixed 202.66..320.93 K for CCSM TREFHT,
 # the training min/max elsewhere (--psnr-range model)
 # vcinr at its own encode steps only (more steps cost minutes a dataset on one core); a
