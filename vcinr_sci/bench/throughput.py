@@ -40,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vcinr_sci.bench.output import device_name, resolve_device, write_json
 from vcinr_sci.config import load_config, parse_overrides
 from vcinr_sci.data.items import load_dataset
+from vcinr_sci.errors import UsageError
 from vcinr_sci.model.artifact import build_model, load_artifact
 from vcinr_sci.model.training import outer_step, sample_batch, seed_everything
 
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="a trained model artifact folder (default: an untrained model of the config's sizes)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when present)")
     p.add_argument("--items", type=int, default=8, help="fields per encode / decode call (default 8)")
+    p.add_argument("--quality", help="a linear model's level for the codec rows (default: its first)")
     p.add_argument("--encode-steps", type=int, help="inner steps at encode (default: the config's latents.inner_steps)")
     p.add_argument("--no-outer-step", action="store_true", help="skip timing the meta-training step")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds to time each kernel for (default 1)")
@@ -156,7 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     items = data.items(part, getattr(data.split, part)[: args.items])
     peak = matmul_rate(device, torch.float64 if artifact and artifact.model is None else torch.float32)
     if artifact is not None and artifact.model is None:
-        costs = _linear_costs(artifact, items, getattr(data.split, part)[: args.items], data, args.min_time)
+        costs = _linear_costs(artifact, items, data.source.load(items.fields), args)
         model_info: dict[str, Any] = {"kind": "linear", "components": artifact.metrics.get("components")}
     else:
         model = (artifact.model if artifact and artifact.model is not None else build_model(cfg, data.grid))
@@ -203,13 +205,14 @@ def _inr_costs(model, cfg, data, items, device: torch.device, args: argparse.Nam
     return costs
 
 
-def _linear_costs(artifact, items, fields: np.ndarray, data, min_time: float) -> list[Cost]:
-    """A linear model's projection and reconstruction, then the whole codec (its first
-    quality level) on the same fields; FLOPs from the shapes (2 K per value)."""
+def _linear_costs(artifact, items, fields: np.ndarray, args: argparse.Namespace) -> list[Cost]:
+    """A linear model's projection and reconstruction, then the whole codec (quality
+    ``args.quality``, default the first) on the same fields; FLOPs from the shapes (2 K
+    per value)."""
     from vcinr_sci.codec.core import decode_chunk, encode_chunk
     from vcinr_sci.model.registry import register_model
 
-    cpu = torch.device("cpu")
+    cpu, min_time = torch.device("cpu"), args.min_time
     basis = artifact.basis
     values = items.values(np.arange(len(items)))
     valid = np.isfinite(values)
@@ -221,8 +224,11 @@ def _linear_costs(artifact, items, fields: np.ndarray, data, min_time: float) ->
         measure(lambda: basis.reconstruct(c), "decode (mean + c @ EOFs)", n, cpu, min_time, flops),
     ]
     loaded = register_model(artifact)
-    level = artifact.quality_levels[0]
-    x = data.source.load(fields).astype(np.float32)
+    level = args.quality or artifact.quality_levels[0]
+    if level not in artifact.quality_levels:
+        raise UsageError(f"vcinr bench throughput: model {artifact.hash[:16]} has no level {level!r}; "
+                         f"it has {artifact.quality_levels}")
+    x = fields.astype(np.float32)
     chunk = encode_chunk(x, loaded, level, 0)
     costs.append(measure(lambda: encode_chunk(x, loaded, level, 0), f"codec encode ({level}, {len(chunk)} bytes)",
                          n, cpu, min_time, flops))
