@@ -167,9 +167,10 @@ def test_vcinr_with_a_correction_extends_the_psnr_sweep(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     plain = [r for r in rows if r["family"].startswith("vcinr, ")]
     corrected = [r for r in rows if r["family"] == "vcinr + correction"]
-    assert len(corrected) == 2 * len(plain) == 4  # two levels x two bounds
+    assert len(corrected) == 4 * len(plain) == 8  # two levels x two bounds x two corrections
     for level in ("q0", "q1"):
-        coarse, fine = (r for r in corrected if r["knob"].startswith(level + ","))
-        assert fine["bpv"] > coarse["bpv"] and fine["psnr"] > coarse["psnr"]
-        assert coarse["bound_met"] and fine["bound_met"] and fine["bound"] == pytest.approx(coarse["bound"] / 10)
+        for how in ("smallest", "sperr"):
+            coarse, fine = (r for r in corrected if r["knob"].startswith(level + ",") and r["knob"].endswith(how))
+            assert coarse["bound_met"] and fine["bound_met"] and fine["bound"] == pytest.approx(coarse["bound"] / 10)
+            assert fine["bpv"] > coarse["bpv"] and fine["psnr"] > coarse["psnr"]
     assert max(r["psnr"] for r in corrected) > max(r["psnr"] for r in plain) + 5

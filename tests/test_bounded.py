@@ -509,3 +509,19 @@ def test_sperr_decoder_without_imagecodecs_names_the_package(artifact_path, data
     monkeypatch.setitem(sys.modules, "imagecodecs", None)  # import imagecodecs now fails
     with pytest.raises(CodecError, match="imagecodecs"):
         bound.apply_residual(section, kept, xhat, np.dtype("f4"))
+
+
+def test_correction_option_chooses_the_coder_and_round_trips_in_the_config(artifact_path, data):
+    """correction='sperr' codes every chunk's correction with SPERR (lower MSE at the same
+    bound); it is in the config only when not the default, and an unknown one is refused."""
+    plain = VCINRCodec.for_model(artifact_path, QUALITY, max_rel_error=1e-3)
+    sperr = VCINRCodec.for_model(artifact_path, QUALITY, max_rel_error=1e-3, correction="sperr")
+    assert "correction" not in plain.get_config() and sperr.get_config()["correction"] == "sperr"
+    again = VCINRCodec.from_config(sperr.get_config())
+    enc = again.encode(data[:3])
+    assert _method_of(enc) == residual_format.SPERR
+    out = again.decode(enc).reshape(data[:3].shape)
+    span = float(np.nanmax(data[:3]) - np.nanmin(data[:3]))
+    assert np.nanmax(np.abs(out - data[:3])) <= 1e-3 * span
+    with pytest.raises(CodecError, match="correction must be one of"):
+        VCINRCodec.for_model(artifact_path, QUALITY, correction="zfp")

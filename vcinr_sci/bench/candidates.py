@@ -166,18 +166,21 @@ def vcinr_candidates(model_path: Path, levels: Sequence[str] | None, more_steps:
 
 
 def corrected_candidates(model_path: Path, levels: Sequence[str] | None, bounds: Sequence[float], span: float,
-                         chunk_fields: int) -> list[Candidate]:
-    """vcinr's bounded mode as a point of the rate-distortion sweep: each quality level
-    with a correction to each bound (``rel x span``, data units), so vcinr reaches PSNRs
-    beyond what its model alone represents, as the baselines' EOF-8 + SPERR does."""
+                         chunk_fields: int, corrections: Sequence[str] = ("smallest", "sperr")) -> list[Candidate]:
+    """vcinr's bounded mode as points of the rate-distortion sweep: each quality level
+    with a correction to each bound (``rel x span``, data units), coded each way in
+    ``corrections`` (the fewest bytes at the bound, or SPERR's, lower MSE at it), so vcinr
+    reaches PSNRs beyond what its model alone represents, as the baselines' EOF-8 + SPERR
+    does."""
     loaded = resolve_model(model_path)
     names = [n for n in (levels or loaded.artifact.quality_levels) if n.startswith("q")]
     out = []
     for name in names:
         for rel in bounds:
-            codec = VCINRCodec.for_model(loaded, name, max_abs_error=rel * span)
-            out.append(Candidate("vcinr + correction", f"{name}, bound={rel:g} x range", [codec], chunk_fields, "vcinr",
-                                 {"inner_steps": codec.inner_steps, "bound": rel * span, "bound_rel": rel}))
+            for how in corrections:
+                codec = VCINRCodec.for_model(loaded, name, max_abs_error=rel * span, correction=how)
+                out.append(Candidate("vcinr + correction", f"{name}, bound={rel:g} x range, {how}", [codec], chunk_fields,
+                                     "vcinr", {"inner_steps": codec.inner_steps, "bound": rel * span, "bound_rel": rel}))
     return out
 
 

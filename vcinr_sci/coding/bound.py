@@ -133,6 +133,11 @@ _EPS32 = float(np.finfo(np.float32).eps)
 _MAX_Q = 2**20
 # The correction coders an encoder tries per chunk, keeping the smallest section.
 RESIDUAL_METHODS: tuple[str, ...] = ("rans", "sperr")
+# ErrorBound.correction -> the coders tried. "smallest" (the default) keeps the fewest
+# bytes at the bound; "sperr" alone suits a user after PSNR at a bound: at the same bound
+# its errors are mostly far below it (lower MSE), where rANS's uniform quantiser spreads
+# them evenly up to the bound.
+CORRECTIONS = ("smallest", "rans", "sperr")
 
 
 @dataclass(frozen=True)
@@ -143,8 +148,16 @@ class ErrorBound:
 
     max_abs_error: float | None = None
     max_rel_error: float | None = None
+    correction: str = "smallest"  # how the correction is coded: one of CORRECTIONS
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The correction coders an encoder tries (the smallest section is kept)."""
+        return RESIDUAL_METHODS if self.correction == "smallest" else (self.correction,)
 
     def __post_init__(self) -> None:
+        if self.correction not in CORRECTIONS:
+            raise BoundError(f"correction must be one of {list(CORRECTIONS)}, got {self.correction!r}")
         for name in ("max_abs_error", "max_rel_error"):
             value = getattr(self, name)
             if value is None:
@@ -227,9 +240,9 @@ def encode_residual(
 ) -> bytes:
     """The residual section of the chunk ``x`` (its dtype) whose valid points are
     ``kept`` (bool, ``x.shape``) and whose float64 reconstruction there is ``xhat``: the
-    smallest of the ``methods`` (default :data:`RESIDUAL_METHODS`), rANS on ties. A bound
-    too tight for float arithmetic stores every point exactly, whatever ``methods`` say."""
-    methods = RESIDUAL_METHODS if methods is None else methods
+    smallest of the ``methods`` (default: those of ``spec.correction``), rANS on ties. A
+    bound too tight for float arithmetic stores every point exactly, whatever ``methods`` say."""
+    methods = spec.methods if methods is None else methods
     x = x[kept]
     bound = spec.absolute(x)
     max_abs = float(np.abs(x).max()) if x.size else 0.0
