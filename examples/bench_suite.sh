@@ -33,9 +33,9 @@ CHUNK=(--chunk-fields 64)
 # PSNR on each model's normalisation range: the fixed 202.66..320.93 K for CCSM TREFHT,
 # the training min/max elsewhere (--psnr-range model)
 # vcinr at its own encode steps only (more steps cost minutes a dataset on one core); a
-# linear model also with its correction to four bounds, past where its EOFs stop
+# linear model also with its correction to five bounds, past where its EOFs stop
 VCINR=(--more-steps "")
-[ "$KIND" = linear ] && VCINR+=(--vcinr-bounds 3e-2,1e-2,3e-3,1e-3)
+[ "$KIND" = linear ] && VCINR+=(--vcinr-bounds 1e-1,3e-2,1e-2,3e-3,1e-3)
 
 timed() {  # timed NAME STAGE COMMAND...: run it, log its output, record its seconds
   local name=$1 stage=$2; shift 2
