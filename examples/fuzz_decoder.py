@@ -5,7 +5,8 @@
 
 Seeds are real chunks of a tiny model (trained in-process from the tiny test config, or
 ``--model``): plain, with NaN, with NaN among fill values, all NaN, the learned (rANS)
-coder, the error-bounded mode (a residual section), stored item means. Each mutation is
+coder, the error-bounded mode (a residual section: rANS-coded, and SPERR-coded at a loose
+bound), stored item means. Each mutation is
 one of: random bit flips, a truncation, an extension (accidents: the CRCs must refuse
 every one), or a crafted edit whose CRCs are recomputed (header fields, the shape, the
 dtype, section lengths, mask/payload/residual bytes: CRCs cannot refuse these, the
@@ -27,13 +28,11 @@ import argparse
 import json
 import resource
 import signal
-import struct
 import sys
 import time
 import tracemalloc
-import zlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -42,13 +41,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 OUTCOMES = ("refused", "decoded-wrong", "decoded-same", "crashed", "hung")
 ACCIDENTS = ("bit flips", "truncation", "extension")
-_FIXED = struct.Struct("<5sBHI32sHBBBIQQQI")
-# field name -> (offset, struct format) in the fixed part of the header (vcinr_sci.codec.container)
-_FIELDS = {
-    "version": (5, "<B"), "header_len": (6, "<H"), "flags": (44, "<H"), "ndim": (46, "<B"),
-    "dtype_len": (47, "<B"), "quality_len": (48, "<B"), "inner_steps": (49, "<I"), "num_items": (53, "<Q"),
-    "mask_len": (61, "<Q"), "payload_len": (69, "<Q"),
-}
+# header fields a "header field" mutation edits -> their width in bits (varints: 64)
+_FIELDS = {"flags": 8, "dims": 8, "inner_steps": 64, "mask_len": 64, "payload_len": 64, "residual_len": 64}
 
 
 class Hung(Exception):
@@ -67,29 +61,11 @@ class Seed:
 # ---------------------------------------------------------------------------- chunk surgery
 
 
-def _layout(buf: bytes) -> dict[str, int]:
-    (_, version, header_len, _, _, _, ndim, dtype_len, quality_len, _, _, mask_len, payload_len, _) = _FIXED.unpack_from(buf)
-    residual_len = struct.unpack_from("<Q", buf, header_len - 12)[0] if version == 2 else 0
-    return {"version": version, "header_len": header_len, "ndim": ndim, "dtype_at": _FIXED.size + 8 * ndim,
-            "dtype_len": dtype_len, "quality_len": quality_len, "mask_len": mask_len, "payload_len": payload_len,
-            "residual_len": residual_len}
-
-
 def resign(buf: bytes | bytearray) -> bytes:
-    """Recompute every CRC of a (possibly edited) chunk, as far as its fields allow."""
-    b = bytearray(buf)
-    try:
-        lay = _layout(b)
-        h, m, p = lay["header_len"], lay["mask_len"], lay["payload_len"]
-        if h + m + p <= len(b):
-            struct.pack_into("<I", b, 77, zlib.crc32(b[h + m : h + m + p], zlib.crc32(b[h : h + m])))
-        if lay["version"] == 2 and 12 <= h <= len(b):
-            struct.pack_into("<I", b, h - 4, zlib.crc32(b[h + m + p :]))
-        if 12 <= h <= len(b):
-            struct.pack_into("<I", b, 8, zlib.crc32(b[12:h], zlib.crc32(b[:8])))
-    except struct.error:
-        pass
-    return bytes(b)
+    """Recompute the CRC of a (possibly edited) chunk."""
+    from vcinr_sci.codec.container import seal
+
+    return seal(buf) if len(buf) >= 7 else bytes(buf)
 
 
 def _interesting(rng: np.random.Generator, old: int, bits: int) -> int:
@@ -100,10 +76,12 @@ def _interesting(rng: np.random.Generator, old: int, bits: int) -> int:
 
 def mutate(rng: np.random.Generator, buf: bytes) -> tuple[str, bytes]:
     """One random mutation of ``buf``: ``(kind, mutated bytes)``."""
-    lay = _layout(buf)
+    from vcinr_sci.codec.container import read_raw_header
+
+    raw, header_len = read_raw_header(buf)
     kinds = ["bit flips", "truncation", "extension", "header field", "shape lie", "dtype lie", "length shift",
              "body bytes", "hash bytes"]
-    kind = rng.choice(kinds + (["residual bytes"] if lay["residual_len"] else []))
+    kind = rng.choice(kinds + (["residual bytes"] if raw.residual_len else []))
     b = bytearray(buf)
     if kind == "bit flips":
         for pos in rng.integers(0, len(b) * 8, rng.integers(1, 4)):
@@ -113,40 +91,37 @@ def mutate(rng: np.random.Generator, buf: bytes) -> tuple[str, bytes]:
         return kind, bytes(b[: rng.integers(0, len(b))])
     if kind == "extension":
         return kind, bytes(b) + rng.bytes(int(rng.integers(1, 65)))
+    body = b[header_len:]
     if kind == "header field":
         name = rng.choice(list(_FIELDS))
-        offset, fmt = _FIELDS[name]
-        (old,) = struct.unpack_from(fmt, b, offset)
-        struct.pack_into(fmt, b, offset, _interesting(rng, old, 8 * struct.calcsize(fmt)))
+        raw = replace(raw, **{name: _interesting(rng, getattr(raw, name), _FIELDS[name])})
     elif kind == "shape lie":
-        dim = int(rng.integers(lay["ndim"]))
-        (old,) = struct.unpack_from("<Q", b, _FIXED.size + 8 * dim)
+        dim = int(rng.integers(len(raw.shape)))
+        old = raw.shape[dim]
         new = int(rng.choice([old * 2, old + 1, max(0, old - 1), 0, 10**5, 10**6, 2**32, 2**63]))
-        struct.pack_into("<Q", b, _FIXED.size + 8 * dim, new)
-        if dim == 0 and rng.random() < 0.7:  # keep num_items consistent, as a forger would
-            struct.pack_into("<Q", b, 53, new)
+        raw = replace(raw, shape=raw.shape[:dim] + (new,) + raw.shape[dim + 1 :])
+        if rng.random() < 0.3:  # and the count of item dims
+            raw = replace(raw, dims=raw.dims & 0x0F | int(rng.integers(16)) << 4)
     elif kind == "dtype lie":
-        at, n = lay["dtype_at"], lay["dtype_len"]
-        text = rng.choice([b"<f8", b"<f2", b">f4", b"<i4", b"|b1", b",f4", b"f4,", b"O,O", b"<c8", b"[f4", b"<U1"])
-        b[at : at + n] = text[:n].ljust(n, b" ")
+        raw = replace(raw, flags=raw.flags & 0x0F | int(rng.integers(16)) << 4)
     elif kind == "length shift":
         # move bytes between sections: mask_len / payload_len / residual_len disagree with the content
         shift = int(rng.integers(-8, 9)) or 1
-        field = rng.choice(["mask_len", "payload_len"] + (["residual_len"] if lay["version"] == 2 else []))
-        offset = lay["header_len"] - 12 if field == "residual_len" else _FIELDS[field][0]
+        field = rng.choice(["mask_len", "payload_len"] + (["residual_len"] if raw.residual_len else []))
         other = "payload_len" if field != "payload_len" else "mask_len"
-        struct.pack_into("<Q", b, offset, max(0, lay[field] + shift))
-        struct.pack_into("<Q", b, _FIELDS[other][0], max(0, lay[other] - shift))
+        raw = replace(raw, **{field: max(0, getattr(raw, field) + shift), other: max(0, getattr(raw, other) - shift)})
     elif kind in ("body bytes", "residual bytes"):
-        start = lay["header_len"] + (lay["mask_len"] + lay["payload_len"] if kind == "residual bytes" else 0)
-        end = len(b) if kind == "residual bytes" else start + lay["mask_len"] + lay["payload_len"]
+        start = raw.mask_len + raw.payload_len if kind == "residual bytes" else 0
+        end = len(body) if kind == "residual bytes" else raw.mask_len + raw.payload_len
         if end <= start:
             return kind, bytes(b)
         for pos in rng.integers(start, end, rng.integers(1, 5)):
-            b[pos] = int(rng.integers(256)) if rng.random() < 0.5 else b[pos] ^ (1 << int(rng.integers(8)))
+            body[pos] = int(rng.integers(256)) if rng.random() < 0.5 else body[pos] ^ (1 << int(rng.integers(8)))
     elif kind == "hash bytes":
-        b[12 + int(rng.integers(32))] ^= 1 << int(rng.integers(8))
-    return kind, resign(b)
+        prefix = bytearray(raw.hash_prefix)
+        prefix[int(rng.integers(len(prefix)))] ^= 1 << int(rng.integers(8))
+        raw = replace(raw, hash_prefix=bytes(prefix))
+    return kind, resign(raw.pack() + body)
 
 
 # ---------------------------------------------------------------------------- seeds
@@ -179,6 +154,7 @@ def make_seeds(model: Path, mean_model: Path | None) -> list[Seed]:
         ("all NaN", plain, np.full_like(x, np.nan)),
         ("learned coder", VCINRCodec.for_model(model, LEARNED), holes),
         ("bounded", VCINRCodec.for_model(model, QUALITY, max_abs_error=0.05), holes),
+        ("bounded, SPERR", VCINRCodec.for_model(model, QUALITY, max_rel_error=0.05), holes),  # the pick: SPERR
     ]
     if mean_model is not None:
         cases.append(("item means", VCINRCodec.for_model(mean_model, QUALITY), holes))

@@ -182,7 +182,9 @@ def build(cfg: Config, model: str | None = None, quiet: bool = False) -> BuildSu
         written += not row["skipped"]
         note = "already complete" if row["skipped"] else f"mean PSNR {row['psnr']:6.2f} dB  {row['seconds']:6.1f} s"
         say(f"shard {row['part']}/{int(row['shard']):05d}  {int(row['rows']):>5} fields  {note}  [{written}/{len(tasks)}]")
-    # Every planned shard must now be complete (a failure raises out of iter_rows).
+    # Every planned shard must now be complete (a failure raises out of iter_rows), and no
+    # writer is left: what one on a lost node left half-written goes now, not next run.
+    remove_temp_files(root)
     left = {p: missing_shards(root, p, n, lc.shard_fields) for p, n in parts.items()}
     if any(left.values()):
         raise RuntimeError(f"shards still missing after the build: {left}")

@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -47,6 +48,7 @@ from vcinr_sci.model.selection import select_artifact
 
 JOB_ATTR = "vcinr_job"
 COMPLETE_ATTR = "vcinr_complete"
+_PARTIAL_WRITE = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 
 
@@ -110,12 +112,17 @@ class WriteChunks:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from vcinr_sci.model.registry import model_cache_stats
 
-        out: dict[str, list] = {"variable": [], "chunk": [], "seconds": [], "mse": [], "pid": [], "loads": []}
+        out: dict[str, list] = {"variable": [], "chunk": [], "seconds": [], "mse": [], "pid": [], "loads": [], "skipped": []}
         for variable, chunk in zip(batch["variable"], batch["chunk"]):
             t0 = time.perf_counter()
-            stats = self._write(str(variable), int(chunk))
+            marker = _marker(self.store, str(variable), int(chunk))
+            # Ray retries a task whose node was lost, even one that finished before its
+            # result came back: a chunk with a marker is done and is not written again.
+            skipped = marker.is_file()
+            stats = json.loads(marker.read_text()) if skipped else self._write(str(variable), int(chunk))
             mse = stats["sq"] / stats["n"] if stats.get("n") else math.nan
-            row = (str(variable), int(chunk), time.perf_counter() - t0, mse, os.getpid(), model_cache_stats()["loads"])
+            loads = model_cache_stats()["loads"]
+            row = (str(variable), int(chunk), time.perf_counter() - t0, mse, os.getpid(), loads, skipped)
             for k, v in zip(out, row):
                 out[k].append(v)
         return {k: np.asarray(v) for k, v in out.items()}
@@ -212,6 +219,16 @@ def _create_store(cfg: Config, store: Path, loaded, variables: list[str], qualit
         group.attrs.update({JOB_ATTR: job, COMPLETE_ATTR: False})
 
 
+def _remove_partial_writes(folder: Path) -> None:
+    """Delete what chunk writers killed mid-write (on a lost node, say) left under
+    ``folder``: Zarr's local store writes a chunk to ``<key>.<32 hex>.partial`` and
+    renames it, so such a file is never read, but it would count as stored bytes. Call
+    only once no writer is left."""
+    for path in folder.rglob("*.partial"):
+        if _PARTIAL_WRITE.search(path.name):
+            path.unlink(missing_ok=True)
+
+
 def _finalise(cfg: Config, store: Path, loaded, variables: list[str], quality: str, steps: int) -> dict[str, Any]:
     import zarr
 
@@ -224,6 +241,7 @@ def _finalise(cfg: Config, store: Path, loaded, variables: list[str], quality: s
     group = zarr.open_group(store, mode="r+")
     reports: dict[str, Any] = {}
     for v in variables:
+        _remove_partial_writes(store / v)  # before the stored bytes are counted
         arr = group[v]
         report = None
         if cfg.compress.measure:
@@ -312,7 +330,7 @@ def compress(cfg: Config, model: str | None = None, limit: int | None = None, qu
             say=say,
         )
         for row in rows:
-            written += 1
+            written += not row["skipped"]
             loads[int(row["pid"])] = int(row["loads"])
             span = float(art.normaliser.hi - art.normaliser.lo)
             psnr = psnr_from_mse(row["mse"], span)

@@ -9,7 +9,9 @@ and one coefficient coder per target PSNR, into a model artifact.
 2. per ``basis.target_psnr``, the one quantisation step whose reconstruction of the
    validation items reaches it (bisection; the training items when there is no
    validation part), a :class:`~vcinr_sci.coding.coefficients.CoefficientCoder` for it,
-   labelled ``q0``.. from the lowest target up;
+   labelled ``q0``.. from the lowest target up; components whose training deviation is
+   under an eighth of the finest step (their coefficients round to 0 at every level)
+   are dropped, so the model file and the FLOPs hold only components some level codes;
 3. the artifact, with the unquantised test PSNR and, per level, the validation PSNR and
    bits per value of the coefficient strings in chunks of ``compress.chunk_fields``.
 
@@ -37,7 +39,10 @@ _MAX_STEP = 1.0  # normalised units; the data's whole range is ~1
 # A target beyond the model's unquantised PSNR is aimed this far below it instead: the
 # last fraction of a dB would cost bits out of all proportion.
 _LIMIT_GAP_DB = 0.25
-_BISECTIONS = 40
+# A component whose deviation is under this many steps rounds to 0 (|c| > step / 2 is a
+# 4-sigma event) at every level: it is dropped from the model.
+_PRUNE_BELOW_STEP = 0.125
+_BISECTIONS = 24  # on log(step) over [finest, 1]: well under 0.1 % apart at the end
 
 
 def fit(cfg: Config) -> Path:
@@ -53,8 +58,27 @@ def fit(cfg: Config) -> Path:
           f"({train.points_per_item} points each)", flush=True)
     basis = LinearBasis.fit(train.values, len(train), cfg.basis.components, cfg.basis.max_fit_items)
     val = data.items("val") if len(data.split.val) else train
-    tune = _Scored(basis, val)
-    test = _Scored(basis, data.items("test")) if len(data.split.test) else None
+    score = {"chunk_items": cfg.compress.chunk_fields, "predict": cfg.basis.predict}
+    tune = _Scored(basis, val, **score)
+    print(f"[2/3] {basis.num_components} components; steps for {cfg.basis.target_psnr} dB on "
+          f"{'validation' if tune.items is not train else 'training'} items", flush=True)
+    steps: dict[float, float] = {}  # target -> step, distinct steps only
+    limit = tune.psnr(None) - _LIMIT_GAP_DB
+    for target in sorted(cfg.basis.target_psnr):
+        if target > limit:
+            print(f"  target {target:g} dB is beyond what {basis.num_components} components reach on these items: "
+                  f"aiming at {limit:.2f} dB")
+        step = tune.step_for(min(float(target), limit), min_step(basis.scales))
+        if step in steps.values():
+            print(f"  target {target:g} dB: the same step as the level before (the model's limit); no new level")
+            continue
+        steps[float(target)] = step
+    keep = basis.scales >= min(steps.values()) * _PRUNE_BELOW_STEP
+    if not keep.all():
+        print(f"  dropping {int((~keep).sum())} of {basis.num_components} components: no level codes them")
+        basis = basis.subset(keep)
+        tune = _Scored(basis, tune.items, **score)
+    test = _Scored(basis, data.items("test"), **score) if len(data.split.test) else None
     artifact = ModelArtifact(None, cfg, data.grid, data.normaliser, data.split.to_dict(), {
         "components": basis.num_components,
         "test_psnr": test.psnr(None) if test else math.nan,
@@ -63,25 +87,13 @@ def fit(cfg: Config) -> Path:
         "latents_inner_steps": 0,
     })
     artifact.set_basis(basis)
-    print(f"[2/3] {basis.num_components} components; steps for {cfg.basis.target_psnr} dB on "
-          f"{'validation' if tune.items is not train else 'training'} items", flush=True)
     levels: dict[str, dict] = {}
-    steps: list[float] = []
-    limit = tune.psnr(None) - _LIMIT_GAP_DB
-    for target in sorted(cfg.basis.target_psnr):
-        if target > limit:
-            print(f"  target {target:g} dB is beyond what {basis.num_components} components reach on these items: "
-                  f"aiming at {limit:.2f} dB")
-        step = tune.step_for(min(float(target), limit), min_step(basis.scales))
-        if steps and step == steps[-1]:
-            print(f"  target {target:g} dB: the same step as the level before (the model's limit); no new level")
-            continue
-        steps.append(step)
-        coder = CoefficientCoder(basis.scales, basis.rho, step, cfg.basis.predict)
+    for target, step in steps.items():
+        coder = tune.coder(step)
         label = f"q{len(levels)}"
         artifact.add_coder(label, coder)
         psnr = tune.psnr(step)
-        bpv = tune.bits_per_value(coder, cfg.compress.chunk_fields)
+        bpv = tune.bits_per_value(coder)
         levels[label] = {"target_psnr": float(target), "step": step, "val_psnr": psnr, "val_bits_per_value": bpv}
         print(f"  {label}: step {step:.3g} -> {psnr:.2f} dB at {bpv:.4f} bits/value (target {target:g} dB)", flush=True)
     artifact.metrics["levels"] = levels
@@ -93,18 +105,30 @@ def fit(cfg: Config) -> Path:
 
 
 class _Scored:
-    """Items (valid points, their coefficients) on which steps are scored."""
+    """Items (valid points, their coefficients) on which steps are scored, coded as the
+    codec codes them: in chunks of ``chunk_items`` by a coefficient coder of each step."""
 
-    def __init__(self, basis: LinearBasis, items: ItemSet):
-        self.basis, self.items = basis, items
+    def __init__(self, basis: LinearBasis, items: ItemSet, chunk_items: int, predict: bool):
+        self.basis, self.items, self.chunk_items, self.predict = basis, items, max(1, chunk_items), predict
         self.values = items.values(np.arange(len(items))).astype(np.float64)
         self.valid = np.isfinite(self.values)
         self.coefficients = basis.coefficients(self.values, self.valid)
 
+    def _chunks(self):
+        for start in range(0, len(self.coefficients), self.chunk_items):
+            yield self.coefficients[start : start + self.chunk_items]
+
+    def coder(self, step: float) -> CoefficientCoder:
+        return CoefficientCoder(self.basis.scales, self.basis.rho, step, self.predict)
+
     def psnr(self, step: float | None) -> float:
-        """PSNR (dB, normalised range) of the items from coefficients rounded to ``step``
-        (None: unquantised)."""
-        c = self.coefficients if step is None else np.round(self.coefficients / step) * step
+        """PSNR (dB, normalised range) of the items as decoded at ``step`` (None:
+        unquantised coefficients)."""
+        if step is None:
+            c = self.coefficients
+        else:
+            coder = self.coder(step)
+            c = np.concatenate([coder.quantise(chunk).numpy() for chunk in self._chunks()])
         err = np.where(self.valid, self.basis.reconstruct(c) - self.values, 0.0)
         return float(psnr_from_mse((err**2).sum() / max(1, self.valid.sum())))
 
@@ -121,11 +145,10 @@ class _Scored:
             lo, hi = (mid, hi) if self.psnr(math.exp(mid)) >= target else (lo, mid)
         return math.exp(lo)
 
-    def bits_per_value(self, coder: CoefficientCoder, chunk_items: int) -> float:
-        """Bits per value of the coefficient strings in chunks of ``chunk_items`` items."""
-        n = len(self.coefficients)
-        size = sum(len(coder.compress(self.coefficients[s : s + chunk_items])) for s in range(0, n, chunk_items))
-        return bits_per_value(size, n * self.values.shape[1])
+    def bits_per_value(self, coder: CoefficientCoder) -> float:
+        """Bits per value of the coefficient strings, chunk by chunk."""
+        size = sum(len(coder.compress(chunk)) for chunk in self._chunks())
+        return bits_per_value(size, self.values.size)
 
 
 def main(argv: list[str] | None = None) -> int:

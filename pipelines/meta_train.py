@@ -28,9 +28,10 @@ from pipelines.cli_args import config_parser, load
 from pipelines.ray_setup import ensure_ray, torch_trainer, use_assigned_cpus
 from vcinr_sci.config import Config
 from vcinr_sci.data.items import load_dataset
+from vcinr_sci.errors import ConfigError
 from vcinr_sci.metrics import psnr_from_mse
 from vcinr_sci.model.artifact import ModelArtifact, build_model, save_artifact
-from vcinr_sci.model.training import evaluate, outer_step, sample_batch, seed_everything
+from vcinr_sci.model.training import evaluate, global_batch_size, outer_step, sample_batch, seed_everything
 
 CHECKPOINT_FILE = "state.pt"
 DONE_FILE = "vcinr-done.json"  # written by the driver once the artifact exists
@@ -55,12 +56,13 @@ def train_loop(loop_config: dict) -> None:
     """Body of each Ray Train worker."""
     cfg = Config.from_dict(loop_config["config"])
     ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     threads = use_assigned_cpus()
-    seed_everything(cfg.train.seed)  # same init on every worker; batches differ by rank
+    seed_everything(cfg.train.seed)  # same init on every worker; each takes its share of the batch
     device = ray.train.torch.get_device()
     data = load_dataset(cfg.data)
     train_items, val_items = data.items("train"), data.items("val")
+    global_items = global_batch_size(train_items, cfg)  # meta.batch_size, shared out among the workers
     model = build_model(cfg, data.grid)
     state, start = None, 0
     checkpoint = ray.train.get_checkpoint()
@@ -78,7 +80,8 @@ def train_loop(loop_config: dict) -> None:
     t_last, losses = time.perf_counter(), []
     for step in range(start + 1, cfg.meta.steps + 1):
         ddp_model.train()
-        losses.append(outer_step(ddp_model, optimiser, sample_batch(train_items, cfg, step, rank, device), cfg.meta.grad_clip))
+        batch = sample_batch(train_items, cfg, step, rank, world, device)
+        losses.append(outer_step(ddp_model, optimiser, batch, cfg.meta.grad_clip, world, global_items))
         last = step == cfg.meta.steps
         if step % cfg.train.log_every and step % cfg.meta.eval_every and step % cfg.train.checkpoint_every and not last:
             continue
@@ -124,6 +127,9 @@ def fit(cfg: Config) -> TrainOutcome:
         if Path(done["artifact"]).is_dir():
             print(f"run {run_id(cfg)} finished before; model artifact {done['artifact']}")
             return TrainOutcome(Path(done["artifact"]), done["metrics"])
+    if cfg.meta.batch_size < cfg.train.num_workers:
+        raise ConfigError(f"meta.batch_size ({cfg.meta.batch_size}) is shared out among train.num_workers "
+                          f"({cfg.train.num_workers}): it must be at least that many")
     ensure_ray(cfg.train.num_workers * cfg.train.cpus_per_worker)
     trainer = torch_trainer(
         train_loop,

@@ -14,7 +14,7 @@ from scipy.stats import norm
 
 from vcinr_sci.bench import codecs as bench
 from vcinr_sci.bench.baselines import BaselineFormatError, TrainingBasis, TrainingBasisCodec, training_fields
-from vcinr_sci.bench.candidates import EOF_KS
+from vcinr_sci.bench.candidates import MAX_EOFS
 from vcinr_sci.bench.fields import load_fields
 from vcinr_sci.bench.masked import NanMasked
 from vcinr_sci.model.artifact import load_artifact
@@ -63,22 +63,79 @@ def test_eof_round_trip_error_within_the_quantisation_step(basis):
     assert np.nanmax(np.abs(mean_only.decode(mean_only.encode(test)) - test)) > 10 * limit
 
 
-def test_coefficient_bits_near_the_gaussian_entropy(basis):
-    """rANS under the fitted Gaussian: the bytes are close to the ideal -log2 p of the
-    symbols (a raw or fixed-length code would be far above it)."""
+def _coefficients(basis: TrainingBasis, fields: np.ndarray, k: int) -> np.ndarray:
+    """The fields' anomaly coefficients on the first ``k`` EOFs, ``(n, k)`` float64."""
+    anomaly = np.nan_to_num(fields.astype(np.float64) - basis.mean).reshape(len(fields), -1)
+    return anomaly @ basis.eofs[:k].T.astype(np.float64)
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+def test_coefficient_bits_near_the_gaussian_entropy(basis, absolute):
+    """rANS under each coefficient's fitted Gaussian: the bytes are close to the ideal
+    -log2 p of the symbols (a raw or fixed-length code would be far above it). Relative
+    step: one table for all; absolute: a table per coefficient, each in units of the step."""
     test = _fields(400, seed=3)
-    step, k = 0.5, RANK
-    codec = TrainingBasisCodec(basis, k=k, step=step)
+    k = RANK
+    sigma = basis.sigma[:k].astype(np.float64)
+    step = 0.2 * basis.deviation if absolute else 0.5
+    steps = np.full(k, step) if absolute else step * sigma  # in data units
+    codec = TrainingBasisCodec(basis, k=k, step=step, absolute=absolute)
     data = codec.encode(test)
-    coeffs = np.nan_to_num(test.astype(np.float64) - basis.mean).reshape(len(test), -1) @ basis.eofs[:k].T.astype(np.float64)
-    q = np.round(coeffs / (step * basis.sigma[:k]))
-    ideal = -np.log2(norm.cdf((q + 0.5) * step) - norm.cdf((q - 0.5) * step)).sum()
+    q = np.round(_coefficients(basis, test, k) / steps)
+    ideal = -np.log2(norm.cdf((q + 0.5) * steps / sigma) - norm.cdf((q - 0.5) * steps / sigma)).sum()
     assert ideal < 8 * len(data) < 1.05 * ideal + 8 * 16  # within 5 %, plus framing and the rANS state
 
 
-def test_a_fields_own_nan_mask_comes_back_and_is_paid_for(basis):
+def test_absolute_step_round_trip_within_half_a_step_per_coefficient(basis):
+    """One step for all: each decoded coefficient within step / 2 of the field's, the rest
+    of the error what the first k EOFs do not span."""
+    test = _fields(16, seed=2)
+    step = 0.02 * basis.deviation
+    for k in (2, 8):  # fewer EOFs than the data's rank, and more
+        codec = TrainingBasisCodec(basis, k=k, step=step, absolute=True)
+        decoded = codec.decode(codec.encode(test))
+        assert decoded.dtype == np.float32 and np.array_equal(np.isnan(decoded), np.isnan(test))
+        true, back = _coefficients(basis, test, k), _coefficients(basis, decoded, k)
+        rounding = 1e-3  # float32 fields
+        assert np.abs(back - true).max() <= step / 2 + rounding
+        assert np.abs(back - true).max() > step / 10  # it did quantise
+        truncated = np.linalg.norm(_coefficients(basis, test, basis.max_k)[:, k:], axis=1)
+        err = np.linalg.norm(np.nan_to_num(decoded.astype(np.float64) - test).reshape(len(test), -1), axis=1)
+        assert (err <= np.sqrt(k * (step / 2) ** 2 + truncated**2) + rounding).all()
+        if k == 2:
+            assert truncated.mean() > 5 * step  # the third EOF is the larger error
+
+
+def test_absolute_step_weak_coefficients_cost_almost_nothing(basis):
+    """Coefficients far weaker than the step round to 0 under a table that puts nearly all
+    its mass there: EOFs beyond the data's rank add (almost) no bytes, where a step
+    relative to their own (tiny) deviation codes their noise."""
+    test = _fields(16, seed=9)
+    step = 0.05 * basis.deviation
+    sizes = {k: len(TrainingBasisCodec(basis, k=k, step=step, absolute=True).encode(test)) for k in (RANK, 8)}
+    assert sizes[8] - sizes[RANK] <= 2
+    relative = {k: len(TrainingBasisCodec(basis, k=k, step=0.5).encode(test)) for k in (RANK, 8)}
+    assert relative[8] - relative[RANK] > 16 * (8 - RANK) / 8  # over a bit a noise coefficient
+
+
+def test_absolute_step_bytes_fall_as_the_step_grows(basis):
+    test = _fields(16, seed=10)
+    sizes = [len(TrainingBasisCodec(basis, k=8, step=s * basis.deviation, absolute=True).encode(test))
+             for s in (0.005, 0.02, 0.08, 0.32)]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
+
+
+def test_absolute_step_too_fine_for_the_tables_is_refused(basis):
+    with pytest.raises(ValueError, match="too fine"):
+        TrainingBasisCodec(basis, k=2, step=1e-4 * basis.sigma[0], absolute=True)
+    with pytest.raises(ValueError, match="step must be"):
+        TrainingBasisCodec(basis, k=2, step=float("inf"), absolute=True)
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+def test_a_fields_own_nan_mask_comes_back_and_is_paid_for(basis, absolute):
     test = _fields(4, seed=4)
-    codec = TrainingBasisCodec(basis, k=2, step=0.5)
+    codec = TrainingBasisCodec(basis, k=2, step=0.1 * basis.deviation if absolute else 0.5, absolute=absolute)
     plain = codec.encode(test)
     test[1, 5, 5:9] = np.nan  # missing only in this field
     own = codec.encode(test)
@@ -97,13 +154,42 @@ def test_residual_codec_keeps_its_point_wise_error(basis):
     assert 0 < err <= tol + 1e-4  # SPERR's bound, plus the float32 rounding of the sum
 
 
-def test_damaged_chunks_are_refused(basis):
-    codec = TrainingBasisCodec(basis, k=2, step=0.5)
+@pytest.mark.parametrize("absolute", [False, True])
+def test_damaged_chunks_are_refused(basis, absolute):
+    codec = TrainingBasisCodec(basis, k=8, step=0.05 * basis.deviation if absolute else 0.5, absolute=absolute)
     data = codec.encode(_fields(2, seed=7))
-    with pytest.raises(BaselineFormatError):
+    with pytest.raises(BaselineFormatError, match="left over"):
         codec.decode(data + b"\0")
-    with pytest.raises(BaselineFormatError):
+    with pytest.raises(BaselineFormatError, match="truncated"):
         codec.decode(data[:1])
+    with pytest.raises(BaselineFormatError, match="past the end"):
+        codec.decode(data[:-1])
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+def test_short_and_escape_heavy_strings_round_trip(basis, absolute):
+    """compressai's encoder buffer holds one word per symbol: one coefficient of one field,
+    or fields far from the training ones (every coefficient escaping its table) need more."""
+    step = 0.05 * basis.deviation if absolute else 0.5
+    one = _fields(1, seed=11)[0]
+    far = _fields(2, seed=12) + (300 * np.random.default_rng(13).standard_normal((2, *GRID))).astype(np.float32)
+    for k, fields in ((1, one), (8, far)):
+        codec = TrainingBasisCodec(basis, k=k, step=step, absolute=absolute)
+        stack = fields.reshape(-1, *GRID)
+        symbols = codec._symbols(stack)
+        # the decoder got every symbol back: the fields rebuilt from the encoder's own symbols
+        rebuilt = np.where(np.isnan(stack), np.nan, codec._reconstruct(symbols)).astype(np.float32)
+        assert np.array_equal(codec.decode(codec.encode(fields)).reshape(stack.shape), rebuilt, equal_nan=True)
+        if k == 8 and absolute:
+            assert (np.abs(symbols[:, RANK:]) > 1).all()  # the weak coefficients' tables end at +-1
+
+
+def test_coefficients_beyond_the_coders_reach_are_refused(basis):
+    """A symbol of 2**27 steps or more would hang compressai's encoder: a clear error instead."""
+    codec = TrainingBasisCodec(basis, k=8, step=0.5)  # steps of the noise EOFs' float32 deviation
+    far = _fields(1, seed=14) + (1e3 * np.random.default_rng(15).standard_normal((1, *GRID))).astype(np.float32)
+    with pytest.raises(ValueError, match="more than compressai.s rANS codes"):
+        codec.encode(far)
 
 
 def test_model_bytes_hold_mean_mask_and_k_eofs(basis):
@@ -140,12 +226,16 @@ def bench_runs(tmp_path_factory):
 def test_bench_bytes_are_the_codecs_and_the_model_is_counted_once(bench_runs):
     result = bench_runs[4]
     art = load_artifact(tiny_artifact())
-    basis = TrainingBasis.fit(training_fields(art.config.data, art.split), max_k=max(EOF_KS))
+    basis = TrainingBasis.fit(training_fields(art.config.data, art.split), max_k=MAX_EOFS)
     fields = load_fields(bench.build_parser().parse_args(["--fields", "4"]), None, art.config)
     row = next(r for r in result["rows"] if r["family"] == "EOF-k (training)" and r["knob"] == "k=8 step=0.5")
     codec = TrainingBasisCodec(basis, k=8, step=0.5)
     assert row["bytes"] == sum(len(codec.encode(fields.values[i : i + 2])) for i in (0, 2))
     assert row["model_bytes"] == len(codec.model_bytes())
+    absolute = next(r for r in result["rows"] if r["family"] == "EOF abs-step (training)" and r["knob"] == "k=64 step=0.25 x dev")
+    codec_abs = TrainingBasisCodec(basis, k=64, step=0.25 * basis.deviation, absolute=True)
+    assert absolute["bytes"] == sum(len(codec_abs.encode(fields.values[i : i + 2])) for i in (0, 2))
+    assert absolute["model_bytes"] == len(codec_abs.model_bytes()) > row["model_bytes"]
     assert row["bpv_with_model"] == pytest.approx(8 * (row["bytes"] + row["model_bytes"]) / result["values"])
     assert row["bpv_model_1e9"] == pytest.approx(row["bpv"] + 8 * row["model_bytes"] / 1e9)
     # twice the fields: the same model bytes, not twice them
@@ -159,8 +249,8 @@ def test_bench_bytes_are_the_codecs_and_the_model_is_counted_once(bench_runs):
 def test_bench_summary_compares_vcinr_with_the_best_of_all_others(bench_runs):
     result = bench_runs[4]
     families = {r["family"] for r in result["rows"]}
-    assert {"mean field (training)", "EOF-k (training)", "mean field + SPERR", "mean field + SZ3",
-            "EOF-8 + SPERR"} <= families
+    assert {"mean field (training)", "EOF-k (training)", "EOF abs-step (training)", "mean field + SPERR",
+            "mean field + SZ3", "EOF-8 + SPERR"} <= families
     summary = {e["family"]: e for e in result["summary"]}
     vc = next(e for e in result["summary"] if e["kind"] == "vcinr")
     for t, name in vc["best_other"].items():

@@ -8,9 +8,10 @@ import os
 
 import numpy as np
 import pytest
-from _vcinr_tiny import QUALITY, data_path, tiny_artifact
+from _vcinr_tiny import QUALITY, data_path, linear_artifact, tiny_artifact
 
 from vcinr_sci.bench import codecs as bench
+from vcinr_sci.bench.fields import load_fields
 from vcinr_sci.bench.summary import needed_bits, summarise
 from vcinr_sci.codec.numcodecs import VCINRCodec
 from vcinr_sci.data.items import load_dataset
@@ -101,6 +102,17 @@ def test_vcinr_bytes_are_the_codecs_chunks(quick_run):
     assert row["bpv_with_model"] > row["bpv"] > row["bpv_latents"] > 0  # the header costs bytes
 
 
+def test_consecutive_takes_the_last_fields_of_the_part_in_a_row():
+    art = load_artifact(tiny_artifact())
+    data = load_dataset(art.config.data)
+    parser = bench.build_parser()
+    last = load_fields(parser.parse_args(["--fields", "3", "--consecutive"]), None, art.config)
+    assert np.array_equal(last.values, data.source.load(data.split.test[-3:]), equal_nan=True)
+    assert "last 3 fields" in last.source
+    spaced = load_fields(parser.parse_args(["--fields", "3"]), None, art.config)  # the default: evenly spaced
+    assert np.array_equal(spaced.values[[0, -1]], data.source.load(data.split.test[[0, -1]]), equal_nan=True)
+
+
 def test_cross_dataset_and_regrid_options(tmp_path):
     other = os.path.join(os.path.dirname(data_path()), "E1_north_america.nc")
     out = tmp_path / "x.json"
@@ -143,3 +155,22 @@ def test_psnr_range_model_scores_on_the_models_normalisation(tmp_path):
     with pytest.raises(UsageError, match="needs --model"):
         bench.main(["--psnr-range", "model", "--data", data_path(), "--variable", "air_temperature",
                     "--grid-dims", "latitude,longitude"])
+
+
+def test_vcinr_with_a_correction_extends_the_psnr_sweep(tmp_path):
+    """--vcinr-bounds adds the bounded mode to the sweep: every bound kept, finer bounds
+    cost more and score higher, beyond what the levels alone reach."""
+    out = tmp_path / "c.json"
+    rc = bench.main(["--model", str(linear_artifact()), "--fields", "4", "--more-steps", "", "--no-classical",
+                     "--no-baselines", "--vcinr-bounds", "1e-2,1e-3", "--json", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    plain = [r for r in rows if r["family"].startswith("vcinr, ")]
+    corrected = [r for r in rows if r["family"] == "vcinr + correction"]
+    assert len(corrected) == 4 * len(plain) == 8  # two levels x two bounds x two corrections
+    for level in ("q0", "q1"):
+        for how in ("smallest", "sperr"):
+            coarse, fine = (r for r in corrected if r["knob"].startswith(level + ",") and r["knob"].endswith(how))
+            assert coarse["bound_met"] and fine["bound_met"] and fine["bound"] == pytest.approx(coarse["bound"] / 10)
+            assert fine["bpv"] > coarse["bpv"] and fine["psnr"] > coarse["psnr"]
+    assert max(r["psnr"] for r in corrected) > max(r["psnr"] for r in plain) + 5

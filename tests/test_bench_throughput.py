@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _vcinr_tiny import tiny_artifact
+from _vcinr_tiny import linear_artifact, tiny_artifact
 
 from vcinr_sci.bench import cross_device, throughput
 from vcinr_sci.config import ModelConfig
@@ -36,6 +36,21 @@ def test_gated_decode_costs_more_than_shift_per_value():
     gated = throughput.count_flops(lambda: build_inr(3, ModelConfig(conditioning="gated", **kw))(coords, phi))
     shift = throughput.count_flops(lambda: build_inr(3, ModelConfig(conditioning="shift", **kw))(coords, phi))
     assert gated > shift
+
+
+def test_throughput_of_a_linear_model(tmp_path, capsys):
+    model = linear_artifact()
+    out = tmp_path / "tp.json"
+    rc = throughput.main(["--config", str(REPO / "configs/tiny.yaml"), "--set", "model.kind=linear", "--model", str(model),
+                          "--items", "4", "--min-time", "0", "--threads", "1", "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["model"]["kind"] == "linear" and result["dtype"] == "float64"
+    assert [r["what"].split(" (")[0] for r in result["rows"]] == ["encode", "decode", "codec encode", "codec decode"]
+    k = result["model"]["components"]
+    for r in result["rows"]:
+        assert r["flops_per_value"] == pytest.approx(2 * k) and r["seconds"] > 0
+    assert "linear model, 16 EOFs" in capsys.readouterr().out
 
 
 def test_throughput_on_tiny_config(tmp_path, capsys):

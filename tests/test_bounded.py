@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import sys
 import threading
 
 import numpy as np
@@ -292,14 +293,14 @@ def test_versions_and_damaged_residuals(artifact_path, data):
     x = data[:3].copy()
     x[0, :4, :4] = np.nan
     plain = VCINRCodec.for_model(artifact_path, QUALITY).encode(x)
-    assert plain[5] == 1 and decode_container(plain).residual is None  # unbounded chunks as before
+    assert plain[2] == 3 and not plain[7] & 1 << 2 and decode_container(plain).residual is None  # no residual flag
     codec = VCINRCodec.for_model(artifact_path, QUALITY, max_rel_error=1e-3)
     enc = codec.encode(x)
-    assert enc[5] == 2
+    assert enc[2] == 3 and enc[7] & 1 << 2  # format 3, residual flag set
     header, mask, payload, residual = decode_container(enc)
-    with pytest.raises(ChunkFormatError, match="residual checksum"):
+    with pytest.raises(ChunkFormatError, match="checksum mismatch"):
         codec.decode(enc[:-1] + bytes([enc[-1] ^ 1]))
-    with pytest.raises(ChunkFormatError, match="truncated"):
+    with pytest.raises(ChunkFormatError, match="checksum mismatch"):
         codec.decode(enc[:-3])
     # well-checksummed but malformed sections (a faulty writer): clear errors, no array
     n_field = residual_format.HEAD.size - 4 - 1 - 8  # offset of the u64 count of valid points
@@ -406,3 +407,121 @@ def test_residual_sections_are_size_checked_before_decompressing(section):
     finally:
         tracemalloc.stop()
     assert peak < 8 * 1024**2
+
+
+# ---------------------------------------------------------------------------- correction coders
+
+
+def _method_of(enc: bytes) -> int:
+    return residual_format.parse_section(decode_container(enc).residual)[1]
+
+
+@pytest.mark.parametrize("methods", [("rans",), ("sperr",), ("rans", "sperr")], ids=["rans", "sperr", "pick"])
+@pytest.mark.parametrize("kind", ["smooth", "noise"])
+@pytest.mark.parametrize("rel", [1e-4, 1e-3, 1e-2])
+def test_every_correction_coder_keeps_the_bound(artifact_path, data, monkeypatch, methods, kind, rel):
+    """Each coder the encoder can choose (held to it), and the per-chunk pick, keep the
+    bound at every point, on real fields and on noise the INR cannot follow; NaN and
+    fill-value points come back exactly."""
+    monkeypatch.setattr(bound, "RESIDUAL_METHODS", methods)
+    x = data[:4].copy()
+    if kind == "noise":
+        x = (x.mean() + x.std() * np.random.default_rng(0).standard_normal(x.shape)).astype(np.float32)
+    x[1, :6, :] = np.nan
+    x[2, 10:14, 20:30] = -999.0
+    codec = VCINRCodec.for_model(artifact_path, QUALITY, fill_value=-999.0, max_rel_error=rel)
+    enc = codec.encode(x)
+    assert_within(x, codec.decode(enc), bound_of(codec, x), -999.0)
+    if methods == ("sperr",):
+        assert _method_of(enc) == residual_format.SPERR
+    elif methods == ("rans",):
+        assert _method_of(enc) in (residual_format.PLAIN, residual_format.LORENZO)
+
+
+def _chunk_parts(artifact_path, x, rel):
+    """What the encoder hands to encode_residual for chunk ``x`` (no mask)."""
+    codec = VCINRCodec.for_model(artifact_path, QUALITY)
+    lat = decode_latents(codec.encode(x))
+    norm = lat.model.artifact.normaliser
+    inr = lat.inr_normalised().reshape(-1)
+    xhat = norm.denormalise(inr.astype(np.float64))
+    return np.ones(x.shape, bool), xhat, bound.ErrorBound(max_rel_error=rel), bound.inr_scale(inr, norm.lo, norm.hi)
+
+
+@pytest.mark.parametrize("rel", [1e-4, 1e-2])
+def test_pick_stores_the_smaller_section(artifact_path, data, rel):
+    x = data[:4].copy()
+    kept, xhat, spec, scale = _chunk_parts(artifact_path, x, rel)
+    sizes = {m: len(bound.encode_residual(x, kept, xhat, spec, scale, (m,))) for m in ("rans", "sperr")}
+    assert len(bound.encode_residual(x, kept, xhat, spec, scale)) == min(sizes.values())
+
+
+def _sperr_section(artifact_path, data) -> tuple[bytes, np.ndarray, np.ndarray]:
+    x = data[:3].copy()
+    kept, xhat, spec, scale = _chunk_parts(artifact_path, x, 1e-3)
+    section = bound.encode_residual(x, kept, xhat, spec, scale, ("sperr",))
+    return section, kept, xhat
+
+
+def _with_stream(section: bytes, stream: bytes) -> bytes:
+    """``section`` with its SPERR stream (the second part) replaced, lengths consistent."""
+    head = residual_format.HEAD.size
+    parts = residual_format.parse_section(section)[3]
+    parts[1] = stream
+    return section[:head] + b"".join(residual_format.LEN.pack(len(p)) + p for p in parts)
+
+
+def test_damaged_sperr_streams_are_refused(artifact_path, data):
+    """A SPERR stream cut short (SPERR itself would decode it, coarser), extended, or with
+    a header that claims more bits or bit planes than it can hold: a ChunkFormatError
+    before SPERR's decoder runs. (Damage to the coded bits themselves is the residual
+    CRC's to catch: see test_versions_and_damaged_residuals.)"""
+    section, kept, xhat = _sperr_section(artifact_path, data)
+    stream = residual_format.parse_section(section)[3][1]
+    assert bound.apply_residual(_with_stream(section, stream), kept, xhat, np.dtype("f4")).shape == xhat.shape
+    planes = bytearray(stream)
+    planes[17] = 65
+    bits = bytearray(stream)
+    bits[18 + 7] ^= 0x40  # the SPECK stream's u64 bit count, a high byte
+    step = bytearray(stream)
+    step[9:17] = struct.pack("<d", -1.0)
+    damaged = [stream[:-1], stream[: len(stream) // 2], stream[:20], stream[:5], stream + b"\0", b"",
+               bytes(planes), bytes(bits), bytes(step)]
+    for bad in damaged:
+        with pytest.raises(ChunkFormatError, match="SPERR"):
+            bound.apply_residual(_with_stream(section, bad), kept, xhat, np.dtype("f4"))
+
+
+def test_sperr_chunk_with_a_flipped_bit_is_refused(artifact_path, data, monkeypatch):
+    monkeypatch.setattr(bound, "RESIDUAL_METHODS", ("sperr",))
+    codec = VCINRCodec.for_model(artifact_path, QUALITY, max_rel_error=1e-3)
+    enc = codec.encode(data[:3])
+    assert _method_of(enc) == residual_format.SPERR
+    for pos in (len(enc) - 1, len(enc) - 200):
+        bad = bytearray(enc)
+        bad[pos] ^= 0x10
+        with pytest.raises(ChunkFormatError, match="checksum mismatch"):
+            codec.decode(bytes(bad))
+
+
+def test_sperr_decoder_without_imagecodecs_names_the_package(artifact_path, data, monkeypatch):
+    section, kept, xhat = _sperr_section(artifact_path, data)
+    monkeypatch.setitem(sys.modules, "imagecodecs", None)  # import imagecodecs now fails
+    with pytest.raises(CodecError, match="imagecodecs"):
+        bound.apply_residual(section, kept, xhat, np.dtype("f4"))
+
+
+def test_correction_option_chooses_the_coder_and_round_trips_in_the_config(artifact_path, data):
+    """correction='sperr' codes every chunk's correction with SPERR (lower MSE at the same
+    bound); it is in the config only when not the default, and an unknown one is refused."""
+    plain = VCINRCodec.for_model(artifact_path, QUALITY, max_rel_error=1e-3)
+    sperr = VCINRCodec.for_model(artifact_path, QUALITY, max_rel_error=1e-3, correction="sperr")
+    assert "correction" not in plain.get_config() and sperr.get_config()["correction"] == "sperr"
+    again = VCINRCodec.from_config(sperr.get_config())
+    enc = again.encode(data[:3])
+    assert _method_of(enc) == residual_format.SPERR
+    out = again.decode(enc).reshape(data[:3].shape)
+    span = float(np.nanmax(data[:3]) - np.nanmin(data[:3]))
+    assert np.nanmax(np.abs(out - data[:3])) <= 1e-3 * span
+    with pytest.raises(CodecError, match="correction must be one of"):
+        VCINRCodec.for_model(artifact_path, QUALITY, correction="zfp")

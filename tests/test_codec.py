@@ -18,7 +18,7 @@ import zarr
 from _vcinr_tiny import LEARNED, QUALITY, fields, other_artifact, tiny_artifact
 
 from vcinr_sci.codec.container import decode_container, encode_container
-from vcinr_sci.codec.core import decode_latents
+from vcinr_sci.codec.core import decode_chunk, decode_latents
 from vcinr_sci.codec.numcodecs import VCINRCodec
 from vcinr_sci.codec.zarr3 import VCINRZarrCodec
 from vcinr_sci.errors import ArtifactError, ChunkFormatError, CodecError
@@ -57,7 +57,7 @@ def test_roundtrip_numcodecs(codec, data):
     assert rmse < 0.1 * (np.nanmax(x) - np.nanmin(x))
     assert len(enc) < x.nbytes / 50
     header = decode_container(enc).header
-    assert header.model_hash == codec.model_hash and header.quality == QUALITY
+    assert header.model_hash == codec.model_hash[:16] and header.quality == QUALITY  # the chunk holds a prefix
     assert header.num_items == 8 and header.shape == x.shape and header.inner_steps == codec.inner_steps
     # decode into a caller's buffer, and decode is deterministic
     out = np.empty_like(x)
@@ -207,13 +207,13 @@ def test_corrupt_bytes_refused(codec, data, damage):
     if damage == "flip_payload":
         enc[-3] ^= 0x10
     elif damage == "flip_header":
-        enc[50] ^= 0x01
+        enc[12] ^= 0x01  # in the model hash prefix
     elif damage == "truncate":
         enc = enc[: len(enc) - 5]
     elif damage == "trailing":
         enc += b"\0"
     elif damage == "version":
-        enc[5] = 9
+        enc[2] = 9
     elif damage == "magic":
         enc[0:5] = b"NOPE!"
     elif damage == "empty":
@@ -259,6 +259,28 @@ def test_model_search_path_env(codec, data, monkeypatch):
     monkeypatch.setenv("VCINR_MODEL_PATH", str(Path(codec.model_path).parent))
     anywhere = VCINRCodec.from_config({**codec.get_config(), "model_path": None})
     assert anywhere.decode(enc).shape == (1, 37, 49)
+
+
+def test_chunk_of_another_model_refused(codec, data):
+    """A chunk holds a prefix of its model's hash; it must agree with the full hash the
+    codec config names (which the model is then loaded by)."""
+    enc = codec.encode(data[:1])
+    other = VCINRCodec.for_model(other_artifact(), QUALITY)
+    assert other.model_hash[:16] != codec.model_hash[:16]
+    with pytest.raises(ChunkFormatError, match=f"written with model {codec.model_hash[:16]}, .* {other.model_hash}"):
+        other.decode(enc)
+    with pytest.raises(ChunkFormatError, match="written with model"):
+        decode_latents(enc, model_hash=other.model_hash)
+
+
+def test_decode_without_config_finds_the_model_by_prefix(codec, data, monkeypatch):
+    enc = codec.encode(data[:2])
+    expected = codec.decode(enc)
+    clear_model_cache(search_paths=True)
+    monkeypatch.setenv("VCINR_MODEL_PATH", str(Path(codec.model_path).parent))
+    np.testing.assert_array_equal(decode_chunk(enc), expected)
+    assert model_cache_stats()["models"] == [codec.model_hash]  # cached by its full hash
+    np.testing.assert_array_equal(decode_chunk(enc), expected)  # the cached model, by prefix
 
 
 def test_model_loaded_once(artifact_path, data):

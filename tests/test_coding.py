@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -212,3 +213,20 @@ def test_uniform_quantiser_refuses_bad_bytes():
                 quantiser.decompress(bad, 7)
     with pytest.raises(ValueError, match="bits"):
         UniformQuantiser(D, 0)
+
+
+def test_rans_encode_never_overruns_compressais_buffer():
+    """compressai writes one 32-bit word per symbol: escape-heavy or one-symbol strings
+    used to overrun it. They now round-trip, and a string that fits is left as it was."""
+    from vcinr_sci.coding._compressai import ans, pmf_to_quantized_cdf
+    from vcinr_sci.coding.rans import encode_with_indexes
+
+    cdf = pmf_to_quantized_cdf([0.5, 0.25, 0.25 - 1e-6, 1e-6], 16)  # symbols -1, 0, 1; then the escape
+    tables = ([cdf], [len(cdf)], [-1])
+    for symbols in ([5_000_000], [-3_000_000, 7, 2**20, -1], [0]):
+        string = encode_with_indexes(symbols, [0] * len(symbols), *tables)
+        assert ans.RansDecoder().decode_with_indexes(string, [0] * len(symbols), *tables) == symbols
+    many = np.random.default_rng(0).integers(-1, 2, 1000).tolist()
+    assert encode_with_indexes(many, [0] * 1000, *tables) == ans.RansEncoder().encode_with_indexes(many, [0] * 1000, *tables)
+    with pytest.raises(ValueError, match="more than compressai"):
+        encode_with_indexes([2**28], [0], *tables)

@@ -6,6 +6,7 @@ chunks; each actor loads the model once; a complete store is left alone."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -37,13 +38,26 @@ def job(tmp_path):
     return Config.from_dict(raw), path, source
 
 
+# A chunk write through Zarr's local store, killed (as on a lost node) after the bytes
+# went to their temporary name and before the rename: leaves what Zarr itself leaves.
+KILLED_MID_WRITE = """
+import os, pathlib, signal, sys
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+from zarr.storage import LocalStore
+pathlib.Path.replace = lambda self, target: os.kill(os.getpid(), signal.SIGKILL)
+sync(LocalStore(sys.argv[1]).set(sys.argv[2], default_buffer_prototype().buffer.from_bytes(b"VCINR half")))
+"""
+
+
 def _chunk_files(store: Path) -> dict[str, tuple[int, bytes]]:
     root = store / "air_temperature" / "c"
     return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*") if p.is_file()}
 
 
 def test_resume_after_interruption(ray_session, job, tmp_path, monkeypatch):
-    from pipelines.compress import COMPLETE_ATTR, compress, progress_dir
+    from pipelines.compress import COMPLETE_ATTR, WriteChunks, compress, progress_dir
+    from pipelines.ray_setup import run_actor_pool
 
     monkeypatch.setenv("VCINR_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("VCINR_DEVICE", "cpu")
@@ -60,6 +74,14 @@ def test_resume_after_interruption(ray_session, job, tmp_path, monkeypatch):
     cut = store / "air_temperature" / "c" / "4" / "0" / "0"
     cut.parent.mkdir(parents=True, exist_ok=True)
     cut.write_bytes(b"VCINR\x01 cut short")
+    # a writer killed mid-write leaves Zarr's temporary file
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(store), "air_temperature/c/3/0/0"])
+    assert killed.returncode == -signal.SIGKILL and len(list(store.rglob("*.partial"))) == 1
+    # Ray retries a task that finished on a node lost before its result came back: a
+    # chunk with a marker is not written again.
+    retried = list(run_actor_pool(WriteChunks, [{"variable": "air_temperature", "chunk": 0}],
+                                  {"config": cfg.to_dict(), "store": str(store), "artifact_path": model},
+                                  num_actors=1, cpus_per_actor=1, want_gpu=False, section="compress", say=print))
 
     # the rerun joins the running cluster, as an entrypoint under `ray job submit` does
     env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, PYTHONPATH=str(REPO))
@@ -71,9 +93,10 @@ def test_resume_after_interruption(ray_session, job, tmp_path, monkeypatch):
     assert "5 chunks, 2 complete, 3 to write" in run.stdout and "store complete" in run.stdout
 
     after = _chunk_files(store)
-    assert len(after) == 5
+    assert len(after) == 5, sorted(after)  # no temporary left beside the chunks
     for key, (mtime, data) in done.items():
         assert after[key] == (mtime, data), f"finished chunk {key} was rewritten"
+    assert [bool(r["skipped"]) for r in retried] == [True]  # and said so
     assert not progress_dir(store).exists()
 
     import xarray as xr

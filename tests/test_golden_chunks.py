@@ -1,7 +1,8 @@
 """Chunks written by earlier versions decode forever: the golden chunks in tests/golden
-(format 1 and 2; uniform and learned coders; NaN masks, a numeric fill value beside NaN,
-stored item means; absolute and relative bounds) decode through the codec registry to the
-values they decoded to when written. Written once by tests/golden/make_golden.py."""
+(formats 1, 2 and 3; uniform and learned coders; NaN masks, a numeric fill value beside NaN,
+stored item means; absolute and relative bounds, rANS- and SPERR-coded corrections) decode
+through the codec registry to the values they decoded to when written. Written once by
+tests/golden/make_golden.py."""
 
 from __future__ import annotations
 
@@ -43,6 +44,46 @@ def test_golden_chunk_decodes_as_when_written(name):
         assert np.abs(now[valid] - x[valid]).max() <= min(bounds)
 
 
-def test_golden_covers_both_container_formats():
-    versions = {(GOLDEN / f"{n}.vcinr").read_bytes()[5] for n in CASES}  # after the 5-byte magic
-    assert versions == {1, 2}
+def _version(chunk: bytes) -> int:
+    return chunk[5] if chunk.startswith(b"VCINR") else chunk[2]  # after the 5- or 2-byte magic
+
+
+def test_golden_covers_every_container_format():
+    assert {_version((GOLDEN / f"{n}.vcinr").read_bytes()) for n in CASES} == {1, 2, 3}
+    assert all(_version((GOLDEN / f"{n}.vcinr").read_bytes()) == int(n[1]) for n in CASES)
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(CASES) if n.startswith("v3_")])
+def test_golden_chunk_decodes_without_its_config(name, monkeypatch):
+    """A format-3 chunk holds a prefix of its model's hash: enough to find the model."""
+    from vcinr_sci.codec.core import decode_chunk
+
+    monkeypatch.setenv("VCINR_MODEL_PATH", str(GOLDEN / "models"))
+    fill = CASES[name]["config"].get("fill_value")
+    now = decode_chunk((GOLDEN / f"{name}.vcinr").read_bytes(), fill_value=fill)
+    np.testing.assert_allclose(now, np.load(GOLDEN / f"{name}.out.npy"), rtol=0, atol=1e-3)
+
+
+def test_golden_chunk_of_another_model_refused():
+    """The codec config's model and the chunk's must agree, in every format."""
+    from vcinr_sci.errors import ChunkFormatError
+
+    plain, means = CASES["v1_uniform"], CASES["v1_means"]
+    assert plain["model"] != means["model"]
+    codec = numcodecs.get_codec(means["config"] | {"model_path": str(GOLDEN / "models" / means["model"])})
+    for name in ("v1_uniform", "v3_uniform"):
+        with pytest.raises(ChunkFormatError, match="written with model"):
+            codec.decode((GOLDEN / f"{name}.vcinr").read_bytes())
+
+
+def test_golden_covers_each_correction_coder():
+    """Bounded golden chunks with rANS-coded (plain or Lorenzo) and SPERR-coded corrections."""
+    from vcinr_sci.codec.container import decode_container
+    from vcinr_sci.coding import residual_format
+
+    methods = set()
+    for name in CASES:
+        residual = decode_container((GOLDEN / f"{name}.vcinr").read_bytes()).residual
+        if residual is not None:
+            methods.add(residual_format.parse_section(residual)[1])
+    assert residual_format.SPERR in methods and methods & {residual_format.PLAIN, residual_format.LORENZO}

@@ -95,7 +95,8 @@ def tiny_artifact(tmp_path_factory):
     return save_artifact(artifact, tmp_path_factory.mktemp("artifacts")), cfg
 
 
-def test_build_latents_resumes_after_failure(ray_session, tiny_artifact, tmp_path):
+def test_build_latents_resumes_after_failure(ray_session, tiny_artifact, tmp_path, monkeypatch):
+    from pipelines import build_latents
     from pipelines.build_latents import build
 
     path, cfg = tiny_artifact
@@ -125,6 +126,13 @@ def test_build_latents_resumes_after_failure(ray_session, tiny_artifact, tmp_pat
     kept = {p: p.stat().st_mtime_ns for p in first.root.rglob("shard-*.parquet")}
     with pytest.raises(LatentsError):
         read_shards(first.root, "train")
+
+    def pool_that_loses_a_writer(*args, **kwargs):  # as a node lost during this run would
+        (lost.parent / f".tmp-{lost.name}-lost-node").write_bytes(b"PAR1 half")
+        return run_actor_pool(*args, **kwargs)
+
+    run_actor_pool = build_latents.run_actor_pool
+    monkeypatch.setattr(build_latents, "run_actor_pool", pool_that_loses_a_writer)
     second = build(cfg, str(path), quiet=True)
     assert (second.written, second.skipped) == (1, 3)
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished shards untouched

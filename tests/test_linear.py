@@ -69,7 +69,10 @@ def test_coefficient_coder_round_trip_error_and_rate():
         coder = CoefficientCoder(scales, rho, step, predict=False)
         data = coder.compress(c)
         out = coder.decompress(data, len(c)).numpy()
-        assert np.abs(out - c).max() <= step / 2 + 1e-12
+        # RDOQ may move a symbol toward 0 where the bits saved outweigh the error: never
+        # past what 48 bits at lambda = ln2/6 pay for (|u| < 2.4 steps)
+        assert np.abs(out - c).max() <= 2.4 * step
+        assert np.mean((out - c) ** 2) <= step**2 / 4
         assert np.array_equal(out, coder.quantise(c).numpy())
         sizes.append(len(data))
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
@@ -81,7 +84,7 @@ def test_prediction_is_chosen_when_it_pays_and_decodes_exactly():
     a, b = predicted.compress(c), plain.compress(c)
     assert a[0] == 1 and len(a) < 0.8 * len(b)
     out = predicted.decompress(a, len(c)).numpy()
-    assert np.abs(out - c).max() <= 0.005 + 1e-12  # closed loop: no drift along the chunk
+    assert np.abs(out - c).max() <= 2.4 * 0.01  # closed loop: no drift along the chunk
     assert np.array_equal(out, predicted.quantise(c).numpy())
     shuffled = np.random.default_rng(1).permutation(c)  # no correlation left: the plain mode wins
     assert predicted.compress(shuffled)[0] == 0

@@ -42,41 +42,43 @@ def test_tiny_trains_and_writes_a_loadable_artifact(ray_session, tiny):
     assert art.metrics["test_psnr"] > 17.0
 
 
-def _kill_train_worker_after_checkpoint(run_dir: Path, done: threading.Event) -> list[int]:
-    """SIGKILL this session's Ray Train worker once a checkpoint has been on disk long
-    enough for the controller to register it (it polls every 2 s); returns the pids."""
-    seen = None
+def _kill_a_train_worker_after_checkpoint(run_dir: Path, done: threading.Event) -> list[int]:
+    """SIGKILL one of this session's Ray Train workers once the controller has
+    registered a checkpoint (its snapshot, which a restart restores from, is on disk);
+    returns the pids of the workers then running, the killed one first."""
     while not done.is_set():
-        if seen is None and list(run_dir.glob("checkpoint_*")):
-            seen = time.monotonic()
-        if seen is not None and time.monotonic() - seen > 3.0:
-            workers = [p for p in psutil.Process().children(recursive=True) if "RayTrainWorker" in " ".join(p.cmdline()[:1])]
-            for p in workers:
-                os.kill(p.pid, signal.SIGKILL)
+        if (run_dir / "checkpoint_manager_snapshot.json").is_file():
+            workers = [p.pid for p in psutil.Process().children(recursive=True) if "RayTrainWorker" in " ".join(p.cmdline()[:1])]
             if workers:
-                return [p.pid for p in workers]
-        time.sleep(0.1)
+                os.kill(workers[0], signal.SIGKILL)
+                return workers
+        time.sleep(0.02)
     return []
 
 
-def test_killed_worker_resumes_from_last_checkpoint(ray_session, tiny):
-    # Long enough that the worker is still training 3 s after its first checkpoint, even
-    # on a quiet machine (a tiny step takes a few ms there).
-    tiny.meta.steps, tiny.train.checkpoint_every, tiny.train.max_failures = 1500, 10, 1
-    tiny.meta.eval_every, tiny.train.log_every = 10_000, 500
+def test_killed_worker_resumes_from_last_checkpoint(ray_session, tiny, monkeypatch):
+    # Two DDP workers (one CPU each), one of them killed mid-run. The controller polls
+    # the workers (and so registers their checkpoints) every 0.2 s instead of 2 s, so
+    # that a short run is still training when the kill comes; tiny steps (2 items of 64
+    # points) keep a loaded machine's share of the run short.
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # passed on to the controller
+    tiny.train.num_workers = 2
+    tiny.meta.steps, tiny.meta.batch_size, tiny.meta.points_per_step = 200, 2, 64
+    tiny.train.checkpoint_every, tiny.train.max_failures = 5, 1
+    tiny.meta.eval_every, tiny.train.log_every = 10_000, 100
     run_dir = Path(tiny.train.storage_path) / run_id(tiny)
-    done, killed = threading.Event(), []
-    killer = threading.Thread(target=lambda: killed.extend(_kill_train_worker_after_checkpoint(run_dir, done)))
+    done, workers = threading.Event(), []
+    killer = threading.Thread(target=lambda: workers.extend(_kill_a_train_worker_after_checkpoint(run_dir, done)))
     killer.start()
     try:
         out = fit(tiny)
     finally:
         done.set()
         killer.join()
-    assert killed, "the worker finished before it could be killed"
+    assert len(workers) == 2, f"not one of 2 running workers killed: {workers}"
     assert out.metrics["step"] == tiny.meta.steps
     start = out.metrics["start_step"]
-    assert start > 0 and start % tiny.train.checkpoint_every == 0, f"the restarted worker began at {start}, not a checkpoint"
+    assert start > 0 and start % tiny.train.checkpoint_every == 0, f"the restarted workers began at {start}, not a checkpoint"
 
     # A rerun of a finished config trains nothing and returns the same artifact.
     again = fit(tiny)

@@ -207,8 +207,9 @@ def test_bad_copy_in_cache_is_replaced(model, ds, tmp_path, monkeypatch):
 # --- claimed sizes and malformed headers --------------------------------------------
 
 
-def _resign(buf: bytes) -> bytes:
-    """Recompute the header CRC: a crafted chunk a CRC cannot tell from a real one."""
+def _legacy_resign(buf: bytes) -> bytes:
+    """Recompute a format 1 or 2 chunk's header CRC: a crafted chunk a CRC cannot tell
+    from a real one."""
     b = bytearray(buf)
     header_len = struct.unpack_from("<H", b, 6)[0]
     struct.pack_into("<I", b, 8, zlib.crc32(b[12:header_len], zlib.crc32(b[:8])))
@@ -230,11 +231,10 @@ _BOMB_SCRIPT = textwrap.dedent(
                             serializer=VCINRZarrCodec(codec=codec), compressors=None, fill_value=np.nan)
     arr[:] = x
     codec.decode(normal), arr[:]  # warm: the model and every code path loaded
-    bomb = bytearray(empty)
-    import struct, zlib
-    struct.pack_into("<Q", bomb, 53, fields); struct.pack_into("<Q", bomb, 81, fields)
-    struct.pack_into("<I", bomb, 8, zlib.crc32(bomb[12:struct.unpack_from("<H", bomb, 6)[0]], zlib.crc32(bomb[:8])))
-    bomb = bytes(bomb)
+    from dataclasses import replace
+    from vcinr_sci.codec.container import read_raw_header, seal
+    raw, end = read_raw_header(empty)
+    bomb = seal(replace(raw, shape=(fields, *raw.shape[1:])).pack() + empty[end:])
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     outcome = {}
     def attempt(name, f):
@@ -295,25 +295,44 @@ def test_claimed_size_checks():
 
 
 @pytest.mark.parametrize("text", [",f4", "f4,", "O,O", "[f4", "V99"])
-def test_malformed_dtype_string_refused(model, ds, text):
-    """A CRC-valid header whose dtype text numpy cannot (or should not) parse is refused
-    with ChunkFormatError, never a SyntaxError from numpy's dtype parser."""
+def test_malformed_dtype_string_refused(text):
+    """A CRC-valid format-1 header (format 3 stores a dtype code, not text) whose dtype
+    text numpy cannot (or should not) parse is refused with ChunkFormatError, never a
+    SyntaxError from numpy's dtype parser."""
+    import numcodecs
+
     from vcinr_sci.codec.container import decode_container
+    from vcinr_sci.errors import ChunkFormatError
+
+    golden = Path(__file__).resolve().parent / "golden"
+    case = json.loads((golden / "cases.json").read_text())["v1_uniform"]
+    codec = numcodecs.get_codec(case["config"] | {"model_path": str(golden / "models" / case["model"])})
+    b = bytearray((golden / "v1_uniform.vcinr").read_bytes())
+    ndim = b[46]
+    at = 81 + 8 * ndim
+    assert bytes(b[at : at + 3]) == b"<f4"
+    b[at : at + 3] = text.encode()
+    crafted = _legacy_resign(bytes(b))
+    with pytest.raises(ChunkFormatError, match="dtype"):
+        decode_container(crafted)
+    with pytest.raises(ChunkFormatError, match="dtype"):
+        codec.decode(crafted)
+
+
+def test_dtype_code_outside_the_table_refused(model, ds):
+    """Format 3's dtype is a code; a CRC-valid chunk with an unknown code is refused."""
+    from dataclasses import replace
+
+    from vcinr_sci.codec.container import read_raw_header, seal
     from vcinr_sci.codec.numcodecs import VCINRCodec
     from vcinr_sci.errors import ChunkFormatError
 
     codec = VCINRCodec.for_model(model, QUALITY)
     enc = codec.encode(ds.air_temperature.values[:1])
-    b = bytearray(enc)
-    ndim = b[46]
-    at = 81 + 8 * ndim
-    assert bytes(b[at : at + 3]) == b"<f4"
-    b[at : at + 3] = text.encode()
-    crafted = _resign(bytes(b))
-    with pytest.raises(ChunkFormatError, match="dtype"):
-        decode_container(crafted)
-    with pytest.raises(ChunkFormatError, match="dtype"):
-        codec.decode(crafted)
+    raw, end = read_raw_header(enc)
+    for code in (0, 7, 15):
+        with pytest.raises(ChunkFormatError, match=f"unknown dtype code {code}"):
+            codec.decode(seal(replace(raw, flags=raw.flags & 0x0F | code << 4).pack() + enc[end:]))
 
 
 # --- integrity against tampering ----------------------------------------------------

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from _vcinr_tiny import QUALITY, tiny_artifact
+from _vcinr_tiny import QUALITY, linear_artifact, tiny_artifact
 
 from vcinr_sci.config import load_config
 from vcinr_sci.errors import ArtifactError
@@ -46,5 +46,18 @@ def test_another_configs_artifact_is_not_chosen(tmp_path):
     other = _config(root)
     other.meta.inner_steps += 1
     assert select_artifact(cfg) == root / "a"
-    with pytest.raises(ArtifactError, match="meta-trained from this config"):
+    with pytest.raises(ArtifactError, match="made from this config's data/model/meta: run pipelines.meta_train"):
         select_artifact(other)
+
+
+def test_a_linear_config_chooses_its_linear_model_by_its_basis_section(tmp_path):
+    root = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifact(), root / "inr")
+    shutil.copytree(linear_artifact(), root / "linear")
+    linear = load_config(CONFIGS / "tiny.yaml", {"model.kind": "linear", "basis.components": 16,
+                                                  "basis.target_psnr": [30, 40], "train.artifact_dir": str(root)})
+    assert select_artifact(linear, with_coders=True, require_coders=True) == root / "linear"
+    assert select_artifact(_config(root)) == root / "inr"
+    linear.basis.components = 8  # another basis: not this model
+    with pytest.raises(ArtifactError, match="data/model/basis: run pipelines.fit_basis"):
+        select_artifact(linear)

@@ -89,7 +89,7 @@ class MetaConfig:
     inner_lr_clip: list[float] = field(default_factory=lambda: [-5.0, 5.0])
     first_order: bool = False
     outer_lr: float = 1e-4
-    batch_size: int = 16
+    batch_size: int = 16  # items per outer step, shared out among train.num_workers
     steps: int = 1000
     grad_clip: float | None = 1.0
     # Random grid points per item per outer step (None = all): bounds the cost of

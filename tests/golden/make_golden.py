@@ -22,7 +22,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/_vcinr_tiny.py
 
-from _vcinr_tiny import LEARNED, QUALITY, fields, tiny_artifact  # noqa: E402
+from _vcinr_tiny import LEARNED, QUALITY, fields, linear_artifact, tiny_artifact  # noqa: E402
 
 
 def _inputs() -> dict[str, np.ndarray]:
@@ -36,7 +36,9 @@ def _inputs() -> dict[str, np.ndarray]:
     return {"plain": x, "holes": holes, "filled": filled}
 
 
-# name -> (model kind, input, codec options); format 1 unless a bound is asked for
+# name -> (model kind, input, codec options). The prefix names the container format the
+# chunk was written in: format 1 (written without a bound) and 2 (with one) by earlier
+# versions, format 3 by the current one.
 CASES = {
     "v1_uniform": ("plain", "plain", {"quality": QUALITY}),
     "v1_learned_mask": ("plain", "holes", {"quality": LEARNED}),
@@ -44,16 +46,37 @@ CASES = {
     "v1_means": ("means", "holes", {"quality": QUALITY}),
     "v2_abs_bound_means_mask": ("means", "holes", {"quality": QUALITY, "max_abs_error": 0.05}),
     "v2_rel_bound": ("plain", "plain", {"quality": LEARNED, "max_rel_error": 1e-3}),
+    "v3_uniform": ("plain", "plain", {"quality": QUALITY}),
+    "v3_learned_fill_other_mask": ("plain", "filled", {"quality": LEARNED, "fill_value": -9999.0}),
+    "v3_abs_bound_means_mask": ("means", "holes", {"quality": QUALITY, "max_abs_error": 0.05}),
+    # a loose bound, where the encoder's pick stores the correction as SPERR's stream
+    "v2_sperr_residual": ("plain", "holes", {"quality": QUALITY, "max_rel_error": 0.05}),
+    # a linear model (training mean + EOFs, coefficient coder)
+    "v3_linear": ("linear", "plain", {"quality": "q1"}),
+    "v3_linear_abs_bound_mask": ("linear", "holes", {"quality": "q0", "max_abs_error": 0.05}),
 }
+
+
+def _models(index: dict) -> dict[str, Path]:
+    """Model folder per kind: the one earlier cases of that kind used (in ``models/``),
+    else a freshly trained tiny model."""
+    used = {CASES[n][0]: HERE / "models" / case["model"] for n, case in index.items() if n in CASES}
+    if "plain" not in used:
+        used["plain"] = tiny_artifact()
+    if "means" not in used:
+        used["means"] = tiny_artifact(subtract_item_mean=True)
+    if "linear" not in used:
+        used["linear"] = linear_artifact()
+    return used
 
 
 def main(names: list[str]) -> int:
     from vcinr_sci.codec.numcodecs import VCINRCodec
 
-    models = {"plain": tiny_artifact(), "means": tiny_artifact(subtract_item_mean=True)}
     inputs = _inputs()
     index_path = HERE / "cases.json"
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    models = _models(index)
     for name in names or list(CASES):
         if name in index:
             print(f"{name}: exists, left as it is")

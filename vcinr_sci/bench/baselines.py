@@ -10,8 +10,12 @@ model's own data split:
   the code paths ``vcinr bench codecs`` uses for them);
 - **EOF-k**: the anomaly's coefficients on the first ``k`` EOFs, quantised with a step of
   ``step`` x (each coefficient's training standard deviation) and coded with compressai's
-  rANS under a Gaussian of that deviation (the table follows from the step alone, since
-  every coefficient is coded in units of its own deviation);
+  rANS under a Gaussian of that deviation (one table for all: every coefficient is coded
+  in units of its own deviation);
+- **EOF abs-step**: the same coefficients quantised with one absolute step for all (reverse
+  water-filling: a coefficient whose deviation is well below the step rounds to 0 and
+  costs almost nothing, so ``k`` can be large), each coded under a Gaussian of its own
+  deviation in units of that step (a table per coefficient);
 - **EOF-k + SPERR / SZ3**: the residual after EOF-k through SPERR or SZ3 (high PSNR, and
   a point-wise bound, which the residual codec keeps).
 
@@ -38,11 +42,15 @@ from numcodecs.compat import ensure_bytes, ensure_ndarray_like
 from safetensors.numpy import save as st_save
 from scipy.stats import norm
 
+from vcinr_sci.coding.rans import encode_with_indexes
 from vcinr_sci.config import DataConfig
 from vcinr_sci.data.sources import FieldSource, open_variable
 
 _CDF_PRECISION = 16  # bits of compressai's quantised CDFs
 _TABLE_SIGMAS = 6.0  # the Gaussian table covers +-6 deviations; beyond, rANS escapes (bypass)
+# The finest bin (in deviations) a table may have: ~12,000 symbols, each of which the
+# 16-bit CDF gives at least one count, costing ~0.3 bits a coefficient over its entropy.
+_MIN_WIDTH = 1e-3
 _FLAG_MASK = 1  # the chunk stores its own NaN mask (it differs from the model's)
 
 
@@ -57,15 +65,19 @@ class TrainingBasis:
     ``mean (*grid)`` float32 (at points missing in every training field, ``missing``,
     the mean over all points); ``eofs (K, P)`` float32, orthonormal rows over the
     flattened grid, zero outside the points finite in every training field; ``sigma (K,)``
-    the training coefficients' standard deviations."""
+    the training coefficients' standard deviations; ``deviation`` the training anomalies'
+    total standard deviation (the root of the summed variances of all their coefficients,
+    not only the first K: the size of a typical anomaly field, the unit a sweep of
+    absolute steps reads well in; a decoder does not need it)."""
 
     mean: np.ndarray
     missing: np.ndarray
     eofs: np.ndarray
     sigma: np.ndarray
+    deviation: float
 
     @classmethod
-    def fit(cls, train: np.ndarray, max_k: int = 64) -> "TrainingBasis":
+    def fit(cls, train: np.ndarray, max_k: int = 256) -> "TrainingBasis":
         """From training fields ``(n, *grid)``; up to ``min(max_k, n - 1)`` EOFs."""
         x = np.asarray(train, np.float64)
         if x.ndim < 2 or len(x) < 2:
@@ -89,7 +101,8 @@ class TrainingBasis:
         # float32 as stored: the deviations of the coefficients the decoder will see
         coeffs = anomaly @ eofs[:, valid.reshape(-1)].astype(np.float64).T
         sigma = np.maximum(coeffs.std(axis=0), np.finfo(np.float32).tiny).astype(np.float32)
-        return cls(mean.astype(np.float32), missing, eofs, sigma)
+        deviation = float(np.sqrt(np.sum(s**2) / len(x)))
+        return cls(mean.astype(np.float32), missing, eofs, sigma, deviation)
 
     @property
     def grid_shape(self) -> tuple[int, ...]:
@@ -108,32 +121,53 @@ class TrainingBasis:
         return st_save(tensors)
 
 
-def gaussian_cdf(step: float) -> list[int]:
-    """compressai's quantised CDF of ``round(c / (step * sigma))`` for ``c ~ N(0, sigma)``:
-    symbols ``-L..L`` then the escape symbol (tail mass), ``L = ceil(6 / step)``."""
+def gaussian_cdf(width: float) -> list[int]:
+    """compressai's quantised CDF of ``round(c / (width * sigma))`` for ``c ~ N(0, sigma)``
+    (``width``: the quantisation step in units of the coefficient's deviation): symbols
+    ``-L..L`` then the escape symbol (tail mass), ``L = table_half_width(width)``."""
     from vcinr_sci.coding._compressai import pmf_to_quantized_cdf
 
-    half = math.ceil(_TABLE_SIGMAS / step)
+    half = table_half_width(width)
     q = np.arange(-half, half + 1)
-    pmf = norm.cdf((q + 0.5) * step) - norm.cdf((q - 0.5) * step)
+    pmf = norm.cdf((q + 0.5) * width) - norm.cdf((q - 0.5) * width)
     return pmf_to_quantized_cdf([*pmf.tolist(), max(1.0 - pmf.sum(), 0.0)], _CDF_PRECISION)
+
+
+def table_half_width(width: float) -> int:
+    """The largest symbol of :func:`gaussian_cdf`'s table: +-6 deviations."""
+    return math.ceil(_TABLE_SIGMAS / width)
 
 
 class TrainingBasisCodec(Codec):
     """Fields ``(n, *grid)`` (or one field ``grid``) coded against a :class:`TrainingBasis`:
     the mean field, ``k`` quantised EOF coefficients (``k = 0``: none), then the residual
     through ``residual`` (a numcodecs codec for one float64 field, e.g. imagecodecs'
-    ``Sperr``; None: no residual)."""
+    ``Sperr``; None: no residual).
+
+    The coefficients' quantisation step is ``step`` x each one's training deviation
+    (EOF-k), or with ``absolute``, ``step`` in the data's units for all of them (EOF
+    abs-step; the EOFs have unit norm, so a coefficient is in the data's units too)."""
 
     codec_id = "vcinr-bench-training-basis"  # not registered: a benchmark codec
 
-    def __init__(self, basis: TrainingBasis, k: int = 0, step: float = 0.5, residual: Codec | None = None):
+    def __init__(self, basis: TrainingBasis, k: int = 0, step: float = 0.5, residual: Codec | None = None,
+                 absolute: bool = False):
         if not 0 <= k <= basis.max_k:
             raise ValueError(f"k={k}: the basis has {basis.max_k} EOFs")
-        if k and not step > 0:
-            raise ValueError(f"step must be > 0, got {step}")
-        self.basis, self.k, self.step, self.residual = basis, k, float(step), residual
-        self._cdf = gaussian_cdf(step) if k else None
+        if k and not (step > 0 and math.isfinite(step)):
+            raise ValueError(f"step must be finite and > 0, got {step}")
+        self.basis, self.k, self.step, self.residual, self.absolute = basis, k, float(step), residual, absolute
+        sigma = basis.sigma[:k].astype(np.float64)
+        # per coefficient: its quantisation step (data units) and that step in units of
+        # its deviation, the width of its table's bins; equal widths share one table
+        self._steps = np.full(k, self.step) if absolute else self.step * sigma
+        widths = self._steps / sigma if absolute else np.full(k, self.step)
+        if k and widths.min() < _MIN_WIDTH:
+            raise ValueError(f"step {step:g} is too fine for coefficient tables of {_CDF_PRECISION}-bit "
+                             f"precision ({widths.min():.3g} deviations; at least {_MIN_WIDTH:g})")
+        unique, self._table_index = np.unique(widths, return_inverse=True)
+        self._cdfs = [gaussian_cdf(w) for w in unique]
+        self._offsets = [-table_half_width(w) for w in unique]
 
     def model_bytes(self) -> bytes:
         return self.basis.model_bytes(self.k)
@@ -155,7 +189,7 @@ class TrainingBasisCodec(Codec):
         base = np.broadcast_to(self.basis.mean.astype(np.float64), fields.shape)
         if self.k:
             symbols = self._symbols(fields)
-            out += _section(self._rans().RansEncoder().encode_with_indexes(*self._rans_args(symbols.reshape(-1))))
+            out += _section(self._encode_symbols(symbols.reshape(-1)))
             base = self._reconstruct(symbols)
         if self.residual is not None:
             resid = np.where(nan, 0.0, fields - base)
@@ -181,7 +215,7 @@ class TrainingBasisCodec(Codec):
         base = np.broadcast_to(self.basis.mean.astype(np.float64), shape)
         if self.k:
             string, pos = _read_section(data, pos)
-            symbols = self._rans().RansDecoder().decode_with_indexes(string, *self._rans_args(np.zeros(n * self.k, np.int64))[1:])
+            symbols = self._rans().RansDecoder().decode_with_indexes(string, *self._tables(np.tile(self._table_index, n)))
             base = self._reconstruct(np.asarray(symbols, np.int64).reshape(n, self.k))
         values = np.array(base)
         if self.residual is not None:
@@ -200,21 +234,26 @@ class TrainingBasisCodec(Codec):
     # ----------------------------------------------------------------- EOF coefficients
 
     def _symbols(self, fields: np.ndarray) -> np.ndarray:
-        """``round(coefficient / (step sigma))`` of each field's anomaly, ``(n, k)``; the
-        missing points of a field count as zero anomaly."""
+        """Each field's anomaly coefficients over their quantisation steps, rounded,
+        ``(n, k)``; the missing points of a field count as zero anomaly."""
         anomaly = np.nan_to_num(fields.astype(np.float64) - self.basis.mean, nan=0.0)
         coeffs = anomaly.reshape(len(fields), -1) @ self.basis.eofs[: self.k].astype(np.float64).T
-        return np.round(coeffs / (self.step * self.basis.sigma[: self.k])).astype(np.int64)
+        return np.round(coeffs / self._steps).astype(np.int64)
 
     def _reconstruct(self, symbols: np.ndarray) -> np.ndarray:
-        coeffs = symbols * (self.step * self.basis.sigma[: self.k].astype(np.float64))
-        flat = coeffs @ self.basis.eofs[: self.k].astype(np.float64)
+        flat = (symbols * self._steps) @ self.basis.eofs[: self.k].astype(np.float64)
         return self.basis.mean.astype(np.float64) + flat.reshape(len(symbols), *self.basis.grid_shape)
 
-    def _rans_args(self, symbols: np.ndarray) -> tuple[list[int], list[int], list[list[int]], list[int], list[int]]:
-        half = math.ceil(_TABLE_SIGMAS / self.step)
-        assert self._cdf is not None  # coefficients exist only when k > 0
-        return symbols.tolist(), [0] * symbols.size, [self._cdf], [len(self._cdf)], [-half]
+    def _tables(self, indexes: np.ndarray) -> tuple[list[int], list[list[int]], list[int], list[int]]:
+        """compressai's ``*_with_indexes`` arguments after the symbols: each symbol's table
+        (``indexes``), the tables, their sizes and offsets."""
+        return indexes.tolist(), self._cdfs, [len(c) for c in self._cdfs], self._offsets
+
+    def _encode_symbols(self, symbols: np.ndarray) -> bytes:
+        """The rANS string of ``symbols``, ``(n * k,)`` in field order, each coefficient
+        under its table (through the library's overrun-safe encoder)."""
+        indexes = np.tile(self._table_index, symbols.size // self.k)
+        return encode_with_indexes(symbols, indexes, *self._tables(indexes)[1:])
 
     @staticmethod
     def _rans():

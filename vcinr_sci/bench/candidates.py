@@ -24,6 +24,13 @@ TOLERANCES = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
 QUICK_TOLERANCES = (1e-2, 1e-3)
 EOF_KS = (2, 4, 8, 16, 32, 64)
 EOF_STEPS = (1.0, 0.5, 0.25)  # coefficient quantisation step, in training deviations
+# EOF abs-step: k capped at the EOFs the training fields give; one step for all the
+# coefficients, in units of the training anomalies' total deviation, 1 down to 1/128 by
+# factors of sqrt(2) (on CCSM TREFHT, from about the mean field's PSNR to where 256 EOFs
+# stop gaining)
+EOF_ABS_KS = (8, 16, 32, 64, 128, 256)
+EOF_ABS_STEPS = tuple(2 ** (-i / 2) for i in range(15))
+MAX_EOFS = max(EOF_KS + EOF_ABS_KS)  # EOFs fitted for the baselines
 RESIDUAL_K = 8  # EOFs in front of SPERR / SZ3 in "EOF-k + SPERR"
 
 
@@ -95,6 +102,8 @@ def baseline_candidates(basis: TrainingBasis, fields: Fields, chunk_fields: int,
     shape = x.shape[1:]
     tols = QUICK_TOLERANCES if quick else TOLERANCES
     ks = [k for k in ((4, 8) if quick else EOF_KS) if k <= basis.max_k]
+    abs_ks = sorted({min(k, basis.max_k) for k in ((8, 64) if quick else EOF_ABS_KS)})
+    abs_steps = (0.25, 0.0625) if quick else EOF_ABS_STEPS
     k_res = min(RESIDUAL_K, basis.max_k)
 
     def cand(family: str, knob: str, codec: TrainingBasisCodec) -> Candidate:
@@ -103,6 +112,9 @@ def baseline_candidates(basis: TrainingBasis, fields: Fields, chunk_fields: int,
     out = [cand("mean field (training)", "k=0", TrainingBasisCodec(basis))]
     out += [cand("EOF-k (training)", f"k={k} step={s:g}", TrainingBasisCodec(basis, k, s))
             for k in ks for s in ((0.5,) if quick else EOF_STEPS)]
+    out += [cand("EOF abs-step (training)", f"k={k} step={s:.3g} x dev",
+                 TrainingBasisCodec(basis, k, s * basis.deviation, absolute=True))
+            for k in abs_ks for s in abs_steps]
     for name in ("SPERR", "SZ3"):
         out += [cand(f"mean field + {name}", f"{'pwe' if name == 'SPERR' else 'abs'}={t:g} x range",
                      TrainingBasisCodec(basis, residual=_residual_codec(name, t * span, shape))) for t in tols]
@@ -150,6 +162,25 @@ def vcinr_candidates(model_path: Path, levels: Sequence[str] | None, more_steps:
         for steps in [own, *[s for s in more_steps if s != own and learned]]:
             codec = VCINRCodec.for_model(loaded, name, inner_steps=steps)
             out.append(Candidate(f"{family}, {steps} steps", name, [codec], chunk_fields, "vcinr", {"inner_steps": steps}))
+    return out
+
+
+def corrected_candidates(model_path: Path, levels: Sequence[str] | None, bounds: Sequence[float], span: float,
+                         chunk_fields: int, corrections: Sequence[str] = ("smallest", "sperr")) -> list[Candidate]:
+    """vcinr's bounded mode as points of the rate-distortion sweep: each quality level
+    with a correction to each bound (``rel x span``, data units), coded each way in
+    ``corrections`` (the fewest bytes at the bound, or SPERR's, lower MSE at it), so vcinr
+    reaches PSNRs beyond what its model alone represents, as the baselines' EOF-8 + SPERR
+    does."""
+    loaded = resolve_model(model_path)
+    names = [n for n in (levels or loaded.artifact.quality_levels) if n.startswith("q")]
+    out = []
+    for name in names:
+        for rel in bounds:
+            for how in corrections:
+                codec = VCINRCodec.for_model(loaded, name, max_abs_error=rel * span, correction=how)
+                out.append(Candidate("vcinr + correction", f"{name}, bound={rel:g} x range, {how}", [codec], chunk_fields,
+                                     "vcinr", {"inner_steps": codec.inner_steps, "bound": rel * span, "bound_rel": rel}))
     return out
 
 

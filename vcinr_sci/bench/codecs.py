@@ -16,9 +16,10 @@ objects a Zarr array would hold, filters first), on the same held-out fields:
   each stores the field's mask beside it: :mod:`vcinr_sci.bench.masked`);
 - **baselines that see vcinr's training data** (:mod:`vcinr_sci.bench.baselines`, fitted
   on the training part of the model's own split): the training mean field alone, with
-  SPERR / SZ3 on the anomaly, EOF-k with entropy-coded coefficients (k and step swept),
-  and EOF-8 with SPERR on the residual; their model file (mean, EOFs, deviations) is
-  counted as vcinr's is.
+  SPERR / SZ3 on the anomaly, EOF-k with entropy-coded coefficients (k and step swept;
+  each coefficient's step relative to its own deviation), EOF abs-step (one absolute step
+  for all coefficients, k up to 256; k and step swept), and EOF-8 with SPERR on the
+  residual; their model file (mean, EOFs, deviations) is counted as vcinr's is.
 
 Classical codecs compress one 2-D field at a time (as the papers' tables do); vcinr
 compresses chunks of ``--chunk-fields`` fields, each field coded independently.
@@ -68,11 +69,12 @@ import torch
 
 from vcinr_sci.bench.baselines import TrainingBasis, training_fields
 from vcinr_sci.bench.candidates import (
-    EOF_KS,
+    MAX_EOFS,
     baseline_candidates,
     bounded_baseline_candidates,
     bounded_candidates,
     classical_candidates,
+    corrected_candidates,
     vcinr_candidates,
 )
 from vcinr_sci.bench.fields import load_fields
@@ -114,9 +116,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     basis = None
     if on_grid and not args.no_baselines:
         art = loaded.artifact
-        basis = TrainingBasis.fit(training_fields(art.config.data, art.split), max_k=max(EOF_KS))
+        basis = TrainingBasis.fit(training_fields(art.config.data, art.split), max_k=MAX_EOFS)
         notes.append(f"baselines fitted on the model's training part ({art.split['dim']} "
-                     f"{art.split['positions']['train']}); EOFs of its anomalies: {basis.max_k}")
+                     f"{art.split['positions']['train']}); EOFs of its anomalies: {basis.max_k}; "
+                     f"their total deviation ('dev', EOF abs-step's unit): {basis.deviation:.4g}")
     if args.bounded:
         candidates = bounded_candidates(fields, model_path if on_grid else None, args.levels,
                                         args.bounds, args.chunk_fields)
@@ -128,6 +131,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             candidates += baseline_candidates(basis, fields, args.chunk_fields, args.quick)
         if on_grid:
             candidates += vcinr_candidates(model_path, args.levels, args.more_steps, args.chunk_fields)
+            if args.vcinr_bounds:
+                span = float(np.nanmax(x) - np.nanmin(x)) or 1.0
+                candidates += corrected_candidates(model_path, args.levels, args.vcinr_bounds, span, args.chunk_fields)
     vcinr_model_bytes = (model_path / WEIGHTS).stat().st_size if model_path else 0
     rows = []
     for c in candidates:
@@ -183,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part", default="test", choices=["train", "val", "test"], help="model split part (default test)")
     p.add_argument("--regrid", help="46x90, 181x360 (equiangular, the papers' grids), any NxM, or 'model'")
     p.add_argument("--fields", type=int, default=24, help="fields evaluated, evenly spaced (default 24; 0 = all)")
+    p.add_argument("--consecutive", action="store_true",
+                   help="evaluate the last --fields fields in a row, as a store chunked along time holds them, "
+                        "instead of evenly spaced ones")
     p.add_argument("--psnr-range", type=_range, default=list(METHOD_RANGE),
                    help="LO,HI mapped to [0, 1] for PSNR (default method.md's 202.66,320.93 K), "
                         "or 'model': the model's normalisation range (its training min/max or fixed range)")
@@ -193,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare at equal max-abs-error bounds (vcinr's bounded mode vs SZ3, SPERR, ZFP, safeguards)")
     p.add_argument("--bounds", type=lambda s: [float(v) for v in s.split(",") if v], default=[1e-4, 1e-3, 1e-2],
                    help="bounds as fractions of the data range, for --bounded (default 1e-4,1e-3,1e-2)")
+    p.add_argument("--vcinr-bounds", type=lambda s: [float(v) for v in s.split(",") if v], default=[],
+                   help="also vcinr's bounded mode in the PSNR sweep: each learned level with a correction to each "
+                        "of these bounds (fractions of the data range), family 'vcinr + correction' (default none)")
     p.add_argument("--quick", action="store_true", help="two knob values per codec (smoke test)")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--plot", metavar="PNG")

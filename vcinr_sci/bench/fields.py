@@ -35,7 +35,8 @@ class Fields:
 
 
 def load_fields(args: argparse.Namespace, model_grid: SphericalGrid | None, model_cfg) -> Fields:
-    """The fields to compress: ``--data`` or the model's held-out part, regridded if asked."""
+    """The fields to compress: ``--data`` or the model's held-out part, regridded if asked;
+    ``--fields`` of them evenly spaced, or with ``--consecutive`` the last ones in a row."""
     if args.data:
         if not args.variable or not args.grid_dims:
             raise UsageError("vcinr bench codecs: --data needs --variable and --grid-dims")
@@ -62,7 +63,11 @@ def load_fields(args: argparse.Namespace, model_grid: SphericalGrid | None, mode
         source = FieldSource(da, source.grid_dims)
         name += f", regridded to {args.regrid}"
     if args.fields and args.fields < len(indices):
-        indices = indices[np.unique(np.linspace(0, len(indices) - 1, args.fields).round().astype(int))]
+        if args.consecutive:  # as a store chunked along time holds them
+            indices = indices[-args.fields :]
+            name += f", last {args.fields} fields"
+        else:
+            indices = indices[np.unique(np.linspace(0, len(indices) - 1, args.fields).round().astype(int))]
     values = source.load(indices)
     if np.isinf(values).any():
         raise UsageError("vcinr bench codecs: the fields hold inf values; codecs compare on finite values and NaN")

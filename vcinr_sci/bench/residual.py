@@ -2,15 +2,20 @@
 
 For held-out fields of a real dataset, coded in chunks by the plain ``vcinr`` codec, and
 for each bound (a fraction of each chunk's value range, 1e-4, 1e-3, 1e-2 by default), it
-codes what the bounded mode must add, four ways, and checks every point of each result
+codes what the bounded mode must add, several ways, and checks every point of each result
 against the bound:
 
-- ``rans``: the codec's own residual section (:mod:`vcinr_sci.coding.bound`): the quantised
-  residual ``q`` under compressai's rANS with a per-chunk histogram, outliers raw;
+- ``rans``: the codec's residual section (:mod:`vcinr_sci.coding.bound`) held to rANS: the
+  quantised residual ``q`` under compressai's rANS with a per-chunk histogram, outliers raw;
+- ``sperr``: the codec's residual section held to SPERR (imagecodecs, point-wise error
+  ``b - m``) on the float residual ``x - xhat``, points that miss stored raw;
+- ``pick``: what the codec stores: per chunk the smaller of the two (the row's ``picked``
+  counts how often each method was chosen);
 - ``zstd``: the same ``q`` (and outliers) as the smallest integer dtype that holds it,
   numcodecs Zstd (level 19, its smallest output; level 3 reported as ``zstd-3``);
-- ``sz3``: SZ3 (pysz) on the float32 residual ``x - xhat`` with absolute bound ``b - m``,
-  then the same check, points that miss stored raw as outliers;
+- ``sz3``: SZ3 (pysz) on the float32 residual ``x - xhat`` at the valid points (1-D)
+  with absolute bound ``b - m``, then the same check, points that miss stored raw as
+  outliers; ``sz3-grid`` the same on the chunk grid, masked points 0 (as ``sperr``);
 - ``safeguards``: compression-safeguards' ``SafeguardedCodec`` (``eb``, ``abs``,
   ``b - m``) around the plain codec, all its bytes.
 
@@ -43,7 +48,7 @@ from numcodecs import Zstd
 from vcinr_sci.bench.output import write_json
 from vcinr_sci.codec.core import decode_latents
 from vcinr_sci.codec.numcodecs import VCINRCodec
-from vcinr_sci.coding import bound
+from vcinr_sci.coding import bound, residual_format
 from vcinr_sci.config import load_config
 from vcinr_sci.data.items import load_dataset
 from vcinr_sci.data.sources import shared_data_dir
@@ -52,7 +57,8 @@ from vcinr_sci.model.artifact import ModelArtifact, load_artifact, save_artifact
 from vcinr_sci.model.training import add_uniform_coder, train_in_process
 
 REPO = Path(__file__).resolve().parents[2]
-METHODS = ("rans", "zstd", "zstd-3", "sz3", "safeguards")
+_METHOD_NAMES = {residual_format.PLAIN: "rans", residual_format.LORENZO: "rans", residual_format.SPERR: "sperr"}
+METHODS = ("rans", "sperr", "pick", "zstd", "zstd-3", "sz3", "sz3-grid", "safeguards")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,10 +135,16 @@ def _zstd(level: int):
     return run
 
 
-def _sz3(x, xhat, b, m):
+def _sz3(x, xhat, b, m, kept=None):
+    """SZ3 on the residual at the valid points (1-D), or with ``kept`` on the chunk grid
+    (masked points 0), as the ``sperr`` row codes it."""
     from pysz import sz, szConfig, szErrorBoundMode
 
     r = (x.astype(np.float64) - xhat).astype(np.float32)
+    if kept is not None:
+        grid = np.zeros(kept.shape, np.float32)
+        grid[kept] = r
+        r = grid
 
     def encode():
         conf = szConfig(r.shape)
@@ -142,6 +154,7 @@ def _sz3(x, xhat, b, m):
 
     blob, t_enc = _timed(encode)
     back, t_dec = _timed(lambda: sz.decompress(blob, np.float32, r.shape)[0])
+    back = back if kept is None else back[kept]
     out = bound.corrected(xhat, back.astype(np.float64), 1.0, x.dtype)
     with np.errstate(invalid="ignore"):
         outliers = ~(np.abs(out.astype(np.float64) - x) <= b - m)
@@ -175,6 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     fields = held_out_fields(artifact, args.fields)
     norm = artifact.normaliser
     sums: dict[tuple[float, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    picked: dict[float, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     n_valid = 0
     for start in range(0, len(fields), args.chunk_fields):
         chunk = np.ascontiguousarray(fields[start : start + args.chunk_fields])
@@ -192,13 +206,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             b = spec.absolute(x)
             m = bound.margin(b, scale, float(np.abs(x).max()), x.dtype)
             results = {}
-            # _timed calls each lambda at once, so the loop variables are the current ones
-            section, t_enc = _timed(lambda: bound.encode_residual(chunk, kept, xhat, spec, scale))  # noqa: B023
-            out, t_dec = _timed(lambda: bound.apply_residual(section, kept, xhat, x.dtype))  # noqa: B023
-            results["rans"] = (out, len(section), t_enc, t_dec)
+            for name, methods in (("rans", ("rans",)), ("sperr", ("sperr",)), ("pick", None)):
+                # _timed calls each lambda at once, so the loop variables are the current ones
+                section, t_enc = _timed(lambda: bound.encode_residual(chunk, kept, xhat, spec, scale, methods))  # noqa: B023
+                out, t_dec = _timed(lambda: bound.apply_residual(section, kept, xhat, x.dtype))  # noqa: B023
+                results[name] = (out, len(section), t_enc, t_dec)
+            picked[rel][_METHOD_NAMES[residual_format.parse_section(section)[1]]] += 1
             results["zstd"] = _zstd(19)(x, xhat, b, m)
             results["zstd-3"] = _zstd(3)(x, xhat, b, m)
             results["sz3"] = _sz3(x, xhat, b, m)
+            results["sz3-grid"] = _sz3(x, xhat, b, m, kept)
             sg_out, sg_bytes, sg_enc, sg_dec = _safeguards(chunk, plain, b, m)
             results["safeguards"] = (sg_out[kept], sg_bytes - latent_bytes, sg_enc, sg_dec)
             for name, (out, nbytes, t_e, t_d) in results.items():
@@ -217,6 +234,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "total_bits_per_value": 8 * s["total_bytes"] / n_valid,
             "encode_ms": 1e3 * s["encode_s"], "decode_ms": 1e3 * s["decode_s"],
             "max_err_over_bound": s["max_err_over_bound"], "bound_holds": s["max_err_over_bound"] <= 1.0,
+            **({"picked": dict(picked[rel])} if name == "pick" else {}),
         })
     return {
         "benchmark": "residual", "model": artifact.hash, "data": artifact.config.data.paths,
@@ -230,14 +248,14 @@ def format_table(out: dict[str, Any]) -> str:
         f"model {out['model'][:16]}, {out['variable']}: {out['fields']} held-out fields in chunks of "
         f"{out['chunk_fields']} ({out['valid_values']:,} valid values), 1 torch thread",
         "",
-        "| bound / range | method | correction bits/value | total bits/value | encode ms | decode ms | max err / bound |",
-        "|---|---|---|---|---|---|---|",
+        "| bound / range | method | correction bits/value | total bits/value | encode ms | decode ms | max err / bound | picked (chunks) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in out["rows"]:
         lines.append(
             f"| {r['bound_rel']:g} | {r['method']} | {r['correction_bits_per_value']:.3f} | "
             f"{r['total_bits_per_value']:.3f} | {r['encode_ms']:.1f} | {r['decode_ms']:.1f} | "
-            f"{r['max_err_over_bound']:.3f} |"
+            f"{r['max_err_over_bound']:.3f} | {', '.join(f'{k} {v}' for k, v in sorted(r.get('picked', {}).items()))} |"
         )
     return "\n".join(lines)
 

@@ -1,5 +1,5 @@
-"""``vcinr bench throughput``: how fast the INR meta-trains, encodes and decodes, and how
-far that is from the machine's limit.
+"""``vcinr bench throughput``: how fast the INR meta-trains, encodes and decodes (or a
+linear model encodes and decodes), and how far that is from the machine's limit.
 
 For a config (an untrained model of its sizes: timing does not depend on the weights) or
 a trained artifact, on the config's real held-out fields:
@@ -8,6 +8,11 @@ a trained artifact, on the config's real held-out fields:
   and inner steps (second order unless the config says first order), seconds per step;
 - encode: ``adapt`` of a batch of fields (the codec's inner steps), values per second;
 - decode: the INR evaluated on every grid point of a batch of fields, values per second.
+
+For a linear model (``--model`` of ``model.kind: linear``) encode is the least-squares
+projection and decode the reconstruction, ``2 K`` FLOPs per value each (``K``
+components, counted from the shapes: numpy runs them, float64); ``codec encode`` and
+``codec decode`` rows time the whole codec on the same fields, chunk bytes included.
 
 Each is also given as FLOPs per value, counted by torch's ``FlopCounterMode`` from the
 shapes of the matrix products the model runs (elementwise sine, sigmoid and LayerNorm are
@@ -35,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vcinr_sci.bench.output import device_name, resolve_device, write_json
 from vcinr_sci.config import load_config, parse_overrides
 from vcinr_sci.data.items import load_dataset
+from vcinr_sci.errors import UsageError
 from vcinr_sci.model.artifact import build_model, load_artifact
 from vcinr_sci.model.training import outer_step, sample_batch, seed_everything
 
@@ -131,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="a trained model artifact folder (default: an untrained model of the config's sizes)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when present)")
     p.add_argument("--items", type=int, default=8, help="fields per encode / decode call (default 8)")
+    p.add_argument("--quality", help="a linear model's level for the codec rows (default: its first)")
     p.add_argument("--encode-steps", type=int, help="inner steps at encode (default: the config's latents.inner_steps)")
     p.add_argument("--no-outer-step", action="store_true", help="skip timing the meta-training step")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds to time each kernel for (default 1)")
@@ -147,15 +154,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     seed_everything(cfg.train.seed)
     artifact = load_artifact(args.model) if args.model else None
     data = load_dataset(cfg.data, artifact.normaliser if artifact else None)
-    model = artifact.model if artifact else build_model(cfg, data.grid)
-    model = model.to(device)
     part = "test" if len(data.split.test) else "train"
     items = data.items(part, getattr(data.split, part)[: args.items])
+    peak = matmul_rate(device, torch.float64 if artifact and artifact.model is None else torch.float32)
+    if artifact is not None and artifact.model is None:
+        costs = _linear_costs(artifact, items, data.source.load(items.fields), args)
+        model_info: dict[str, Any] = {"kind": "linear", "components": artifact.metrics.get("components")}
+    else:
+        model = (artifact.model if artifact and artifact.model is not None else build_model(cfg, data.grid))
+        assert model is not None
+        costs = _inr_costs(model.to(device), cfg, data, items, device, args)
+        model_info = {"kind": "inr", "conditioning": cfg.model.conditioning, "latent_dim": cfg.model.latent_dim,
+                      "width": cfg.model.width, "depth": cfg.model.depth,
+                      "parameters": sum(p.numel() for p in model.parameters())}
+    return {
+        "benchmark": "throughput",
+        "device": str(device),
+        "device_name": device_name(device),
+        "matmul_flop_s": peak,
+        "dtype": "float64" if model_info["kind"] == "linear" else "float32",
+        # fp32_precision: the legacy allow_tf32 flag raises once full_float32 has set it
+        "tf32": bool(device.type == "cuda" and torch.backends.cuda.matmul.fp32_precision == "tf32"),
+        "grid": list(data.grid.shape),
+        "items": len(items),
+        "model": model_info,
+        "batch_size": cfg.meta.batch_size,
+        "points_per_step": cfg.meta.points_per_step,
+        "rows": [c.row(peak) for c in costs],
+        "config": cfg.to_dict(),
+    }
+
+
+def _inr_costs(model, cfg, data, items, device: torch.device, args: argparse.Namespace) -> list[Cost]:
+    """Outer step (unless skipped), encode and decode of an INR, FLOPs counted by torch."""
     coords, target, mask = (t.to(device) for t in items.batch(np.arange(len(items))))
     values = int(mask.sum())
     steps = args.encode_steps or cfg.latents.inner_steps
-
-    peak = matmul_rate(device)
     costs: list[Cost] = []
     if not args.no_outer_step:
         model.train()
@@ -168,24 +202,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     costs.append(measure(lambda: model.adapt(coords, target, mask, steps), f"encode ({steps} inner steps)",
                          values, device, args.min_time, encode_flops(model, coords, target, mask, steps)))
     costs.append(measure(lambda: model.decode(coords, phi), "decode", values, device, args.min_time))
-    return {
-        "benchmark": "throughput",
-        "device": str(device),
-        "device_name": device_name(device),
-        "matmul_flop_s": peak,
-        "dtype": "float32",
-        # fp32_precision: the legacy allow_tf32 flag raises once full_float32 has set it
-        "tf32": bool(device.type == "cuda" and torch.backends.cuda.matmul.fp32_precision == "tf32"),
-        "grid": list(data.grid.shape),
-        "items": len(items),
-        "model": {"conditioning": cfg.model.conditioning, "latent_dim": cfg.model.latent_dim,
-                  "width": cfg.model.width, "depth": cfg.model.depth,
-                  "parameters": sum(p.numel() for p in model.parameters())},
-        "batch_size": cfg.meta.batch_size,
-        "points_per_step": cfg.meta.points_per_step,
-        "rows": [c.row(peak) for c in costs],
-        "config": cfg.to_dict(),
-    }
+    return costs
+
+
+def _linear_costs(artifact, items, fields: np.ndarray, args: argparse.Namespace) -> list[Cost]:
+    """A linear model's projection and reconstruction, then the whole codec (quality
+    ``args.quality``, default the first) on the same fields; FLOPs from the shapes (2 K
+    per value)."""
+    from vcinr_sci.codec.core import decode_chunk, encode_chunk
+    from vcinr_sci.model.registry import register_model
+
+    cpu, min_time = torch.device("cpu"), args.min_time
+    basis = artifact.basis
+    values = items.values(np.arange(len(items)))
+    valid = np.isfinite(values)
+    n = int(valid.sum())
+    flops = 2 * basis.num_components * values.size
+    c = basis.coefficients(values, valid)
+    costs = [
+        measure(lambda: basis.coefficients(values, valid), "encode (least squares)", n, cpu, min_time, flops),
+        measure(lambda: basis.reconstruct(c), "decode (mean + c @ EOFs)", n, cpu, min_time, flops),
+    ]
+    loaded = register_model(artifact)
+    level = args.quality or artifact.quality_levels[0]
+    if level not in artifact.quality_levels:
+        raise UsageError(f"vcinr bench throughput: model {artifact.hash[:16]} has no level {level!r}; "
+                         f"it has {artifact.quality_levels}")
+    x = fields.astype(np.float32)
+    chunk = encode_chunk(x, loaded, level, 0)
+    costs.append(measure(lambda: encode_chunk(x, loaded, level, 0), f"codec encode ({level}, {len(chunk)} bytes)",
+                         n, cpu, min_time, flops))
+    costs.append(measure(lambda: decode_chunk(chunk), "codec decode", n, cpu, min_time, flops))
+    return costs
 
 
 def format_table(out: dict[str, Any]) -> str:
@@ -205,12 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = run(args)
     m = out["model"]
-    print(
-        f"{out['device_name']}: {m['conditioning']} SIREN width {m['width']} depth {m['depth']}, dim(phi) "
-        f"{m['latent_dim']}, {m['parameters']:,} parameters; grid {' x '.join(map(str, out['grid']))}, "
-        f"{out['items']} fields per encode/decode call; meta-train batch {out['batch_size']} x "
-        f"{out['points_per_step'] or 'all'} points"
-    )
+    grid = f"grid {' x '.join(map(str, out['grid']))}, {out['items']} fields per encode/decode call"
+    if m["kind"] == "linear":
+        print(f"{out['device_name']}: linear model, {m['components']} EOFs; {grid}")
+    else:
+        print(
+            f"{out['device_name']}: {m['conditioning']} SIREN width {m['width']} depth {m['depth']}, dim(phi) "
+            f"{m['latent_dim']}, {m['parameters']:,} parameters; {grid}; meta-train batch {out['batch_size']} x "
+            f"{out['points_per_step'] or 'all'} points"
+        )
     print(format_table(out))
     print(
         f"\nMatrix-multiply reference: {out['matmul_flop_s'] / 1e12:.3g} TFLOP/s ({out['dtype']}"

@@ -59,15 +59,18 @@ corrects the INR's reconstruction (:mod:`vcinr_sci.coding.bound` has the mechani
 margin for device differences and the coder's choice). Masked points stay exact. In rel
 mode, tell a format-2 codec the array's numeric fill value (``fill_value=``): else the
 fill padding of edge chunks counts in the range. Without a bound (the default) nothing
-is guaranteed and chunks are as before (format version 1).
+is guaranteed and chunks hold no residual section.
 
-Decoding reads the model hash and quality level from each chunk's header (the config
-supplies only the lookup hint and the fill value), so a chunk decodes by itself. Bytes do
+Each chunk's header names its model by a 16-hex prefix of its hash (format 3; older
+chunks hold the full hash) and its quality level. The codec config holds the full hash:
+decoding checks the chunk's prefix against it and loads the model by it (plus the lookup
+hint and the fill value); without a config a chunk decodes by itself, its model looked up
+by the prefix. Bytes do
 not depend on the device: the entropy coder's tables are built on the CPU, so chunks
 written on a GPU decode on a CPU and vice versa (the decoded floats may differ in the
 last bits between devices). Zarr format 2 arrays must use C order (the default).
 
-**Models** (:mod:`vcinr_sci.model.registry`). Chunks name their model by content hash. :func:`get_model` loads a model
+**Models** (:mod:`vcinr_sci.model.registry`). Chunks name their model by content hash (a prefix). :func:`get_model` loads a model
 artifact once per process (keyed by hash) and keeps it, moved to the device (CUDA when
 present, else CPU; ``$VCINR_DEVICE`` overrides) for every later chunk. The artifact is
 looked up in the config's ``model_path`` (a folder, ``file://`` URI, or any fsspec URI),
@@ -75,8 +78,8 @@ the folders added with :func:`add_model_search_path`, ``$VCINR_MODEL_PATH`` and 
 folder (``$VCINR_CACHE_DIR``); a candidate whose content hash differs is refused.
 
 The payload's bytes (masks, stored means, latent string) are laid out in
-``docs/format.md``; a bounded chunk's residual section (container version 2) corrects its
-valid points, in C order.
+``docs/format.md``; a bounded chunk's residual section corrects its valid points, in C
+order.
 """
 
 from __future__ import annotations
@@ -267,18 +270,27 @@ def decode_latents(
     hints: Sequence[str | os.PathLike | None] = (),
     expected_shape: tuple[int, ...] | None = None,
     expected_nbytes: int | None = None,
+    model_hash: str | None = None,
 ) -> ChunkLatents:
     """Parse and check a container and decode its latents (no INR evaluation). The
     header's claimed size is checked against ``expected_shape`` (the array's chunk
     shape) or ``expected_nbytes`` (the output buffer) when known, else a cap, before
-    anything of that size is allocated (see :func:`vcinr_sci.codec.container.check_claimed_size`)."""
+    anything of that size is allocated (see :func:`vcinr_sci.codec.container.check_claimed_size`).
+
+    ``model_hash`` is the full hash the codec config names: the chunk's hash (a 16-hex
+    prefix in format 3) must agree with it, and the model is loaded by it. Without it
+    the model is looked up by the chunk's own hash or prefix."""
+    if model_hash is not None and not HEX64.fullmatch(model_hash):
+        raise CodecError(f"model_hash must be a full 64-hex content hash, got {model_hash[:80]!r}")
     found: list[LoadedModel] = []
 
     def check_header(header: ChunkHeader) -> None:  # before the container builds the mask
         check_dtype(header.dtype)
-        if not HEX64.fullmatch(header.model_hash):
-            raise ChunkFormatError("chunk header holds no full model hash")
-        model = get_model(header.model_hash, hints)
+        if model_hash is not None and not model_hash.startswith(header.model_hash):
+            raise ChunkFormatError(
+                f"the chunk was written with model {header.model_hash}, the codec config names model {model_hash}"
+            )
+        model = get_model(model_hash or header.model_hash, hints)
         try:
             check_chunk_shape(header.shape, model.grid.shape)
         except CodecError as e:
@@ -343,10 +355,11 @@ def decode_chunk(
     fill_value: float | None = None,
     expected_shape: tuple[int, ...] | None = None,
     expected_nbytes: int | None = None,
+    model_hash: str | None = None,
 ) -> np.ndarray:
     """The chunk coded in ``buf``, in its original shape and dtype (for the size checks
-    see :func:`decode_latents`)."""
-    lat = decode_latents(buf, hints, expected_shape, expected_nbytes)
+    and ``model_hash`` see :func:`decode_latents`)."""
+    lat = decode_latents(buf, hints, expected_shape, expected_nbytes, model_hash)
     header, model = lat.header, lat.model
     if lat.mask is not None and lat.mask.all():
         return lat.masked_values(fill_value, header.dtype)

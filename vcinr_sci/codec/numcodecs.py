@@ -36,6 +36,7 @@ from vcinr_sci.threads import codec_threads, torch_threads
 CODEC_ID = "vcinr"
 _CONFIG_KEYS = {
     "model_hash", "model_path", "quality", "grid", "inner_steps", "fill_value", "max_abs_error", "max_rel_error",
+    "correction",
 }
 
 
@@ -76,14 +77,18 @@ def _grids_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
 class VCINRCodec(Codec):
     """The ``vcinr`` numcodecs codec (see the module doc for the chunking rule).
 
-    Config (all JSON): ``model_hash`` (64 hex), ``model_path`` (where to find it: folder
+    Config (all JSON): ``model_hash`` (64 hex; chunks hold a 16-hex prefix of it, which
+    decoding checks against it), ``model_path`` (where to find it: folder
     or URI, or None), ``quality`` (a level of the model's coders), ``grid`` (the model
     grid's description, checked against the model at encode time), ``inner_steps`` (the
     adaptation steps at encode time; None = the model's default, see
     :func:`default_inner_steps`), ``fill_value`` (a number, "NaN", or None),
     ``max_abs_error`` / ``max_rel_error`` (the error bound, see the module doc; None = no
-    guarantee). The bound keys appear in :meth:`get_config` only when set, so a config
-    without a bound stays readable by readers that predate them.
+    guarantee), ``correction`` (with a bound: how the correction is coded, "smallest"
+    (default: per chunk the fewer bytes of rANS and SPERR), "rans" or "sperr" (lower MSE
+    at the same bound, for PSNR); see :mod:`vcinr_sci.coding.bound`). The bound keys
+    appear in :meth:`get_config` only when set (``correction`` only when not the default),
+    so a config without them stays readable by readers that predate them.
     """
 
     codec_id = CODEC_ID
@@ -98,6 +103,7 @@ class VCINRCodec(Codec):
         fill_value: float | str | None = None,
         max_abs_error: float | None = None,
         max_rel_error: float | None = None,
+        correction: str = "smallest",
     ):
         if not isinstance(model_hash, str) or not HEX64.fullmatch(model_hash.lower()):
             raise CodecError(f"model_hash must be the model's full 64-hex content hash, got {model_hash!r}")
@@ -122,9 +128,12 @@ class VCINRCodec(Codec):
         self.fill_value = fill_json(self._fill)
         try:
             bounded = max_abs_error is not None or max_rel_error is not None
-            self._bound = ErrorBound(max_abs_error, max_rel_error) if bounded else None
+            self._bound = ErrorBound(max_abs_error, max_rel_error, correction) if bounded else None
+            if not bounded:
+                ErrorBound(1.0, None, correction)  # an unknown coder is refused with or without a bound
         except BoundError as e:
             raise CodecError(str(e)) from None
+        self.correction = correction
         self.max_abs_error = None if self._bound is None else self._bound.max_abs_error
         self.max_rel_error = None if self._bound is None else self._bound.max_rel_error
         self._checked = False
@@ -139,6 +148,7 @@ class VCINRCodec(Codec):
         fill_value: float | str | None = None,
         max_abs_error: float | None = None,
         max_rel_error: float | None = None,
+        correction: str = "smallest",
     ) -> "VCINRCodec":
         """A codec for ``model`` (an artifact, a loaded model, an artifact folder or a
         hash): fills in hash, grid, inner steps and (for a folder) ``model_path``, and
@@ -149,7 +159,8 @@ class VCINRCodec(Codec):
         if model_path is None and art.path is not None:
             model_path = str(Path(art.path).resolve())
         steps = default_inner_steps(art) if inner_steps is None else inner_steps
-        return cls(art.hash, quality, art.grid.to_dict(), steps, model_path, fill_value, max_abs_error, max_rel_error)
+        return cls(art.hash, quality, art.grid.to_dict(), steps, model_path, fill_value, max_abs_error, max_rel_error,
+                   correction)
 
     @property
     def grid_shape(self) -> tuple[int, ...]:
@@ -178,6 +189,8 @@ class VCINRCodec(Codec):
         for key in ("max_abs_error", "max_rel_error"):
             if getattr(self, key) is not None:
                 config[key] = getattr(self, key)
+        if self.correction != "smallest":
+            config["correction"] = self.correction
         return config
 
     @classmethod
@@ -224,7 +237,9 @@ class VCINRCodec(Codec):
         """Decode container bytes to the array they hold (a header claiming another size
         than ``expected_shape`` / ``expected_nbytes``, when given, is refused unread)."""
         with torch_threads(codec_threads()):
-            return decode_chunk(_as_bytes(buf), [self.model_path], self._fill, expected_shape, expected_nbytes)
+            return decode_chunk(
+                _as_bytes(buf), [self.model_path], self._fill, expected_shape, expected_nbytes, self.model_hash
+            )
 
     def encode(self, buf: Any) -> bytes:
         arr = ensure_ndarray_like(buf)

@@ -40,26 +40,52 @@ every valid point of the chunk is stored exactly, as an outlier. The bound then 
 trivially and such chunks cost about their raw size (Zstd-compressed). No bound is
 refused.
 
-**Coding of q.** The INR's errors are smooth, so neighbouring ``q`` are alike: the
-encoder codes either ``q`` at the valid points or, on the whole chunk grid (``q = 0`` at
-masked points), its 2-D Lorenzo differences along the last two axes (``q[i, j] - q[i-1,
-j] - q[i, j-1] + q[i-1, j-1]``, inverted exactly by two integer cumulative sums), choosing
-per chunk the one with the smaller empirical entropy. The symbols go through compressai's
-rANS coder with a per-chunk histogram, stored as the quantised CDF's frequencies; it
-spans at most :data:`MAX_SYMBOLS` values around the median, rarer values go through
-compressai's escape (bypass) coding. ``vcinr bench residual`` measured this against Zstd
-on the smallest integer dtype, SZ3 (pysz) on the float residual and compression-
-safeguards around the plain codec, at bounds of 1e-4, 1e-3 and 1e-2 of the range, with
-tiny models: on CCSM TREFHT (64 x 128) it was the smallest at each bound (SZ3 4-11 %
-larger, Zstd level 19 on plain q 36 %, 31 % and 2 % larger); on OSTIA SST (18 x 432, a
-NaN land mask) SZ3 was 4-17 % smaller than it, Zstd larger at the two tighter bounds.
-SZ3 is still not the default: its decoder rebuilds the residual in floating point along
-a prediction chain, so another build may not reproduce the encoder's values, and its
-stream format is not promised stable across versions, while an archive must decode
-for years; here every step after the INR is integer or one float64 multiply-add. The safeguards
-codec checks a checksum of the corrected values on decode, so it refuses to decode
-wherever the INR's floats differ in the last bit (another device), besides being the
-slowest.
+**Coding of the correction: picked per chunk.** The encoder builds the section two ways
+and stores the smaller (rANS on ties, :data:`RESIDUAL_METHODS`), the method byte telling
+the decoder which:
+
+- *rANS on q.* The INR's errors are smooth, so neighbouring ``q`` are alike: ``q`` at the
+  valid points or, on the whole chunk grid (``q = 0`` at masked points), its 2-D Lorenzo
+  differences along the last two axes (``q[i, j] - q[i-1, j] - q[i, j-1] + q[i-1, j-1]``,
+  inverted exactly by two integer cumulative sums), whichever has the smaller empirical
+  entropy, through compressai's rANS coder with a per-chunk histogram (the quantised CDF's
+  frequencies; at most :data:`MAX_SYMBOLS` values around the median, rarer ones through
+  compressai's escape coding). The decoder computes ``x' = dtype(xhat + q * step)``.
+- *SPERR on the residual* (:mod:`vcinr_sci.coding.sperr`): the float64 ``x - xhat`` on the
+  chunk grid (0 at masked points, which the mask restores anyway) in SPERR's point-wise
+  error mode with tolerance ``b - m``; the decoder computes ``x' = dtype(xhat + r_hat)``.
+  The encoder decodes its own stream, computes ``x'`` exactly so, and stores every point
+  that misses by more than ``b - m`` as an outlier, as on the rANS path: the guarantee
+  holds by construction and by check whichever coder is picked.
+
+Measured (``vcinr bench residual``, tiny models, bits per valid value of the correction;
+CCSM TREFHT 64 x 128, two 8-field chunks, and OSTIA SST 18 x 432 with its NaN land mask,
+one 5-field chunk), rANS / SPERR / picked: at bounds of 1e-4, 1e-3 and 1e-2 of the range
+rANS is the smaller everywhere (CCSM 8.26 / 8.48, 4.48 / 4.81, 1.72 / 1.87; OSTIA 9.42 /
+10.75, 5.06 / 6.16, 2.05 / 2.09), at 3e-2 SPERR (CCSM 1.14 / 0.83, OSTIA 1.19 / 1.02), at
+1e-1 rANS on CCSM (0.15 / 0.26) and SPERR on OSTIA (0.41 / 0.31). Trying SPERR costs
+2-20 ms per chunk at encode.
+
+**Why SPERR and not SZ3.** Both decode in floating point, so another build or machine may
+rebuild ``r_hat`` with different last bits. What protects a user: the encoder's check of
+every point against ``b - m``, the margin (at least ``b / 8``, far above SPERR's float64
+wavelet round-off, a few ulps of the residual, which does not propagate); pinned versions
+(requirements.txt's imagecodecs 2026.3.6 bundles SPERR 0.8.4, whose stream framing the
+decoder checks); a float coder only where it made the chunk smaller; and the checks of
+:func:`vcinr_sci.coding.sperr.check_stream`, which refuse a stream SPERR would read past,
+decode truncated or abort on. What does not: a future SPERR whose decoder no longer reads
+0.8 streams or rebuilds them differently by more than the margin (an archive then needs
+the pinned imagecodecs to read its SPERR-coded chunks; rANS-coded ones need only integer
+arithmetic and one float64 multiply-add). SZ3 is measured by the bench but never stored:
+its decoder rebuilds each value from already rebuilt neighbours, so a last-bit difference
+propagates along the prediction chain; its stream format changes between releases (the
+decoder warns of "program v3.3.1, program-data 3.3.0" on a damaged stream); and SZ3
+3.3's decoder aborted the process on every truncated stream tried (15 of 15) and on
+damaged headers, which no check outside SZ3 can prevent. On the grid as SPERR sees it,
+SZ3 would be smaller than rANS at most bounds on CCSM (8.13, 4.45, 1.40 at 1e-4 ... 1e-2)
+but not on OSTIA's masked grid. The compression-safeguards codec (also in the bench)
+checks a checksum of the corrected values on decode, so it refuses to decode wherever
+the INR's floats differ in the last bit (another device), besides being the slowest.
 
 The section's byte layout: :mod:`vcinr_sci.coding.residual_format`.
 """
@@ -68,9 +94,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import numpy as np
 
+from vcinr_sci.coding import sperr
 from vcinr_sci.coding.rans import rans_decode, rans_encode
 from vcinr_sci.coding.residual_format import (
     HEAD,
@@ -79,6 +108,7 @@ from vcinr_sci.coding.residual_format import (
     LORENZO,
     MODES,
     PLAIN,
+    SPERR,
     ZSTD,
     ResidualInfo,
     nan_if_none,
@@ -101,6 +131,13 @@ MARGIN_FRACTION = 1 / 8
 _EPS32 = float(np.finfo(np.float32).eps)
 # |q| beyond this goes to the outliers: compressai's bypass coding hangs near 2**28.
 _MAX_Q = 2**20
+# The correction coders an encoder tries per chunk, keeping the smallest section.
+RESIDUAL_METHODS: tuple[str, ...] = ("rans", "sperr")
+# ErrorBound.correction -> the coders tried. "smallest" (the default) keeps the fewest
+# bytes at the bound; "sperr" alone suits a user after PSNR at a bound: at the same bound
+# its errors are mostly far below it (lower MSE), where rANS's uniform quantiser spreads
+# them evenly up to the bound.
+CORRECTIONS = ("smallest", "rans", "sperr")
 
 
 @dataclass(frozen=True)
@@ -111,8 +148,16 @@ class ErrorBound:
 
     max_abs_error: float | None = None
     max_rel_error: float | None = None
+    correction: str = "smallest"  # how the correction is coded: one of CORRECTIONS
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The correction coders an encoder tries (the smallest section is kept)."""
+        return RESIDUAL_METHODS if self.correction == "smallest" else (self.correction,)
 
     def __post_init__(self) -> None:
+        if self.correction not in CORRECTIONS:
+            raise BoundError(f"correction must be one of {list(CORRECTIONS)}, got {self.correction!r}")
         for name in ("max_abs_error", "max_rel_error"):
             value = getattr(self, name)
             if value is None:
@@ -189,30 +234,70 @@ def quantise(x: np.ndarray, xhat: np.ndarray, bound: float, m: float) -> tuple[n
     return q, step, outliers
 
 
-def encode_residual(x: np.ndarray, kept: np.ndarray, xhat: np.ndarray, spec: ErrorBound, inr_scale: float) -> bytes:
+def encode_residual(
+    x: np.ndarray, kept: np.ndarray, xhat: np.ndarray, spec: ErrorBound, inr_scale: float,
+    methods: tuple[str, ...] | None = None,
+) -> bytes:
     """The residual section of the chunk ``x`` (its dtype) whose valid points are
-    ``kept`` (bool, ``x.shape``) and whose float64 reconstruction there is ``xhat``."""
+    ``kept`` (bool, ``x.shape``) and whose float64 reconstruction there is ``xhat``: the
+    smallest of the ``methods`` (default: those of ``spec.correction``), rANS on ties. A
+    bound too tight for float arithmetic stores every point exactly, whatever ``methods`` say."""
+    methods = spec.methods if methods is None else methods
     x = x[kept]
     bound = spec.absolute(x)
     max_abs = float(np.abs(x).max()) if x.size else 0.0
     m = margin(bound, inr_scale, max_abs, x.dtype)
+    head = partial(_head, spec, bound, m, x.size)
+    sections = []
+    if "rans" in methods or m >= bound / 2:
+        sections.append(_rans_section(x, kept, xhat, bound, m, head))
+    if "sperr" in methods and m < bound / 2 and kept.ndim and x.size:
+        sections.append(_sperr_section(x, kept, xhat, bound - m, head))
+    return min(sections, key=len)
+
+
+def _head(spec: ErrorBound, bound: float, m: float, n: int, step: float, method: int, offset: int) -> bytes:
+    return HEAD.pack(
+        LAYOUT, MODES.index(spec.mode), nan_if_none(spec.max_abs_error), nan_if_none(spec.max_rel_error),
+        bound, m, step, n, method, offset,
+    )
+
+
+def _section(head: bytes, table: bytes, string: bytes, x: np.ndarray, outliers: np.ndarray) -> bytes:
+    """A section's bytes: its header, the coder's two parts, the outliers."""
+    index = np.flatnonzero(outliers)
+    gaps = np.diff(index, prepend=-1).astype("<u4") if index.size else np.zeros(0, "<u4")
+    parts = [table, string, ZSTD.encode(gaps) if index.size else b"", pack_raw(x[index])]
+    return head + b"".join(LEN.pack(len(p)) + p for p in parts)
+
+
+def _rans_section(x: np.ndarray, kept: np.ndarray, xhat: np.ndarray, bound: float, m: float,
+                  head: Callable[[float, int, int], bytes]) -> bytes:
+    """The correction as quantised ``q`` under rANS (plain or Lorenzo, the smaller entropy)."""
     q, step, outliers = quantise(x, xhat, bound, m)
-    transform, symbols = PLAIN, q
+    method, symbols = PLAIN, q
     if step and kept.ndim:
         grid = np.zeros(kept.shape, np.int64)
         grid[kept] = q
         lorenzo = _lorenzo(grid).ravel()
         if _entropy_bits(lorenzo) < _entropy_bits(q):
-            transform, symbols = LORENZO, lorenzo
+            method, symbols = LORENZO, lorenzo
     offset, table, string = (0, b"", b"") if step == 0 else rans_encode(symbols)
-    index = np.flatnonzero(outliers)
-    gaps = np.diff(index, prepend=-1).astype("<u4") if index.size else np.zeros(0, "<u4")
-    head = HEAD.pack(
-        LAYOUT, MODES.index(spec.mode), nan_if_none(spec.max_abs_error), nan_if_none(spec.max_rel_error),
-        bound, m, step, x.size, transform, offset,
-    )
-    parts = [table, string, ZSTD.encode(gaps) if index.size else b"", pack_raw(x[index])]
-    return head + b"".join(LEN.pack(len(p)) + p for p in parts)
+    return _section(head(step, method, offset), table, string, x, outliers)
+
+
+def _sperr_section(x: np.ndarray, kept: np.ndarray, xhat: np.ndarray, tolerance: float,
+                   head: Callable[[float, int, int], bytes]) -> bytes:
+    """The correction as SPERR's stream of the float64 residual ``x - xhat`` on the chunk
+    grid (0 at masked points) within ``tolerance = b - m``; the encoder decodes its own
+    stream and stores every point whose corrected value misses by more as an outlier."""
+    x64 = x.astype(np.float64)
+    grid = np.zeros(kept.shape)
+    grid[kept] = x64 - xhat
+    stream = sperr.encode(grid, tolerance)
+    with np.errstate(invalid="ignore"):  # inf - inf after a float16 overflow: a miss
+        outliers = ~(np.abs(corrected(xhat, sperr.decode(stream, kept.shape)[kept], 1.0, x.dtype) - x64) <= tolerance)
+    return _section(head(tolerance, SPERR, 0), b"", stream, x, outliers)
 
 
 def read_info(section: bytes) -> ResidualInfo:
@@ -224,7 +309,7 @@ def read_info(section: bytes) -> ResidualInfo:
 def apply_residual(section: bytes, kept: np.ndarray, xhat: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """The corrected values (1-D, ``dtype``) at the valid points ``kept`` (bool, the
     chunk's shape) of a chunk whose float64 reconstruction there is ``xhat``."""
-    info, transform, offset, parts = parse_section(section)
+    info, method, offset, parts = parse_section(section)
     if info.num_values != xhat.size:
         raise ChunkFormatError(f"residual section holds {info.num_values} values, the chunk has {xhat.size} valid points")
     table, symbols, gaps, raw = parts
@@ -232,8 +317,12 @@ def apply_residual(section: bytes, kept: np.ndarray, xhat: np.ndarray, dtype: np
         if table or symbols:
             raise ChunkFormatError("residual section: symbols stored while nothing is quantised")
         out = np.zeros(xhat.size, dtype)
+    elif method == SPERR:
+        if table:
+            raise ChunkFormatError("residual section: a histogram stored beside a SPERR stream")
+        out = corrected(xhat, sperr.decode(symbols, kept.shape)[kept], 1.0, dtype)
     else:
-        if transform == LORENZO:
+        if method == LORENZO:
             q = _unlorenzo(rans_decode(table, symbols, offset, kept.size).reshape(kept.shape))[kept]
         else:
             q = rans_decode(table, symbols, offset, xhat.size)

@@ -23,6 +23,7 @@ from vcinr_sci.coding._compressai import EntropyBottleneck
 from vcinr_sci.coding.coefficients import SPEC_KIND as COEFFICIENTS_KIND
 from vcinr_sci.coding.coefficients import CoefficientCoder
 from vcinr_sci.coding.quantiser import UniformQuantiser, check_batch, check_n
+from vcinr_sci.coding.rans import encode_with_indexes
 
 SPEC_VERSION = 1
 _CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length")
@@ -163,9 +164,7 @@ class LatentCoder(nn.Module):
         cdf, cdf_length, offset = self._tables()
         symbols = self._symbols(self._analysis(phi)).cpu()
         indexes = list(range(self.dim_y)) * symbols.shape[0]
-        payload = self.entropy_bottleneck.entropy_coder.encode_with_indexes(
-            symbols.reshape(-1).tolist(), indexes, cdf, cdf_length, offset
-        )
+        payload = encode_with_indexes(symbols.reshape(-1).numpy(), indexes, cdf, cdf_length, offset)
         return zlib.crc32(payload).to_bytes(_CRC_BYTES, "little") + payload
 
     @torch.no_grad()

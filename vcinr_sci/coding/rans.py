@@ -1,9 +1,12 @@
-"""Integer symbols through compressai's rANS coder under a per-call histogram: the
-histogram (at most :data:`MAX_SYMBOLS` bins around the median, rarer values through the
-escape/bypass code) travels with the string, as Zstd-coded quantised-CDF frequencies.
-Generic: the error-bounded mode codes its quantised residual with it."""
+"""compressai's rANS coder, used safely (:func:`encode_with_indexes`, every caller's one
+way in), and integer symbols under a per-call histogram: the histogram (at most
+:data:`MAX_SYMBOLS` bins around the median, rarer values through the escape/bypass code)
+travels with the string, as Zstd-coded quantised-CDF frequencies. The error-bounded mode
+codes its quantised residual with it."""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 from numcodecs import Zstd
@@ -21,9 +24,52 @@ MAX_SYMBOLS = 4096
 ZSTD = Zstd(level=9)
 
 
+# A bypass value of 2**28 or more makes compressai's encoder loop forever (an int32
+# shifted by 32); symbols that far out are refused first.
+MAX_BYPASS_VALUE = 2**28
+
+
+def encode_with_indexes(symbols: Sequence[int] | np.ndarray, indexes: Sequence[int] | np.ndarray,
+                        cdfs: list[list[int]], cdf_lengths: list[int], offsets: list[int]) -> bytes:
+    """compressai's ``RansEncoder().encode_with_indexes``, safe for any symbols.
+
+    compressai writes the string into a buffer of one 32-bit word per symbol. A short or
+    escape-heavy string overruns it (heap corruption: one symbol escaping far, or a field
+    far outside the tables): a symbol costs at most 16 bits in its table plus, when it
+    escapes, 4 bits a bypass nibble and a nibble count. Zero symbols (table ``indexes[0]``)
+    appended past the real ones are coded first, so a decoder that stops after the real
+    ones never reads them; they only make the buffer big enough, and a string that fits
+    already gets none (its bytes are unchanged). A symbol whose bypass value would hang
+    compressai is a ``ValueError``."""
+    ans, _ = _compressai_rans()
+    symbols = np.asarray(symbols, np.int64)
+    indexes = np.asarray(indexes, np.int64)
+    # As compressai's encoder maps a symbol: value in its table, escape beyond the last bin.
+    value = symbols - np.asarray(offsets, np.int64)[indexes]
+    escape = np.asarray(cdf_lengths, np.int64)[indexes] - 2
+    outside = (value < 0) | (value >= escape)
+    raw = np.where(value < 0, -2 * value - 1, 2 * (value - escape))[outside]
+    if raw.size and raw.max() >= MAX_BYPASS_VALUE:
+        raise ValueError(f"a symbol lies {int(raw.max()) // 2:,} bins beyond its coding table: more than "
+                         "compressai's rANS codes; the data are far outside what the tables were made for")
+    nibbles = np.zeros_like(raw)
+    while (rest := raw >> (4 * nibbles)).any():
+        nibbles += rest > 0
+    bypass = int(np.sum(nibbles + nibbles // 15 + 1))  # each value's nibbles, then their count's
+    words = -(-(16 * symbols.size + 4 * bypass) // 32) + 2  # the final state: two words
+    pad = max(0, words - symbols.size)
+    if pad:
+        symbols = np.concatenate([symbols, np.zeros(pad, np.int64)])
+        indexes = np.concatenate([indexes, np.full(pad, indexes[0] if indexes.size else 0, np.int64)])
+        pad_value = -np.asarray(offsets, np.int64)[indexes[-1]]
+        if not 0 <= pad_value < cdf_lengths[int(indexes[-1])] - 2:  # 0 escapes this table: use its first bin
+            symbols[-pad:] = offsets[int(indexes[-1])]
+    return ans.RansEncoder().encode_with_indexes(symbols.tolist(), indexes.tolist(), cdfs, cdf_lengths, offsets)
+
+
 def rans_encode(q: np.ndarray) -> tuple[int, bytes, bytes]:
     """``(offset, table, string)``: q under a histogram of at most ``MAX_SYMBOLS`` bins."""
-    ans, pmf_to_quantized_cdf = _compressai_rans()
+    _, pmf_to_quantized_cdf = _compressai_rans()
     lo, hi = int(q.min()), int(q.max())
     if hi - lo + 1 > MAX_SYMBOLS:  # keep the window around the median; the rest escapes
         lo = max(lo, int(np.median(q)) - MAX_SYMBOLS // 2)
@@ -32,7 +78,7 @@ def rans_encode(q: np.ndarray) -> tuple[int, bytes, bytes]:
     counts = np.bincount(q[inside] - lo, minlength=hi - lo + 1).astype(np.float64)
     pmf = np.append(counts, q.size - inside.sum()) / q.size  # the escape symbol last
     cdf = pmf_to_quantized_cdf(pmf.tolist(), CDF_PRECISION)
-    string = ans.RansEncoder().encode_with_indexes(q.tolist(), [0] * q.size, [cdf], [len(cdf)], [lo])
+    string = encode_with_indexes(q, np.zeros(q.size, np.int64), [cdf], [len(cdf)], [lo])
     return lo, ZSTD.encode(np.diff(cdf).astype("<u2")), string
 
 

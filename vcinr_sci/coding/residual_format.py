@@ -24,10 +24,11 @@ LAYOUT = 1
 HEAD = struct.Struct("<BBdddddQBi")
 
 
-PLAIN = 0  # q coded at the valid points
-
-
-LORENZO = 1  # q coded as Lorenzo differences on the whole chunk
+# The method byte: how the correction is coded (the decoder dispatches on it).
+PLAIN = 0  # rANS on q at the valid points
+LORENZO = 1  # rANS on q's Lorenzo differences on the whole chunk
+SPERR = 2  # SPERR on the float64 residual on the whole chunk (masked points 0)
+METHODS = (PLAIN, LORENZO, SPERR)
 
 
 LEN = struct.Struct("<I")
@@ -79,11 +80,13 @@ def outlier_index(gaps: bytes, n: int) -> np.ndarray:
 def parse_section(section: bytes) -> tuple[ResidualInfo, int, int, list[bytes]]:
     if len(section) < HEAD.size:
         raise ChunkFormatError(f"residual section of {len(section)} bytes is shorter than its header")
-    layout, mode, asked_abs, asked_rel, bound, m, step, n, transform, offset = HEAD.unpack_from(section)
-    if layout != LAYOUT or mode >= len(MODES) or transform not in (PLAIN, LORENZO):
-        raise ChunkFormatError(f"unknown residual section layout {layout} / mode {mode} / transform {transform}")
+    layout, mode, asked_abs, asked_rel, bound, m, step, n, method, offset = HEAD.unpack_from(section)
+    if layout != LAYOUT or mode >= len(MODES) or method not in METHODS:
+        raise ChunkFormatError(f"unknown residual section layout {layout} / mode {mode} / method {method}")
     if not (math.isfinite(bound) and bound >= 0 and math.isfinite(step) and step >= 0):
         raise ChunkFormatError("residual section: bound and step must be finite and non-negative")
+    if method == SPERR and not (step > 0 and offset == 0):
+        raise ChunkFormatError("residual section: a SPERR correction needs a positive tolerance and offset 0")
     parts, pos = [], HEAD.size
     for _ in range(4):
         if len(section) < pos + LEN.size:
@@ -97,7 +100,7 @@ def parse_section(section: bytes) -> tuple[ResidualInfo, int, int, list[bytes]]:
     if pos != len(section):
         raise ChunkFormatError("residual section: trailing bytes")
     info = ResidualInfo(MODES[mode], none_if_nan(asked_abs), none_if_nan(asked_rel), bound, m, step, n)
-    return info, transform, offset, parts
+    return info, method, offset, parts
 
 
 ZSTD = Zstd(level=9)

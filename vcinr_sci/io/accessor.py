@@ -131,6 +131,7 @@ class VCINRDatasetAccessor:
         measure: bool = True,
         max_abs_error: float | None = None,
         max_rel_error: float | None = None,
+        correction: str = "smallest",
         **to_zarr_kwargs: Any,
     ) -> Any:
         """Write the dataset to ``store``, coding ``variables`` with the vcinr codec.
@@ -150,7 +151,8 @@ class VCINRDatasetAccessor:
         ``measure`` decodes what was written and records the errors as attributes.
         ``max_abs_error`` (data units) and/or ``max_rel_error`` (fraction of each chunk's
         value range) ask for a guaranteed point-wise bound (see :mod:`vcinr_sci.codec.core`);
-        the bound and its mode are recorded as attributes.
+        the bound and its mode are recorded as attributes. ``correction`` ("smallest",
+        "rans" or "sperr") says how the bound's correction is coded.
 
         A local store is written under a temporary name and renamed when complete, so a
         failure leaves nothing behind; for other stores the input is checked first
@@ -168,7 +170,7 @@ class VCINRDatasetAccessor:
         art = loaded.artifact
         loaded.coder(quality)  # unknown level -> CodecError before anything is written
         steps = default_inner_steps(art) if inner_steps is None else int(inner_steps)
-        bounds = {"max_abs_error": max_abs_error, "max_rel_error": max_rel_error}
+        bounds = {"max_abs_error": max_abs_error, "max_rel_error": max_rel_error, "correction": correction}
         bound = VCINRCodec(art.hash, quality, art.grid.to_dict(), steps, None, "NaN", **bounds).bound  # bad: fails now
         ds = self._obj
         names = self._select(variables, loaded, grid_dims)

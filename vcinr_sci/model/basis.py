@@ -103,6 +103,10 @@ class LinearBasis:
         rho = _lag1_correlation(c)
         return cls(basis.mean, basis.components, scales.astype(np.float32), rho.astype(np.float32))
 
+    def subset(self, keep: np.ndarray) -> "LinearBasis":
+        """The basis of the components ``keep`` (a bool mask or indices) only."""
+        return LinearBasis(self.mean, self.components[keep], self.scales[keep], self.rho[keep])
+
     # ------------------------------------------------------------------ coding
 
     def coefficients(self, values: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:

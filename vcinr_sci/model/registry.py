@@ -94,15 +94,19 @@ def register_model(model: ModelArtifact | str | os.PathLike) -> LoadedModel:
 
 
 def get_model(model_hash: str, hints: Sequence[str | os.PathLike | None] = ()) -> LoadedModel:
-    """The model of ``model_hash`` (full 64-hex hash), loaded once per process."""
-    check_model_hash(model_hash)
+    """The model of ``model_hash`` (its full 64-hex hash, or a prefix of >= 8 such as a
+    chunk holds), loaded once per process. A prefix that more than one loaded model
+    starts with is refused rather than guessed."""
+    check_model_hash(model_hash, prefix=True)
     with _MODELS_LOCK:
-        loaded = _MODELS.get(model_hash)
-        if loaded is not None:
-            return loaded
+        held = [h for h in _MODELS if h.startswith(model_hash)]
+        if len(held) > 1:
+            raise ArtifactError(f"model hash prefix {model_hash} is ambiguous: loaded models {held} share it")
+        if held:
+            return _MODELS[held[0]]
         artifact = load_model_artifact(model_hash, hints)
         _STATS["loads"] += 1
-        loaded = _MODELS[model_hash] = _prepare(artifact)
+        loaded = _MODELS[artifact.hash] = _prepare(artifact)
         return loaded
 
 
@@ -252,11 +256,7 @@ def resolve_model(model: ModelArtifact | LoadedModel | str | os.PathLike) -> Loa
     if Path(text, MANIFEST).is_file():
         return register_model(text)
     if re.fullmatch(r"[0-9a-fA-F]{8,64}", text):
-        with _MODELS_LOCK:
-            held = [h for h in _MODELS if h.startswith(text.lower())]
-        if held:
-            return _MODELS[held[0]]
-        return register_model(resolve_model_path(text.lower()))
+        return get_model(text.lower())
     raise ArtifactError(f"{text!r} is neither a model artifact folder nor a model hash")
 
 

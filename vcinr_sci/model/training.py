@@ -27,27 +27,42 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def batch_rng(seed: int, step: int, rank: int) -> np.random.Generator:
-    """The batch of ``step`` depends only on (seed, step, rank): a resumed run sees
-    exactly the batches the uninterrupted run would have seen."""
-    return np.random.default_rng([seed, step, rank])
+def batch_rng(seed: int, step: int) -> np.random.Generator:
+    """The global batch of ``step`` depends only on (seed, step): a resumed run sees
+    exactly the batches the uninterrupted run would have seen, and any number of
+    workers shares out the same items (the trailing 0 keeps the batches runs had
+    before they were shared out)."""
+    return np.random.default_rng([seed, step, 0])
 
 
-def sample_batch(items: ItemSet, cfg: Config, step: int, rank: int = 0, device="cpu"):
-    rng = batch_rng(cfg.train.seed, step, rank)
-    idx = rng.choice(len(items), size=min(cfg.meta.batch_size, len(items)), replace=False)
+def global_batch_size(items: ItemSet, cfg: Config) -> int:
+    """Items in one outer step's batch, over all workers together."""
+    return min(cfg.meta.batch_size, len(items))
+
+
+def sample_batch(items: ItemSet, cfg: Config, step: int, rank: int = 0, world: int = 1, device="cpu"):
+    """Worker ``rank``'s share (every ``world``-th item) of the global batch of ``step``;
+    every worker uses the same random points of its items."""
+    rng = batch_rng(cfg.train.seed, step)
+    idx = rng.choice(len(items), size=global_batch_size(items, cfg), replace=False)
     points = None
     if cfg.meta.points_per_step and cfg.meta.points_per_step < items.points_per_item:
         points = np.sort(rng.choice(items.points_per_item, cfg.meta.points_per_step, replace=False))
-    return tuple(t.to(device) for t in items.batch(idx, points))
+    return tuple(t.to(device) for t in items.batch(idx[rank::world], points))
 
 
-def outer_step(model, optimiser: torch.optim.Optimizer, batch, grad_clip: float | None) -> float:
-    """One MetaSGD outer step; returns the batch's mean post-adaptation MSE."""
+def outer_step(model, optimiser: torch.optim.Optimizer, batch, grad_clip: float | None, world: int = 1,
+               global_items: int | None = None) -> float:
+    """One MetaSGD outer step on this worker's ``batch`` (one of ``world`` shares of a
+    global batch of ``global_items``); returns the batch's mean post-adaptation MSE."""
     coords, target, mask = batch
     loss, _ = model(coords, target, mask)
+    # DDP averages the workers' gradients. Weighting each worker's mean by its share of
+    # the global batch makes that average the gradient of the global batch's mean, also
+    # when the shares differ by an item (a mean of unequal means would not be).
+    weight = world * target.shape[0] / global_items if global_items else 1.0
     optimiser.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * weight).backward()
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimiser.step()

@@ -1,0 +1,93 @@
+"""SPERR (point-wise error mode, through imagecodecs) on the error-bounded mode's float
+residual grid, with the checks an untrusted stream needs before SPERR's C++ decoder sees it.
+
+The grid goes to SPERR's 2-D coder as ``(prod(shape[:-1]), shape[-1])`` (fields stacked
+along the rows), without imagecodecs' header: the dimensions come from the chunk's own
+checked header, so a stream cannot make the decoder allocate a size it claims. (SPERR's
+3-D coder was 1-3 % smaller on CCSM chunks and 0-1 % larger on OSTIA ones, but reads its
+dimensions from the stream and aborts the process on a leading extent of 1.)
+
+SPERR 0.8 decodes a truncated stream without complaint (its streams are progressive),
+aborts the process on some damaged headers, and allocates what a header's bit count
+claims. So :func:`check_stream` parses the stream's framing first and refuses anything
+but one complete stream: the conditioner's 17 bytes (byte 0 bit 0: a constant field,
+which ends the stream; bytes 9-17 the f64 quantisation step, finite and positive), then
+the SPECK stream (u8 bit planes <= 64, u64 bit count, that many bits rounded up to bytes),
+then optionally the outlier coder's stream framed the same way, filling the rest exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from types import ModuleType
+
+import numpy as np
+
+from vcinr_sci.errors import ChunkFormatError, CodecError
+
+_CONDITIONER = 17  # SPERR 0.8's conditioner header: flags, mean, quantisation step
+_CONSTANT_BIT = 0x01  # byte 0, bit 0: the field is constant (no SPECK stream follows)
+_SPECK_HEAD = struct.Struct("<BQ")  # bit planes, bit count
+_MAX_BITPLANES = 64
+
+
+def _imagecodecs() -> ModuleType:
+    try:
+        import imagecodecs
+    except ImportError:
+        raise CodecError("this chunk's correction is SPERR-coded: install the package imagecodecs") from None
+    return imagecodecs
+
+
+def grid_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """The 2-D shape SPERR codes a chunk of ``shape`` as."""
+    return math.prod(shape[:-1]), shape[-1]
+
+
+def encode(residual: np.ndarray, tolerance: float) -> bytes:
+    """SPERR's stream of ``residual`` (float64, the chunk's shape) with every point within
+    ``tolerance``."""
+    flat = np.ascontiguousarray(residual, np.float64).reshape(grid_shape(residual.shape))
+    return bytes(_imagecodecs().sperr_encode(flat, tolerance, "pwe", header=False))
+
+
+def decode(stream: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """The float64 residual (``shape``) coded in ``stream``; ChunkFormatError for a stream
+    that is not one complete SPERR stream or that SPERR refuses."""
+    check_stream(stream)
+    codecs = _imagecodecs()
+    try:
+        out = codecs.sperr_decode(stream, shape=grid_shape(shape), dtype=np.float64, header=False)
+    except Exception as exc:  # imagecodecs' SperrError, ValueError, MemoryError
+        raise ChunkFormatError(f"residual section: SPERR refuses its stream: {exc}") from None
+    if not np.isfinite(out).all():
+        raise ChunkFormatError("residual section: SPERR's stream decodes to non-finite values")
+    return np.asarray(out, np.float64).reshape(shape)
+
+
+def check_stream(stream: bytes) -> None:
+    """Refuse a SPERR 0.8 stream that is not exactly one complete stream (see module doc)."""
+    if len(stream) < _CONDITIONER:
+        raise ChunkFormatError(f"residual section: SPERR stream of {len(stream)} bytes is shorter than its header")
+    if stream[0] & _CONSTANT_BIT:
+        if len(stream) != _CONDITIONER:
+            raise ChunkFormatError("residual section: SPERR stream of a constant field has trailing bytes")
+        return
+    (q,) = struct.unpack_from("<d", stream, 9)
+    if not (math.isfinite(q) and q > 0):
+        raise ChunkFormatError("residual section: SPERR stream's quantisation step is not positive")
+    pos = _CONDITIONER + _framed_len(stream, _CONDITIONER, "SPECK")
+    if pos < len(stream) and pos + _framed_len(stream, pos, "outlier") != len(stream):
+        raise ChunkFormatError("residual section: SPERR stream has trailing bytes")
+
+
+def _framed_len(stream: bytes, pos: int, what: str) -> int:
+    """The full length of the SPECK-framed stream at ``pos``, which must fit in ``stream``."""
+    if len(stream) < pos + _SPECK_HEAD.size:
+        raise ChunkFormatError(f"residual section: SPERR {what} stream truncated")
+    planes, bits = _SPECK_HEAD.unpack_from(stream, pos)
+    length = _SPECK_HEAD.size + (bits + 7) // 8
+    if planes > _MAX_BITPLANES or len(stream) < pos + length:
+        raise ChunkFormatError(f"residual section: SPERR {what} stream truncated or malformed")
+    return length
