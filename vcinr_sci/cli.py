@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "suite": ("vcinr_sci.bench.suite", "one table over datasets from bench codecs results (examples/bench_suite.sh)"),
     "throughput": ("vcinr_sci.bench.throughput", "meta-train, encode and decode speed, FLOPs per value, fraction of matmul peak"),
     "cross-device": ("vcinr_sci.bench.cross_device", "reconstruction differences between CPU and GPU decoders"),
+    "scale": ("vcinr_sci.bench.scale", "compress pipeline at 1x and 8x data: peak RSS per process, values/s per actor count"),
 }
 
 

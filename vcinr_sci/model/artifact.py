@@ -230,8 +230,14 @@ def install_artifact(manifest_text: bytes, weights: bytes, model_hash: str, cach
     if is_verified_artifact(target, model_hash):
         return target
     cache.mkdir(parents=True, exist_ok=True)
-    if target.exists():  # a bad copy (written before copies were verified): set aside
-        target.rename(cache / f".corrupt-{target.name}-{uuid.uuid4().hex[:8]}")
+    # A bad copy (written before copies were verified) is set aside. Checked again here:
+    # another process decoding the same store may have installed a good copy since the
+    # check above, and setting that aside left its users, for a moment, no model at all.
+    if target.exists() and not is_verified_artifact(target, model_hash):
+        try:
+            target.rename(cache / f".corrupt-{target.name}-{uuid.uuid4().hex[:8]}")
+        except FileNotFoundError:  # another process set it aside first
+            pass
     try:
         with atomic_path(target, overwrite=False) as tmp:
             tmp.mkdir()
