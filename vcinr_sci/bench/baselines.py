@@ -43,8 +43,10 @@ from safetensors.numpy import save as st_save
 from scipy.stats import norm
 
 from vcinr_sci.coding.rans import encode_with_indexes
+from vcinr_sci.coding.varint import encode_uvarint, read_uvarint
 from vcinr_sci.config import DataConfig
 from vcinr_sci.data.sources import FieldSource, open_variable
+from vcinr_sci.errors import ChunkFormatError
 
 _CDF_PRECISION = 16  # bits of compressai's quantised CDFs
 _TABLE_SIGMAS = 6.0  # the Gaussian table covers +-6 deviations; beyond, rANS escapes (bypass)
@@ -183,7 +185,7 @@ class TrainingBasisCodec(Codec):
             raise ValueError("fields hold inf values")
         nan = np.isnan(fields)
         own_mask = not (nan == self.basis.missing).all()
-        out = bytearray(_uvarint(len(fields)) + bytes([_FLAG_MASK if own_mask else 0]))
+        out = bytearray(encode_uvarint(len(fields)) + bytes([_FLAG_MASK if own_mask else 0]))
         if own_mask:
             out += _section(zlib.compress(np.packbits(nan).tobytes(), 9))
         base = np.broadcast_to(self.basis.mean.astype(np.float64), fields.shape)
@@ -265,28 +267,15 @@ class TrainingBasisCodec(Codec):
 # ---------------------------------------------------------------------------- framing
 
 
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _read_uvarint(data: memoryview, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 56:
-            raise BaselineFormatError("baseline chunk: truncated length")
-        byte = data[pos]
-        value, pos, shift = value | (byte & 0x7F) << shift, pos + 1, shift + 7
-        if not byte & 0x80:
-            return value, pos
+    try:
+        return read_uvarint(data, pos, "a length")
+    except ChunkFormatError as e:
+        raise BaselineFormatError(f"baseline chunk: {e}") from None
 
 
 def _section(payload: bytes) -> bytes:
-    return _uvarint(len(payload)) + payload
+    return encode_uvarint(len(payload)) + payload
 
 
 def _read_section(data: memoryview, pos: int) -> tuple[bytes, int]:
