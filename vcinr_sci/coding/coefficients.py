@@ -140,7 +140,7 @@ class CoefficientCoder:
         prev = np.zeros(c.shape[1])
         k = c.shape[1]
         for t in range(len(c)):
-            pred = self._rho64 * prev if mode and t else np.zeros(k)
+            pred = self._prediction(prev, mode, t)
             u = (c[t] - pred) / self.step
             r = np.round(u)
             if not np.isfinite(r).all() or np.abs(r).max(initial=0) > _MAX_SYMBOL:
@@ -154,6 +154,11 @@ class CoefficientCoder:
         string = encode_with_indexes(symbols.ravel(), self._indexes(len(c), mode), self._cdf, self._cdf_length,
                                      self._offset)
         return bytes([mode]) + string, decoded
+
+    def _prediction(self, prev: np.ndarray, mode: int, t: int) -> np.ndarray:
+        """Field ``t``'s predicted coefficients from the previous field's decoded ones
+        (``prev``): the one float64 expression encoder and decoder both evaluate."""
+        return self._rho64 * prev if mode and t else np.zeros(self.latent_dim)
 
     def _symbol_bits(self, rows: np.ndarray, symbols: np.ndarray) -> np.ndarray:
         """Bits of ``symbols`` (any shape ending in ``len(rows)``) under table ``rows``."""
@@ -201,7 +206,7 @@ class CoefficientCoder:
         out = np.empty_like(symbols)
         prev = np.zeros(self.latent_dim)
         for t in range(n):
-            pred = self._rho64 * prev if mode and t else np.zeros(self.latent_dim)
+            pred = self._prediction(prev, mode, t)
             out[t] = prev = pred + symbols[t] * self.step
         return torch.from_numpy(out)
 
