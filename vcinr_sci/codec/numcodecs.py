@@ -16,7 +16,7 @@ from numcodecs.abc import Codec
 from numcodecs.compat import ensure_ndarray_like, ndarray_copy
 
 from vcinr_sci.codec.core import HEX64, check_chunk_shape, decode_chunk, encode_chunk
-from vcinr_sci.coding.bound import ErrorBound
+from vcinr_sci.coding.bound import ErrorBound, check_correction
 from vcinr_sci.data.grids import grid_from_dict
 from vcinr_sci.errors import (
     BoundError,
@@ -127,10 +127,9 @@ class VCINRCodec(Codec):
         self._fill = _parse_fill(fill_value)
         self.fill_value = fill_json(self._fill)
         try:
+            check_correction(correction)  # refused with or without a bound
             bounded = max_abs_error is not None or max_rel_error is not None
             self._bound = ErrorBound(max_abs_error, max_rel_error, correction) if bounded else None
-            if not bounded:
-                ErrorBound(1.0, None, correction)  # an unknown coder is refused with or without a bound
         except BoundError as e:
             raise CodecError(str(e)) from None
         self.correction = correction

@@ -140,6 +140,12 @@ RESIDUAL_METHODS: tuple[str, ...] = ("rans", "sperr")
 CORRECTIONS = ("smallest", "rans", "sperr")
 
 
+def check_correction(correction: str) -> None:
+    """Raise :class:`BoundError` unless ``correction`` is one of :data:`CORRECTIONS`."""
+    if correction not in CORRECTIONS:
+        raise BoundError(f"correction must be one of {list(CORRECTIONS)}, got {correction!r}")
+
+
 @dataclass(frozen=True)
 class ErrorBound:
     """What a codec was asked to guarantee: ``max_abs_error`` (data units) and/or
@@ -156,8 +162,7 @@ class ErrorBound:
         return RESIDUAL_METHODS if self.correction == "smallest" else (self.correction,)
 
     def __post_init__(self) -> None:
-        if self.correction not in CORRECTIONS:
-            raise BoundError(f"correction must be one of {list(CORRECTIONS)}, got {self.correction!r}")
+        check_correction(self.correction)
         for name in ("max_abs_error", "max_rel_error"):
             value = getattr(self, name)
             if value is None:
