@@ -85,7 +85,7 @@ from vcinr_sci.bench.summary import bounded_summary, summarise
 from vcinr_sci.data.grids import SphericalGrid
 from vcinr_sci.errors import UsageError
 from vcinr_sci.model.artifact import MANIFEST, WEIGHTS, find_artifact
-from vcinr_sci.model.loaded import default_device
+from vcinr_sci.model.device import default_device
 from vcinr_sci.model.registry import resolve_model
 
 METHOD_RANGE = (202.66, 320.93)  # method.md / COIN++: ERA5 temperature (K) -> [0, 1]

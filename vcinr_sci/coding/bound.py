@@ -31,7 +31,7 @@ The ``b / 8`` floor leaves slack for devices beyond those measured, at a cost of
 ``log2(8/7) = 0.19`` bits per value. Since the encoder checks ``|x - x'| <= b - m``, a
 decoder whose ``xhat`` is within ``INR_DEVICE_ULPS`` ulps of the encoder's stays within
 ``b``. The codec evaluates the INR in full float32 (TF32 off, see
-:func:`vcinr_sci.model.loaded.full_float32`); with TF32 the difference is ~1e-3 of the range.
+:func:`vcinr_sci.model.device.full_float32`); with TF32 the difference is ~1e-3 of the range.
 
 **Bounds too tight for float arithmetic.** When ``m`` would exceed ``b / 2`` (the device
 and rounding terms alone take half the bound, e.g. ``b`` within a few ulps of ``max|x|``
