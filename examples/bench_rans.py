@@ -60,8 +60,9 @@ def main() -> None:
         theirs = ans.RansDecoder().decode_with_indexes(string, index_list, cdfs, lengths, offsets)
         if not np.array_equal(decode_with_indexes(string, indexes, tables), theirs):
             raise SystemExit(f"{name}: the decoders disagree")
-        t_theirs = _best(lambda: ans.RansDecoder().decode_with_indexes(string, indexes.tolist(), cdfs, lengths, offsets))
-        t_ours = _best(lambda: decode_with_indexes(string, indexes, tables))
+        t_theirs = _best(lambda s=string, i=indexes, c=cdfs, n=lengths, o=offsets:
+                         ans.RansDecoder().decode_with_indexes(s, i.tolist(), c, n, o))
+        t_ours = _best(lambda s=string, i=indexes, t=tables: decode_with_indexes(s, i, t))
         n = indexes.size
         print(f"| {name} | {n:,} | {len(string):,} | {n / t_theirs / 1e6:.1f} | {n / t_ours / 1e6:.1f} | "
               f"{t_theirs / t_ours:.2f}x |")
