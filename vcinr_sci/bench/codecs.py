@@ -31,10 +31,10 @@ the data range of the fields evaluated, RMSE, latitude-weighted (cos lat) RMSE a
 abs error in the data's units, encode and decode throughput in MB/s of float32 on this
 machine (CPU, or the GPU the vcinr codec runs on when one is present).
 
-Summary: the bits each codec needs for 40, 45 and 50 dB (log-linear interpolation
-between the two sweep points around the target; "-" where the sweep never reaches it),
-and the ratio of the best other codec's bits (classical or baseline) to vcinr's, for
-vcinr's whole chunks and its latent bytes alone. "Model per 1e9 values" spreads the model
+Summary: the bits each codec needs for 40, 45 and 50 dB (log-linear interpolation along
+the lower convex front of its sweep's points, log-bits against PSNR; "-" where the sweep
+never reaches it), and vcinr's bits over the best other codec's (classical or baseline;
+below 1: vcinr wins), for vcinr's whole chunks and its latent bytes alone. "Model per 1e9 values" spreads the model
 file (vcinr's or a baseline's) over a billion values, an archive's size.
 
 Distance to the physical limit (vcinr): FLOPs per decoded and per encoded value, counted

@@ -94,17 +94,12 @@ def _fmt(v: float | None, spec: str = ".3g") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _inverse(ratio: float | None) -> str:
-    """vcinr's bits over the best other's, from the summary's other-over-vcinr ratio."""
-    return "-" if not ratio else format(1 / ratio, ".3g")
-
-
 def _versus(v: dict[str, Any], target: str) -> str:
     other = f"{v['best_other'][target]} ({_fmt(v['best_other_bpv'][target])} bpv)" if v["best_other"][target] else "none"
     if v["bpv"][target] is None:
         return f"{target} dB: vcinr does not reach it; best other {other}"
-    return (f"{target} dB: vcinr needs {_inverse(v['best_other_over_vcinr'][target])}x the bits of {other} "
-            f"({_inverse(v['best_other_over_vcinr_latents'][target])}x counting latent bytes only)")
+    return (f"{target} dB: vcinr needs {_fmt(v['vcinr_over_best_other'][target])}x the bits of {other} "
+            f"({_fmt(v['vcinr_latents_over_best_other'][target])}x counting latent bytes only)")
 
 
 def markdown(tables: list[dict[str, Any]]) -> str:
