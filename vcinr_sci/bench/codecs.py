@@ -18,7 +18,8 @@ objects a Zarr array would hold, filters first), on the same held-out fields:
   on the training part of the model's own split): the training mean field alone, with
   SPERR / SZ3 on the anomaly, EOF-k with entropy-coded coefficients (k and step swept;
   each coefficient's step relative to its own deviation), EOF abs-step (one absolute step
-  for all coefficients, k up to 256; k and step swept), and EOF-8 with SPERR on the
+  for all coefficients, k up to 256; k and step swept, the step finer at the largest k
+  until the highest target PSNR is passed), and EOF-8 with SPERR on the
   residual; their model file (mean, EOFs, deviations) is counted as vcinr's is.
 
 Classical codecs compress one 2-D field at a time (as the papers' tables do); vcinr
@@ -30,6 +31,9 @@ temperature range [202.66, 320.93] K mapped to [0, 1]; mean of per-field PSNR) a
 the data range of the fields evaluated, RMSE, latitude-weighted (cos lat) RMSE and max
 abs error in the data's units, encode and decode throughput in MB/s of float32 on this
 machine (CPU, or the GPU the vcinr codec runs on when one is present).
+
+Every sweep of a classical codec or a baseline goes on past its listed knob values until
+it passes the highest target PSNR, or says why it cannot (:mod:`vcinr_sci.bench.sweep`).
 
 Summary: the bits each codec needs for 40, 45 and 50 dB (log-linear interpolation along
 the lower convex front of its sweep's points, log-bits against PSNR; "-" where the sweep
@@ -70,6 +74,7 @@ import torch
 from vcinr_sci.bench.baselines import TrainingBasis, training_fields
 from vcinr_sci.bench.candidates import (
     MAX_EOFS,
+    Candidate,
     baseline_candidates,
     bounded_baseline_candidates,
     bounded_candidates,
@@ -81,7 +86,8 @@ from vcinr_sci.bench.fields import load_fields
 from vcinr_sci.bench.measure import measure, vcinr_costs
 from vcinr_sci.bench.output import write_json
 from vcinr_sci.bench.report import markdown, plot
-from vcinr_sci.bench.summary import bounded_summary, summarise
+from vcinr_sci.bench.summary import TARGETS_DB, bounded_summary, summarise
+from vcinr_sci.bench.sweep import extend_sweeps
 from vcinr_sci.data.grids import SphericalGrid
 from vcinr_sci.errors import UsageError
 from vcinr_sci.model.artifact import MANIFEST, WEIGHTS, find_artifact
@@ -135,12 +141,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 span = float(np.nanmax(x) - np.nanmin(x)) or 1.0
                 candidates += corrected_candidates(model_path, args.levels, args.vcinr_bounds, span, args.chunk_fields)
     vcinr_model_bytes = (model_path / WEIGHTS).stat().st_size if model_path else 0
-    rows = []
-    for c in candidates:
+
+    def measured(c: Candidate) -> dict[str, Any]:
         row = measure(c, fields, psnr_range, vcinr_model_bytes)
-        rows.append(row)
         print(f"  {c.family:28s} {c.knob:22s} {row['bpv']:9.4f} bpv  {row['psnr']:6.2f} dB  "
               f"max err {row['max_abs_error']:.3g}", file=sys.stderr, flush=True)
+        return row
+
+    rows = [measured(c) for c in candidates]
+    if not args.bounded:
+        rows += extend_sweeps(candidates, rows, measured, max(TARGETS_DB))
     out: dict[str, Any] = {
         "benchmark": "codecs",
         "fields": fields.source,

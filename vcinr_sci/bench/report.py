@@ -36,15 +36,20 @@ def markdown(out: dict[str, Any]) -> str:
     if out["mode"] == "bounded":
         return _bounded_markdown(out, lines)
     targets = list(out["summary"][0]["bpv"]) if out["summary"] else []
-    lines += ["", "Bits per value needed for a PSNR (interpolated in the sweep; - = not reached; "
-              "<= = the sweep's coarsest point already exceeds it):", "",
-              "| codec | " + " | ".join(f"{t} dB" for t in targets) + " |", "|---|" + "---|" * len(targets)]
+    lines += ["", "Bits per value needed for a PSNR (interpolated in log-bits along the lower convex front of "
+              "the sweep's points; - = not reached; <= = the sweep's coarsest point already exceeds it). Every "
+              "sweep but vcinr's goes on until it passes the highest target; where it cannot, 'sweep's top' "
+              "says why:", "",
+              "| codec | " + " | ".join(f"{t} dB" for t in targets) + " | sweep's top |",
+              "|---|" + "---|" * (len(targets) + 1)]
     for e in out["summary"]:
         for col, label in (("bpv", ""), ("bpv_latents", ", latent bytes only"), ("bpv_with_model", " + model bits"),
                            ("bpv_model_1e9", " + model per 1e9 values")):
             if col in e:
+                top = (e["sweep_limit"] or f"{e['top_psnr']:.2f} dB") if col == "bpv" else ""
                 lines.append(f"| {e['family']}{label} | " + " | ".join(
-                    ("<= " if e[f"{col}_upper_bound"][t] else "") + _fmt(e[col][t], ".4g") for t in targets) + " |")
+                    ("<= " if e[f"{col}_upper_bound"][t] else "") + _fmt(e[col][t], ".4g") for t in targets)
+                    + f" | {top} |")
     lines += ["", "vcinr against the best of all the others (classical codecs and the baselines fitted on "
               "vcinr's training data), bits per value:", "",
               "vcinr / other = vcinr's bits over the best other's (below 1: vcinr wins).", "",

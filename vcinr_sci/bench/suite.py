@@ -95,6 +95,7 @@ def dataset_table(entry: dict[str, Any]) -> dict[str, Any]:
         "rows": rows,
         "best": best,
         "vcinr_summary": [e for e in summary if e["kind"] == "vcinr"],
+        "sweep_limits": {e["family"]: e["sweep_limit"] for e in summary if e.get("sweep_limit")},
     }
 
 
@@ -147,6 +148,9 @@ def markdown(tables: list[dict[str, Any]]) -> str:
         if targets:
             lines += ["", "Best at each target: " + "; ".join(
                 f"{x} dB: {b[1]} ({b[0]:.3g})" if b else f"{x} dB: none" for x, b in t["best"].items()) + "."]
+        if t["sweep_limits"]:
+            lines.append("Sweeps that could not go on to the highest target: " + "; ".join(
+                f"{fam} {why}" for fam, why in t["sweep_limits"].items()) + ".")
         for v in t["vcinr_summary"]:
             lines.append(f"{v['family']} against the best other: " + "; ".join(_versus(v, x) for x in targets) + ".")
             top = v.get("at_best_psnr")

@@ -66,7 +66,9 @@ def summarise(rows: list[dict[str, Any]], targets: Sequence[float] = TARGETS_DB)
         families.setdefault(r["family"], []).append(r)
     out = []
     for fam, rs in families.items():
-        entry: dict[str, Any] = {"family": fam, "kind": rs[0]["kind"]}
+        entry: dict[str, Any] = {"family": fam, "kind": rs[0]["kind"], "top_psnr": max(r["psnr"] for r in rs),
+                                 # why the sweep could not go on to the highest target (sweep.py)
+                                 "sweep_limit": next((r["sweep_limit"] for r in rs if r.get("sweep_limit")), None)}
         for col in SUMMARY_COLUMNS[rs[0]["kind"]]:
             need = {str(t): needed_bits([(r[col], r["psnr"]) for r in rs if r[col] > 0], t) for t in targets}
             entry[col] = {t: v for t, (v, _) in need.items()}
