@@ -82,7 +82,7 @@ from vcinr_sci.bench.candidates import (
     corrected_candidates,
     vcinr_candidates,
 )
-from vcinr_sci.bench.fields import load_fields
+from vcinr_sci.bench.fields import index_ranges, load_fields
 from vcinr_sci.bench.measure import measure, vcinr_costs
 from vcinr_sci.bench.output import write_json
 from vcinr_sci.bench.report import markdown, plot
@@ -123,8 +123,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if on_grid and not args.no_baselines:
         art = loaded.artifact
         basis = TrainingBasis.fit(training_fields(art.config.data, art.split), max_k=MAX_EOFS)
-        notes.append(f"baselines fitted on the model's training part ({art.split['dim']} "
-                     f"{art.split['positions']['train']}); EOFs of its anomalies: {basis.max_k}; "
+        train = art.split["positions"]["train"]
+        notes.append(f"baselines fitted on the model's training part ({len(train)} {art.split['dim']} positions: "
+                     f"{index_ranges(train)}); EOFs of its anomalies: {basis.max_k}; "
                      f"their total deviation ('dev', EOF abs-step's unit): {basis.deviation:.4g}")
     if args.bounded:
         candidates = bounded_candidates(fields, model_path if on_grid else None, args.levels,
