@@ -319,6 +319,30 @@ def test_malformed_dtype_string_refused(text):
         codec.decode(crafted)
 
 
+@pytest.mark.parametrize("ndim", [65, 200, 255])
+def test_legacy_header_with_too_many_dims_refused(ndim):
+    """A CRC-valid format-1 header claiming more dims than numpy arrays have (its ndim
+    is a byte) is a ChunkFormatError, not numpy's ValueError from deep in the decoder."""
+    import numcodecs
+
+    from vcinr_sci.codec.container import decode_container
+    from vcinr_sci.errors import ChunkFormatError
+
+    golden = Path(__file__).resolve().parent / "golden"
+    case = json.loads((golden / "cases.json").read_text())["v1_uniform"]
+    codec = numcodecs.get_codec(case["config"] | {"model_path": str(golden / "models" / case["model"])})
+    b = bytearray((golden / "v1_uniform.vcinr").read_bytes())
+    old, header_len = b[46], struct.unpack_from("<H", b, 6)[0]
+    extra = struct.pack("<Q", 1) * (ndim - old)  # leading dims of 1: the same number of values
+    b = b[:81] + extra + b[81:]
+    b[46] = ndim
+    struct.pack_into("<H", b, 6, header_len + len(extra))
+    crafted = _legacy_resign(bytes(b))
+    for decode in (decode_container, codec.decode):
+        with pytest.raises(ChunkFormatError, match="numpy's limit"):
+            decode(crafted)
+
+
 def test_dtype_code_outside_the_table_refused(model, ds):
     """Format 3's dtype is a code; a CRC-valid chunk with an unknown code is refused."""
     from dataclasses import replace
