@@ -454,7 +454,8 @@ def _decode_mask(header: ChunkHeader, mask_bytes: bytes) -> np.ndarray | None:
     if header.flags & FLAG_ALL_MASKED:
         if mask_bytes:
             raise ChunkFormatError("an all-masked chunk must store no mask")
-        return np.ones(header.shape, dtype=bool)
+        # A read-only view of one True: a chunk of a few bytes may claim many points.
+        return np.broadcast_to(np.True_, header.shape)
     if not header.flags & FLAG_HAS_MASK:
         if mask_bytes:
             raise ChunkFormatError("mask bytes present but the has-mask flag is clear")

@@ -18,6 +18,7 @@ CDF_PRECISION = 16
 
 
 MAX_SYMBOLS = 4096
+DECODE_BLOCK = 2**16  # symbols rans_decode asks compressai for at a time
 
 
 # the histogram's frequencies, as Zstd stores them in a residual section
@@ -83,14 +84,23 @@ def rans_encode(q: np.ndarray) -> tuple[int, bytes, bytes]:
 
 
 def rans_decode(table: bytes, string: bytes, offset: int, n: int) -> np.ndarray:
+    """The ``n`` int32 symbols of ``string`` under the stored histogram ``table``."""
     ans, _ = _compressai_rans()
     # Sizes a section claims are checked before anything is allocated: chunk bytes are untrusted.
     freqs = np.frombuffer(zstd_within(table, 2 * (MAX_SYMBOLS + 1), "residual section: histogram", 2), "<u2")
     if freqs.size < 2 or (freqs == 0).any() or int(freqs.sum(dtype=np.int64)) != 1 << CDF_PRECISION:
         raise ChunkFormatError("residual section: the stored histogram is not a valid quantised CDF")
     cdf = np.concatenate([[0], np.cumsum(freqs, dtype=np.int64)]).tolist()
-    q = ans.RansDecoder().decode_with_indexes(string, [0] * n, [cdf], [len(cdf)], [offset])
-    return np.asarray(q, np.int64)
+    # In blocks: compressai returns a Python list (8 bytes a symbol, 36 for one outside
+    # the small-int cache, as a crafted offset makes every one), so a whole string at once
+    # would cost several times the chunk's output; int32 holds every value it returns.
+    q = np.empty(n, np.int32)
+    decoder = ans.RansDecoder()
+    decoder.set_stream(string)
+    for start in range(0, n, DECODE_BLOCK):
+        count = min(DECODE_BLOCK, n - start)
+        q[start : start + count] = decoder.decode_stream([0] * count, [cdf], [len(cdf)], [offset])
+    return q
 
 
 def _compressai_rans():
