@@ -392,3 +392,44 @@ def test_digests_name_a_forged_chunk(model, ds, tmp_path, capsys):
     assert verify_digests(store).ok
     assert not verify_digests(store, expected_root=first.root).ok
     assert main(["verify", str(store), "--expect", first.root]) == 1
+
+
+# --- crafted rANS strings (issue 22) ------------------------------------------------
+
+_CRAFTED_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    import numcodecs
+    import fuzz_decoder
+    from vcinr_sci.errors import VCINRError
+    chunk, config = getattr(fuzz_decoder, sys.argv[2])()
+    codec = numcodecs.get_codec(config)
+    for _ in range(3):
+        try:
+            codec.decode(chunk)
+            print("decoded")
+        except VCINRError as e:
+            print("refused", type(e).__name__)
+    """
+)
+
+
+@pytest.mark.xfail(strict=False, reason="compressai's rANS decoder reads past its string until "
+                                        "coding.rans.decode_with_indexes replaces it (issue 22, items 1-2)")
+@pytest.mark.parametrize("crafted", ["crafted_linear", "crafted_histogram"])
+def test_crafted_rans_string_is_refused_cleanly(crafted, tmp_path):
+    """The issue's two strings, decoded in a subprocess (a segfault must not take the
+    test run down): a linear-model chunk claiming 256 fields with the coefficient string
+    ``00`` + eight ``0xff``, and a bounded chunk whose rANS correction has the histogram
+    ``[1, 65535]`` and an 8-byte symbol string. Each is refused with the project's error,
+    every time (never a crash, never garbage that changes from run to run)."""
+    root = Path(__file__).resolve().parents[1]
+    env = {"PATH": "/usr/bin:/bin", "VCINR_DEVICE": "cpu", "HOME": str(tmp_path), "PYTHONPATH": str(root),
+           "VCINR_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", _CRAFTED_SCRIPT, str(root / "examples"), crafted], env=env,
+                         cwd=root, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    lines = run.stdout.split("\n")[:3]
+    assert all(line.startswith("refused") for line in lines), lines
+
