@@ -138,6 +138,10 @@ RESIDUAL_METHODS: tuple[str, ...] = ("rans", "sperr")
 # its errors are mostly far below it (lower MSE), where rANS's uniform quantiser spreads
 # them evenly up to the bound.
 CORRECTIONS = ("smallest", "rans", "sperr")
+# The most grid values a SPERR-coded correction covers: SPERR 0.8's decoder holds about
+# five float64 values per grid point (measured), so this bounds its memory (~45 MB)
+# whatever a chunk claims. Larger chunks are corrected with rANS; a reader refuses more.
+SPERR_MAX_VALUES = 2**20
 
 
 def check_correction(correction: str) -> None:
@@ -254,9 +258,10 @@ def encode_residual(
     m = margin(bound, inr_scale, max_abs, x.dtype)
     head = partial(_head, spec, bound, m, x.size)
     sections = []
-    if "rans" in methods or m >= bound / 2:
+    use_sperr = "sperr" in methods and m < bound / 2 and kept.ndim and x.size and kept.size <= SPERR_MAX_VALUES
+    if "rans" in methods or not use_sperr:
         sections.append(_rans_section(x, kept, xhat, bound, m, head))
-    if "sperr" in methods and m < bound / 2 and kept.ndim and x.size:
+    if use_sperr:
         sections.append(_sperr_section(x, kept, xhat, bound - m, head))
     return min(sections, key=len)
 
@@ -314,30 +319,61 @@ def read_info(section: bytes) -> ResidualInfo:
 def apply_residual(section: bytes, kept: np.ndarray, xhat: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """The corrected values (1-D, ``dtype``) at the valid points ``kept`` (bool, the
     chunk's shape) of a chunk whose float64 reconstruction there is ``xhat``."""
-    info, method, offset, parts = parse_section(section)
-    if info.num_values != xhat.size:
-        raise ChunkFormatError(f"residual section holds {info.num_values} values, the chunk has {xhat.size} valid points")
-    table, symbols, gaps, raw = parts
-    if info.step == 0:
-        if table or symbols:
-            raise ChunkFormatError("residual section: symbols stored while nothing is quantised")
-        out = np.zeros(xhat.size, dtype)
-    elif method == SPERR:
-        if table:
-            raise ChunkFormatError("residual section: a histogram stored beside a SPERR stream")
-        out = corrected(xhat, sperr.decode(symbols, kept.shape)[kept], 1.0, dtype)
-    else:
-        if method == LORENZO:
-            q = _unlorenzo(rans_decode(table, symbols, offset, kept.size).reshape(kept.shape))[kept]
+    correction = Correction(section, kept.shape, 1, None if kept.all() else ~kept.reshape(1, -1), xhat.size)
+    return correction.apply(slice(0, 1), 0, xhat, dtype)
+
+
+class Correction:
+    """A residual section decoded once, applied block by block: the chunk's grid is seen
+    as ``rows`` of whole fields (``mask``: ``(rows, columns)`` bool, True = masked, or
+    None: every point valid), and :meth:`apply` corrects the valid points of a run of rows. What it holds
+    besides the outliers is ``q`` (int32, one per valid point, or per grid point for
+    Lorenzo) or SPERR's float64 residual grid: at most 8 bytes per grid point, decoded in
+    blocks, so a decode's memory stays in proportion to its output."""
+
+    def __init__(self, section: bytes, shape: tuple[int, ...], rows: int, mask: np.ndarray | None, num_valid: int):
+        info, self.method, offset, (table, symbols, gaps, raw) = parse_section(section)
+        if info.num_values != num_valid:
+            raise ChunkFormatError(f"residual section holds {info.num_values} values, the chunk has {num_valid} valid points")
+        self.step, self.rows, self.mask, self.raw = info.step, rows, mask, raw
+        size = math.prod(shape)
+        self.values: np.ndarray | None = None  # q or SPERR's residual; None: nothing quantised
+        if info.step == 0:
+            if table or symbols:
+                raise ChunkFormatError("residual section: symbols stored while nothing is quantised")
+        elif self.method == SPERR:
+            if table:
+                raise ChunkFormatError("residual section: a histogram stored beside a SPERR stream")
+            if size > SPERR_MAX_VALUES:
+                raise ChunkFormatError(f"residual section: a SPERR correction of {size} values, more than the "
+                                       f"{SPERR_MAX_VALUES} any encoder writes")
+            self.values = sperr.decode(symbols, shape).reshape(-1)
+        elif self.method == LORENZO:
+            self.values = _unlorenzo(rans_decode(table, symbols, offset, size).reshape(shape)).reshape(-1)
         else:
-            q = rans_decode(table, symbols, offset, xhat.size)
-        out = corrected(xhat, q, info.step, dtype)
-    index = outlier_index(gaps, xhat.size)
-    if info.step == 0 and index.size != xhat.size:
-        raise ChunkFormatError("residual section: an unquantised chunk must store every point")
-    values = unpack_raw(raw, dtype, index.size)
-    out[index] = values
-    return out
+            self.values = rans_decode(table, symbols, offset, num_valid)
+        self.index = outlier_index(gaps, num_valid)
+        if info.step == 0 and self.index.size != num_valid:
+            raise ChunkFormatError("residual section: an unquantised chunk must store every point")
+        self.dtype: np.dtype | None = None
+        self.outliers = np.zeros(0)
+
+    def apply(self, rows: slice, start: int, xhat: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        """The corrected values (``dtype``) of the valid points of ``rows``, the first of
+        them valid point ``start`` of the chunk, whose reconstruction is ``xhat``."""
+        if self.dtype != dtype:  # the outliers' raw values, once
+            self.outliers, self.dtype = unpack_raw(self.raw, dtype, self.index.size), dtype
+        if self.values is None:
+            out = np.zeros(xhat.size, dtype)
+        elif self.method == PLAIN:
+            out = corrected(xhat, self.values[start : start + xhat.size], self.step, dtype)
+        else:  # per grid point: the block's rows, at their valid points
+            grid = self.values.reshape(self.rows, -1)[rows]
+            at = grid.reshape(-1) if self.mask is None else grid[~self.mask[rows]]
+            out = corrected(xhat, at, 1.0 if self.method == SPERR else self.step, dtype)
+        lo, hi = np.searchsorted(self.index, [start, start + xhat.size])
+        out[self.index[lo:hi] - start] = self.outliers[lo:hi]
+        return out
 
 
 # ---------------------------------------------------------------------------- coding of q
@@ -351,9 +387,9 @@ def _lorenzo(grid: np.ndarray) -> np.ndarray:
 
 
 def _unlorenzo(diffs: np.ndarray) -> np.ndarray:
-    """Exact inverse of :func:`_lorenzo`."""
+    """Exact inverse of :func:`_lorenzo`, in place (in ``diffs``' dtype)."""
     for axis in range(-min(2, diffs.ndim), 0):
-        diffs = np.cumsum(diffs, axis=axis)
+        np.cumsum(diffs, axis=axis, dtype=diffs.dtype, out=diffs)
     return diffs
 
 

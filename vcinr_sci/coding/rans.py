@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numba
 import numpy as np
 from numcodecs import Zstd
 
@@ -97,12 +98,13 @@ def rans_encode(q: np.ndarray) -> tuple[int, bytes, bytes]:
 
 
 def rans_decode(table: bytes, string: bytes, offset: int, n: int) -> np.ndarray:
+    """The ``n`` int32 symbols of ``string`` under the stored histogram ``table``."""
     # Sizes a section claims are checked before anything is allocated: chunk bytes are untrusted.
     freqs = np.frombuffer(zstd_within(table, 2 * (MAX_SYMBOLS + 1), "residual section: histogram", 2), "<u2")
     if freqs.size < 2 or (freqs == 0).any() or int(freqs.sum(dtype=np.int64)) != 1 << CDF_PRECISION:
         raise ChunkFormatError("residual section: the stored histogram is not a valid quantised CDF")
     cdf = np.concatenate([[0], np.cumsum(freqs, dtype=np.int64)]).tolist()
-    return decode_with_indexes(string, np.zeros(n, np.int64), RansTables.build([cdf], [len(cdf)], [offset])).astype(np.int64)
+    return decode_with_indexes(string, np.zeros(n, np.int32), RansTables.build([cdf], [len(cdf)], [offset]))
 
 
 # compressai's constants (rans_interface.cpp): 16-bit CDFs, escapes in 4-bit nibbles.
@@ -154,32 +156,19 @@ def decode_with_indexes(string: bytes, indexes: Sequence[int] | np.ndarray, tabl
     outside ``string``: a string that ends before its symbols, or holds an escape longer
     than compressai writes, is a :class:`ChunkFormatError`.
 
-    Compiled with numba (the first call in a process compiles it, or loads numba's cache);
-    see the README for its speed beside compressai's binding."""
+    Compiled with numba when this module is imported (or loaded from numba's cache); see
+    the README for its speed beside compressai's binding."""
     raw = bytes(string)
     if len(raw) % 4 or len(raw) < 8:  # whole 32-bit words, at least the final state's two
         raise ChunkFormatError(f"rANS string of {len(raw)} bytes is truncated or not a rANS string")
-    index = np.ascontiguousarray(indexes, np.int64)
+    index = np.ascontiguousarray(indexes, np.int32)  # 4 bytes a symbol: a chunk's symbols may be 2**26
     if index.size and (index.min() < 0 or index.max() >= tables.lengths.size):
         raise ValueError(f"rANS table indexes must lie in [0, {tables.lengths.size})")
     out = np.empty(index.size, np.int32)
-    status = _decoder()(np.frombuffer(raw, "<u4"), index, tables.cdfs, tables.lengths, tables.offsets, out)
+    status = _DECODE_WORDS(np.frombuffer(raw, "<u4"), index, tables.cdfs, tables.lengths, tables.offsets, out)
     if status < 0:
         raise ChunkFormatError(f"rANS string refused: {_REFUSALS[status]}")
     return out
-
-
-_DECODER = None
-
-
-def _decoder():
-    """The compiled decoder, built on first use (numba is imported only then)."""
-    global _DECODER
-    if _DECODER is None:
-        import numba
-
-        _DECODER = numba.njit(cache=True, nogil=True)(_decode_words)
-    return _DECODER
 
 
 def _decode_words(words, indexes, cdfs, lengths, offsets, out):
@@ -243,6 +232,13 @@ def _decode_words(words, indexes, cdfs, lengths, offsets, out):
             value = -value - 1 if raw & 1 else value + max_value
         out[i] = np.int32(value + offsets[row])  # compressai's int32 sum wraps; so does this cast
     return at
+
+
+# Compiled for the one signature it is called with when this module is imported (or loaded
+# from numba's cache), so that a first decode costs no compiler time or memory (LLVM takes
+# ~80 MB while it compiles).
+_DECODE_WORDS = numba.njit("int64(uint32[::1], int32[::1], int64[:, ::1], int64[::1], int64[::1], int32[::1])",
+                           cache=True, nogil=True)(_decode_words)
 
 
 def _compressai_rans():
