@@ -72,7 +72,7 @@ def build(case: str, fields: int) -> tuple[bytes, object]:
     active = fields * model.num_patches
     coder = model.coder(quality)
     phi = coder.quantise(torch.zeros(1, model.latent_dim)).expand(active, -1) if quality != "q0" or \
-        model.basis is not None else torch.zeros(active, model.latent_dim)
+        model.artifact.basis is not None else torch.zeros(active, model.latent_dim)
     stored = np.full(active, 0.5, "<f2").tobytes() if model.subtracts_item_mean else b""
     payload = b"\x00" + stored + coder.compress(phi)
     residual = None

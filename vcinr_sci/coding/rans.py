@@ -237,8 +237,9 @@ def _decode_words(words, indexes, cdfs, lengths, offsets, out):
 # Compiled for the one signature it is called with when this module is imported (or loaded
 # from numba's cache), so that a first decode costs no compiler time or memory (LLVM takes
 # ~80 MB while it compiles).
-_DECODE_WORDS = numba.njit("int64(uint32[::1], int32[::1], int64[:, ::1], int64[::1], int64[::1], int32[::1])",
-                           cache=True, nogil=True)(_decode_words)
+_WORDS = numba.types.Array(numba.types.uint32, 1, "C", readonly=True)  # a view of the string's bytes
+_DECODE_WORDS = numba.njit(numba.int64(_WORDS, numba.int32[::1], numba.int64[:, ::1], numba.int64[::1],
+                                       numba.int64[::1], numba.int32[::1]), cache=True, nogil=True)(_decode_words)
 
 
 def _compressai_rans():
