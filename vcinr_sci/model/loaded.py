@@ -26,6 +26,14 @@ DEVICE_ENV = "VCINR_DEVICE"
 
 BATCH_POINTS_ENV = "VCINR_BATCH_POINTS"
 
+# The largest difference allowed between the encoder's and any decoder's float32 INR
+# output, in float32 ulps of the output scale: 256 ulps = 3.1e-5 of the normalisation
+# range. Measured (`vcinr bench cross-device`, demo model, 29,008 values): an H200 in
+# float32 differs from this CPU by at most 2.4e-7 of the range (2 ulps), so this leaves
+# two orders of magnitude of headroom; TF32 would differ by 1.0e-3 and is kept off.
+INR_DEVICE_ULPS = 256
+_EPS32 = float(np.finfo(np.float32).eps)
+
 
 def default_device() -> torch.device:
     """``$VCINR_DEVICE`` if set, else CUDA when present, else the CPU."""
@@ -184,6 +192,30 @@ class LoadedModel:
                 coords = self.item_coords[torch.as_tensor(items[sl] % self.num_patches, device=self.device)]
                 out.append(model.decode(coords, phi[sl])[..., 0].float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.points_per_item), np.float32)
+
+    def reconstruction_margin(self, phi: torch.Tensor, own: np.ndarray, offsets: np.ndarray) -> float:
+        """The most any decoder's reconstruction of a chunk's valid points can differ
+        from this process's, in data units: the error-bounded mode's device term
+        (:mod:`vcinr_sci.coding.bound`). ``phi``: the chunk's decoded latents; ``own``:
+        this model's normalised outputs at the valid points (:meth:`evaluate`);
+        ``offsets``: the item means the codec adds to them in float32 before it
+        denormalises in float64.
+
+        An INR (float32, any device): ``INR_DEVICE_ULPS`` float32 ulps of its output
+        scale ``(hi - lo) max(1, max |own| + max |offset|)`` (the means count once: only
+        ``own`` varies between devices). A linear model: what its arithmetic can differ
+        by (:meth:`LinearBasis.reconstruction_spread`), plus half a float32 spacing per
+        side for the offsets' addition and two float64 spacings for the denormalisation."""
+        norm = self.artifact.normaliser
+        span = norm.hi - norm.lo
+        top = float(np.abs(own).max(initial=0.0))
+        means = float(np.abs(offsets).max(initial=0.0))
+        if self.basis is None:
+            return INR_DEVICE_ULPS * _EPS32 * (span * max(1.0, top + means))
+        spread = self.basis.reconstruction_spread(phi.cpu().numpy())
+        v = top + spread + means  # bounds |own + offset| on any machine
+        spread += float(np.spacing(np.float32(v)))
+        return span * spread + 2 * float(np.spacing(abs(norm.lo) + span * v))
 
     @torch.no_grad()
     def evaluate_at(self, coords: np.ndarray, phi: torch.Tensor) -> np.ndarray:
