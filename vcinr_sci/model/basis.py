@@ -134,21 +134,24 @@ class LinearBasis:
         c = np.asarray(coefficients, np.float64)
         return (self.mean + c @ self._components64).astype(np.float32)
 
-    def reconstruction_spread(self, coefficients: np.ndarray) -> float:
-        """The most :meth:`reconstruct` of ``coefficients (B, K)`` can differ, at any
-        point, between two machines (normalised units).
+    def reconstruction_spread(self, coefficients: np.ndarray, top: float) -> float:
+        """The most :meth:`reconstruct` of ``coefficients (B, K)`` can differ between two
+        machines (normalised units) at the points whose values here are at most ``top``
+        in magnitude.
 
         Each value is a sum of ``K + 1`` terms (the mean, ``K`` products) bounded by
         ``t = max |mean| + max_i sum_k |c_ik| max |e_k|``. In float64, in any order and
         with or without FMA, a machine's sum is within ``gamma t`` of the exact one
         (``gamma = n u / (1 - n u)``, ``n = K + 1``, ``u = 2**-53``; Higham, *Accuracy and
-        Stability*, 3.1), so two machines differ by ``2 gamma t``; the cast to float32
-        rounds each by at most half a float32 spacing at ``t (1 + gamma)``."""
+        Stability*, 3.1), so two machines' sums differ by at most ``2 gamma t`` and lie
+        within ``a = top + spacing32(top) / 2 + 2 gamma t`` of 0; the cast to float32 rounds
+        each by at most half a float32 spacing at ``a``."""
         c = np.abs(np.asarray(coefficients, np.float64))
         t = float(np.abs(self.mean).max(initial=0.0)) + float((c * self._component_max).sum(axis=1).max(initial=0.0))
         n = self.num_components + 1
-        gamma = n * _U64 / (1 - n * _U64)
-        return 2 * gamma * t + float(np.spacing(np.float32(t * (1 + gamma))))
+        sums = 2 * n * _U64 / (1 - n * _U64) * t
+        a = top + float(np.spacing(np.float32(top))) / 2 + sums
+        return sums + float(np.spacing(np.float32(a)))
 
     # ------------------------------------------------------------------ storage
 

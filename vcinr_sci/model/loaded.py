@@ -205,15 +205,17 @@ class LoadedModel:
         scale ``(hi - lo) max(1, max |own| + max |offset|)`` (the means count once: only
         ``own`` varies between devices). A linear model: what its arithmetic can differ
         by (:meth:`LinearBasis.reconstruction_spread`), plus half a float32 spacing per
-        side for the offsets' addition and two float64 spacings for the denormalisation."""
+        side for the offsets' addition and two float64 spacings for the denormalisation:
+        about two float32 ulps of its values."""
         norm = self.artifact.normaliser
         span = norm.hi - norm.lo
         top = float(np.abs(own).max(initial=0.0))
         means = float(np.abs(offsets).max(initial=0.0))
         if self.basis is None:
             return INR_DEVICE_ULPS * _EPS32 * (span * max(1.0, top + means))
-        spread = self.basis.reconstruction_spread(phi.cpu().numpy())
-        v = top + spread + means  # bounds |own + offset| on any machine
+        top += float(np.spacing(np.float32(top + means)))  # own = float32(y + o) - o: within a spacing of y
+        spread = self.basis.reconstruction_spread(phi.cpu().numpy(), top)
+        v = top + spread + means  # bounds |y + o| on any machine
         spread += float(np.spacing(np.float32(v)))
         return span * spread + 2 * float(np.spacing(abs(norm.lo) + span * v))
 
