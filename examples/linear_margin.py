@@ -38,11 +38,11 @@ def _child(folder: Path) -> None:
     import torch
 
     from vcinr_sci.codec.numcodecs import VCINRCodec
-    from vcinr_sci.model.registry import get_model
+    from vcinr_sci.model.artifact import load_artifact
 
     meta = json.loads((folder / "meta.json").read_text())
     codec = VCINRCodec.from_config(meta["config"])
-    basis = get_model(meta["config"]["model_hash"], [meta["config"]["model_path"]]).basis
+    basis = load_artifact(meta["config"]["model_path"]).basis
     c = np.load(folder / "c.npy")
     out = {"sums": basis.mean + c @ basis.components.astype(np.float64), "values": basis.reconstruct(c)}
     for n in (1, 2):

@@ -29,7 +29,9 @@ from vcinr_sci.coding import bound, residual_format
 from vcinr_sci.errors import ChunkFormatError, CodecError
 from vcinr_sci.io.accessor import open_zarr
 from vcinr_sci.io.layout import BOUND_ATTRS
-from vcinr_sci.model.loaded import INR_DEVICE_ULPS, LoadedModel, full_float32
+from vcinr_sci.model.device import full_float32
+from vcinr_sci.model.kinds import INR_DEVICE_ULPS
+from vcinr_sci.model.loaded import LoadedModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup")
 

@@ -16,7 +16,7 @@ from vcinr_sci.coding.coefficients import MAX_SCALE_SYMBOLS, CoefficientCoder, m
 from vcinr_sci.errors import ArtifactError, ChunkFormatError, UsageError
 from vcinr_sci.model.artifact import load_artifact
 from vcinr_sci.model.basis import LinearBasis
-from vcinr_sci.model.loaded import INR_DEVICE_ULPS
+from vcinr_sci.model.kinds import INR_DEVICE_ULPS
 from vcinr_sci.model.registry import register_model
 
 

@@ -103,10 +103,8 @@ from vcinr_sci.errors import (
     ChunkFormatError,
     CodecError,
 )
-from vcinr_sci.model.loaded import (
-    LoadedModel,
-    full_float32,
-)
+from vcinr_sci.model.device import full_float32
+from vcinr_sci.model.loaded import LoadedModel
 from vcinr_sci.model.registry import (
     get_model,
 )

@@ -24,7 +24,7 @@ valid points, which the model reports for the chunk
 (:meth:`vcinr_sci.model.loaded.LoadedModel.reconstruction_margin`; the codec never asks
 which kind of model it holds): for an INR, 256 float32 ulps of its output scale (a device
 allowance, two orders above the measured CPU-GPU difference; the INR runs in full float32,
-TF32 off, see :func:`vcinr_sci.model.loaded.full_float32`); for a linear model, a bound
+TF32 off, see :func:`vcinr_sci.model.device.full_float32`); for a linear model, a bound
 derived from its float64 sum and float32 cast, about two float32 ulps of its values.
 ``ulp_dtype(v)`` is the spacing of the array's dtype at ``v``
 (``|cast(a) - cast(c)| <= |a - c| + ulp``). The ``b / 8`` floor leaves slack for devices

@@ -45,8 +45,10 @@ from vcinr_sci.model.artifact import (
     model_dir_name,
     search_roots,
 )
+from vcinr_sci.model.device import default_device
 from vcinr_sci.model.embedded import MODELS_GROUP, extract_model, extract_model_at, stored_models
-from vcinr_sci.model.loaded import LoadedModel, default_device
+from vcinr_sci.model.kinds import model_kind
+from vcinr_sci.model.loaded import LoadedModel
 
 _MODELS: dict[str, LoadedModel] = {}
 _MODELS_LOCK = threading.Lock()
@@ -124,8 +126,8 @@ def _prepare(artifact: ModelArtifact) -> LoadedModel:
         coords = patcher.split(coords, trailing=1).reshape(patcher.num_patches, -1, grid.coord_dim)
     else:
         coords = coords.reshape(1, -1, grid.coord_dim)
-    return LoadedModel(artifact, device, patcher, torch.as_tensor(np.ascontiguousarray(coords), device=device),
-                       basis=artifact.basis)
+    item_coords = torch.as_tensor(np.ascontiguousarray(coords), device=device)
+    return LoadedModel(artifact, device, patcher, item_coords, model_kind(artifact, item_coords, device))
 
 
 def load_model_artifact(model_hash: str, hints: Sequence[str | os.PathLike | None] = ()) -> ModelArtifact:
