@@ -143,9 +143,9 @@ class LinearBasis:
         ``t = max |mean| + max_i sum_k |c_ik| max |e_k|``. In float64, in any order and
         with or without FMA, a machine's sum is within ``gamma t`` of the exact one
         (``gamma = n u / (1 - n u)``, ``n = K + 1``, ``u = 2**-53``; Higham, *Accuracy and
-        Stability*, 3.1), so two machines' sums differ by at most ``2 gamma t`` and lie
-        within ``a = top + spacing32(top) / 2 + 2 gamma t`` of 0; the cast to float32 rounds
-        each by at most half a float32 spacing at ``a``."""
+        Stability*, 3.1), so two machines' sums differ by at most ``2 gamma t`` and are at
+        most ``a = top + spacing32(top) / 2 + 2 gamma t`` in magnitude; the cast to float32
+        rounds each by at most half a float32 spacing at ``a``."""
         c = np.abs(np.asarray(coefficients, np.float64))
         t = float(np.abs(self.mean).max(initial=0.0)) + float((c * self._component_max).sum(axis=1).max(initial=0.0))
         n = self.num_components + 1
