@@ -96,7 +96,7 @@ import torch
 from numcodecs import Zstd
 
 from vcinr_sci.codec.container import FLAG_ALL_MASKED, ChunkHeader, decode_container, encode_container
-from vcinr_sci.coding.bound import Correction, ErrorBound, encode_residual, inr_scale
+from vcinr_sci.coding.bound import Correction, ErrorBound, encode_residual
 from vcinr_sci.coding.zstd import zstd_exact
 from vcinr_sci.data.normalise import item_means
 from vcinr_sci.errors import (
@@ -210,8 +210,8 @@ def encode_chunk(
         lat = ChunkLatents(header, model, mask, None, active, phi_hat, offsets)
         inr = lat.inr_normalised()[~mask]
         xhat = norm.denormalise(inr.astype(np.float64))
-        own = inr - lat.offsets_on_grid()[~mask]  # the INR's outputs before the means are added
-        residual = encode_residual(x, ~mask, xhat, bound, inr_scale(own, norm.lo, norm.hi, offsets))
+        own = inr - lat.offsets_on_grid()[~mask]  # the model's outputs before the means are added
+        residual = encode_residual(x, ~mask, xhat, bound, model.reconstruction_margin(phi_hat, own, offsets))
     return encode_container(header, mask if mask.any() else None, payload, residual)
 
 

@@ -27,6 +27,14 @@ from vcinr_sci.model.device import full_float32
 
 BATCH_POINTS_ENV = "VCINR_BATCH_POINTS"
 
+# The largest difference allowed between the encoder's and any decoder's float32 INR
+# output, in float32 ulps of the output scale: 256 ulps = 3.1e-5 of the normalisation
+# range. Measured (`vcinr bench cross-device`, demo model, 29,008 values): an H200 in
+# float32 differs from this CPU by at most 2.4e-7 of the range (2 ulps), so this leaves
+# two orders of magnitude of headroom; TF32 would differ by 1.0e-3 and is kept off.
+INR_DEVICE_ULPS = 256
+_EPS32 = float(np.finfo(np.float32).eps)
+
 
 def batch_points() -> int:
     """Grid points an INR evaluates at once (``$VCINR_BATCH_POINTS``: memory against speed)."""
@@ -51,6 +59,13 @@ class ModelKind(Protocol):
     def evaluate_at(self, coords: np.ndarray, phi: torch.Tensor) -> np.ndarray:
         """Float32 values ``(B, N)`` of each latent in ``phi`` at shared points ``coords``
         ``(N, coord_dim)`` (continuous-resolution sampling)."""
+
+    def value_spread(self, phi: torch.Tensor, own: np.ndarray, offsets: np.ndarray) -> float:
+        """The most any decoder's float32 values ``own + offset`` at a chunk's valid
+        points can differ from this process's (normalised units), whatever machine,
+        BLAS, thread count or device it runs on: ``own`` are :meth:`evaluate`'s values
+        of the chunk's latents ``phi`` at its valid points, ``offsets`` the item means
+        the codec adds to them in float32 (0 without ``data.subtract_item_mean``)."""
 
 
 class InrKind:
@@ -89,6 +104,13 @@ class InrKind:
                 out.append(self.network.decode(self._coords(items[sl]), phi[sl])[..., 0].float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.item_coords.shape[1]), np.float32)
 
+    def value_spread(self, phi: torch.Tensor, own: np.ndarray, offsets: np.ndarray) -> float:
+        """``INR_DEVICE_ULPS`` float32 ulps of the output scale ``max(1, max |own| + max
+        |offset|)``: a device allowance (the means count once: only ``own`` varies
+        between devices, the sum's rounding is one ulp of ``|own + offset|``)."""
+        top = float(np.abs(own).max(initial=0.0)) + float(np.abs(offsets).max(initial=0.0))
+        return INR_DEVICE_ULPS * _EPS32 * max(1.0, top)
+
     @torch.no_grad()
     def evaluate_at(self, coords: np.ndarray, phi: torch.Tensor) -> np.ndarray:
 
@@ -116,6 +138,15 @@ class LinearKind:
 
     def evaluate(self, items: np.ndarray, phi: torch.Tensor) -> np.ndarray:
         return self.basis.reconstruct(phi.cpu().numpy())
+
+    def value_spread(self, phi: torch.Tensor, own: np.ndarray, offsets: np.ndarray) -> float:
+        """What the arithmetic can differ by, derived: the float64 sum and its float32
+        cast (:meth:`LinearBasis.reconstruction_spread`), then half a float32 spacing per
+        side for the offsets' addition; about two float32 ulps of the values."""
+        top, means = float(np.abs(own).max(initial=0.0)), float(np.abs(offsets).max(initial=0.0))
+        top += float(np.spacing(np.float32(top + means)))  # own = float32(y + o) - o: within a spacing of y
+        spread = self.basis.reconstruction_spread(phi.cpu().numpy(), top)
+        return spread + float(np.spacing(np.float32(top + spread + means)))
 
     def evaluate_at(self, coords: np.ndarray, phi: torch.Tensor) -> np.ndarray:
         raise UsageError(

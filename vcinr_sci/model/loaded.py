@@ -95,6 +95,20 @@ class LoadedModel:
         """The model of latents ``phi`` on the grid points of items ``items``: ``(n, P)``."""
         return self.kind.evaluate(items, phi)
 
+    def reconstruction_margin(self, phi: torch.Tensor, own: np.ndarray, offsets: np.ndarray) -> float:
+        """The most any decoder's reconstruction of a chunk's valid points can differ
+        from this process's, in data units: the error-bounded mode's ``d``
+        (:mod:`vcinr_sci.coding.bound`). ``phi``: the chunk's decoded latents; ``own``:
+        the model's normalised values at the valid points (:meth:`evaluate`); ``offsets``:
+        the item means the codec adds to them in float32. The kind bounds those float32
+        sums (:meth:`~vcinr_sci.model.kinds.ModelKind.value_spread`); the float64
+        denormalisation ``v (hi - lo) + lo`` rounds twice more, a float64 spacing each."""
+        norm = self.artifact.normaliser
+        span = norm.hi - norm.lo
+        spread = self.kind.value_spread(phi, own, offsets)
+        top = float(np.abs(own).max(initial=0.0)) + float(np.abs(offsets).max(initial=0.0)) + spread
+        return span * spread + 2 * float(np.spacing(abs(norm.lo) + span * top))
+
     def evaluate_at(self, coords: np.ndarray, phi: torch.Tensor) -> np.ndarray:
         """The model of each latent in ``phi`` ``(B, D)`` at shared points ``coords``
         ``(N, coord_dim)``: ``(B, N)`` (continuous-resolution sampling)."""
