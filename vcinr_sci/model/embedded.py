@@ -9,8 +9,9 @@ Being plain Zarr, it travels with the store and upsets no Zarr tool.
 which knows the store) copies them into the cache folder (``$VCINR_CACHE_DIR``), where the
 codec finds them by hash. The codec alone (plain ``xarray.open_zarr``) does not know where
 the store is: writers record the model's place relative to the store
-(``_vcinr_models/<prefix>``), and the codec follows a ``model_path`` naming such a subgroup
-of a local store only when the user trusts store paths (``$VCINR_TRUST_STORE_PATHS=1``).
+(``_vcinr_models/<prefix>``) and put the model in their cache. The codec follows a
+``model_path`` naming such a subgroup of a local store (an absolute one, as older writers
+recorded) only when the user trusts store paths (``$VCINR_TRUST_STORE_PATHS=1``).
 A store is untrusted input: the hash attribute must be a full model hash before it names
 a folder, the arrays' claimed sizes are checked before they are read, and a copy enters
 the cache only once its content hash is verified (a bad copy, whatever its damage, is
