@@ -68,6 +68,7 @@ _STATS = {"loads": 0}
 # in the error when no other copy of that model is found.
 _BAD_STORED: dict[str, list[str]] = {}
 
+
 @dataclasses.dataclass(frozen=True)
 class StoreModelPath:
     """A place a store names for its model (a codec config's ``model_path`` read from
@@ -173,8 +174,8 @@ def load_model_artifact(model_hash: str, hints: Sequence[Hint] = ()) -> ModelArt
             return load_artifact(folder, model_hash)
         except ArtifactError as e:
             _skip(skipped, where, e)
-    used = [h for h in hints if h and not isinstance(h, StoreModelPath)]
-    looked = [str(h) for h in [*used, *_SEARCH_PATHS]] + [str(r) for r in search_roots()]
+    used = [h.path if isinstance(h, StoreModelPath) else os.fspath(h) for h in hints if h]
+    looked = [h for h in [*used, *_SEARCH_PATHS] if h not in unused] + [str(r) for r in search_roots()]
     detail = f"; refused: {skipped}" if skipped else ""
     if unused:
         detail += (f"; not followed, as the store named them: {unused} (set {TRUST_STORE_PATHS_ENV}=1 "
