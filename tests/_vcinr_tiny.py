@@ -94,3 +94,20 @@ def linear_artifact() -> Path:
                  "train.artifact_dir": tempfile.mkdtemp(prefix="vcinr-linear-artifact-")}
     _CACHE["linear"] = fit_basis.fit(load_config(repo / "configs" / "tiny.yaml", overrides))
     return _CACHE["linear"]
+
+
+def set_model_path(store: Path, value: str | None) -> None:
+    """Rewrite the ``model_path`` of every vcinr codec config in the format-3 ``store``'s
+    metadata (as a crafted store, or an older writer, would have it), consolidated anew."""
+    import json
+
+    from vcinr_sci.io.store import consolidate
+
+    for meta in Path(store).glob("*/zarr.json"):
+        doc = json.loads(meta.read_text())
+        codecs = [c for c in doc.get("codecs", []) if c.get("name") == "vcinr"]
+        for codec in codecs:
+            codec["configuration"]["model_path"] = value
+        if codecs:
+            meta.write_text(json.dumps(doc))
+    consolidate(store, zarr_format=3)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from _vcinr_tiny import QUALITY, fields, tiny_artifact
+from _vcinr_tiny import QUALITY, fields, set_model_path, tiny_artifact
 
 from vcinr_sci.errors import ArtifactError
 from vcinr_sci.io.accessor import open_zarr
@@ -124,10 +124,16 @@ def _poison(store: Path) -> None:
 @pytest.mark.parametrize("opener", ["xarray", "accessor"])
 def test_poisoned_stored_copy_never_enters_the_cache(model, ds, tmp_path, monkeypatch, opener):
     """A store whose stored weights do not match its claimed hash is refused, leaves the
-    cache empty, and a good store of the same model decodes afterwards."""
+    cache empty, and a good store of the same model decodes afterwards. Plain xarray
+    finds a stored model through the codec config's path only: here the absolute path an
+    older writer recorded, followed as the user trusts store paths."""
     good, expected = _write(model, ds, tmp_path / "good.zarr")
     poisoned, _ = _write(model, ds, tmp_path / "poisoned.zarr")
     _poison(poisoned)
+    if opener == "xarray":
+        monkeypatch.setenv("VCINR_TRUST_STORE_PATHS", "1")
+        for store in (good, poisoned):
+            set_model_path(store, str(_stored_model(store).store.root / _stored_model(store).path))
     cache = tmp_path / "reader-cache"
     _fresh_lookup(cache, monkeypatch)
     open_ = xr.open_zarr if opener == "xarray" else open_zarr
@@ -140,10 +146,12 @@ def test_poisoned_stored_copy_never_enters_the_cache(model, ds, tmp_path, monkey
 
 
 def test_poisoned_remote_copy_is_skipped(model, ds, tmp_path, monkeypatch):
-    """A ``model_path`` URI (any fsspec filesystem) serving a bad copy leaves the cache
-    empty, and the error names it; a good URI then works."""
+    """A ``model_path`` URI (any fsspec filesystem; a store's, followed as the user trusts
+    store paths) serving a bad copy leaves the cache empty, and the error names it; a
+    good URI then works."""
     import fsspec
 
+    monkeypatch.setenv("VCINR_TRUST_STORE_PATHS", "1")
     from vcinr_sci.codec.numcodecs import VCINRCodec
 
     cache = tmp_path / "reader-cache"

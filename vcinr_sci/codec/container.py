@@ -347,9 +347,8 @@ def _read(data: memoryview) -> _Sections:
     """A format-3 chunk's header and sections; the CRC is checked before any field is read."""
     start = bytes(data[: len(MAGIC)])
     if start != MAGIC[: len(start)]:
-        raise ChunkFormatError(
-            f"not a vcinr chunk: bad magic {bytes(data[:len(LEGACY_MAGIC)])!r}, expected {MAGIC!r} "
-            f"(or {LEGACY_MAGIC!r}, formats 1 and 2)"
+        raise ChunkFormatError(  # the bytes are not quoted: they may be a file a store linked to
+            f"not a vcinr chunk: it does not start with the magic {MAGIC!r} (or {LEGACY_MAGIC!r}, formats 1 and 2)"
         )
     if len(data) > len(MAGIC) and data[len(MAGIC)] != FORMAT_VERSION:
         raise ChunkFormatError(
@@ -390,7 +389,7 @@ def _read_legacy(data: memoryview) -> _Sections:
     """A format 1 or 2 chunk's header and sections."""
     head = bytes(data[: len(LEGACY_MAGIC)])
     if head != LEGACY_MAGIC[: len(head)]:
-        raise ChunkFormatError(f"not a vcinr chunk: bad magic {head!r}, expected {LEGACY_MAGIC!r} or {MAGIC!r}")
+        raise ChunkFormatError(f"not a vcinr chunk: it does not start with the magic {LEGACY_MAGIC!r} or {MAGIC!r}")
     if len(data) > len(LEGACY_MAGIC) and data[len(LEGACY_MAGIC)] not in (_LEGACY_PLAIN, _LEGACY_RESIDUAL):
         raise ChunkFormatError(
             f"unknown vcinr format version {data[len(LEGACY_MAGIC)]} after magic {LEGACY_MAGIC!r}, "

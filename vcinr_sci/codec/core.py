@@ -73,9 +73,13 @@ last bits between devices). Zarr format 2 arrays must use C order (the default).
 **Models** (:mod:`vcinr_sci.model.registry`). Chunks name their model by content hash (a prefix). :func:`get_model` loads a model
 artifact once per process (keyed by hash) and keeps it, moved to the device (CUDA when
 present, else CPU; ``$VCINR_DEVICE`` overrides) for every later chunk. The artifact is
-looked up in the config's ``model_path`` (a folder, ``file://`` URI, or any fsspec URI),
-the folders added with :func:`add_model_search_path`, ``$VCINR_MODEL_PATH`` and the cache
-folder (``$VCINR_CACHE_DIR``); a candidate whose content hash differs is refused.
+looked up in the folders added with :func:`add_model_search_path` (the copies
+:func:`~vcinr_sci.model.registry.use_embedded_models` extracted from a store),
+``$VCINR_MODEL_PATH`` and the cache folder (``$VCINR_CACHE_DIR``); the config's
+``model_path`` (a folder, ``file://`` URI, or any fsspec URI) only when it was given in
+code, or when the user trusts store paths (``$VCINR_TRUST_STORE_PATHS=1``): read from a
+store's metadata it is the store's word. A copy whose content hash differs, or that is
+damaged, is skipped for the next.
 
 The payload's bytes (masks, stored means, latent string) are laid out in
 ``docs/format.md``; a bounded chunk's residual section corrects its valid points, in C
@@ -85,7 +89,6 @@ order.
 from __future__ import annotations
 
 import math
-import os
 import re
 import struct
 from dataclasses import dataclass
@@ -106,6 +109,7 @@ from vcinr_sci.errors import (
 from vcinr_sci.model.device import full_float32
 from vcinr_sci.model.loaded import LoadedModel
 from vcinr_sci.model.registry import (
+    Hint,
     get_model,
 )
 
@@ -284,7 +288,7 @@ class ChunkLatents:
 
 def decode_latents(
     buf: Any,
-    hints: Sequence[str | os.PathLike | None] = (),
+    hints: Sequence[Hint] = (),
     expected_shape: tuple[int, ...] | None = None,
     expected_nbytes: int | None = None,
     model_hash: str | None = None,
@@ -370,7 +374,7 @@ def decode_latents(
 
 def decode_chunk(
     buf: Any,
-    hints: Sequence[str | os.PathLike | None] = (),
+    hints: Sequence[Hint] = (),
     fill_value: float | None = None,
     expected_shape: tuple[int, ...] | None = None,
     expected_nbytes: int | None = None,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -176,6 +177,7 @@ def verify_artifact_files(manifest_text: bytes | str, weights: bytes, expected_h
         raise ArtifactError(f"{MANIFEST} is not valid JSON: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         found = manifest.get("format_version") if isinstance(manifest, dict) else None
+        found = found if isinstance(found, int) else "(not a number)"  # never quote a file's text
         raise ArtifactError(f"artifact format {found} is not supported (expected {FORMAT_VERSION})")
     digest = _content_hash(manifest, weights)
     if digest != manifest.get("hash"):
@@ -190,11 +192,23 @@ def load_artifact(path: str | os.PathLike, expected_hash: str | None = None) -> 
     path = Path(path)
     if not (path / MANIFEST).is_file() or not (path / WEIGHTS).is_file():
         raise ArtifactError(f"no model artifact at {path} (needs {MANIFEST} and {WEIGHTS})")
-    weights = (path / WEIGHTS).read_bytes()
     try:
+        weights = (path / WEIGHTS).read_bytes()
         manifest = verify_artifact_files((path / MANIFEST).read_bytes(), weights, expected_hash)
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot be read ({type(e).__name__}: {e.strerror})") from None
     except ArtifactError as e:
         raise ArtifactError(f"{path}: {e}") from None
+    try:
+        return _parse_artifact(manifest, weights, path)
+    except ArtifactError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as e:
+        # Verified files a reader cannot parse (a newer or faulty writer's): skipped like a bad copy.
+        raise ArtifactError(f"{path}: verified, but cannot be loaded ({type(e).__name__})") from None
+
+
+def _parse_artifact(manifest: dict[str, Any], weights: bytes, path: Path) -> ModelArtifact:
     config = Config.from_dict(manifest["config"])
     grid = grid_from_dict(manifest["grid"])
     tensors = st_load(weights)
@@ -278,13 +292,20 @@ def artifact_candidates(model_hash: str, root: Path) -> list[Path]:
         return []
     found = []
     for cand in [root, *sorted(root.glob(model_hash[:HASH_PREFIX_LEN] + "*"))]:
-        try:
-            claimed = json.loads((cand / MANIFEST).read_text()).get("hash", "")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(claimed, str) and claimed.startswith(model_hash):
+        claimed = claimed_hash(cand)
+        if claimed is not None and claimed.startswith(model_hash):
             found.append(cand)
     return found
+
+
+def claimed_hash(folder: Path) -> str | None:
+    """The full model hash ``folder``'s manifest claims, unverified; None when it has no
+    readable manifest or claims no well-formed hash (so the claim is safe to print)."""
+    try:
+        claimed = json.loads((folder / MANIFEST).read_bytes()).get("hash")
+        return check_model_hash(claimed)
+    except (OSError, ValueError, AttributeError, ArtifactError):
+        return None
 
 
 def find_artifact(model_hash: str, hints: Sequence[str | os.PathLike] = ()) -> Path:
