@@ -40,12 +40,13 @@ from vcinr_sci.io.layout import (
     prepare_variable,
     warn_far_outside,
 )
-from vcinr_sci.io.store import chunk_bytes_stored, consolidate, is_local_path
+from vcinr_sci.io.store import chunk_bytes_stored, consolidate
 from vcinr_sci.metrics import error_figures, error_sums
 from vcinr_sci.model.artifact import HASH_PREFIX_LEN
 from vcinr_sci.model.embedded import MODELS_GROUP, embed_model
 from vcinr_sci.model.loaded import LoadedModel
 from vcinr_sci.model.registry import cache_model, default_inner_steps, resolve_model, use_embedded_models
+from vcinr_sci.trust import is_local_path
 
 
 def open_zarr(store: Any, **kwargs: Any) -> xr.Dataset:

@@ -39,7 +39,6 @@ import torch
 
 from vcinr_sci.data.grids import Patcher
 from vcinr_sci.errors import ArtifactError
-from vcinr_sci.io.store import TRUST_STORE_PATHS_ENV, check_store_links, trust_store_paths
 from vcinr_sci.model.artifact import (
     HASH_PREFIX_LEN,
     MANIFEST,
@@ -61,6 +60,7 @@ from vcinr_sci.model.device import default_device
 from vcinr_sci.model.embedded import MODELS_GROUP, extract_model, extract_model_at, stored_models
 from vcinr_sci.model.kinds import model_kind
 from vcinr_sci.model.loaded import LoadedModel
+from vcinr_sci.trust import TRUST_STORE_PATHS_ENV, check_store_links, trust_store_paths
 
 _MODELS: dict[str, LoadedModel] = {}
 _MODELS_LOCK = threading.Lock()
@@ -324,7 +324,7 @@ def use_embedded_models(store: Any) -> list[str]:
     into the cache folder, verified). Returns the hashes of those usable; a bad copy is
     skipped with a warning (and named in the error if no other copy of its model is
     found). A local store holding a symlink out of itself is refused first
-    (:func:`~vcinr_sci.io.store.check_store_links`)."""
+    (:func:`~vcinr_sci.trust.check_store_links`)."""
     check_store_links(store)
     stored, invalid = stored_models(store)
     if invalid:
