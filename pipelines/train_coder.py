@@ -4,21 +4,30 @@ new model artifact (one artifact = one INR + several coders).
     python -m pipelines.train_coder --config configs/rd-ccsm.yaml [--model HASH_OR_PATH]
 
 Reads the latent shards of the model's INR (``pipelines.build_latents``, parts train
-and, for validation, val). Each coder minimises ``bits per value + lambda * MSE`` where
-the MSE is measured on the DATA, through the frozen INR (the paper's equation 5):
-``MSE(f(c; theta, g_s(z + u)), y)`` with uniform noise ``u`` in training. The INR's
-parameters never change (``requires_grad`` off, not in any optimiser). Adam on
-``g_a``, ``g_s`` and the entropy model with a cosine learning-rate decay, a second Adam
-on the bottleneck's quantiles (its aux loss); every ``coder.eval_every`` steps the RD
-loss on the validation latents (rounded, not noisy) is measured and the best state is
-kept. The lambdas are shared out over ``coder.num_workers`` Ray Train workers; each
-worker trains its coders together (one INR decode for all of them per step).
+and, for tuning, val; without val latents the end of the training part is held out of
+training instead, :mod:`vcinr_sci.data.holdout`). Each coder minimises ``bits per value
++ lambda * MSE`` where the MSE is measured on the DATA, through the frozen INR (the
+paper's equation 5): ``MSE(f(c; theta, g_s(z + u)), y)`` with uniform noise ``u`` in
+training. The INR's parameters never change (``requires_grad`` off, not in any
+optimiser). Adam on ``g_a``, ``g_s`` and the entropy model with a cosine learning-rate
+decay, a second Adam on the bottleneck's quantiles (its aux loss); every
+``coder.eval_every`` steps the RD loss on the tuning latents (rounded, not noisy) is
+measured and the best state is kept. The lambdas are shared out over
+``coder.num_workers`` Ray Train workers; each worker trains its coders together (one
+INR decode for all of them per step).
 
-At the end the CDF tables are built on the CPU, the coders are labelled ``q0..qN`` from
-lowest to highest rate (measured on the validation latents), the COIN++ uniform
-quantisers ``u<b>`` (``coder.uniform_bits``, entropy coded) are added, and the new
-artifact's hash is printed. Checkpoints every ``coder.checkpoint_every`` steps: a rerun
-of the same config resumes.
+With ``coder.lambdas`` empty, ``coder.levels`` lambdas are chosen first from the data:
+uniform quantisers of 1-8 bits are measured on the tuning items and the lambdas read off
+the slope of their rate-distortion curve, from the coarsest one's distortion to near the
+unquantised latents' (:func:`~vcinr_sci.model.coder_training.lambdas_from_slope`).
+
+At the end the CDF tables are built on the CPU, the COIN++ uniform quantisers ``u<b>``
+(``coder.uniform_bits``, entropy coded) are added, and every level is measured on the
+tuning items (bits of its strings of ``compress.chunk_fields`` fields, PSNR of the data
+decoded through the INR). A learned coder that another level beats in both is dropped;
+the others are labelled ``q0..qN`` from fewest bits up, and the ladder of non-dominated
+levels is recorded in the artifact (``metrics.ladder``). Checkpoints every
+``coder.checkpoint_every`` steps: a rerun of the same config resumes.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from vcinr_sci.metrics import psnr_from_mse
 from vcinr_sci.model.artifact import ModelArtifact, load_artifact, pareto_ladder, save_artifact
 from vcinr_sci.model.coder_training import (
     PROBE_BITS,
+    TOP_GAP_DB,
     decoded_mse,
     evaluate_coders,
     freeze,
@@ -255,6 +265,9 @@ def choose_lambdas(cfg: Config, model, train: LatentTable, val: LatentTable, ite
         points.append(operating_point(model, q, phi_val, items, chunk))
     floor = decoded_mse(model, phi_val, items)
     lambdas = lambdas_from_slope(points, floor, cc.levels)
+    if len(lambdas) < cc.levels:
+        print(f"the tuning items' rate-distortion range gives {len(lambdas)} distinct lambda(s), not {cc.levels}: "
+              f"the uniform quantisers come within {TOP_GAP_DB} dB of the unquantised latents at few bits")
     probes = ", ".join(f"u{b} {bpv:.4f} bpv {psnr_from_mse(m):.2f} dB" for b, (bpv, m) in zip(PROBE_BITS, points))
     print(f"rate-distortion slope on {len(items)} tuning items: {probes}; unquantised {psnr_from_mse(floor):.2f} dB "
           f"-> lambdas {[float(f'{lam:.3g}') for lam in lambdas]}", flush=True)
@@ -309,7 +322,7 @@ def write_coders(
     chunk = max(1, cfg.compress.chunk_fields) * items.num_patches
     coders, points, info = {}, {}, {}
     for t in sorted(trained, key=lambda t: t["lambda"]):
-        name = f"lambda {t['lambda']:g}"
+        name = f"lambda {t['lambda']:.4g} (#{t['index']})"
         coders[name] = load_coder(json.loads(t["spec"]), t["state"])
         info[name] = {"lambda": t["lambda"]} | {f"val_{k}": v for k, v in t["val"].items()}
     for bits in cc.uniform_bits:

@@ -99,7 +99,7 @@ def evaluate_coders(
 
 # Uniform quantisers whose rate-distortion points give the data's slope (bits per latent
 # dimension before entropy coding).
-PROBE_BITS = tuple(range(2, 9))
+PROBE_BITS = tuple(range(1, 9))
 # The highest learned level aims this close (dB) to the unquantised latents' PSNR: the
 # last fraction of a dB costs bits out of all proportion.
 TOP_GAP_DB = 0.25
@@ -130,7 +130,7 @@ def operating_point(model, coder, phi: torch.Tensor, items: ItemSet, chunk_items
 
 
 def lambdas_from_slope(points: list[tuple[float, float]], floor_mse: float, levels: int) -> list[float]:
-    """``levels`` rate-distortion trade-offs (bits per value per unit MSE) whose optima
+    """Up to ``levels`` rate-distortion trade-offs (bits per value per unit MSE) whose optima
     lie across the range that ``points`` (bits per value, MSE: the uniform quantisers'
     measured points) span, from the coarsest point's MSE up to ``TOP_GAP_DB`` below the
     unquantised latents' MSE ``floor_mse``.
@@ -156,7 +156,7 @@ def lambdas_from_slope(points: list[tuple[float, float]], floor_mse: float, leve
     finest = min(max(floor_mse * 10 ** (TOP_GAP_DB / 10), hull[-1][1]), coarsest)
     targets = np.geomspace(coarsest, finest, levels) if levels > 1 else np.array([np.sqrt(coarsest * finest)])
     log_lam = np.interp(np.log(targets), np.log(at[::-1]), np.log(slopes[::-1]))
-    return [float(v) for v in np.exp(log_lam)]
+    return sorted({float(v) for v in np.exp(log_lam)})  # fewer when the data offer no range
 
 
 def _cross(o, a, b) -> float:
