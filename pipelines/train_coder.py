@@ -87,8 +87,9 @@ def load_parts(data: Dataset, root: Path) -> tuple[TuningSplit, LatentTable, Lat
     validation latents, or, when ``root`` has none, those of the training fields that
     :func:`~vcinr_sci.data.holdout.tuning_split` holds out (taken out of training)."""
     manifest = read_manifest(root)
-    has_val = "val" in manifest["parts"]
-    part = tuning_split(data.split, data.source, "" if has_val else "no validation latents (latents.parts lacks val)")
+    has_val = manifest["parts"].get("val", 0) > 0  # a split without a val part plans 0 fields of it
+    part = tuning_split(data.split, data.source, "" if has_val or not len(data.split.val)
+                        else "no validation latents (latents.parts lacks val)")
     train = read_shards(root, "train")
     val = read_shards(root, "val") if has_val else _rows(train, part.tuning_rows(train.field))
     if not has_val:
