@@ -27,6 +27,7 @@ from ray.train.torch import prepare_model
 from pipelines.cli_args import config_parser, load
 from pipelines.ray_setup import ensure_ray, torch_trainer, use_assigned_cpus
 from vcinr_sci.config import Config
+from vcinr_sci.data.holdout import tuning_split, tuning_split_of
 from vcinr_sci.data.items import load_dataset
 from vcinr_sci.errors import ConfigError
 from vcinr_sci.metrics import psnr_from_mse
@@ -61,7 +62,8 @@ def train_loop(loop_config: dict) -> None:
     seed_everything(cfg.train.seed)  # same init on every worker; each takes its share of the batch
     device = ray.train.torch.get_device()
     data = load_dataset(cfg.data)
-    train_items, val_items = data.items("train"), data.items("val")
+    part = tuning_split(data.split, data.source)
+    train_items, val_items = data.items("train", part.train), data.items("val", part.tune)
     global_items = global_batch_size(train_items, cfg)  # meta.batch_size, shared out among the workers
     model = build_model(cfg, data.grid)
     state, start = None, 0
@@ -130,6 +132,7 @@ def fit(cfg: Config) -> TrainOutcome:
     if cfg.meta.batch_size < cfg.train.num_workers:
         raise ConfigError(f"meta.batch_size ({cfg.meta.batch_size}) is shared out among train.num_workers "
                           f"({cfg.train.num_workers}): it must be at least that many")
+    print(tuning_split_of(cfg.data).note, flush=True)  # refuses a split with nothing to evaluate on
     ensure_ray(cfg.train.num_workers * cfg.train.cpus_per_worker)
     trainer = torch_trainer(
         train_loop,
@@ -159,7 +162,8 @@ def write_artifact(cfg: Config, state_dict: dict) -> Path:
     model.load_state_dict(state_dict)
     model.eval()
     test = evaluate(model, data.items("test"), cfg.meta.eval_inner_steps)
-    metrics = {"test_psnr": test.psnr, "test_items": test.items, "inner_steps": cfg.meta.eval_inner_steps}
+    metrics = {"test_psnr": test.psnr, "test_items": test.items, "inner_steps": cfg.meta.eval_inner_steps,
+               "tuning": tuning_split(data.split, data.source).to_dict()}
     artifact = ModelArtifact(model, cfg, data.grid, data.normaliser, data.split.to_dict(), metrics)
     path = save_artifact(artifact, cfg.train.artifact_dir)
     print(f"data split along {data.split.describe()}")

@@ -42,6 +42,17 @@ def test_tiny_trains_and_writes_a_loadable_artifact(ray_session, tiny):
     assert art.metrics["test_psnr"] > 17.0
 
 
+def test_without_a_validation_part_evaluates_on_held_out_training_fields(ray_session, tiny, capsys):
+    # It used to fail at the first evaluation ("no items to evaluate"), after three Ray retries.
+    tiny.data.val_fraction = 0.0
+    tiny.train.max_failures = 0
+    out = fit(tiny)
+    assert "data.val_fraction is 0: holding out the last 22 of 216 training time positions" in capsys.readouterr().out
+    assert out.metrics["step"] == tiny.meta.steps and out.metrics["val_psnr"] > 15.0
+    art = load_artifact(out.artifact)
+    assert art.metrics["tuning"] == {"part": "held out of train", "dim": "time", "positions": list(range(194, 216))}
+
+
 def _kill_a_train_worker_after_checkpoint(run_dir: Path, done: threading.Event) -> list[int]:
     """SIGKILL one of this session's Ray Train workers once the controller has
     registered a checkpoint (its snapshot, which a restart restores from, is on disk);

@@ -139,7 +139,9 @@ class CoderConfig:
     blocks: int = 2  # residual blocks of g_a and g_s
     # Rate-distortion trade-offs, in bits per value per unit MSE on the normalised data
     # (see coding.rd_loss); one coder each, labelled q0.. from lowest rate to highest.
-    lambdas: list[float] = field(default_factory=lambda: [10.0, 100.0, 1000.0])
+    # Empty: ``levels`` lambdas chosen from the data's measured rate-distortion slope.
+    lambdas: list[float] = field(default_factory=list)
+    levels: int = 3  # learned levels when lambdas is empty
     steps: int = 2000
     lr: float = 1e-3  # Adam on g_a, g_s and the entropy model; cosine decay to lr * lr_final
     lr_final: float = 0.01

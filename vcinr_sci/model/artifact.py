@@ -96,6 +96,29 @@ class ModelArtifact:
         self.extra_tensors.update({prefix + k: v for k, v in coder_state(coder).items()})
 
     @property
+    def ladder(self) -> list[str]:
+        """The quality levels worth using, from fewest bits up: each spends more bits
+        than the one before for more PSNR, as measured on held-out items when the
+        artifact was made (``metrics["ladder"]``). An artifact from before ladders were
+        recorded: its ``q`` levels in order."""
+        recorded = self.metrics.get("ladder")
+        if recorded:
+            return list(recorded["levels"])
+        return sorted((q for q in self.quality_levels if re.fullmatch(r"q\d+", q)), key=lambda q: int(q[1:]))
+
+    def set_ladder(self, points: dict[str, tuple[float, float]], measured_on: str) -> list[str]:
+        """Record ``points`` (level -> bits per value, PSNR) measured on ``measured_on``
+        and the ladder they give (:func:`pareto_ladder`); returns the ladder."""
+        ladder, dominated = pareto_ladder(points)
+        self.metrics = dict(self.metrics) | {"ladder": {
+            "levels": ladder,
+            "measured_on": measured_on,
+            "points": {k: {"bits_per_value": b, "psnr": p} | ({"dominated_by": dominated[k]} if k in dominated else {})
+                       for k, (b, p) in points.items()},
+        }}
+        return ladder
+
+    @property
     def basis(self) -> LinearBasis | None:
         """The linear model's basis (None for an INR)."""
         if "basis" not in self.extra:
@@ -116,6 +139,27 @@ class ModelArtifact:
             raise KeyError(f"model {self.hash[:16]} has no quality level {level!r}; it has {sorted(specs)}")
         prefix = f"coders.{level}."
         return load_coder(specs[level], {k[len(prefix):]: v for k, v in self.extra_tensors.items() if k.startswith(prefix)})
+
+
+def pareto_ladder(points: dict[str, tuple[float, float]]) -> tuple[list[str], dict[str, str]]:
+    """The levels of ``points`` (level -> bits per value, PSNR) that no other level
+    dominates, from fewest bits up, and each dominated level with one that dominates it.
+
+    A level is dominated by another that spends no more bits for at least its PSNR, and
+    is strictly better in one of the two: a higher level of the ladder then never spends
+    more bits for less (or the same) PSNR. Among identical points the first is kept."""
+    names = list(points)
+    dominated: dict[str, str] = {}
+    for i, a in enumerate(names):
+        (bits_a, psnr_a) = points[a]
+        for j, b in enumerate(names):
+            bits_b, psnr_b = points[b]
+            better = bits_b <= bits_a and psnr_b >= psnr_a and (bits_b < bits_a or psnr_b > psnr_a)
+            if better or (j < i and (bits_b, psnr_b) == (bits_a, psnr_a)):
+                dominated[a] = b
+                break
+    ladder = sorted((n for n in names if n not in dominated), key=lambda n: points[n])
+    return ladder, dominated
 
 
 def build_model(config: Config, grid: Grid) -> MetaSGD | None:
