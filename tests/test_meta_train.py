@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
 from pipelines.meta_train import fit, run_id
 from vcinr_sci.config import load_config
@@ -95,3 +96,28 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_session, tiny, monkeypat
     again = fit(tiny)
     assert again.metrics == out.metrics
     assert again.artifact == out.artifact.resolve()
+
+
+def test_more_steps_go_on_from_a_finished_run(ray_session, tiny, tmp_path):
+    """A run that differs from a finished one only by more meta.steps starts from that
+    run's last checkpoint, records it, and ends where the longer run from step 0 ends
+    (batches are drawn by step; the optimiser's state travels in the checkpoint)."""
+    from safetensors.torch import load_file
+
+    tiny.meta.steps, tiny.meta.eval_every, tiny.train.checkpoint_every = 10, 10, 10
+    short = fit(tiny)
+    tiny.meta.steps = 20
+    longer = fit(tiny)
+    assert longer.metrics["start_step"] == 10
+    training = load_artifact(longer.artifact).metrics["training"]
+    assert training["warm_start"]["step"] == 10 and training["warm_start"]["run"] != training["run"]
+    assert load_artifact(short.artifact).metrics["training"]["warm_start"] is None
+
+    tiny.train.storage_path = str(tmp_path / "fresh-runs")
+    tiny.train.artifact_dir = str(tmp_path / "fresh-artifacts")
+    fresh = fit(tiny)
+    assert fresh.metrics["start_step"] == 0
+    warm_weights, fresh_weights = load_file(longer.artifact / "weights.safetensors"), load_file(fresh.artifact / "weights.safetensors")
+    assert warm_weights.keys() == fresh_weights.keys()
+    for name, w in warm_weights.items():
+        assert torch.equal(w, fresh_weights[name]), name
