@@ -18,12 +18,14 @@ def data_path() -> str:
     return os.path.join(iris_sample_data.path, "A1B_north_america.nc")
 
 
-def tiny_artifact(patch_shape: list[int] | None = None, subtract_item_mean: bool = False) -> Path:
+def tiny_artifact(patch_shape: list[int] | None = None, subtract_item_mean: bool = False,
+                  subtract_mean_field: bool = False) -> Path:
     """Folder of a tiny artifact: the tiny config's INR after a few outer steps, with a
     6-bit uniform quantiser (level ``u6``) fitted on adapted latents. With
     ``patch_shape`` its items are patches of the fields; with ``subtract_item_mean``
-    the INR codes each item less its mean (``data.subtract_item_mean``)."""
-    key = f"path{patch_shape}-mean{subtract_item_mean}"
+    the INR codes each item less its mean (``data.subtract_item_mean``); with
+    ``subtract_mean_field``, each field less the training mean field."""
+    key = f"path{patch_shape}-mean{subtract_item_mean}-field{subtract_mean_field}"
     if key in _CACHE:
         return _CACHE[key]
     import torch
@@ -34,7 +36,8 @@ def tiny_artifact(patch_shape: list[int] | None = None, subtract_item_mean: bool
     from vcinr_sci.model.training import add_uniform_coder, train_in_process
 
     repo = Path(__file__).resolve().parents[1]
-    overrides = {"data.patch_shape": patch_shape, "data.subtract_item_mean": subtract_item_mean}
+    overrides = {"data.patch_shape": patch_shape, "data.subtract_item_mean": subtract_item_mean,
+                 "data.subtract_mean_field": subtract_mean_field}
     artifact, items = train_in_process(load_config(repo / "configs" / "tiny.yaml", overrides), steps=12)
     phi = add_uniform_coder(artifact, items, bits=6)
     # and an (untrained) learned transform coder, for the entropy-coded path

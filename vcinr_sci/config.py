@@ -49,6 +49,11 @@ class DataConfig:
     # models anomalies only, so fields warmer or colder than any training field (a
     # warming scenario's later years) do not ask it to extrapolate.
     subtract_item_mean: bool = False
+    # Subtract the training fields' mean field (per grid point, after normalisation)
+    # before the model sees a field, and add it back after: the model codes anomalies
+    # from the climatology, so a zero latent already gives the mean field's accuracy.
+    # The mean field is part of the model artifact (grid points x 4 bytes).
+    subtract_mean_field: bool = False
     # Bilinearly regrid spherical (lat, lon) fields onto an equiangular global grid of
     # [n_lat, n_lon] with both poles, e.g. the papers' ERA5 grids [46, 90] or [181, 360]
     # (vcinr_sci.data.regrid); None = use the data's own grid.

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
@@ -36,6 +37,8 @@ from vcinr_sci.model.meta import MetaSGD
 FORMAT_VERSION = 1
 MANIFEST = "artifact.json"
 WEIGHTS = "weights.safetensors"
+# the normaliser's mean field (data.subtract_mean_field), beside the weights
+MEAN_FIELD = "normaliser.mean_field"
 MODEL_PATH_ENV = "VCINR_MODEL_PATH"
 HASH_PREFIX_LEN = 16
 # Largest artifact file copied from a store or a remote place: a claimed size is checked
@@ -184,6 +187,8 @@ def save_artifact(artifact: ModelArtifact, root: str | os.PathLike) -> Path:
     state = artifact.model.state_dict() if artifact.model is not None else {}
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in state.items()}
     tensors.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in artifact.extra_tensors.items()})
+    if artifact.normaliser.mean_field is not None:
+        tensors[MEAN_FIELD] = torch.from_numpy(np.ascontiguousarray(artifact.normaliser.mean_field, np.float32))
     weights = st_save(tensors)
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -266,7 +271,7 @@ def _parse_artifact(manifest: dict[str, Any], weights: bytes, path: Path) -> Mod
         model=model,
         config=config,
         grid=grid,
-        normaliser=Normaliser.from_dict(manifest["normaliser"]),
+        normaliser=_normaliser(manifest, tensors, grid, path),
         split=manifest["split"],
         metrics=manifest.get("metrics", {}),
         extra=manifest.get("extra", {}),
@@ -274,6 +279,18 @@ def _parse_artifact(manifest: dict[str, Any], weights: bytes, path: Path) -> Mod
         hash=manifest["hash"],
         path=path,
     )
+
+
+def _normaliser(manifest: dict[str, Any], tensors: dict[str, torch.Tensor], grid: Grid, path: Path) -> Normaliser:
+    """The artifact's normaliser, with its mean field when its config subtracts one."""
+    wanted = bool(manifest["config"].get("data", {}).get("subtract_mean_field"))
+    mean = tensors.get(MEAN_FIELD)
+    if wanted != (mean is not None) or (mean is not None and tuple(mean.shape) != tuple(grid.shape)):
+        raise ArtifactError(f"{path}: the mean field does not match the config and grid (data.subtract_mean_field)")
+    try:
+        return Normaliser.from_dict(manifest["normaliser"], None if mean is None else mean.numpy())
+    except ValueError as e:
+        raise ArtifactError(f"{path}: {e}") from None
 
 
 def install_artifact(manifest_text: bytes, weights: bytes, model_hash: str, cache: str | os.PathLike | None = None) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -87,13 +88,26 @@ class LoadedModel:
             return items.reshape(-1, *self.grid.shape)
         return self.patcher.merge(items.reshape(-1, self.num_patches, *self.patcher.patch_shape))
 
+    @cached_property
+    def _base(self) -> np.ndarray | None:
+        """The mean field as items ``(num_patches, P)`` (``data.subtract_mean_field``), or None."""
+        mean = self.artifact.normaliser.mean_field
+        return None if mean is None else self.to_items(mean[None]).astype(np.float32)
+
     def adapt(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int) -> torch.Tensor:
-        """Latents ``(len(items), D)`` of the normalised ``values`` at item indices ``items``."""
+        """Latents ``(len(items), D)`` of the normalised ``values`` at item indices ``items``
+        (the kind fits what the mean field, where the model has one, leaves)."""
+        if self._base is not None:
+            values = values - self._base[np.asarray(items) % self.num_patches]
         return self.kind.adapt(items, values, valid, steps)
 
     def evaluate(self, items: np.ndarray, phi: torch.Tensor) -> np.ndarray:
-        """The model of latents ``phi`` on the grid points of items ``items``: ``(n, P)``."""
-        return self.kind.evaluate(items, phi)
+        """The model of latents ``phi`` on the grid points of items ``items``: ``(n, P)``
+        float32 (the kind's values plus the mean field, where the model has one)."""
+        out = self.kind.evaluate(items, phi)
+        if self._base is not None:
+            out = out + self._base[np.asarray(items) % self.num_patches]
+        return out
 
     def reconstruction_margin(self, phi: torch.Tensor, own: np.ndarray, offsets: np.ndarray) -> float:
         """The most any decoder's reconstruction of a chunk's valid points can differ
@@ -111,5 +125,10 @@ class LoadedModel:
 
     def evaluate_at(self, coords: np.ndarray, phi: torch.Tensor) -> np.ndarray:
         """The model of each latent in ``phi`` ``(B, D)`` at shared points ``coords``
-        ``(N, coord_dim)``: ``(B, N)`` (continuous-resolution sampling)."""
-        return self.kind.evaluate_at(coords, phi)
+        ``(N, coord_dim)``: ``(B, N)`` (continuous-resolution sampling; the mean field,
+        where the model has one, interpolated there)."""
+        out = self.kind.evaluate_at(coords, phi)
+        mean = self.artifact.normaliser.mean_field
+        if mean is not None:
+            out = out + self.grid.interpolate(mean, coords).astype(np.float32)
+        return out
