@@ -37,6 +37,7 @@ import argparse
 import hashlib
 import json
 import multiprocessing as mp
+import os
 import struct
 import sys
 import time
@@ -46,6 +47,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+
+from vcinr_sci.model.artifact import MODEL_PATH_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden"
@@ -301,7 +304,10 @@ def all_masked() -> tuple[bytes, dict]:
 
 
 def make_seeds(crafted: bool = True) -> list[Seed]:
-    """Every golden chunk, an all-masked chunk and (``crafted``) the issue's two strings."""
+    """Every golden chunk, an all-masked chunk and (``crafted``) the issue's two strings.
+    Their models are found where a user would put them, on ``$VCINR_MODEL_PATH`` (a
+    store's model_path is not followed by default); the decoding workers inherit it."""
+    os.environ[MODEL_PATH_ENV] = os.pathsep.join([str(GOLDEN / "models"), os.environ.get(MODEL_PATH_ENV, "")])
     seeds = [_seed(name, (GOLDEN / f"{name}.vcinr").read_bytes(), _codec_config(name))
              for name in sorted(json.loads((GOLDEN / "cases.json").read_text()))]
     seeds.append(_seed("all masked", *all_masked()))

@@ -343,7 +343,8 @@ def test_zarr3_takes_array_fill_value(codec, data, tmp_path):
 
 def test_decode_in_fresh_process(codec, data, tmp_path):
     """Bytes written here decode in a new process that imports nothing of vcinr_sci: the
-    entry points find the codec, the config's model_path finds the model."""
+    entry points find the codec, $VCINR_MODEL_PATH the model (a store's own model_path is
+    followed only when trusted, see test_store_trust)."""
     expected = {}
     for fmt in (2, 3):
         path = tmp_path / f"fresh{fmt}.zarr"
@@ -359,7 +360,8 @@ def test_decode_in_fresh_process(codec, data, tmp_path):
             np.save(r"{tmp_path}/out%d.npy" % fmt, zarr.open_array(r"{tmp_path}/fresh%d.zarr" % fmt, mode="r")[:])
         """
     )
-    env = {"VCINR_CACHE_DIR": str(tmp_path / "cache2"), "PATH": "/usr/bin:/bin", "VCINR_DEVICE": "cpu"}
+    env = {"VCINR_CACHE_DIR": str(tmp_path / "cache2"), "PATH": "/usr/bin:/bin", "VCINR_DEVICE": "cpu",
+           "VCINR_MODEL_PATH": str(Path(codec.model_path).parent)}
     subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=tmp_path, timeout=120)
     for fmt in (2, 3):
         np.testing.assert_allclose(np.load(tmp_path / f"out{fmt}.npy"), expected[fmt], rtol=0, atol=1e-4)
