@@ -357,7 +357,7 @@ def _missing(store: Path, arr, variable: str, g: int) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = config_parser(__doc__, "YAML run config (its data and compress sections)", "compress.quality=q1",
+    p = config_parser("vcinr compress", __doc__, "YAML run config (its data and compress sections)", "compress.quality=q1",
                       model_help="artifact folder or hash (default: the newest matching artifact with coders)")
     p.add_argument("--limit", type=int, help="write at most this many chunks (the store stays unfinished)")
     args = p.parse_args(argv)
