@@ -1,87 +1,189 @@
-"""Fuzz the vcinr decoder with mutated chunks and print what became of them.
+"""Fuzz the vcinr decoder with mutated chunks, each decoded in a child process, and print
+what became of them.
 
-    python examples/fuzz_decoder.py                 # 12,000 mutations, a few minutes on one core
-    python examples/fuzz_decoder.py --mutations 300 --model PATH --json out.json
+    python examples/fuzz_decoder.py 10000            # the README run
+    python examples/fuzz_decoder.py 300 --seed 1 --json out.json
 
-Seeds are real chunks of a tiny model (trained in-process from the tiny test config, or
-``--model``): plain, with NaN, with NaN among fill values, all NaN, the learned (rANS)
-coder, the error-bounded mode (a residual section: rANS-coded, and SPERR-coded at a loose
-bound), stored item means. Each mutation is
-one of: random bit flips, a truncation, an extension (accidents: the CRCs must refuse
-every one), or a crafted edit whose CRCs are recomputed (header fields, the shape, the
-dtype, section lengths, mask/payload/residual bytes: CRCs cannot refuse these, the
-decoder's own checks must, or decode something). Each mutation is decoded as Zarr 2
-does (numcodecs, into the chunk's buffer), as numcodecs does without a buffer (the
-size cap) and as Zarr 3 does (the array's chunk shape).
+**Seeds** are the golden chunks of tests/golden (formats 1, 2 and 3; INR and linear
+models; uniform, learned-rANS and coefficient coders; NaN masks, a fill value beside NaN,
+stored item means; bounded chunks with rANS- and SPERR-coded corrections), an all-masked
+chunk, and the issue's two crafted chunks: a linear-model chunk claiming 256 fields whose
+coefficient string is ``00`` + eight ``0xff`` bytes, and a bounded chunk whose rANS
+correction has the histogram ``[1, 65535]`` and an 8-byte symbol string.
 
-Outcomes: refused (ChunkFormatError, CodecError, ArtifactError), decoded-same, decoded-
-wrong (CRCs guard accidents, not tampering), crashed (any other exception), hung (over
-``--timeout`` seconds). It also reports the largest memory a decode allocated (traced by
-tracemalloc, numpy included) against that of the seed's own decode, and the growth of
-the process's peak RSS. Exit status 1 if any mutation crashed, hung, or allocated more
-than twice its seed's decode plus 1 MiB.
+**Mutations** are accidents (bit flips, truncation, extension: the CRCs must refuse every
+one) or structure-aware edits whose CRCs are recomputed, so they reach the decoders:
+header fields and varints at their edges, shapes and field counts at and past the cap,
+dtype codes, section lengths, mask/payload/residual bytes, the latent string replaced by
+escape runs (runs of ``0xff`` bytes and ``0xffffffff`` words, its own CRC recomputed),
+the correction's histogram (``[1, 65535]`` and other edge frequencies), its symbol
+string and its header (counts, step, method, offset).
+
+**Decoding** happens in a pool of worker processes (forked from a server that has
+imported the codec once); a worker that dies is replaced, so a crash (a signal death) is
+counted, not fatal, and a decode that takes longer than ``--timeout`` seconds is a hang
+(its worker is killed). Each input is decoded twice by its worker: two different results
+are a *nondeterministic* decode (reading memory it does not own). Each decode's peak RSS
+growth (``VmHWM`` reset before it, less the RSS before it: torch and C allocations
+count) is checked against ``4 x output + 64 MiB``.
+
+Exit status 1 on any crash, hang, nondeterministic decode, error outside the project's
+error classes, accident that decoded, or decode over the memory bound.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import resource
-import signal
+import multiprocessing as mp
+import struct
 import sys
 import time
-import tracemalloc
-from collections import Counter, defaultdict
+import zlib
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-OUTCOMES = ("refused", "decoded-wrong", "decoded-same", "crashed", "hung")
+GOLDEN = REPO / "tests" / "golden"
 ACCIDENTS = ("bit flips", "truncation", "extension")
+REFUSALS = ("ChunkFormatError", "CodecError", "ArtifactError", "BoundError")  # the project's error classes
+MEMORY_FACTOR, MEMORY_CONSTANT = 4, 64 * 2**20
 # header fields a "header field" mutation edits -> their width in bits (varints: 64)
 _FIELDS = {"flags": 8, "dims": 8, "inner_steps": 64, "mask_len": 64, "payload_len": 64, "residual_len": 64}
+_LEGACY_FIXED = struct.Struct("<5sBHI32sHBBBIQQQI")
 
 
-class Hung(Exception):
-    pass
-
-
-@dataclass
+@dataclass(frozen=True)
 class Seed:
     name: str
-    codec: object  # VCINRCodec
     chunk: bytes
-    decoded: np.ndarray
-    peak: int  # bytes traced while decoding the seed itself
+    config: dict  # numcodecs config (model_path included)
+    out_shape: tuple[int, ...]
+    out_dtype: str
+    latents_at: int  # where the latent string starts in the payload (-1: no latents)
+    latent_crc: bool  # the latent string starts with a CRC-32 of the rest (learned coder)
 
 
 # ---------------------------------------------------------------------------- chunk surgery
 
 
-def resign(buf: bytes | bytearray) -> bytes:
-    """Recompute the CRC of a (possibly edited) chunk."""
-    from vcinr_sci.codec.container import seal
+def seal(buf: bytes | bytearray) -> bytes:
+    """Recompute every CRC of a (possibly edited) chunk of any format."""
+    from vcinr_sci.codec.container import LEGACY_MAGIC
+    from vcinr_sci.codec.container import seal as seal3
 
-    return seal(buf) if len(buf) >= 7 else bytes(buf)
+    b = bytearray(buf)
+    if not b.startswith(LEGACY_MAGIC):
+        return seal3(b) if len(b) >= 7 else bytes(b)
+    if len(b) < _LEGACY_FIXED.size:
+        return bytes(b)
+    fields = _LEGACY_FIXED.unpack_from(b)
+    version, header_len, mask_len, payload_len = fields[1], fields[2], fields[11], fields[12]
+    body_end = min(len(b), header_len + mask_len + payload_len)
+    struct.pack_into("<I", b, 77, zlib.crc32(bytes(b[header_len:body_end])))
+    if version == 2 and header_len <= len(b):
+        struct.pack_into("<I", b, header_len - 4, zlib.crc32(bytes(b[body_end:])))
+    if header_len <= len(b):
+        struct.pack_into("<I", b, 8, zlib.crc32(bytes(b[12:header_len]), zlib.crc32(bytes(b[:8]))))
+    return bytes(b)
 
 
-def _interesting(rng: np.random.Generator, old: int, bits: int) -> int:
+def _edge(rng: np.random.Generator, old: int, bits: int) -> int:
+    """A value at an edge: of the field's width, of varint groups, or next to ``old``."""
     top = 2**bits - 1
-    choices = [0, 1, top, top // 2 + 1, old + 1, max(0, old - 1), old * 2, int(rng.integers(0, top, dtype=np.uint64))]
+    choices = [0, 1, 127, 128, 2**14 - 1, 2**14, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, top, old + 1,
+               max(0, old - 1), old * 2, int(rng.integers(0, top, dtype=np.uint64))]
     return int(choices[rng.integers(len(choices))]) & top
 
 
-def mutate(rng: np.random.Generator, buf: bytes) -> tuple[str, bytes]:
-    """One random mutation of ``buf``: ``(kind, mutated bytes)``."""
+def _escape_run(rng: np.random.Generator, n: int) -> bytes:
+    """``n`` bytes of 0xff runs and 0xffffffff words among random bytes (rANS escapes)."""
+    out = bytearray(rng.bytes(n))
+    for _ in range(int(rng.integers(1, 4))):
+        start = int(rng.integers(0, max(1, n)))
+        out[start : start + int(rng.integers(1, n + 1))] = b"\xff" * len(out[start : start + n])
+    return bytes(out[:n]) if rng.random() < 0.5 else b"\xff" * n
+
+
+def _sections(buf: bytes):
+    """A format-3 chunk's raw header, header length, mask, payload and residual bytes."""
     from vcinr_sci.codec.container import read_raw_header
 
-    raw, header_len = read_raw_header(buf)
-    kinds = ["bit flips", "truncation", "extension", "header field", "shape lie", "dtype lie", "length shift",
-             "body bytes", "hash bytes"]
-    kind = rng.choice(kinds + (["residual bytes"] if raw.residual_len else []))
+    raw, end = read_raw_header(buf)
+    body = buf[end:]
+    mask, payload = body[: raw.mask_len], body[raw.mask_len : raw.mask_len + raw.payload_len]
+    return raw, mask, payload, body[raw.mask_len + raw.payload_len :]
+
+
+def _pack(raw, mask: bytes, payload: bytes, residual: bytes):
+    from vcinr_sci.codec.container import _FLAG_RESIDUAL
+
+    flags = raw.flags | _FLAG_RESIDUAL if residual else raw.flags & ~_FLAG_RESIDUAL
+    raw = replace(raw, flags=flags, mask_len=len(mask), payload_len=len(payload), residual_len=len(residual))
+    return seal(raw.pack() + mask + payload + residual)
+
+
+def _latent_string(rng: np.random.Generator, seed: Seed, payload: bytes) -> bytes:
+    """The payload with its latent string replaced by escape runs (whole 32-bit words
+    mostly, its CRC recomputed for the learned coder)."""
+    head, string = payload[: seed.latents_at], payload[seed.latents_at :]
+    keep = (1 if not seed.latent_crc else 0) if rng.random() < 0.8 else 0  # the linear coder's mode byte
+    n = int(rng.choice([4, 8, 8, 12, 16, 64, max(4, len(string) - keep)]))
+    n += int(rng.integers(0, 4)) if rng.random() < 0.1 else 0
+    body = _escape_run(rng, n)
+    if seed.latent_crc:
+        return head + zlib.crc32(body).to_bytes(4, "little") + body
+    return head + string[:keep] + body
+
+
+def _residual(rng: np.random.Generator, residual: bytes) -> bytes:
+    """The correction's histogram, symbol string or header edited (the section stays parseable)."""
+    from numcodecs import Zstd
+
+    from vcinr_sci.coding.residual_format import HEAD, LEN
+
+    if len(residual) < HEAD.size:
+        return residual
+    head = list(HEAD.unpack_from(residual))
+    parts, pos = [], HEAD.size
+    for _ in range(4):
+        (n,) = LEN.unpack_from(residual, pos)
+        parts.append(residual[pos + LEN.size : pos + LEN.size + n])
+        pos += LEN.size + n
+    what = rng.choice(["histogram", "string", "head"])
+    if what == "histogram":
+        freqs = [[1, 65535], [65535, 1], [1] * 65536, [32768, 32768], [0, 65536], [65536 - 4095] + [1] * 4095]
+        f = freqs[int(rng.integers(len(freqs)))]
+        parts[0] = Zstd(level=1).encode(np.asarray(f, "<u4").astype("<u2"))  # 65536 wraps to 0
+        parts[1] = _escape_run(rng, int(rng.choice([4, 8, 8, 16])))
+        head[8] = 0 if head[8] == 2 else head[8]  # rANS, not SPERR
+    elif what == "string":
+        parts[1] = _escape_run(rng, int(rng.choice([4, 8, 17, 25, max(4, len(parts[1]))])))
+    else:
+        i = int(rng.choice([6, 7, 8, 9]))  # step, n, method, offset
+        head[i] = [float(rng.choice([0.0, 1e-300, 1e300, -1.0, float("nan")])),
+                   _edge(rng, head[7], 64), int(rng.integers(0, 256)),
+                   int(rng.choice([-(2**31), 2**31 - 1, -1, 1, 2**24]))][[6, 7, 8, 9].index(i)]
+    return HEAD.pack(*head) + b"".join(LEN.pack(len(p)) + p for p in parts)
+
+
+def mutate(rng: np.random.Generator, seed: Seed) -> tuple[str, bytes]:
+    """One random mutation of the seed's chunk: ``(kind, bytes)``."""
+    from vcinr_sci.codec.container import LEGACY_MAGIC, max_chunk_values
+
+    buf = seed.chunk
+    legacy = buf.startswith(LEGACY_MAGIC)
+    kinds = list(ACCIDENTS) + ["body bytes"]
+    if not legacy:
+        raw, mask, payload, residual = _sections(buf)
+        kinds += ["header field", "shape lie", "dtype lie", "length shift", "hash bytes"]
+        kinds += ["escape run", "escape run and fields"] if seed.latents_at >= 0 else []
+        kinds += ["residual"] * 2 if residual else []
+    kind = str(rng.choice(kinds))
     b = bytearray(buf)
     if kind == "bit flips":
         for pos in rng.integers(0, len(b) * 8, rng.integers(1, 4)):
@@ -91,224 +193,310 @@ def mutate(rng: np.random.Generator, buf: bytes) -> tuple[str, bytes]:
         return kind, bytes(b[: rng.integers(0, len(b))])
     if kind == "extension":
         return kind, bytes(b) + rng.bytes(int(rng.integers(1, 65)))
-    body = b[header_len:]
+    if kind == "body bytes":  # any byte after the fixed header, CRCs recomputed
+        start = _LEGACY_FIXED.size if legacy else 17
+        for pos in rng.integers(start, len(b), rng.integers(1, 5)):
+            b[pos] = int(rng.integers(256)) if rng.random() < 0.5 else b[pos] ^ (1 << int(rng.integers(8)))
+        return kind, seal(b)
     if kind == "header field":
-        name = rng.choice(list(_FIELDS))
-        raw = replace(raw, **{name: _interesting(rng, getattr(raw, name), _FIELDS[name])})
-    elif kind == "shape lie":
-        dim = int(rng.integers(len(raw.shape)))
-        old = raw.shape[dim]
-        new = int(rng.choice([old * 2, old + 1, max(0, old - 1), 0, 10**5, 10**6, 2**32, 2**63]))
-        raw = replace(raw, shape=raw.shape[:dim] + (new,) + raw.shape[dim + 1 :])
-        if rng.random() < 0.3:  # and the count of item dims
-            raw = replace(raw, dims=raw.dims & 0x0F | int(rng.integers(16)) << 4)
-    elif kind == "dtype lie":
-        raw = replace(raw, flags=raw.flags & 0x0F | int(rng.integers(16)) << 4)
-    elif kind == "length shift":
-        # move bytes between sections: mask_len / payload_len / residual_len disagree with the content
+        name = str(rng.choice(list(_FIELDS)))
+        return kind, seal(replace(raw, **{name: _edge(rng, getattr(raw, name), _FIELDS[name])}).pack() + buf[len(raw.pack()):])
+    if kind in ("shape lie", "escape run and fields"):
+        grid = int(np.prod(raw.shape[1:]))
+        cap = max_chunk_values() // max(1, grid)
+        fields = int(rng.choice([raw.shape[0] + 1, 64, 240, 256, 1000, cap, cap + 1, 2**32, 2**63]))
+        if kind == "shape lie" and rng.random() < 0.3:
+            dim = int(rng.integers(len(raw.shape)))
+            raw = replace(raw, shape=raw.shape[:dim] + (_edge(rng, raw.shape[dim], 64),) + raw.shape[dim + 1 :])
+        else:
+            raw = replace(raw, shape=(fields, *raw.shape[1:]))
+        if kind == "escape run and fields":
+            payload = _latent_string(rng, seed, payload)
+        return kind, _pack(raw, mask, payload, residual)
+    if kind == "dtype lie":
+        return kind, _pack(replace(raw, flags=raw.flags & 0x0F | int(rng.integers(16)) << 4), mask, payload, residual)
+    if kind == "length shift":  # bytes move between sections: the lengths disagree with the content
         shift = int(rng.integers(-8, 9)) or 1
-        field = rng.choice(["mask_len", "payload_len"] + (["residual_len"] if raw.residual_len else []))
+        field = str(rng.choice(["mask_len", "payload_len"] + (["residual_len"] if raw.residual_len else [])))
         other = "payload_len" if field != "payload_len" else "mask_len"
         raw = replace(raw, **{field: max(0, getattr(raw, field) + shift), other: max(0, getattr(raw, other) - shift)})
-    elif kind in ("body bytes", "residual bytes"):
-        start = raw.mask_len + raw.payload_len if kind == "residual bytes" else 0
-        end = len(body) if kind == "residual bytes" else raw.mask_len + raw.payload_len
-        if end <= start:
-            return kind, bytes(b)
-        for pos in rng.integers(start, end, rng.integers(1, 5)):
-            body[pos] = int(rng.integers(256)) if rng.random() < 0.5 else body[pos] ^ (1 << int(rng.integers(8)))
-    elif kind == "hash bytes":
+        return kind, seal(raw.pack() + mask + payload + residual)
+    if kind == "hash bytes":
         prefix = bytearray(raw.hash_prefix)
         prefix[int(rng.integers(len(prefix)))] ^= 1 << int(rng.integers(8))
-        raw = replace(raw, hash_prefix=bytes(prefix))
-    return kind, resign(raw.pack() + body)
+        return kind, _pack(replace(raw, hash_prefix=bytes(prefix)), mask, payload, residual)
+    if kind == "escape run":
+        return kind, _pack(raw, mask, _latent_string(rng, seed, payload), residual)
+    return kind, _pack(raw, mask, payload, _residual(rng, residual))  # "residual"
 
 
 # ---------------------------------------------------------------------------- seeds
 
 
-def tiny_models() -> tuple[Path, Path]:
-    """The tiny test models (plain, and with stored item means), trained in-process."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from _vcinr_tiny import tiny_artifact
-
-    return tiny_artifact(), tiny_artifact(subtract_item_mean=True)
+def _codec_config(name: str) -> dict:
+    case = json.loads((GOLDEN / "cases.json").read_text())[name]
+    return case["config"] | {"model_path": str(GOLDEN / "models" / case["model"])}
 
 
-def make_seeds(model: Path, mean_model: Path | None) -> list[Seed]:
-    from vcinr_sci.codec.numcodecs import VCINRCodec
+def _latents_at(chunk: bytes, config: dict) -> tuple[int, bool]:
+    """Where a chunk's latent string starts in its payload, and whether it has a CRC."""
+    from vcinr_sci.codec.core import decode_latents
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from _vcinr_tiny import LEARNED, QUALITY, fields
+    lat = decode_latents(chunk, [config["model_path"]], model_hash=config["model_hash"])
+    if not len(lat.active):
+        return -1, False
+    coder = lat.model.coder(lat.header.quality)
+    kind = type(coder).__name__
+    if kind == "UniformQuantiser":
+        return -1, False
+    from vcinr_sci.codec.container import decode_container
 
-    x = fields(2).air_temperature.values.astype(np.float32)  # (2, 37, 49)
-    holes = x.copy()
-    holes[0, :5, :7] = np.nan
-    filled = holes.copy()
-    filled[1, 10:14, :] = -999.0
-    plain = VCINRCodec.for_model(model, QUALITY)
-    cases = [
-        ("plain", plain, x),
-        ("NaN", plain, holes),
-        ("NaN and fill", VCINRCodec.for_model(model, QUALITY, fill_value=-999.0), filled),
-        ("all NaN", plain, np.full_like(x, np.nan)),
-        ("learned coder", VCINRCodec.for_model(model, LEARNED), holes),
-        ("bounded", VCINRCodec.for_model(model, QUALITY, max_abs_error=0.05), holes),
-        ("bounded, SPERR", VCINRCodec.for_model(model, QUALITY, max_rel_error=0.05), holes),  # the pick: SPERR
-    ]
-    if mean_model is not None:
-        cases.append(("item means", VCINRCodec.for_model(mean_model, QUALITY), holes))
-    seeds = []
-    for name, codec, data in cases:
-        chunk = codec.encode(data)
-        codec.decode(chunk)  # warm
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        decoded = codec.decode(chunk)
-        seeds.append(Seed(name, codec, chunk, decoded, tracemalloc.get_traced_memory()[1] - base))
+    payload = decode_container(chunk).payload
+    pos = 1 + (4 + struct.unpack_from("<I", payload, 1)[0] if payload[0] & 1 else 0)
+    pos += 2 * len(lat.active) if lat.model.subtracts_item_mean else 0
+    return pos, kind == "LatentCoder"
+
+
+def _seed(name: str, chunk: bytes, config: dict) -> Seed:
+    import numcodecs
+
+    out = numcodecs.get_codec(config).decode(chunk)
+    at, crc = _latents_at(chunk, config)
+    return Seed(name, chunk, config, out.shape, out.dtype.str, at, crc)
+
+
+def crafted_linear(fields: int = 256) -> tuple[bytes, dict]:
+    """The issue's first string: a CRC-valid linear-model chunk claiming ``fields``
+    fields whose payload is ``00 00`` + eight ``0xff`` bytes (payload flags, the
+    coefficient coder's mode byte, an 8-byte rANS string)."""
+    config = _codec_config("v3_linear")
+    raw, mask, _, _ = _sections((GOLDEN / "v3_linear.vcinr").read_bytes())
+    raw = replace(raw, shape=(fields, *raw.shape[1:]))
+    return _pack(raw, mask, b"\x00\x00" + b"\xff" * 8, b""), config
+
+
+def crafted_histogram() -> tuple[bytes, dict]:
+    """The issue's second string: a bounded chunk whose rANS correction has the histogram
+    ``[1, 65535]`` and an 8-byte symbol string (no outliers)."""
+    from numcodecs import Zstd
+
+    from vcinr_sci.coding.residual_format import HEAD, LEN, PLAIN
+
+    name = "v3_linear_abs_bound_mask"
+    raw, mask, payload, residual = _sections((GOLDEN / f"{name}.vcinr").read_bytes())
+    head = list(HEAD.unpack_from(residual))
+    head[6], head[8], head[9] = head[6] or 0.1, PLAIN, 0  # a quantised, plainly coded correction
+    parts = [Zstd(level=1).encode(np.asarray([1, 65535], "<u2")), b"\xff" * 8, b"", b""]
+    section = HEAD.pack(*head) + b"".join(LEN.pack(len(p)) + p for p in parts)
+    return _pack(raw, mask, payload, section), _codec_config(name)
+
+
+def all_masked() -> tuple[bytes, dict]:
+    """A format-3 chunk whose every point is NaN (a header and nothing else)."""
+    config = _codec_config("v3_uniform")
+    raw, _, _, _ = _sections((GOLDEN / "v3_uniform.vcinr").read_bytes())
+    from vcinr_sci.codec.container import FLAG_ALL_MASKED
+
+    return _pack(replace(raw, flags=raw.flags | FLAG_ALL_MASKED), b"", b"", b""), config
+
+
+def make_seeds(crafted: bool = True) -> list[Seed]:
+    """Every golden chunk, an all-masked chunk and (``crafted``) the issue's two strings."""
+    seeds = [_seed(name, (GOLDEN / f"{name}.vcinr").read_bytes(), _codec_config(name))
+             for name in sorted(json.loads((GOLDEN / "cases.json").read_text()))]
+    seeds.append(_seed("all masked", *all_masked()))
+    if crafted:  # they must not decode: seeds by their bytes alone, laid out as the golden ones
+        named = {s.name: s for s in seeds}
+        chunk, config = crafted_linear()
+        ref = named["v3_linear"]
+        seeds.append(replace(ref, name="crafted linear", chunk=chunk, out_shape=(256, *ref.out_shape[1:])))
+        chunk, config = crafted_histogram()
+        seeds.append(replace(named["v3_linear_abs_bound_mask"], name="crafted histogram", chunk=chunk))
     return seeds
+
+
+# ---------------------------------------------------------------------------- workers
+
+
+def _status(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _worker(conn) -> None:
+    """Decode what arrives, twice, and answer ``(outcome, digests, out_bytes, growth)``."""
+    import ctypes
+    import gc
+
+    import numcodecs
+    import torch
+
+    torch.set_num_threads(1)
+    codecs: dict[str, object] = {}
+    libc = ctypes.CDLL("libc.so.6")
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        config, chunk, out_shape, out_dtype = msg
+        key = json.dumps(config, sort_keys=True)
+        codec = codecs.get(key) or codecs.setdefault(key, numcodecs.get_codec(config))
+        gc.collect()
+        libc.malloc_trim(0)
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+        before = _status("VmRSS")
+        digests, out_bytes, outcome, out = [], 0, "decoded", None
+        for _ in range(2):
+            try:
+                out = codec.decode(chunk, out=np.empty(out_shape, out_dtype) if out_shape else None)
+                out_bytes = max(out_bytes, out.nbytes)
+                digests.append(hashlib.sha256(out.tobytes() + str((out.shape, out.dtype)).encode()).hexdigest())
+            except Exception as e:  # noqa: BLE001 -- what the fuzzer looks for
+                outcome = type(e).__name__
+                digests.append(outcome)
+            out = None
+        conn.send((outcome, digests, out_bytes, max(0, _status("VmHWM") - before)))
+
+
+class Pool:
+    """Worker processes forked from a server that imported the codec once; one that
+    dies or hangs is replaced."""
+
+    def __init__(self, workers: int):
+        self.ctx = mp.get_context("forkserver")
+        self.ctx.set_forkserver_preload(["numpy", "torch", "numcodecs", "vcinr_sci.codec.numcodecs"])
+        self.slots = [self._start() for _ in range(workers)]
+
+    def _start(self):
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=_worker, args=(child,), daemon=True)
+        proc.start()
+        child.close()
+        return proc, parent
+
+    def run(self, i: int, msg, timeout: float):
+        """Send ``msg`` to worker ``i``; its answer, or ``("crash", signal)`` / ``("hang",)``."""
+        proc, conn = self.slots[i]
+        try:
+            conn.send(msg)
+            if conn.poll(timeout):
+                return conn.recv()
+            proc.kill()
+            proc.join()
+            result = ("hang",)
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            proc.join()
+            result = ("crash", -proc.exitcode if proc.exitcode else 0)
+        conn.close()
+        self.slots[i] = self._start()
+        return result
+
+    def close(self) -> None:
+        for proc, conn in self.slots:
+            conn.close()
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
 
 
 # ---------------------------------------------------------------------------- the run
 
 
-def _decoders(seed: Seed) -> list[tuple[str, Callable[[bytes], np.ndarray]]]:
-    """The three ways a chunk reaches the decoder: numcodecs into the chunk's buffer
-    (Zarr 2), numcodecs without one, and a real Zarr-3 array reading its one chunk."""
-    import zarr
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-
-    from vcinr_sci.codec.zarr3 import VCINRZarrCodec
-
-    codec, ref = seed.codec, seed.decoded
-    fill = np.nan if codec.fill is None else codec.fill
-    array = zarr.create_array(zarr.storage.MemoryStore(), shape=ref.shape, chunks=ref.shape, dtype=ref.dtype,
-                              serializer=VCINRZarrCodec(codec=codec), compressors=None, fill_value=fill)
-    key = array.metadata.encode_chunk_key((0,) * ref.ndim)
-
-    def zarr3(chunk: bytes) -> np.ndarray:
-        sync((array.store_path / key).set(default_buffer_prototype().buffer.from_bytes(chunk)))
-        return array[...]
-
-    assert np.array_equal(zarr3(seed.chunk), ref, equal_nan=True)
-    return [
-        ("numcodecs (out buffer)", lambda b: codec.decode(b, out=np.empty_like(ref))),
-        ("numcodecs (no buffer)", lambda b: codec.decode(b)),
-        ("zarr3 array", zarr3),
-    ]
-
-
-def run(seeds: list[Seed], mutations: int, seed: int = 0, timeout: float = 30.0) -> dict:
-    """Decode ``mutations`` mutated chunks; returns counts and the worst cases."""
-    from vcinr_sci.errors import ArtifactError, ChunkFormatError, CodecError
-
-    refusals = (ChunkFormatError, CodecError, ArtifactError)
+def run(seeds: list[Seed], inputs: int, seed: int = 0, timeout: float = 30.0, workers: int = 1,
+        verbose: bool = False) -> dict:
+    """Decode ``inputs`` mutated chunks (every tenth a seed as it is); returns the counts."""
     rng = np.random.default_rng(seed)
-    counts: dict[str, Counter] = defaultdict(Counter)
-    crashes: list[str] = []
-    worst = {"ratio": 0.0, "bytes": 0, "case": ""}
-    over_limit, slowest = 0, 0.0
-    faces = {s.name: _decoders(s) for s in seeds}
-
-    def alarm(*_):
-        raise Hung()
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    pool = Pool(workers)
+    counts: Counter = Counter()
+    by_kind: dict[str, Counter] = {}
+    examples: dict[str, list[str]] = {}
+    peak, over_memory = 0, 0
     t0 = time.perf_counter()
     try:
-        for i in range(mutations):
+        for i in range(inputs):
             s = seeds[i % len(seeds)]
-            kind, buf = mutate(rng, s.chunk)
-            face, decode = faces[s.name][int(rng.integers(3))]
-            tracemalloc.reset_peak()
-            base = tracemalloc.get_traced_memory()[0]
-            start = time.perf_counter()
-            signal.setitimer(signal.ITIMER_REAL, timeout)
-            try:
-                out = decode(buf)
-                same = out.shape == s.decoded.shape and out.dtype == s.decoded.dtype and np.array_equal(
-                    out, s.decoded, equal_nan=True
-                )
-                outcome = "decoded-same" if same else "decoded-wrong"
-            except Hung:
-                outcome = "hung"
-            except refusals:
-                outcome = "refused"
-            except Exception as e:  # noqa: BLE001 -- what the fuzzer looks for
-                outcome = "crashed"
-                if len(crashes) < 10:
-                    crashes.append(f"{s.name} / {kind} / {face}: {type(e).__name__}: {str(e)[:160]}")
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            slowest = max(slowest, time.perf_counter() - start)
-            peak = tracemalloc.get_traced_memory()[1] - base
-            ratio = peak / max(1, s.peak)
-            over_limit += peak > 2 * s.peak + 2**20
-            if ratio > worst["ratio"]:
-                worst = {"ratio": ratio, "bytes": peak, "case": f"{s.name} / {kind} / {face} ({outcome})"}
-            counts[kind][outcome] += 1
+            kind, buf = ("seed", s.chunk) if i < len(seeds) or rng.random() < 0.05 else mutate(rng, s)
+            out_shape = s.out_shape if rng.random() < 0.5 else None  # numcodecs with and without a buffer
+            answer = pool.run(i % workers, (s.config, buf, out_shape, s.out_dtype), timeout)
+            if answer[0] in ("crash", "hang"):
+                outcome = "crashed" if answer[0] == "crash" else "hung"
+            else:
+                error, digests, out_bytes, growth = answer
+                peak = max(peak, growth)
+                if growth > MEMORY_FACTOR * out_bytes + MEMORY_CONSTANT:
+                    over_memory += 1
+                    examples.setdefault("over memory", []).append(f"{s.name} / {kind}: {growth / 2**20:.0f} MiB")
+                if digests[0] != digests[1]:
+                    outcome = "nondeterministic"
+                elif error == "decoded":
+                    outcome = "decoded" if kind not in ACCIDENTS else "accident decoded"
+                else:
+                    outcome = f"error: {error}" if error in REFUSALS else f"unexpected: {error}"
+            counts[outcome] += 1
+            by_kind.setdefault(kind, Counter())[outcome] += 1
+            if outcome not in ("decoded",) and not outcome.startswith("error: "):
+                examples.setdefault(outcome, []).append(f"{s.name} / {kind}: {buf[:48].hex()}")
+            if verbose and (i + 1) % 500 == 0:
+                print(f"{i + 1} inputs, {dict(counts)}", file=sys.stderr, flush=True)
     finally:
-        signal.signal(signal.SIGALRM, previous)
-    return {
-        "mutations": mutations,
-        "seconds": time.perf_counter() - t0,
-        "counts": {k: dict(v) for k, v in counts.items()},
-        "crashes": crashes,
-        "worst_alloc": worst,
-        "seed_alloc": {s.name: s.peak for s in seeds},
-        "over_alloc_limit": over_limit,
-        "slowest_decode_s": slowest,
-        "rss_growth_bytes": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024,
-    }
+        pool.close()
+    return {"inputs": inputs, "seconds": time.perf_counter() - t0, "counts": dict(counts),
+            "by_kind": {k: dict(v) for k, v in by_kind.items()}, "peak_rss_growth": peak,
+            "over_memory": over_memory, "examples": {k: v[:5] for k, v in examples.items()},
+            "seeds": [s.name for s in seeds]}
+
+
+def failures(result: dict) -> int:
+    """Inputs that make the run fail (see the module doc)."""
+    bad = ("crashed", "hung", "nondeterministic", "accident decoded")
+    c = result["counts"]
+    return sum(c.get(k, 0) for k in bad) + sum(v for k, v in c.items() if k.startswith("unexpected")) + \
+        result["over_memory"]
 
 
 def table(result: dict) -> str:
-    rows = ["| mutation | " + " | ".join(OUTCOMES) + " |", "|---|" + "---|" * len(OUTCOMES)]
-    total: Counter = Counter()
-    for kind in sorted(result["counts"], key=lambda k: (k not in ACCIDENTS, k)):
-        c = result["counts"][kind]
-        total.update(c)
-        rows.append(f"| {kind}{' (accident)' if kind in ACCIDENTS else ''} | " + " | ".join(str(c.get(o, 0)) for o in OUTCOMES) + " |")
-    rows.append("| **all** | " + " | ".join(f"**{total.get(o, 0)}**" for o in OUTCOMES) + " |")
-    w = result["worst_alloc"]
-    rows += [
-        "",
-        f"{result['mutations']} mutations in {result['seconds']:.0f} s; slowest decode {result['slowest_decode_s'] * 1e3:.0f} ms.",
-        f"Largest allocation of one decode: {w['bytes'] / 2**20:.2f} MiB, {w['ratio']:.2f}x its seed's own decode "
-        f"({w['case']}); seeds' decodes {min(result['seed_alloc'].values()) / 2**10:.0f}-"
-        f"{max(result['seed_alloc'].values()) / 2**10:.0f} KiB; decodes above twice their seed's + 1 MiB: "
-        f"{result['over_alloc_limit']}. Peak RSS growth over the run: {result['rss_growth_bytes'] / 2**20:.1f} MiB.",
+    c = result["counts"]
+    errors = {k[len("error: "):]: v for k, v in c.items() if k.startswith("error: ")}
+    unexpected = {k[len("unexpected: "):]: v for k, v in c.items() if k.startswith("unexpected: ")}
+    rows = [
+        "| | count |", "|---|---|",
+        f"| inputs | {result['inputs']} |",
+        f"| crashes (signal deaths) | {c.get('crashed', 0)} |",
+        f"| hangs | {c.get('hung', 0)} |",
+        *(f"| error: {k} | {v} |" for k, v in sorted(errors.items())),
+        *(f"| unexpected error: {k} | {v} |" for k, v in sorted(unexpected.items())),
+        f"| clean decodes | {c.get('decoded', 0)} |",
+        f"| accidents that decoded | {c.get('accident decoded', 0)} |",
+        f"| nondeterministic | {c.get('nondeterministic', 0)} |",
+        f"| peak child RSS growth of one decode | {result['peak_rss_growth'] / 2**20:.1f} MiB |",
+        f"| over {MEMORY_FACTOR} x output + {MEMORY_CONSTANT >> 20} MiB | {result['over_memory']} |",
+        "", f"{len(result['seeds'])} seeds; {result['seconds']:.0f} s.",
     ]
-    if result["crashes"]:
-        rows += ["", "Crashes:"] + [f"- {c}" for c in result["crashes"]]
+    for what, cases in result["examples"].items():
+        rows += ["", f"{what}:"] + [f"- {e}" for e in cases]
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mutations", type=int, default=12_000)
+    parser.add_argument("inputs", type=int, nargs="?", default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a decode counts as hung")
-    parser.add_argument("--model", help="an artifact folder (default: train the tiny test models in-process)")
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args(argv)
-
-    import torch
-
-    torch.set_num_threads(1)
-    model, mean_model = (Path(args.model), None) if args.model else tiny_models()
-    tracemalloc.start()
-    seeds = make_seeds(model, mean_model)
-    result = run(seeds, args.mutations, args.seed, args.timeout)
-    tracemalloc.stop()
+    sys.path.insert(0, str(REPO))
+    result = run(make_seeds(), args.inputs, args.seed, args.timeout, args.workers, verbose=True)
     print(table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
-    accidents = sum(result["counts"].get(k, {}).get(o, 0) for k in ACCIDENTS for o in OUTCOMES if o != "refused")
-    bad = sum(c.get("crashed", 0) + c.get("hung", 0) for c in result["counts"].values())
-    return 1 if bad or accidents or result["over_alloc_limit"] else 0
+    return 1 if failures(result) else 0
 
 
 if __name__ == "__main__":

@@ -191,12 +191,13 @@ def _create_store(cfg: Config, store: Path, loaded, variables: list[str], qualit
     from vcinr_sci.codec.numcodecs import VCINRCodec
     from vcinr_sci.io.layout import coded_encoding, item_chunks, prepare_variable
     from vcinr_sci.model.embedded import MODELS_GROUP, embed_model
+    from vcinr_sci.model.registry import cache_model
 
     art, c = loaded.artifact, cfg.compress
-    if c.store_model:  # where the model lies inside the store
-        model_path = str(store.resolve() / MODELS_GROUP / art.hash[:HASH_PREFIX_LEN])
-    else:
-        model_path = str(Path(art.path).resolve())
+    # Where the model lies relative to the store, or nothing: never a path of this machine's
+    # (readers here find the model in the cache, where it is put now).
+    model_path = f"{MODELS_GROUP}/{art.hash[:HASH_PREFIX_LEN]}" if c.store_model else None
+    cache_model(art)
     out, encoding = {}, {}
     for v in variables:
         da = open_source(cfg, v)

@@ -7,13 +7,16 @@ and one coefficient coder per target PSNR, into a model artifact.
    split (an SVD of up to ``basis.max_fit_items`` items; every training item's
    coefficients give each component's deviation and lag-1 correlation);
 2. per ``basis.target_psnr``, the one quantisation step whose reconstruction of the
-   validation items reaches it (bisection; the training items when there is no
-   validation part), a :class:`~vcinr_sci.coding.coefficients.CoefficientCoder` for it,
-   labelled ``q0``.. from the lowest target up; components whose training deviation is
-   under an eighth of the finest step (their coefficients round to 0 at every level)
-   are dropped, so the model file and the FLOPs hold only components some level codes;
+   validation items reaches it (bisection; with no validation part, on the last tenth
+   of the training part, held out of the fit: :mod:`vcinr_sci.data.holdout`), a
+   :class:`~vcinr_sci.coding.coefficients.CoefficientCoder` for it, labelled ``q0``..
+   from the lowest target up; components whose training deviation is under an eighth
+   of the finest step (their coefficients round to 0 at every level) are dropped, so
+   the model file and the FLOPs hold only components some level codes;
 3. the artifact, with the unquantised test PSNR and, per level, the validation PSNR and
-   bits per value of the coefficient strings in chunks of ``compress.chunk_fields``.
+   bits per value of the coefficient strings in chunks of ``compress.chunk_fields``; a
+   level that spends more bits than another for no more PSNR is dropped, and the
+   ladder of the rest recorded (:meth:`~vcinr_sci.model.artifact.ModelArtifact.set_ladder`).
 
 Deterministic: a rerun writes the same artifact (same hash) and skips nothing else.
 """
@@ -29,10 +32,11 @@ import numpy as np
 from pipelines.cli_args import config_parser, load
 from vcinr_sci.coding.coefficients import CoefficientCoder, min_step
 from vcinr_sci.config import Config
+from vcinr_sci.data.holdout import tuning_split
 from vcinr_sci.data.items import ItemSet, load_dataset
 from vcinr_sci.errors import ConfigError
 from vcinr_sci.metrics import bits_per_value, psnr_from_mse
-from vcinr_sci.model.artifact import ModelArtifact, save_artifact
+from vcinr_sci.model.artifact import ModelArtifact, pareto_ladder, save_artifact
 from vcinr_sci.model.basis import LinearBasis
 
 _MAX_STEP = 1.0  # normalised units; the data's whole range is ~1
@@ -52,16 +56,17 @@ def fit(cfg: Config) -> Path:
     if not cfg.basis.target_psnr:
         raise ConfigError("basis.target_psnr is empty: no quality level to make")
     data = load_dataset(cfg.data)
-    train = data.items("train")
+    part = tuning_split(data.split, data.source)
+    train = data.items("train", part.train)
     print(f"data split along {data.split.describe()}", flush=True)
+    print(part.note, flush=True)
     print(f"[1/3] fitting up to {cfg.basis.components} EOFs on {len(train)} training items "
           f"({train.points_per_item} points each)", flush=True)
     basis = LinearBasis.fit(train.values, len(train), cfg.basis.components, cfg.basis.max_fit_items)
-    val = data.items("val") if len(data.split.val) else train
     score = {"chunk_items": cfg.compress.chunk_fields, "predict": cfg.basis.predict}
-    tune = _Scored(basis, val, **score)
+    tune = _Scored(basis, data.items("val", part.tune), **score)
     print(f"[2/3] {basis.num_components} components; steps for {cfg.basis.target_psnr} dB on "
-          f"{'validation' if tune.items is not train else 'training'} items", flush=True)
+          f"{len(tune.items)} held-out items", flush=True)
     steps: dict[float, float] = {}  # target -> step, distinct steps only
     limit = tune.psnr(None) - _LIMIT_GAP_DB
     for target in sorted(cfg.basis.target_psnr):
@@ -85,18 +90,25 @@ def fit(cfg: Config) -> Path:
         "test_items": len(test.items) if test else 0,
         "inner_steps": 0,
         "latents_inner_steps": 0,
+        "tuning": part.to_dict(),
     })
     artifact.set_basis(basis)
+    # target -> (step, bits per value, PSNR); a level named by its target until labelled
+    scored = {t: (step, tune.bits_per_value(tune.coder(step)), tune.psnr(step)) for t, step in steps.items()}
+    _, dominated = pareto_ladder({f"{t:g} dB": (bpv, psnr) for t, (_, bpv, psnr) in scored.items()})
     levels: dict[str, dict] = {}
-    for target, step in steps.items():
-        coder = tune.coder(step)
+    for t, (step, bpv, psnr) in scored.items():
+        if f"{t:g} dB" in dominated:
+            print(f"  target {t:g} dB: step {step:.3g} -> {psnr:.2f} dB at {bpv:.4f} bits/value, "
+                  f"dominated by the level for {dominated[f'{t:g} dB']}: dropped", flush=True)
+            continue
         label = f"q{len(levels)}"
-        artifact.add_coder(label, coder)
-        psnr = tune.psnr(step)
-        bpv = tune.bits_per_value(coder)
-        levels[label] = {"target_psnr": float(target), "step": step, "val_psnr": psnr, "val_bits_per_value": bpv}
-        print(f"  {label}: step {step:.3g} -> {psnr:.2f} dB at {bpv:.4f} bits/value (target {target:g} dB)", flush=True)
+        artifact.add_coder(label, tune.coder(step))
+        levels[label] = {"target_psnr": t, "step": step, "val_psnr": psnr, "val_bits_per_value": bpv}
+        print(f"  {label}: step {step:.3g} -> {psnr:.2f} dB at {bpv:.4f} bits/value (target {t:g} dB)", flush=True)
     artifact.metrics["levels"] = levels
+    artifact.set_ladder({k: (v["val_bits_per_value"], v["val_psnr"]) for k, v in levels.items()},
+                        f"{len(tune.items)} tuning items ({part.to_dict()['part']}), chunks of {tune.chunk_items} items")
     path = save_artifact(artifact, cfg.train.artifact_dir)
     if test:
         print(f"held-out test PSNR {artifact.metrics['test_psnr']:.2f} dB unquantised over {len(test.items)} items")

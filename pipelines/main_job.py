@@ -7,10 +7,11 @@
 3. train one latent coder per lambda (Ray Train) and store them in the model artifact,
    (a linear model, ``model.kind: linear``, replaces 1-3 by ``pipelines.fit_basis``:
    the training mean and EOFs, one coefficient coder per target PSNR),
-4. compress the held-out test fields into a local Zarr store at each quality level
-   (the ``vcinr`` codec, through the xarray accessor), with the model stored inside,
+4. compress the held-out test fields into a local Zarr store at each level of the
+   model's ladder (the ``vcinr`` codec, through the xarray accessor), with the model
+   stored inside,
 5. reopen each store with xarray, print size, bits per value and errors, and draw the
-   original, reconstruction and error of one field to a PNG.
+   original, reconstruction and error of one field at the best level to a PNG.
 
 Every stage skips what an earlier run finished, so a rerun after a kill resumes.
 """
@@ -41,9 +42,8 @@ def held_out(cfg: Config, split: dict) -> xr.DataArray:
 def compress_and_report(cfg: Config, artifact_path: Path, out_dir: Path) -> list[dict]:
     art = load_artifact(artifact_path)
     reference = held_out(art.config, art.split).load()
-    levels = [q for q in art.quality_levels if q.startswith("q")]
     rows = []
-    for level in levels:
+    for level in art.ladder:
         store = out_dir / f"{cfg.name}-{level}.zarr"
         reference.to_dataset().vcinr.to_zarr(store, model=art, quality=level, store_model=True, mode="w")
         decoded = open_zarr(store)[reference.name]
@@ -117,7 +117,8 @@ def train_inr(cfg: Config, stage) -> Path:
     s = time.perf_counter()
     build_latents.build(cfg, model=str(inr))
     stage("latents", s)
-    print(f"[3/5] training {len(cfg.coder.lambdas)} latent coders (lambda {cfg.coder.lambdas})", flush=True)
+    lambdas = cfg.coder.lambdas or f"{cfg.coder.levels}, from the data's rate-distortion slope"
+    print(f"[3/5] training latent coders (lambdas {lambdas})", flush=True)
     s = time.perf_counter()
     coded = train_coder.fit(cfg, model=str(inr))
     stage("coders", s)
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         stage("fit basis", s)
     else:
         coded = train_inr(cfg, stage)
-    print("[4/5] compressing the held-out fields into Zarr, one store per quality level", flush=True)
+    print("[4/5] compressing the held-out fields into Zarr, one store per level of the ladder", flush=True)
     s = time.perf_counter()
     rows = compress_and_report(cfg, coded, out_dir)
     stage("compress+report", s)
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report_table(rows))
     print(f"PSNR over the normalisation range [{art.normaliser.lo:.2f}, {art.normaliser.hi:.2f}]; "
           "errors in the data's units; bytes are the chunks as stored (the model stored once beside them is not counted).")
-    best = rows[-1]
+    best = max(rows, key=lambda r: r["psnr_db"])
     reference = held_out(art.config, art.split).load()
     figure = out_dir / f"{cfg.name}-{best['quality']}.png"
     plot_field(reference, open_zarr(best["store"])[reference.name], figure,

@@ -5,7 +5,9 @@
 Runs a ``TorchTrainer`` (DDP over ``train.num_workers`` workers, GPUs when
 ``train.use_gpu``). Checkpoints every ``train.checkpoint_every`` steps; a rerun with the
 same config resumes from the last checkpoint (the run is named by the config's hash),
-and a dead worker restarts from it (``FailureConfig``). Locally it starts an embedded
+and a dead worker restarts from it (``FailureConfig``). A run whose config differs from a
+finished run's only by more ``meta.steps`` goes on from that run's last checkpoint (a warm
+start, recorded in the artifact's ``metrics.training``). Locally it starts an embedded
 Ray; under ``ray job submit`` it joins the cluster.
 """
 
@@ -27,6 +29,7 @@ from ray.train.torch import prepare_model
 from pipelines.cli_args import config_parser, load
 from pipelines.ray_setup import ensure_ray, torch_trainer, use_assigned_cpus
 from vcinr_sci.config import Config
+from vcinr_sci.data.holdout import tuning_split, tuning_split_of
 from vcinr_sci.data.items import load_dataset
 from vcinr_sci.errors import ConfigError
 from vcinr_sci.metrics import psnr_from_mse
@@ -43,13 +46,39 @@ class TrainOutcome:
     metrics: dict  # the last report of rank 0 (step, PSNRs, start_step of the last attempt)
 
 
+def _digest(cfg: Config, *, steps: bool) -> str:
+    d = cfg.to_dict()
+    trained = {k: d[k] for k in ("name", "data", "model", "meta", "train")}
+    if not steps:
+        trained["meta"] = {k: v for k, v in trained["meta"].items() if k != "steps"}
+    return hashlib.sha256(json.dumps(trained, sort_keys=True).encode()).hexdigest()
+
+
 def run_id(cfg: Config) -> str:
     """Stable name of a run: the same data/model/meta/train config resumes the same run
     (later stages' sections do not change what meta-training does)."""
-    d = cfg.to_dict()
-    trained = {k: d[k] for k in ("name", "data", "model", "meta", "train")}
-    digest = hashlib.sha256(json.dumps(trained, sort_keys=True).encode()).hexdigest()
-    return f"{cfg.name}-{digest[:10]}"
+    return f"{cfg.name}-{_digest(cfg, steps=True)[:10]}"
+
+
+def warm_start(cfg: Config, storage: Path) -> dict | None:
+    """The finished run under ``storage`` that this one can go on from: the same config
+    but for fewer ``meta.steps`` (the most such steps), as its done file records it
+    (``run``, ``step``, ``checkpoint``); None when there is none. Training from its last
+    checkpoint to ``meta.steps`` is the longer run itself (batches are drawn by step, the
+    optimiser's state is in the checkpoint), so a longer recipe need not start again."""
+    family = _digest(cfg, steps=False)
+    best = None
+    for done_file in storage.glob(f"*/{DONE_FILE}"):
+        try:
+            done = json.loads(done_file.read_text())
+        except (OSError, ValueError):
+            continue
+        step, checkpoint = done.get("metrics", {}).get("step"), done.get("checkpoint")
+        if done.get("family") != family or not isinstance(step, int) or not checkpoint:
+            continue
+        if step < cfg.meta.steps and (best is None or step > best["step"]) and (Path(checkpoint) / CHECKPOINT_FILE).is_file():
+            best = {"run": done_file.parent.name, "step": step, "checkpoint": checkpoint}
+    return best
 
 
 def train_loop(loop_config: dict) -> None:
@@ -61,14 +90,18 @@ def train_loop(loop_config: dict) -> None:
     seed_everything(cfg.train.seed)  # same init on every worker; each takes its share of the batch
     device = ray.train.torch.get_device()
     data = load_dataset(cfg.data)
-    train_items, val_items = data.items("train"), data.items("val")
+    part = tuning_split(data.split, data.source)
+    train_items, val_items = data.items("train", part.train), data.items("val", part.tune)
     global_items = global_batch_size(train_items, cfg)  # meta.batch_size, shared out among the workers
     model = build_model(cfg, data.grid)
     state, start = None, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
+    checkpoint, warm = ray.train.get_checkpoint(), loop_config.get("warm_start")
+    if checkpoint:  # this run's own: a restart after a failure or a kill
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=True, map_location="cpu")
+    elif warm:  # a shorter run's last checkpoint: go on from there
+        state = torch.load(Path(warm["checkpoint"]) / CHECKPOINT_FILE, weights_only=True, map_location="cpu")
+    if state is not None:
         model.load_state_dict(state["model"])
         start = int(state["step"])
     ddp_model = prepare_model(model)  # DDP when world > 1; moves to the worker's device
@@ -130,10 +163,14 @@ def fit(cfg: Config) -> TrainOutcome:
     if cfg.meta.batch_size < cfg.train.num_workers:
         raise ConfigError(f"meta.batch_size ({cfg.meta.batch_size}) is shared out among train.num_workers "
                           f"({cfg.train.num_workers}): it must be at least that many")
+    print(tuning_split_of(cfg.data).note, flush=True)  # refuses a split with nothing to evaluate on
+    warm = warm_start(cfg, storage)
+    if warm is not None:
+        print(f"going on from run {warm['run']} at step {warm['step']} (its last checkpoint) to step {cfg.meta.steps}")
     ensure_ray(cfg.train.num_workers * cfg.train.cpus_per_worker)
     trainer = torch_trainer(
         train_loop,
-        {"config": cfg.to_dict()},
+        {"config": cfg.to_dict(), "warm_start": warm},
         name=run_id(cfg),
         storage_path=str(storage),
         num_workers=cfg.train.num_workers,
@@ -147,19 +184,23 @@ def fit(cfg: Config) -> TrainOutcome:
         raise result.error
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=True, map_location="cpu")
-    outcome = TrainOutcome(write_artifact(cfg, state["model"]), dict(result.metrics or {}))
-    done_file.write_text(json.dumps({"artifact": str(outcome.artifact.resolve()), "metrics": outcome.metrics}))
+    provenance = {"run": run_id(cfg), "warm_start": warm and {"run": warm["run"], "step": warm["step"]}}
+    outcome = TrainOutcome(write_artifact(cfg, state["model"], provenance), dict(result.metrics or {}))
+    done_file.write_text(json.dumps({"artifact": str(outcome.artifact.resolve()), "metrics": outcome.metrics,
+                                     "family": _digest(cfg, steps=False), "checkpoint": result.checkpoint.path}))
     return outcome
 
 
-def write_artifact(cfg: Config, state_dict: dict) -> Path:
-    """Score the trained model on the held-out test items and save the artifact."""
+def write_artifact(cfg: Config, state_dict: dict, provenance: dict | None = None) -> Path:
+    """Score the trained model on the held-out test items and save the artifact (its
+    metrics record the run and any warm start, ``provenance``)."""
     data = load_dataset(cfg.data)
     model = build_model(cfg, data.grid)
     model.load_state_dict(state_dict)
     model.eval()
     test = evaluate(model, data.items("test"), cfg.meta.eval_inner_steps)
-    metrics = {"test_psnr": test.psnr, "test_items": test.items, "inner_steps": cfg.meta.eval_inner_steps}
+    metrics = {"test_psnr": test.psnr, "test_items": test.items, "inner_steps": cfg.meta.eval_inner_steps,
+               "tuning": tuning_split(data.split, data.source).to_dict(), "training": provenance or {}}
     artifact = ModelArtifact(model, cfg, data.grid, data.normaliser, data.split.to_dict(), metrics)
     path = save_artifact(artifact, cfg.train.artifact_dir)
     print(f"data split along {data.split.describe()}")

@@ -4,21 +4,30 @@ new model artifact (one artifact = one INR + several coders).
     python -m pipelines.train_coder --config configs/rd-ccsm.yaml [--model HASH_OR_PATH]
 
 Reads the latent shards of the model's INR (``pipelines.build_latents``, parts train
-and, for validation, val). Each coder minimises ``bits per value + lambda * MSE`` where
-the MSE is measured on the DATA, through the frozen INR (the paper's equation 5):
-``MSE(f(c; theta, g_s(z + u)), y)`` with uniform noise ``u`` in training. The INR's
-parameters never change (``requires_grad`` off, not in any optimiser). Adam on
-``g_a``, ``g_s`` and the entropy model with a cosine learning-rate decay, a second Adam
-on the bottleneck's quantiles (its aux loss); every ``coder.eval_every`` steps the RD
-loss on the validation latents (rounded, not noisy) is measured and the best state is
-kept. The lambdas are shared out over ``coder.num_workers`` Ray Train workers; each
-worker trains its coders together (one INR decode for all of them per step).
+and, for tuning, val; without val latents the end of the training part is held out of
+training instead, :mod:`vcinr_sci.data.holdout`). Each coder minimises ``bits per value
++ lambda * MSE`` where the MSE is measured on the DATA, through the frozen INR (the
+paper's equation 5): ``MSE(f(c; theta, g_s(z + u)), y)`` with uniform noise ``u`` in
+training. The INR's parameters never change (``requires_grad`` off, not in any
+optimiser). Adam on ``g_a``, ``g_s`` and the entropy model with a cosine learning-rate
+decay, a second Adam on the bottleneck's quantiles (its aux loss); every
+``coder.eval_every`` steps the RD loss on the tuning latents (rounded, not noisy) is
+measured and the best state is kept. The lambdas are shared out over
+``coder.num_workers`` Ray Train workers; each worker trains its coders together (one
+INR decode for all of them per step).
 
-At the end the CDF tables are built on the CPU, the coders are labelled ``q0..qN`` from
-lowest to highest rate (measured on the validation latents), the COIN++ uniform
-quantisers ``u<b>`` (``coder.uniform_bits``, entropy coded) are added, and the new
-artifact's hash is printed. Checkpoints every ``coder.checkpoint_every`` steps: a rerun
-of the same config resumes.
+With ``coder.lambdas`` empty, ``coder.levels`` lambdas are chosen first from the data:
+uniform quantisers of 1-8 bits are measured on the tuning items and the lambdas read off
+the slope of their rate-distortion curve, from the coarsest one's distortion to near the
+unquantised latents' (:func:`~vcinr_sci.model.coder_training.lambdas_from_slope`).
+
+At the end the CDF tables are built on the CPU, the COIN++ uniform quantisers ``u<b>``
+(``coder.uniform_bits``, entropy coded) are added, and every level is measured on the
+tuning items (bits of its strings of ``compress.chunk_fields`` fields, PSNR of the data
+decoded through the INR). A learned coder that another level beats in both is dropped;
+the others are labelled ``q0..qN`` from fewest bits up, and the ladder of non-dominated
+levels is recorded in the artifact (``metrics.ladder``). Checkpoints every
+``coder.checkpoint_every`` steps: a rerun of the same config resumes.
 """
 
 from __future__ import annotations
@@ -42,28 +51,26 @@ from pipelines.ray_setup import ensure_ray, torch_trainer, use_assigned_cpus
 from vcinr_sci.coding.coder import LatentCoder, coder_spec, coder_state, load_coder
 from vcinr_sci.coding.quantiser import UniformQuantiser
 from vcinr_sci.config import CoderConfig, Config
-from vcinr_sci.data.items import ItemSet, load_dataset
+from vcinr_sci.data.holdout import TuningSplit, tuning_split
+from vcinr_sci.data.items import Dataset, ItemSet, load_dataset
 from vcinr_sci.errors import LatentsError
-from vcinr_sci.model.artifact import ModelArtifact, load_artifact, save_artifact
-from vcinr_sci.model.coder_training import evaluate_coders, freeze, train_step
+from vcinr_sci.metrics import psnr_from_mse
+from vcinr_sci.model.artifact import ModelArtifact, load_artifact, pareto_ladder, save_artifact
+from vcinr_sci.model.coder_training import (
+    PROBE_BITS,
+    TOP_GAP_DB,
+    decoded_mse,
+    evaluate_coders,
+    freeze,
+    lambdas_from_slope,
+    operating_point,
+    train_step,
+)
 from vcinr_sci.model.latents import LatentTable, latents_dir, read_manifest, read_shards
 from vcinr_sci.model.selection import select_artifact
 
 STATE_FILE = "coders-rank{rank}.pt"
 FINAL_FILE = "final-rank{rank}.pt"
-
-
-# ---------------------------------------------------------------- the loss, free of Ray
-
-
-
-
-
-
-
-
-
-
 
 
 def assigned(lambdas: list[float], rank: int, world: int) -> list[tuple[int, float]]:
@@ -75,12 +82,29 @@ def assigned(lambdas: list[float], rank: int, world: int) -> list[tuple[int, flo
 # ---------------------------------------------------------------- Ray Train worker
 
 
-def _load_part(data, root: Path, part: str) -> tuple[LatentTable, ItemSet]:
-    table = read_shards(root, part)
-    items = data.items(part)
-    if len(items) != len(table):
-        raise LatentsError(f"{root}/{part}: {len(table)} latents for {len(items)} items")
-    return table, items
+def load_parts(data: Dataset, root: Path) -> tuple[TuningSplit, LatentTable, LatentTable]:
+    """The tuning split of ``data`` and the latents to train on and to tune on: the
+    validation latents, or, when ``root`` has none, those of the training fields that
+    :func:`~vcinr_sci.data.holdout.tuning_split` holds out (taken out of training)."""
+    manifest = read_manifest(root)
+    has_val = manifest["parts"].get("val", 0) > 0  # a split without a val part plans 0 fields of it
+    part = tuning_split(data.split, data.source, "" if has_val or not len(data.split.val)
+                        else "no validation latents (latents.parts lacks val)")
+    train = read_shards(root, "train")
+    val = read_shards(root, "val") if has_val else _rows(train, part.tuning_rows(train.field))
+    if not has_val:
+        train = _rows(train, ~part.tuning_rows(train.field))
+    for name, table, fields in (("train", train, part.train), ("val", val, part.tune)):
+        if len(table) != len(fields) * manifest["num_patches"]:
+            raise LatentsError(f"{root}: {len(table)} {name} latents for {len(fields)} fields")
+    return part, train, val
+
+
+def _rows(table: LatentTable, rows: np.ndarray) -> LatentTable:
+    return dataclasses.replace(
+        table, phi=table.phi[rows], psnr=table.psnr[rows], part_item=table.part_item[rows], item=table.item[rows],
+        field=table.field[rows], patch=table.patch[rows], keys=[k for k, r in zip(table.keys, rows) if r],
+    )
 
 
 def train_loop(loop_config: dict) -> None:
@@ -93,11 +117,9 @@ def train_loop(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     artifact = load_artifact(loop_config["artifact"])
     model = freeze(artifact.model.to(device))
-    root = Path(loop_config["latents"])
     data = load_dataset(artifact.config.data, artifact.normaliser)
-    train, train_items = _load_part(data, root, "train")
-    has_val = "val" in read_manifest(root)["parts"]
-    val, val_items = _load_part(data, root, "val") if has_val else (train, train_items)
+    part, train, val = load_parts(data, Path(loop_config["latents"]))
+    train_items, val_items = data.items("train", part.train), data.items("val", part.tune)
     eval_idx = np.unique(np.linspace(0, len(val) - 1, min(cc.eval_items, len(val))).round().astype(np.int64))
     val_phi = torch.from_numpy(val.phi)
 
@@ -218,8 +240,8 @@ class ProgressPrinter(ray.train.UserCallback):
 # ---------------------------------------------------------------- driver
 
 
-def run_id(cfg: Config, inr: str, root: Path) -> str:
-    body = {"inr": inr, "latents": str(root.resolve()), "coder": dataclasses.asdict(cfg.coder)}
+def run_id(cfg: Config, cc: CoderConfig, root: Path) -> str:
+    body = {"inr": root.name, "latents": str(root.resolve()), "coder": dataclasses.asdict(cc)}
     return f"{cfg.name}-coder-{hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:10]}"
 
 
@@ -231,25 +253,44 @@ def measure(coder, phi: torch.Tensor) -> tuple[int, bool]:
     return len(data), exact
 
 
+def choose_lambdas(cfg: Config, model, train: LatentTable, val: LatentTable, items: ItemSet) -> list[float]:
+    """``coder.levels`` lambdas from the slope of the uniform quantisers' measured
+    rate-distortion points on the tuning items (:func:`lambdas_from_slope`)."""
+    cc = cfg.coder
+    phi_train, phi_val = torch.from_numpy(train.phi), torch.from_numpy(val.phi)
+    chunk = max(1, cfg.compress.chunk_fields) * items.num_patches
+    points = []
+    for bits in PROBE_BITS:
+        q = UniformQuantiser(phi_train.shape[1], bits, clip_std=cc.uniform_clip_std, entropy_code=True)
+        q.fit(phi_train)
+        points.append(operating_point(model, q, phi_val, items, chunk))
+    floor = decoded_mse(model, phi_val, items)
+    lambdas = lambdas_from_slope(points, floor, cc.levels)
+    if len(lambdas) < cc.levels:
+        print(f"the tuning items' rate-distortion range gives {len(lambdas)} distinct lambda(s), not {cc.levels}: "
+              f"the uniform quantisers come within {TOP_GAP_DB} dB of the unquantised latents at few bits")
+    probes = ", ".join(f"u{b} {bpv:.4f} bpv {psnr_from_mse(m):.2f} dB" for b, (bpv, m) in zip(PROBE_BITS, points))
+    print(f"rate-distortion slope on {len(items)} tuning items: {probes}; unquantised {psnr_from_mse(floor):.2f} dB "
+          f"-> lambdas {[float(f'{lam:.3g}') for lam in lambdas]}", flush=True)
+    return lambdas
+
+
 def fit(cfg: Config, model: str | None = None) -> Path:
     """Train the coders of ``cfg.coder`` on the model's latents; returns the new artifact."""
-    cc = cfg.coder
-    if not cc.lambdas:
-        raise ValueError("coder.lambdas is empty: name at least one lambda")
     path = select_artifact(cfg, model)
     artifact = load_artifact(path)
     root = latents_dir(cfg.latents.output_dir, artifact, cfg.latents.inner_steps)
-    train = read_shards(root, "train")  # fail here, before Ray starts, if the latents are not built
-    has_val = "val" in read_manifest(root)["parts"]
-    val = read_shards(root, "val") if has_val else train
-    if not has_val:
-        print("no validation latents (latents.parts lacks val): validating on training latents")
+    data = load_dataset(artifact.config.data, artifact.normaliser)
+    part, train, val = load_parts(data, root)  # fail here, before Ray starts, if the latents are not built
+    print(part.note, flush=True)
+    val_items = data.items("val", part.tune)
+    cc = dataclasses.replace(cfg.coder, lambdas=cfg.coder.lambdas or choose_lambdas(cfg, artifact.model, train, val, val_items))
     workers = max(1, min(cc.num_workers, len(cc.lambdas)))
     ensure_ray(workers * cc.cpus_per_worker)
     trainer = torch_trainer(
         train_loop,
         {"coder": dataclasses.asdict(cc), "artifact": str(path.resolve()), "latents": str(root.resolve())},
-        name=run_id(cfg, root.name, root),
+        name=run_id(cfg, cc, root),
         storage_path=str(Path(cfg.train.storage_path).resolve()),
         num_workers=workers,
         use_gpu=cc.use_gpu,
@@ -266,46 +307,62 @@ def fit(cfg: Config, model: str | None = None) -> Path:
             trained += torch.load(f, weights_only=True, map_location="cpu")
     if len(trained) != len(cc.lambdas):
         raise RuntimeError(f"{len(trained)} coders came back for {len(cc.lambdas)} lambdas")
-    values_per_item = artifact.grid.size // read_manifest(root)["num_patches"]
-    return write_coders(cfg, artifact, trained, train, val, values_per_item)
+    return write_coders(cfg, artifact, trained, train, val, val_items, part)
 
 
 def write_coders(
-    cfg: Config, artifact: ModelArtifact, trained: list[dict], train: LatentTable, val: LatentTable, values_per_item: int
+    cfg: Config, artifact: ModelArtifact, trained: list[dict], train: LatentTable, val: LatentTable, items: ItemSet,
+    part: TuningSplit,
 ) -> Path:
-    """Add the trained coders (labelled by measured rate) and the uniform baselines to
-    a copy of ``artifact``; save it as a new artifact and print what each one does."""
+    """Measure every trained coder and uniform quantiser on the tuning items (bits of
+    their chunks, PSNR of the decoded data); keep the uniform ones and the learned ones
+    no other level dominates (:func:`pareto_ladder`), labelled ``q0..`` from fewest bits
+    up, in a copy of ``artifact`` with the ladder recorded; save it as a new artifact."""
     cc = cfg.coder
     phi_train, phi_val = torch.from_numpy(train.phi), torch.from_numpy(val.phi)
-    num_values = len(val) * values_per_item
-    rows = []
-    for t in trained:
-        coder = load_coder(json.loads(t["spec"]), t["state"])
-        nbytes, exact = measure(coder, phi_val)
-        rows.append((8 * nbytes / num_values, t["lambda"], coder, t["val"], exact))
-    rows.sort(key=lambda r: (r[0], r[1]))
-    artifact.extra.pop("coders", None)  # a new set replaces any coders the input held
-    artifact.extra_tensors = {k: v for k, v in artifact.extra_tensors.items() if not k.startswith("coders.")}
-    artifact.config = dataclasses.replace(artifact.config, latents=cfg.latents, coder=cfg.coder)
-    summary = {}
-    print(f"{'level':<6} {'lambda':>8} {'val bpv (bytes)':>16} {'val bpv (est.)':>15} {'val PSNR':>9} {'best step':>9} exact")
-    for i, (bpv, lam, coder, ev, exact) in enumerate(rows):
-        level = f"q{i}"
-        artifact.add_coder(level, coder)
-        summary[level] = {"lambda": lam, "val_bpv_bytes": bpv, "bit_exact": exact} | {f"val_{k}": v for k, v in ev.items()}
-        nan = float("nan")
-        print(f"{level:<6} {lam:>8g} {bpv:>16.5f} {ev.get('bpv', nan):>15.5f} {ev.get('psnr', nan):>8.2f} {ev.get('step', 0):>9} {exact}")
-        if not exact:
-            raise RuntimeError(f"coder {level} (lambda {lam}) does not decode bit-exactly")
+    chunk = max(1, cfg.compress.chunk_fields) * items.num_patches
+    coders, points, info = {}, {}, {}
+    for t in sorted(trained, key=lambda t: t["lambda"]):
+        name = f"lambda {t['lambda']:.4g} (#{t['index']})"
+        coders[name] = load_coder(json.loads(t["spec"]), t["state"])
+        info[name] = {"lambda": t["lambda"]} | {f"val_{k}": v for k, v in t["val"].items()}
     for bits in cc.uniform_bits:
         q = UniformQuantiser(phi_train.shape[1], bits, clip_std=cc.uniform_clip_std, entropy_code=True)
         q.fit(phi_train)
-        nbytes, exact = measure(q, phi_val)
-        artifact.add_coder(f"u{bits}", q)
-        summary[f"u{bits}"] = {"bits": bits, "val_bpv_bytes": 8 * nbytes / num_values, "bit_exact": exact}
-    artifact.metrics = dict(artifact.metrics) | {"coders": summary, "latents_inner_steps": cfg.latents.inner_steps}
+        coders[f"u{bits}"], info[f"u{bits}"] = q, {"bits": bits}
+    for name, coder in coders.items():
+        _, exact = measure(coder, phi_val)
+        if not exact:
+            raise RuntimeError(f"coder {name} does not decode bit-exactly")
+        bpv, mse = operating_point(artifact.model, coder, phi_val, items, chunk)
+        points[name] = (bpv, psnr_from_mse(mse))
+        info[name] |= {"val_bpv_bytes": bpv, "val_psnr_coded": points[name][1], "bit_exact": exact}
+    _, dominated = pareto_ladder(points)
+    learned = sorted((n for n in coders if n.startswith("lambda") and n not in dominated), key=lambda n: points[n])
+    label = {n: f"q{i}" for i, n in enumerate(learned)} | {n: n for n in coders if n.startswith("u")}
+
+    artifact.extra.pop("coders", None)  # a new set replaces any coders the input held
+    artifact.extra_tensors = {k: v for k, v in artifact.extra_tensors.items() if not k.startswith("coders.")}
+    artifact.config = dataclasses.replace(artifact.config, latents=cfg.latents, coder=cfg.coder)
+    for name, level in label.items():
+        artifact.add_coder(level, coders[name])
+    dropped = [info[n] | {"dominated_by": label.get(dominated[n], dominated[n])} for n in coders if n not in label]
+    artifact.metrics = dict(artifact.metrics) | {
+        "coders": {label[n]: info[n] for n in label},
+        "dropped_coders": dropped,
+        "latents_inner_steps": cfg.latents.inner_steps,
+        "tuning": part.to_dict(),
+    }
+    ladder = artifact.set_ladder({label[n]: points[n] for n in label},
+                                 f"{len(items)} tuning items ({part.to_dict()['part']}), strings of {chunk} latents")
+    print(f"{'level':<13} {'val bpv (bytes)':>16} {'val PSNR':>9} {'best step':>9}  ladder")
+    for name in sorted(coders, key=lambda n: points[n]):
+        bpv, psnr = points[name]
+        where = "yes" if label.get(name) in ladder else f"no: dominated by {label.get(dominated[name], dominated[name])}"
+        shown = label.get(name, "-") + ("" if name.startswith("u") else f" ({name})")
+        print(f"{shown:<13} {bpv:>16.5f} {psnr:>8.2f} {info[name].get('val_step', '-'):>9}  {where}")
     out = save_artifact(artifact, cfg.train.artifact_dir)
-    print(f"quality levels {artifact.quality_levels}")
+    print(f"quality levels {artifact.quality_levels}; ladder {ladder}")
     print(f"model artifact {artifact.hash[:16]} -> {out}")
     return out
 

@@ -18,12 +18,14 @@ def data_path() -> str:
     return os.path.join(iris_sample_data.path, "A1B_north_america.nc")
 
 
-def tiny_artifact(patch_shape: list[int] | None = None, subtract_item_mean: bool = False) -> Path:
+def tiny_artifact(patch_shape: list[int] | None = None, subtract_item_mean: bool = False,
+                  subtract_mean_field: bool = False) -> Path:
     """Folder of a tiny artifact: the tiny config's INR after a few outer steps, with a
     6-bit uniform quantiser (level ``u6``) fitted on adapted latents. With
     ``patch_shape`` its items are patches of the fields; with ``subtract_item_mean``
-    the INR codes each item less its mean (``data.subtract_item_mean``)."""
-    key = f"path{patch_shape}-mean{subtract_item_mean}"
+    the INR codes each item less its mean (``data.subtract_item_mean``); with
+    ``subtract_mean_field``, each field less the training mean field."""
+    key = f"path{patch_shape}-mean{subtract_item_mean}-field{subtract_mean_field}"
     if key in _CACHE:
         return _CACHE[key]
     import torch
@@ -34,7 +36,8 @@ def tiny_artifact(patch_shape: list[int] | None = None, subtract_item_mean: bool
     from vcinr_sci.model.training import add_uniform_coder, train_in_process
 
     repo = Path(__file__).resolve().parents[1]
-    overrides = {"data.patch_shape": patch_shape, "data.subtract_item_mean": subtract_item_mean}
+    overrides = {"data.patch_shape": patch_shape, "data.subtract_item_mean": subtract_item_mean,
+                 "data.subtract_mean_field": subtract_mean_field}
     artifact, items = train_in_process(load_config(repo / "configs" / "tiny.yaml", overrides), steps=12)
     phi = add_uniform_coder(artifact, items, bits=6)
     # and an (untrained) learned transform coder, for the entropy-coded path
@@ -94,3 +97,20 @@ def linear_artifact() -> Path:
                  "train.artifact_dir": tempfile.mkdtemp(prefix="vcinr-linear-artifact-")}
     _CACHE["linear"] = fit_basis.fit(load_config(repo / "configs" / "tiny.yaml", overrides))
     return _CACHE["linear"]
+
+
+def set_model_path(store: Path, value: str | None) -> None:
+    """Rewrite the ``model_path`` of every vcinr codec config in the format-3 ``store``'s
+    metadata (as a crafted store, or an older writer, would have it), consolidated anew."""
+    import json
+
+    from vcinr_sci.io.store import consolidate
+
+    for meta in Path(store).glob("*/zarr.json"):
+        doc = json.loads(meta.read_text())
+        codecs = [c for c in doc.get("codecs", []) if c.get("name") == "vcinr"]
+        for codec in codecs:
+            codec["configuration"]["model_path"] = value
+        if codecs:
+            meta.write_text(json.dumps(doc))
+    consolidate(store, zarr_format=3)

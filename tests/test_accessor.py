@@ -38,6 +38,14 @@ def ds():
     return d
 
 
+@pytest.fixture(autouse=True)
+def model_on_the_path(isolated_model_lookup, model, monkeypatch):
+    """Readers find the tests' model in ``$VCINR_MODEL_PATH``, as a user keeping models in
+    a folder does: a store records no path of the writer's, and each test's cache starts
+    empty (the stores of :func:`written` were written, and cached, before)."""
+    monkeypatch.setenv("VCINR_MODEL_PATH", str(Path(model).parent))
+
+
 @pytest.fixture(scope="module")
 def written(model, ds, tmp_path_factory):
     """The dataset written once per format (reused by the reading tests)."""
@@ -198,25 +206,35 @@ def test_all_nan_variable(model, ds, tmp_path):
 
 
 def test_store_alone_decodes_in_fresh_process(model, ds, tmp_path):
-    """With store_model, neither the artifact folder nor any search path is needed: plain
-    xarray in a new process decodes, and after the store moves, open_zarr does."""
+    """With store_model, neither the artifact folder nor any search path is needed: in a
+    new process with an empty cache, open_zarr decodes, after the store moved too. Plain
+    xarray decodes with the writer's cache (the writer caches its model); without it,
+    the codec alone cannot know where the store is, and its error says to use open_zarr."""
     out = ds.vcinr.to_zarr(tmp_path / "self.zarr", model=model, quality=QUALITY, store_model=True, chunks={"time": 8})
     expected = open_zarr(out).air_temperature.values
     moved = tmp_path / "moved.zarr"
     cache = tmp_path / "fresh-cache"
     script = textwrap.dedent(
         f"""
-        import shutil, sys
+        import os, shutil, sys
         import numpy as np, xarray as xr
-        np.save(r"{tmp_path}/plain.npy", xr.open_zarr(r"{out}").air_temperature.values)
+        from vcinr_sci.errors import ArtifactError
+        try:
+            xr.open_zarr(r"{out}").air_temperature.values
+            raise SystemExit("decoded without the model")
+        except ArtifactError as e:
+            assert "vcinr_sci.io.accessor.open_zarr(store)" in str(e), e
         assert "vcinr_sci.io.accessor" in sys.modules  # the entry point imported vcinr_sci, which registers the accessors
-        # moved, with an empty cache: the config's model_path is stale, the store supplies the model
+        os.environ["VCINR_CACHE_DIR"] = r"{tmp_path / 'cache'}"  # the writer's
+        np.save(r"{tmp_path}/plain.npy", xr.open_zarr(r"{out}").air_temperature.values)
+        # moved, with an empty cache: the store supplies the model
         shutil.move(r"{out}", r"{moved}")
-        shutil.rmtree(r"{cache}")
+        os.environ["VCINR_CACHE_DIR"] = r"{cache}"
         from vcinr_sci.model.registry import clear_model_cache
         from vcinr_sci.io.accessor import open_zarr
         clear_model_cache(search_paths=True)
         np.save(r"{tmp_path}/moved.npy", open_zarr(r"{moved}").air_temperature.values)
+        assert os.listdir(r"{cache}")
         """
     )
     env = {"PATH": "/usr/bin:/bin", "VCINR_DEVICE": "cpu", "HOME": str(tmp_path), "VCINR_CACHE_DIR": str(cache)}
@@ -349,9 +367,9 @@ def test_integer_variables_are_named_with_their_dtype(model, ds, tmp_path):
         ints.vcinr.to_zarr(tmp_path / "ints.zarr", model=model, quality=QUALITY)
 
 
-def test_moved_store_points_to_open_zarr(model, ds, tmp_path):
-    """Plain xarray on a store moved away from where its codec config says its model
-    lies: the error says how to read it (open_zarr finds the model inside)."""
+def test_moved_store_points_to_open_zarr(model, ds, tmp_path, monkeypatch):
+    """Plain xarray on a store carrying its model, moved, read where the model is in no
+    cache or search path: the error says how to read it (open_zarr finds the model inside)."""
     from vcinr_sci.errors import ArtifactError
     from vcinr_sci.model.registry import clear_model_cache
 
@@ -359,7 +377,9 @@ def test_moved_store_points_to_open_zarr(model, ds, tmp_path):
     moved = tmp_path / "there.zarr"
     out.rename(moved)
     clear_model_cache(search_paths=True)
-    with pytest.raises(ArtifactError, match=r"no longer there: if the store was moved.*vcinr_sci\.io\.accessor\.open_zarr"):
+    monkeypatch.delenv("VCINR_MODEL_PATH")
+    monkeypatch.setenv("VCINR_CACHE_DIR", str(tmp_path / "reader-cache"))
+    with pytest.raises(ArtifactError, match=r"model inside the store: open it with vcinr_sci\.io\.accessor\.open_zarr"):
         xr.open_zarr(moved).air_temperature.values
     assert np.isfinite(open_zarr(moved).air_temperature.values).any()
 

@@ -29,7 +29,9 @@ from vcinr_sci.coding import bound, residual_format
 from vcinr_sci.errors import ChunkFormatError, CodecError
 from vcinr_sci.io.accessor import open_zarr
 from vcinr_sci.io.layout import BOUND_ATTRS
-from vcinr_sci.model.loaded import LoadedModel, full_float32
+from vcinr_sci.model.device import full_float32
+from vcinr_sci.model.kinds import INR_DEVICE_ULPS
+from vcinr_sci.model.loaded import LoadedModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup")
 
@@ -134,7 +136,7 @@ def test_zarr_edge_chunks_within_bound(artifact_path, data, tmp_path_factory, n,
 
 def _device_allowance(x: np.ndarray) -> float:
     """The largest INR difference (normalised units) the margin is built to absorb."""
-    return bound.INR_DEVICE_ULPS * float(np.finfo(np.float32).eps) * max(1.0, float(np.abs(x).max()))
+    return INR_DEVICE_ULPS * float(np.finfo(np.float32).eps) * max(1.0, float(np.abs(x).max()))
 
 
 @pytest.mark.parametrize("subtract_item_mean", [False, True])
@@ -170,9 +172,10 @@ def test_bound_holds_for_a_decoder_whose_inr_differs(data, monkeypatch, rel, sub
 
 
 def test_margin_counts_stored_means_once(data):
-    """On fields far above the training range (large stored means) the margin is the
-    documented one: the device term scales with max |INR's own output| + max |mean|,
-    computed here from the decoded latents, not with the means counted twice."""
+    """On fields far above the training range (large stored means) the INR's margin is
+    the one it always had: 256 float32 ulps of max |INR's own output| + max |mean| (the
+    linear model's own margin changes nothing here), computed from the decoded latents,
+    not with the means counted twice."""
     b = 0.2  # K: the device term (about 0.06 here) sets the margin
     codec = VCINRCodec.for_model(tiny_artifact(subtract_item_mean=True), QUALITY, max_abs_error=b)
     x = data[:3] + np.float32(2000.0)
@@ -188,7 +191,7 @@ def test_margin_counts_stored_means_once(data):
     scale = (norm.hi - norm.lo) * max(1.0, float(np.abs(own).max()) + means)
     eps32 = float(np.finfo(np.float32).eps)
     ulp = float(np.spacing(np.float32(np.abs(x[~np.isnan(x)]).max() + b)))
-    expected = max(b * bound.MARGIN_FRACTION, bound.INR_DEVICE_ULPS * eps32 * scale + ulp)
+    expected = max(b * bound.MARGIN_FRACTION, 256 * eps32 * scale + ulp)
     assert expected > b * bound.MARGIN_FRACTION  # the device term sets it, not the floor
     assert info.margin == pytest.approx(expected, rel=1e-5)
     assert info.step > 0  # quantised, not every point stored exactly
@@ -235,6 +238,24 @@ def test_full_float32_guard_sets_and_restores(artifact_path):
 # ---------------------------------------------------------------------------- fallback, dtypes, bad input
 
 
+@pytest.mark.parametrize("dtype", ["<f8", "<f4"])
+def test_margin_over_half_the_bound_quantises_finer(dtype):
+    """A margin of 0.7 b: q with step 2 (b - m) = 0.6 b, every point within b - m (float64
+    has no rounding misses; float32 at values ~1 only a few), not every point stored;
+    only m >= b stores them all."""
+    rng = np.random.default_rng(0)
+    x = (1 + 0.01 * rng.standard_normal(10_000)).astype(dtype)
+    xhat = x.astype(np.float64) + 0.02 * rng.standard_normal(x.size)
+    b = 1e-4
+    q, step, outliers = bound.quantise(x, xhat, b, 0.7 * b)
+    assert step == pytest.approx(0.6 * b) and np.abs(q).max() > 100
+    assert outliers.mean() < (0.01 if dtype == "<f4" else 1e-9)
+    err = np.abs(bound.corrected(xhat, q, step, x.dtype).astype(np.float64) - x)[~outliers]
+    assert err.max() <= 0.3 * b
+    q, step, outliers = bound.quantise(x, xhat, b, b)
+    assert step == 0 and outliers.all()
+
+
 def test_bound_too_tight_for_float32_stores_exactly(artifact_path, data):
     x = data[:2].copy()  # ~250-300 K: a float32 ulp there is 3e-5
     codec = VCINRCodec.for_model(artifact_path, QUALITY, max_abs_error=1e-6)
@@ -243,9 +264,10 @@ def test_bound_too_tight_for_float32_stores_exactly(artifact_path, data):
     info = bound.read_info(decode_container(enc).residual)
     assert info.step == 0 and info.margin >= info.bound / 2
     # a rel bound on a constant chunk is 0: exact too
-    flat = np.full((1, 37, 49), 271.5, np.float32)
     rel = VCINRCodec.for_model(artifact_path, QUALITY, max_rel_error=1e-3)
-    np.testing.assert_array_equal(rel.decode(rel.encode(flat)), flat)
+    for dtype in (np.float32, np.float64):  # float64 too: np.dtype(None) == float64 once hid its outliers
+        flat = np.full((1, 37, 49), 271.5, dtype)
+        np.testing.assert_array_equal(rel.decode(rel.encode(flat)), flat)
 
 
 def test_abs_and_rel_take_the_smaller(artifact_path, data):
@@ -445,7 +467,8 @@ def _chunk_parts(artifact_path, x, rel):
     norm = lat.model.artifact.normaliser
     inr = lat.inr_normalised().reshape(-1)
     xhat = norm.denormalise(inr.astype(np.float64))
-    return np.ones(x.shape, bool), xhat, bound.ErrorBound(max_rel_error=rel), bound.inr_scale(inr, norm.lo, norm.hi)
+    device = lat.model.reconstruction_margin(lat.phi, inr, lat.offsets)
+    return np.ones(x.shape, bool), xhat, bound.ErrorBound(max_rel_error=rel), device
 
 
 @pytest.mark.parametrize("rel", [1e-4, 1e-2])

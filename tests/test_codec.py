@@ -235,8 +235,11 @@ def test_missing_model(codec, data, tmp_path):
 
 
 def test_hash_mismatch_refused(codec, data, tmp_path, monkeypatch):
+    """A model_path (trusted: else a config's path is not followed) holding another model,
+    or a tampered copy, is refused."""
     enc = codec.encode(data[:1])
     clear_model_cache(search_paths=True)
+    monkeypatch.setenv("VCINR_TRUST_STORE_PATHS", "1")
     other = other_artifact()
     wrong = VCINRCodec.from_config({**codec.get_config(), "model_path": str(other)})
     with pytest.raises(ArtifactError, match="refused"):

@@ -19,6 +19,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup"
 CHUNK_KEYS = {2: "1.0.0", 3: "c/1/0/0"}  # the second chunk along time
 
 
+@pytest.fixture(autouse=True)
+def model_on_the_path(isolated_model_lookup, monkeypatch):
+    """Readers find the model in ``$VCINR_MODEL_PATH``: a store records no path of the
+    writer's, and each test's cache starts empty (the stores of :func:`good` were
+    written, and their model cached, before)."""
+    monkeypatch.setenv("VCINR_MODEL_PATH", str(tiny_artifact().parent))
+
+
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
     """A store per Zarr format (4 chunks of 4 fields) and its decoded values."""

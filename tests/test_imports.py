@@ -16,7 +16,7 @@ LIB = ROOT / "vcinr_sci"
 # Floors, from the bottom: a module may import modules on its own floor or below.
 # coding/ (bytes of numbers) sits under model/ because a model artifact carries its coders.
 FLOORS = {"base": 0, "data": 1, "coding": 2, "model": 3, "codec": 4, "io": 5, "bench": 6, "cli": 7}
-BASE = {"errors", "config", "metrics", "atomic", "threads", "zarr_compat"}
+BASE = {"errors", "config", "metrics", "atomic", "threads", "zarr_compat", "trust"}
 
 
 def _module_name(path: Path) -> str:

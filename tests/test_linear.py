@@ -3,18 +3,25 @@ and linear models through the codec (plain and error-bounded)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from _vcinr_tiny import fields, linear_artifact
 
+from vcinr_sci.codec.container import decode_container
 from vcinr_sci.codec.numcodecs import VCINRCodec
+from vcinr_sci.coding import residual_format
 from vcinr_sci.coding.coder import load_coder
 from vcinr_sci.coding.coefficients import MAX_SCALE_SYMBOLS, CoefficientCoder, min_step
 from vcinr_sci.errors import ArtifactError, ChunkFormatError, UsageError
 from vcinr_sci.model.artifact import load_artifact
 from vcinr_sci.model.basis import LinearBasis
+from vcinr_sci.model.kinds import INR_DEVICE_ULPS
 from vcinr_sci.model.registry import register_model
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def low_rank_items(n=60, p=200, k=5, seed=0):
@@ -125,6 +132,26 @@ def test_fit_stage_makes_levels_that_reach_their_targets(linear):
     assert levels["q0"]["step"] > levels["q1"]["step"]
     for level in levels.values():
         assert level["val_psnr"] >= min(level["target_psnr"], linear.metrics["test_psnr"]) - 1.0
+    # The ladder, as measured on the validation part, is recorded: more bits, more PSNR.
+    ladder = linear.metrics["ladder"]
+    assert linear.ladder == ["q0", "q1"] and ladder["measured_on"].endswith("chunks of 16 items")
+    points = [ladder["points"][q] for q in linear.ladder]
+    assert points[0]["bits_per_value"] < points[1]["bits_per_value"] and points[0]["psnr"] < points[1]["psnr"]
+    assert linear.metrics["tuning"] == {"part": "val"}
+
+
+def test_fit_stage_without_a_validation_part_tunes_on_held_out_fields(tmp_path, capsys):
+    from pipelines import fit_basis
+    from vcinr_sci.config import load_config
+
+    overrides = {"model.kind": "linear", "basis.components": 16, "basis.target_psnr": [30, 40],
+                 "data.val_fraction": 0, "train.artifact_dir": str(tmp_path)}
+    art = load_artifact(fit_basis.fit(load_config(CONFIGS / "tiny.yaml", overrides)))
+    assert "data.val_fraction is 0: holding out the last 22 of 216 training time positions" in capsys.readouterr().out
+    assert art.metrics["tuning"]["positions"] == list(range(194, 216))
+    # Tuned on fields the basis never saw: each level reaches its target on them.
+    for level in art.metrics["levels"].values():
+        assert level["val_psnr"] >= level["target_psnr"] - 0.01
 
 
 def test_linear_model_through_the_codec(linear):
@@ -149,6 +176,85 @@ def test_linear_model_keeps_an_error_bound(linear):
     codec = VCINRCodec(linear.hash, "q0", linear.grid.to_dict(), model_path=str(linear.path), max_abs_error=0.05)
     out = codec.decode(codec.encode(x)).reshape(x.shape)
     assert np.abs(out - x).max() <= 0.05
+
+
+def _narrow_chunk() -> np.ndarray:
+    """24 real fields squeezed about their mean to a 6.7 K range at ~280 K (float32)."""
+    x = fields(24).air_temperature.values.astype(np.float64)
+    return (x.mean() + 0.15 * (x - x.mean())).astype(np.float32)
+
+
+@pytest.mark.parametrize(("rel", "exact_at_most", "size_at_most"), [(1e-4, 0.01, 0.5), (1e-5, 0.25, 0.75)])
+def test_linear_model_codes_a_narrow_chunk_at_a_tight_bound(linear, rel, exact_at_most, size_at_most):
+    """The linear model's margin is its own arithmetic's (a few float32 ulps), not an
+    INR's device allowance (which exceeds these bounds: every point was stored exactly):
+    the correction is coded, few points are stored exactly, the chunk is well below its
+    raw size and every point keeps the bound. At 1e-5 (``b`` about two float32 ulps) the
+    dtype's ulp and the model's term take more than half the bound: coded against ``b - m``
+    with the finer step; the points whose float32 rounding misses ``b - m`` (about 11 %
+    here) are the ones stored exactly."""
+    x = _narrow_chunk()
+    codec = VCINRCodec(linear.hash, "q1", linear.grid.to_dict(), model_path=str(linear.path), max_rel_error=rel)
+    enc = codec.encode(x)
+    info, method, _, parts = residual_format.parse_section(decode_container(enc).residual)
+    span = linear.normaliser.hi - linear.normaliser.lo
+    inr_allowance = INR_DEVICE_ULPS * float(np.finfo(np.float32).eps) * span
+    assert inr_allowance > info.bound  # an INR's margin would leave nothing to quantise against
+    tolerance = info.step if method == residual_format.SPERR else info.step / 2  # SPERR's step field holds b - m
+    assert tolerance > 0 and tolerance == pytest.approx(info.bound - info.margin)
+    assert (info.margin > info.bound / 2) == (rel == 1e-5)
+    assert residual_format.outlier_index(parts[2], info.num_values).size < exact_at_most * x.size
+    assert len(enc) < size_at_most * x.nbytes
+    out = codec.decode(enc).reshape(x.shape)
+    assert np.abs(out.astype(np.float64) - x).max() <= info.bound
+
+
+def test_linear_margin_covers_a_decoder_whose_sum_differs(linear, monkeypatch):
+    """A decoder whose float32 reconstruction differs by the model's whole reported
+    spread at every point (alternating signs) keeps the bound at a bound where the
+    margin is tight (1e-5 of a narrow chunk's range, where the margin is about half the
+    bound, mostly the float32 ulp of the values); 32 times the spread breaks it, so the
+    margin is what holds it."""
+    x = _narrow_chunk()
+    codec = VCINRCodec(linear.hash, "q1", linear.grid.to_dict(), model_path=str(linear.path), max_rel_error=1e-5)
+    enc = codec.encode(x)
+    b = residual_format.parse_section(decode_container(enc).residual)[0].bound
+    reconstruct = LinearBasis.reconstruct
+    times = [1.0]
+
+    def differing(self, coefficients):
+        y = reconstruct(self, coefficients)
+        spread = times[0] * self.reconstruction_spread(coefficients, float(np.abs(y).max()))
+        signs = np.where(np.arange(y.size).reshape(y.shape) % 2, 1.0, -1.0)
+        moved = (y + signs * spread).astype(np.float32)
+        beyond = np.abs(moved.astype(np.float64) - y) > spread  # rounded past the spread: one ulp back
+        moved[beyond] = np.nextafter(moved[beyond], y[beyond])
+        return moved
+
+    monkeypatch.setattr(LinearBasis, "reconstruct", differing)
+    assert np.abs(codec.decode(enc).reshape(x.shape).astype(np.float64) - x).max() <= b
+    times[0] = 32.0
+    assert np.abs(codec.decode(enc).reshape(x.shape).astype(np.float64) - x).max() > b
+
+
+def test_reconstruction_spread_bounds_other_summation_orders(linear):
+    """The float64 sum in another order (reversed components, no BLAS) and exactly
+    (math.fsum), cast to float32: within the reported spread of the BLAS result."""
+    import math
+
+    basis = linear.basis
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=(6, basis.num_components)) * basis.scales
+    blas = basis.reconstruct(c).astype(np.float64)
+    terms = c[:, :, None] * basis.components.astype(np.float64)[None]  # (B, K, P) exact products
+    backwards = basis.mean.astype(np.float64) + sum(terms[:, k] for k in reversed(range(basis.num_components)))
+    exact = np.array([[math.fsum([float(basis.mean[p]), *terms[i, :, p]]) for p in range(basis.points)]
+                      for i in range(len(c))])
+    top = float(np.abs(blas).max())
+    spread = basis.reconstruction_spread(c, top)
+    assert spread < 2.5 * float(np.spacing(np.float32(top)))  # about two float32 ulps
+    for other in (backwards, exact):
+        assert np.abs(other.astype(np.float32) - blas).max() <= spread
 
 
 def test_linear_model_has_no_off_grid_sampling(linear):

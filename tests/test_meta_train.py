@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
 from pipelines.meta_train import fit, run_id
 from vcinr_sci.config import load_config
@@ -40,6 +41,17 @@ def test_tiny_trains_and_writes_a_loadable_artifact(ray_session, tiny):
     assert art.split["dim"] == "time" and art.split["positions"]["test"]
     # Even 20 steps take the held-out items well past predicting the mean (~14 dB).
     assert art.metrics["test_psnr"] > 17.0
+
+
+def test_without_a_validation_part_evaluates_on_held_out_training_fields(ray_session, tiny, capsys):
+    # It used to fail at the first evaluation ("no items to evaluate"), after three Ray retries.
+    tiny.data.val_fraction = 0.0
+    tiny.train.max_failures = 0
+    out = fit(tiny)
+    assert "data.val_fraction is 0: holding out the last 22 of 216 training time positions" in capsys.readouterr().out
+    assert out.metrics["step"] == tiny.meta.steps and out.metrics["val_psnr"] > 15.0
+    art = load_artifact(out.artifact)
+    assert art.metrics["tuning"] == {"part": "held out of train", "dim": "time", "positions": list(range(194, 216))}
 
 
 def _kill_a_train_worker_after_checkpoint(run_dir: Path, done: threading.Event) -> list[int]:
@@ -84,3 +96,28 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_session, tiny, monkeypat
     again = fit(tiny)
     assert again.metrics == out.metrics
     assert again.artifact == out.artifact.resolve()
+
+
+def test_more_steps_go_on_from_a_finished_run(ray_session, tiny, tmp_path):
+    """A run that differs from a finished one only by more meta.steps starts from that
+    run's last checkpoint, records it, and ends where the longer run from step 0 ends
+    (batches are drawn by step; the optimiser's state travels in the checkpoint)."""
+    from safetensors.torch import load_file
+
+    tiny.meta.steps, tiny.meta.eval_every, tiny.train.checkpoint_every = 10, 10, 10
+    short = fit(tiny)
+    tiny.meta.steps = 20
+    longer = fit(tiny)
+    assert longer.metrics["start_step"] == 10
+    training = load_artifact(longer.artifact).metrics["training"]
+    assert training["warm_start"]["step"] == 10 and training["warm_start"]["run"] != training["run"]
+    assert load_artifact(short.artifact).metrics["training"]["warm_start"] is None
+
+    tiny.train.storage_path = str(tmp_path / "fresh-runs")
+    tiny.train.artifact_dir = str(tmp_path / "fresh-artifacts")
+    fresh = fit(tiny)
+    assert fresh.metrics["start_step"] == 0
+    warm_weights, fresh_weights = load_file(longer.artifact / "weights.safetensors"), load_file(fresh.artifact / "weights.safetensors")
+    assert warm_weights.keys() == fresh_weights.keys()
+    for name, w in warm_weights.items():
+        assert torch.equal(w, fresh_weights[name]), name

@@ -1,10 +1,11 @@
 """Decoding a vcinr-coded store in several processes gives the bytes one process gives:
 with dask's multiprocessing scheduler (through xarray) and with a pool of spawned
 processes each reading its chunk through zarr. The processes start bare (spawn: no model
-in memory, no search path, an empty cache folder) and each model is new to them; they
-find it inside the store, where ``store_model`` put it, and copy it into the shared
-cache folder at the same time (a copy that arrives while another process checks the
-cache is kept, not set aside as bad)."""
+in memory, no search path) and each model is new to them; the codec alone does not know
+where the store is, so they find the model in the cache folder they share with the
+writer, which cached it (and this process's open_zarr, which extracted it from the
+store). Two processes installing one model into the cache at once keep each other's
+good copy (the second test)."""
 
 from __future__ import annotations
 
@@ -26,20 +27,30 @@ def _decode_chunk(store: str, start: int) -> tuple[int, bytes]:
     return os.getpid(), zarr.open_array(store, path="air_temperature", mode="r")[start : start + CHUNK].tobytes()
 
 
+def _use_cache(folder: str) -> None:
+    os.environ["VCINR_CACHE_DIR"] = folder
+
+
 @pytest.fixture(scope="module")
-def spawned_pool():
+def spawned_pool(tmp_path_factory):
     """Two spawned worker processes, shared by this module's tests (each start costs
-    seconds: torch and the codec are imported anew)."""
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield pool
+    seconds: torch and the codec are imported anew), and the cache folder they use."""
+    cache = str(tmp_path_factory.mktemp("pool-cache"))
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=_use_cache,
+                             initargs=(cache,)) as pool:
+        yield pool, cache
 
 
 @pytest.mark.parametrize("kind", ["linear", "inr"])
-def test_decode_in_processes_gives_the_same_bytes(kind, tmp_path, isolated_model_lookup, one_torch_thread, spawned_pool):
+def test_decode_in_processes_gives_the_same_bytes(kind, tmp_path, isolated_model_lookup, one_torch_thread,
+                                                  spawned_pool, monkeypatch):
     import dask
     import xarray as xr
 
     from vcinr_sci.io.accessor import open_zarr
+
+    spawned_pool, cache = spawned_pool
+    monkeypatch.setenv("VCINR_CACHE_DIR", cache)  # the machine's cache, shared with the workers
 
     model, quality = (linear_artifact(), "q1") if kind == "linear" else (tiny_artifact(), QUALITY)
     ds = fields(24)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from _vcinr_tiny import QUALITY, fields, tiny_artifact
+from _vcinr_tiny import QUALITY, fields, set_model_path, tiny_artifact
 
 from vcinr_sci.errors import ArtifactError
 from vcinr_sci.io.accessor import open_zarr
@@ -124,10 +124,16 @@ def _poison(store: Path) -> None:
 @pytest.mark.parametrize("opener", ["xarray", "accessor"])
 def test_poisoned_stored_copy_never_enters_the_cache(model, ds, tmp_path, monkeypatch, opener):
     """A store whose stored weights do not match its claimed hash is refused, leaves the
-    cache empty, and a good store of the same model decodes afterwards."""
+    cache empty, and a good store of the same model decodes afterwards. Plain xarray
+    finds a stored model through the codec config's path only: here the absolute path an
+    older writer recorded, followed as the user trusts store paths."""
     good, expected = _write(model, ds, tmp_path / "good.zarr")
     poisoned, _ = _write(model, ds, tmp_path / "poisoned.zarr")
     _poison(poisoned)
+    if opener == "xarray":
+        monkeypatch.setenv("VCINR_TRUST_STORE_PATHS", "1")
+        for store in (good, poisoned):
+            set_model_path(store, str(_stored_model(store).store.root / _stored_model(store).path))
     cache = tmp_path / "reader-cache"
     _fresh_lookup(cache, monkeypatch)
     open_ = xr.open_zarr if opener == "xarray" else open_zarr
@@ -140,10 +146,12 @@ def test_poisoned_stored_copy_never_enters_the_cache(model, ds, tmp_path, monkey
 
 
 def test_poisoned_remote_copy_is_skipped(model, ds, tmp_path, monkeypatch):
-    """A ``model_path`` URI (any fsspec filesystem) serving a bad copy leaves the cache
-    empty, and the error names it; a good URI then works."""
+    """A ``model_path`` URI (any fsspec filesystem; a store's, followed as the user trusts
+    store paths) serving a bad copy leaves the cache empty, and the error names it; a
+    good URI then works."""
     import fsspec
 
+    monkeypatch.setenv("VCINR_TRUST_STORE_PATHS", "1")
     from vcinr_sci.codec.numcodecs import VCINRCodec
 
     cache = tmp_path / "reader-cache"
@@ -319,6 +327,30 @@ def test_malformed_dtype_string_refused(text):
         codec.decode(crafted)
 
 
+@pytest.mark.parametrize("ndim", [65, 200, 255])
+def test_legacy_header_with_too_many_dims_refused(ndim):
+    """A CRC-valid format-1 header claiming more dims than numpy arrays have (its ndim
+    is a byte) is a ChunkFormatError, not numpy's ValueError from deep in the decoder."""
+    import numcodecs
+
+    from vcinr_sci.codec.container import decode_container
+    from vcinr_sci.errors import ChunkFormatError
+
+    golden = Path(__file__).resolve().parent / "golden"
+    case = json.loads((golden / "cases.json").read_text())["v1_uniform"]
+    codec = numcodecs.get_codec(case["config"] | {"model_path": str(golden / "models" / case["model"])})
+    b = bytearray((golden / "v1_uniform.vcinr").read_bytes())
+    old, header_len = b[46], struct.unpack_from("<H", b, 6)[0]
+    extra = struct.pack("<Q", 1) * (ndim - old)  # leading dims of 1: the same number of values
+    b = b[:81] + extra + b[81:]
+    b[46] = ndim
+    struct.pack_into("<H", b, 6, header_len + len(extra))
+    crafted = _legacy_resign(bytes(b))
+    for decode in (decode_container, codec.decode):
+        with pytest.raises(ChunkFormatError, match="numpy's limit"):
+            decode(crafted)
+
+
 def test_dtype_code_outside_the_table_refused(model, ds):
     """Format 3's dtype is a code; a CRC-valid chunk with an unknown code is refused."""
     from dataclasses import replace
@@ -368,3 +400,42 @@ def test_digests_name_a_forged_chunk(model, ds, tmp_path, capsys):
     assert verify_digests(store).ok
     assert not verify_digests(store, expected_root=first.root).ok
     assert main(["verify", str(store), "--expect", first.root]) == 1
+
+
+# --- crafted rANS strings (issue 22) ------------------------------------------------
+
+_CRAFTED_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    import numcodecs
+    import fuzz_decoder
+    from vcinr_sci.errors import VCINRError
+    chunk, config = getattr(fuzz_decoder, sys.argv[2])()
+    codec = numcodecs.get_codec(config)
+    for _ in range(3):
+        try:
+            codec.decode(chunk)
+            print("decoded")
+        except VCINRError as e:
+            print("refused", type(e).__name__)
+    """
+)
+
+
+@pytest.mark.parametrize("crafted", ["crafted_linear", "crafted_histogram"])
+def test_crafted_rans_string_is_refused_cleanly(crafted, tmp_path):
+    """The issue's two strings, decoded in a subprocess (a segfault must not take the
+    test run down): a linear-model chunk claiming 256 fields with the coefficient string
+    ``00`` + eight ``0xff``, and a bounded chunk whose rANS correction has the histogram
+    ``[1, 65535]`` and an 8-byte symbol string. Each is refused with the project's error,
+    every time (never a crash, never garbage that changes from run to run)."""
+    root = Path(__file__).resolve().parents[1]
+    env = {"PATH": "/usr/bin:/bin", "VCINR_DEVICE": "cpu", "HOME": str(tmp_path), "PYTHONPATH": str(root),
+           "VCINR_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", _CRAFTED_SCRIPT, str(root / "examples"), crafted], env=env,
+                         cwd=root, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    lines = run.stdout.split("\n")[:3]
+    assert all(line.startswith("refused") for line in lines), lines
+

@@ -111,13 +111,17 @@ def test_train_coder_end_to_end(ray_session, tmp_path):
     out = fit(cfg, str(inr_path))
     art = load_artifact(out)
     assert art.hash != inr.hash and out != inr_path
-    assert art.quality_levels == ["q0", "q1", "u2", "u8"]
-    # Labelled from lowest to highest rate measured in real bytes on the validation latents.
-    info = art.metrics["coders"]
-    assert {info["q0"]["lambda"], info["q1"]["lambda"]} == {1.0, 1000.0}
-    assert info["q0"]["val_bpv_bytes"] <= info["q1"]["val_bpv_bytes"]
+    # Every level was measured on the validation latents; a learned coder that another
+    # level beats in both bits and PSNR is dropped, the rest are q0.. from fewest bits up.
+    info, dropped = art.metrics["coders"], art.metrics["dropped_coders"]
+    learned = [q for q in art.quality_levels if q.startswith("q")]
+    assert learned == [f"q{i}" for i in range(len(learned))] and len(learned) + len(dropped) == 2
+    assert {info[q]["lambda"] for q in learned} | {d["lambda"] for d in dropped} == {1.0, 1000.0}
+    assert all(d["dominated_by"] in art.quality_levels for d in dropped)
+    assert {"u2", "u8"} <= set(art.quality_levels)  # the baselines stay, in the ladder or not
     assert all(info[q]["bit_exact"] for q in art.quality_levels)
     assert art.config.coder.lambdas == [1000.0, 1.0]
+    _assert_monotone(art)
     # Same INR as the input artifact, bit for bit.
     for k, v in inr.model.state_dict().items():
         assert torch.equal(art.model.state_dict()[k], v), k
@@ -133,9 +137,55 @@ def test_train_coder_end_to_end(ray_session, tmp_path):
     assert bench_rd(["--model", str(out), "--items", "6", "--chunk-items", "4", "--json", str(tmp_path / "rd.json")]) == 0
     result = json.loads((tmp_path / "rd.json").read_text())
     levels = {r["level"]: r for r in result["rows"]}
-    assert set(levels) == {"float32", "q0", "q1", "u2", "u2-packed", "u8", "u8-packed"}
+    assert set(levels) == {"float32", *learned, "u2", "u2-packed", "u8", "u8-packed"}
     assert all(r["bit_exact"] for k, r in levels.items() if k != "float32")
     # Packed 2-bit indices: 2 bits per latent dim, one string per 4 items (ceil to bytes).
     d, per_item = cfg.model.latent_dim, result["values"] // 6
     assert levels["u2-packed"]["bytes"] == 2 * d * 4 // 8 + 2 * d * 2 // 8
     assert levels["u2-packed"]["bpv"] == pytest.approx(8 * levels["u2-packed"]["bytes"] / (6 * per_item))
+
+
+def _assert_monotone(art) -> None:
+    """The recorded ladder: each level up spends more bits for more PSNR, and every
+    other measured level is dominated by one of it."""
+    ladder = art.metrics["ladder"]
+    points = ladder["points"]
+    assert art.ladder == ladder["levels"] and set(points) == set(art.quality_levels)
+    for lo, hi in zip(art.ladder, art.ladder[1:]):
+        assert points[lo]["bits_per_value"] < points[hi]["bits_per_value"] and points[lo]["psnr"] < points[hi]["psnr"]
+    for level, p in points.items():
+        assert (level in art.ladder) != ("dominated_by" in p)
+
+
+def test_coders_without_validation_latents_or_lambdas(ray_session, tmp_path, capsys):
+    """data.val_fraction 0: the end of the training part is held out of the coders'
+    training and tunes them; the lambdas come from the measured slope; the stored
+    ladder of the trained tiny model is monotone."""
+    from pipelines.build_latents import build
+    from pipelines.meta_train import fit as meta_fit
+    from pipelines.train_coder import fit
+
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        {
+            "data.val_fraction": 0,
+            "train.storage_path": str(tmp_path / "runs"),
+            "train.artifact_dir": str(tmp_path / "artifacts"),
+            "latents.output_dir": str(tmp_path / "latents"),
+            "coder.lambdas": [],
+            "coder.levels": 2,
+            "coder.uniform_bits": [2, 4, 8],
+        },
+    )
+    inr_path = meta_fit(cfg).artifact
+    build(cfg, str(inr_path), quiet=True)
+    art = load_artifact(fit(cfg, str(inr_path)))
+    printed = capsys.readouterr().out
+    assert "data.val_fraction is 0: holding out the last 22 of 216 training time positions" in printed
+    assert "rate-distortion slope on 22 tuning items" in printed
+    assert art.metrics["tuning"] == {"part": "held out of train", "dim": "time", "positions": list(range(194, 216))}
+    assert "22 tuning items" in art.metrics["ladder"]["measured_on"]
+    lambdas = [c["lambda"] for c in art.metrics["coders"].values() if "lambda" in c]
+    lambdas += [d["lambda"] for d in art.metrics["dropped_coders"]]
+    assert len(lambdas) >= 1 and art.config.coder.lambdas == []
+    _assert_monotone(art)

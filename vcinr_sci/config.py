@@ -58,6 +58,11 @@ class DataConfig:
     # models anomalies only, so fields warmer or colder than any training field (a
     # warming scenario's later years) do not ask it to extrapolate.
     subtract_item_mean: bool = False
+    # Subtract the training fields' mean field (per grid point, after normalisation)
+    # before the model sees a field, and add it back after: the model codes anomalies
+    # from the climatology, so a zero latent already gives the mean field's accuracy.
+    # The mean field is part of the model artifact (grid points x 4 bytes).
+    subtract_mean_field: bool = False
     # Bilinearly regrid spherical (lat, lon) fields onto an equiangular global grid of
     # [n_lat, n_lon] with both poles, e.g. the papers' ERA5 grids [46, 90] or [181, 360]
     # (vcinr_sci.data.regrid); None = use the data's own grid.
@@ -148,7 +153,9 @@ class CoderConfig:
     blocks: int = 2  # residual blocks of g_a and g_s
     # Rate-distortion trade-offs, in bits per value per unit MSE on the normalised data
     # (see coding.rd_loss); one coder each, labelled q0.. from lowest rate to highest.
-    lambdas: list[float] = field(default_factory=lambda: [10.0, 100.0, 1000.0])
+    # Empty: ``levels`` lambdas chosen from the data's measured rate-distortion slope.
+    lambdas: list[float] = field(default_factory=list)
+    levels: int = 3  # learned levels when lambdas is empty
     steps: int = 2000
     lr: float = 1e-3  # Adam on g_a, g_s and the entropy model; cosine decay to lr * lr_final
     lr_final: float = 0.01

@@ -39,6 +39,11 @@ class ArtifactError(VCINRError, RuntimeError):
     """A model artifact is missing, corrupt, or not the one asked for."""
 
 
+class StoreError(VCINRError, ValueError):
+    """A store a reader refuses to read as it stands (e.g. one holding a symlink that
+    leads out of it)."""
+
+
 class LatentsError(VCINRError, RuntimeError):
     """Latent shards are missing, incomplete or from another model."""
 

@@ -89,7 +89,9 @@ def test_fresh_process_finds_codec_and_model(artifact_path, data, tmp_path):
     """A store written here with zarr 2 is read in new processes that import nothing of
     vcinr_sci, with zarr 2 and with .venv's zarr 3: the entry point finds the codec by
     id, the model comes from its folder, or, for the second array (another model), only
-    from the copy stored inside the store by zarr 2 (each process's cache starts empty)."""
+    from the copy stored inside the store by zarr 2 (each process's cache starts empty).
+    Both are paths the store's codec configs name: followed as the user trusts this store
+    (``VCINR_TRUST_STORE_PATHS=1``)."""
     stored = load_artifact(other_artifact())
     root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
     embed_model(root, stored)
@@ -112,7 +114,8 @@ def test_fresh_process_finds_codec_and_model(artifact_path, data, tmp_path):
             """
         )
         cache = tmp_path / f"cache-{major}"
-        env = {"PYTHONPATH": os.pathsep.join(path), "VCINR_CACHE_DIR": str(cache), "PATH": "/usr/bin:/bin", "VCINR_DEVICE": "cpu"}
+        env = {"PYTHONPATH": os.pathsep.join(path), "VCINR_CACHE_DIR": str(cache), "PATH": "/usr/bin:/bin", "VCINR_DEVICE": "cpu",
+               "VCINR_TRUST_STORE_PATHS": "1"}
         subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=tmp_path, timeout=120)
         for name in expected:
             np.testing.assert_allclose(np.load(tmp_path / f"{name}-{major}.npy"), expected[name], rtol=0, atol=1e-4)

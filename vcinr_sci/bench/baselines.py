@@ -42,7 +42,7 @@ from numcodecs.compat import ensure_bytes, ensure_ndarray_like
 from safetensors.numpy import save as st_save
 from scipy.stats import norm
 
-from vcinr_sci.coding.rans import encode_with_indexes
+from vcinr_sci.coding.rans import RansTables, decode_with_indexes, encode_with_indexes
 from vcinr_sci.coding.varint import encode_uvarint, read_uvarint
 from vcinr_sci.config import DataConfig
 from vcinr_sci.data.sources import FieldSource, open_variable
@@ -217,7 +217,8 @@ class TrainingBasisCodec(Codec):
         base = np.broadcast_to(self.basis.mean.astype(np.float64), shape)
         if self.k:
             string, pos = _read_section(data, pos)
-            symbols = self._rans().RansDecoder().decode_with_indexes(string, *self._tables(np.tile(self._table_index, n)))
+            _, cdfs, lengths, offsets = self._tables(self._table_index)
+            symbols = decode_with_indexes(string, np.tile(self._table_index, n), RansTables.build(cdfs, lengths, offsets))
             base = self._reconstruct(np.asarray(symbols, np.int64).reshape(n, self.k))
         values = np.array(base)
         if self.residual is not None:
@@ -256,12 +257,6 @@ class TrainingBasisCodec(Codec):
         under its table (through the library's overrun-safe encoder)."""
         indexes = np.tile(self._table_index, symbols.size // self.k)
         return encode_with_indexes(symbols, indexes, *self._tables(indexes)[1:])
-
-    @staticmethod
-    def _rans():
-        from vcinr_sci.coding._compressai import ans
-
-        return ans
 
 
 # ---------------------------------------------------------------------------- framing

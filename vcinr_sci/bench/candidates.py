@@ -4,9 +4,10 @@ codecs that promise a point-wise bound."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numcodecs
 import numpy as np
@@ -19,7 +20,8 @@ from vcinr_sci.codec.numcodecs import VCINRCodec
 from vcinr_sci.errors import UsageError
 from vcinr_sci.model.registry import default_inner_steps, resolve_model
 
-# Error tolerances, as fractions of the data range, swept for the error-bounded codecs.
+# Error tolerances, as fractions of the data range, swept for the error-bounded codecs
+# (and past 1e-4 by the same factor, sqrt 10, where a sweep stops short: sweep.py).
 TOLERANCES = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
 QUICK_TOLERANCES = (1e-2, 1e-3)
 EOF_KS = (2, 4, 8, 16, 32, 64)
@@ -27,10 +29,12 @@ EOF_STEPS = (1.0, 0.5, 0.25)  # coefficient quantisation step, in training devia
 # EOF abs-step: k capped at the EOFs the training fields give; one step for all the
 # coefficients, in units of the training anomalies' total deviation, 1 down to 1/128 by
 # factors of sqrt(2) (on CCSM TREFHT, from about the mean field's PSNR to where 256 EOFs
-# stop gaining)
+# stop gaining), and finer at the largest k where a sweep stops short (sweep.py)
 EOF_ABS_KS = (8, 16, 32, 64, 128, 256)
 EOF_ABS_STEPS = tuple(2 ** (-i / 2) for i in range(15))
-MAX_EOFS = max(EOF_KS + EOF_ABS_KS)  # EOFs fitted for the baselines
+# EOFs fitted for the baselines (at most the training fields less one): the grids above
+# stop at 256; a line that stops short of the highest target goes on to more (sweep.py)
+MAX_EOFS = 1024
 RESIDUAL_K = 8  # EOFs in front of SPERR / SZ3 in "EOF-k + SPERR"
 
 
@@ -44,6 +48,55 @@ class Candidate:
     chunk_fields: int = 1  # fields per encode call
     kind: str = "classical"  # classical | baseline | vcinr
     extra: dict[str, Any] = field(default_factory=dict)
+    # The end of a knob's line: the next, finer point past it (built only when the sweep
+    # stops short of the highest target PSNR), or the reason there is none.
+    finer: Callable[[], "Candidate | str"] | None = None
+    ceiling: str = ""  # what bounds the line's PSNR when finer points stop gaining
+
+
+def _line(make: Callable[[Any], Candidate], knobs: Sequence[Any],
+          next_knob: Callable[[Any], Any], ceiling: str = "") -> list[Candidate]:
+    """The candidates ``make(k)`` for ``knobs``, the last able to go on: ``next_knob(k)``
+    is the knob after ``k``, or a string saying why there is none."""
+    out = [make(k) for k in knobs]
+    if out:
+        _go_on(out[-1], make, knobs[-1], next_knob, ceiling)
+    return out
+
+
+def _go_on(c: Candidate, make: Callable[[Any], Candidate], knob: Any, next_knob: Callable[[Any], Any],
+           ceiling: str) -> None:
+    def finer() -> Candidate | str:
+        nxt = next_knob(knob)
+        if isinstance(nxt, str):
+            return nxt
+        try:
+            cand = make(nxt)
+        except ValueError as e:  # the codec refuses the knob (e.g. a step finer than its tables)
+            return str(e)
+        _go_on(cand, make, nxt, next_knob, ceiling)
+        return cand
+
+    c.finer, c.ceiling = finer, ceiling
+
+
+def _finer_tolerance(x: np.ndarray, span: float) -> Callable[[float], float | str]:
+    """The next tolerance (fraction of ``span``) down by sqrt 10, as the list goes, until
+    it would fall below the float32 resolution of the data."""
+    resolution = float(np.spacing(np.float32(np.nanmax(np.abs(x)))))
+
+    def step(t: float) -> float | str:
+        nxt = t / math.sqrt(10)
+        if nxt * span < resolution:
+            return f"its tolerance reached the float32 resolution of the data ({resolution:.3g})"
+        return nxt
+
+    return step
+
+
+def _up_to(increment: float, top: float, why: str) -> Callable[[float], float | str]:
+    """The next knob ``increment`` up, until ``top`` (then ``why``)."""
+    return lambda v: v + increment if v + increment <= top else why
 
 
 def classical_candidates(fields: Fields, quick: bool = False) -> list[Candidate]:
@@ -55,24 +108,32 @@ def classical_candidates(fields: Fields, quick: bool = False) -> list[Candidate]
     span = hi - lo if hi > lo else 1.0
     shape, dtype = x.shape[1:], x.dtype
     tols = QUICK_TOLERANCES if quick else TOLERANCES
+    finer_tol = _finer_tolerance(x, span)
+
+    def masked(family: str, knob: str, pipeline: list[Codec]) -> Candidate:
+        return _masked_if_nan([Candidate(family, knob, pipeline)], x)[0]
+
     out: list[Candidate] = []
-    for t in tols:
-        out.append(Candidate("SZ3 (abs)", f"abs={t:g} x range", [Sz3(shape=shape, dtype=dtype, mode="abs", abs=t * span)]))
-    for t in tols:
-        out.append(Candidate("SPERR (pwe)", f"pwe={t:g} x range", [Sperr(level=t * span, mode="pwe", shape=shape, dtype=dtype)]))
-    for t in tols:
-        out.append(Candidate("ZFP (accuracy)", f"tol={t:g} x range", [numcodecs.ZFPY(mode=4, tolerance=t * span)]))
-    for r in ((2, 8) if quick else (1, 2, 4, 6, 8, 12, 16)):
-        out.append(Candidate("ZFP (rate)", f"rate={r}", [numcodecs.ZFPY(mode=2, rate=r)]))
+    out += _line(lambda t: masked("SZ3 (abs)", f"abs={t:g} x range",
+                                  [Sz3(shape=shape, dtype=dtype, mode="abs", abs=t * span)]), tols, finer_tol)
+    out += _line(lambda t: masked("SPERR (pwe)", f"pwe={t:g} x range",
+                                  [Sperr(level=t * span, mode="pwe", shape=shape, dtype=dtype)]), tols, finer_tol)
+    out += _line(lambda t: masked("ZFP (accuracy)", f"tol={t:g} x range",
+                                  [numcodecs.ZFPY(mode=4, tolerance=t * span)]), tols, finer_tol)
+    out += _line(lambda r: masked("ZFP (rate)", f"rate={r}", [numcodecs.ZFPY(mode=2, rate=r)]),
+                 (2, 8) if quick else (1, 2, 4, 6, 8, 12, 16), _up_to(4, 32, "rate 32 is float32's own size"))
     # JPEG 2000 codes integers: a 16-bit linear map of the data range first. Its level
     # is (about) the target PSNR in dB of the 16-bit image.
     to_u16 = numcodecs.FixedScaleOffset(offset=lo, scale=65535.0 / span, dtype="<f4", astype="<u2")
-    for level in ((40, 60) if quick else (30, 35, 40, 45, 50, 55, 60, 70)):
-        out.append(Candidate("JPEG 2000 (16-bit)", f"level={level}", [to_u16, Jpeg2k(level=level)]))
-    for keep in ((4, 8) if quick else (2, 3, 4, 5, 6, 7, 8, 10, 12, 14)):
-        out.append(Candidate("BitRound + Zstd", f"keepbits={keep}", [numcodecs.BitRound(keepbits=keep), numcodecs.Zstd(level=9)]))
-    out.append(Candidate("Zstd (lossless)", "level=9", [numcodecs.Zstd(level=9)]))
-    return _masked_if_nan(out, x)
+    out += _line(lambda level: masked("JPEG 2000 (16-bit)", f"level={level}", [to_u16, Jpeg2k(level=level)]),
+                 (40, 60) if quick else (30, 35, 40, 45, 50, 55, 60, 70),
+                 _up_to(10, 100, "the 16-bit map of the data range bounds its PSNR"))
+    out += _line(lambda keep: masked("BitRound + Zstd", f"keepbits={keep}",
+                                     [numcodecs.BitRound(keepbits=keep), numcodecs.Zstd(level=9)]),
+                 (4, 8) if quick else (2, 3, 4, 5, 6, 7, 8, 10, 12, 14),
+                 _up_to(2, 23, "keepbits 23 keeps all of float32's mantissa"))
+    out.append(masked("Zstd (lossless)", "level=9", [numcodecs.Zstd(level=9)]))
+    return out
 
 
 def _masked_if_nan(candidates: list[Candidate], x: np.ndarray) -> list[Candidate]:
@@ -106,20 +167,44 @@ def baseline_candidates(basis: TrainingBasis, fields: Fields, chunk_fields: int,
     abs_steps = (0.25, 0.0625) if quick else EOF_ABS_STEPS
     k_res = min(RESIDUAL_K, basis.max_k)
 
+    finer_tol = _finer_tolerance(x, span)
+    exhausted = (f"EOFs exhausted: k = {basis.max_k}, every EOF the training fields give"
+                 if basis.max_k < MAX_EOFS else f"k = {MAX_EOFS}, the most EOFs the bench fits")
+
     def cand(family: str, knob: str, codec: TrainingBasisCodec) -> Candidate:
         return Candidate(family, knob, [codec], chunk_fields, "baseline", {"model_bytes": len(codec.model_bytes())})
 
-    out = [cand("mean field (training)", "k=0", TrainingBasisCodec(basis))]
-    out += [cand("EOF-k (training)", f"k={k} step={s:g}", TrainingBasisCodec(basis, k, s))
-            for k in ks for s in ((0.5,) if quick else EOF_STEPS)]
-    out += [cand("EOF abs-step (training)", f"k={k} step={s:.3g} x dev",
-                 TrainingBasisCodec(basis, k, s * basis.deviation, absolute=True))
-            for k in abs_ks for s in abs_steps]
+    mean = cand("mean field (training)", "k=0", TrainingBasisCodec(basis))
+    mean.finer = lambda: "no knob: the training mean field alone"
+    out = [mean]
+
+    def eof_k(ks: tuple[int, float]) -> Candidate:
+        k, s = ks
+        return cand("EOF-k (training)", f"k={k} step={s:g}", TrainingBasisCodec(basis, k, s))
+
+    steps = (0.5,) if quick else EOF_STEPS
+    grid = [(k, s) for k in ks for s in steps]
+    # past the grid: twice the EOFs (up to all of them) and half the step, together
+    out += _line(eof_k, grid, lambda ks: (min(2 * ks[0], basis.max_k), ks[1] / 2), ceiling=exhausted)
+
+    def eof_abs(ks: tuple[int, float]) -> Candidate:
+        k, s = ks
+        return cand("EOF abs-step (training)", f"k={k} step={s:.3g} x dev",
+                    TrainingBasisCodec(basis, k, s * basis.deviation, absolute=True))
+
+    # past the grid: from the largest k, twice the EOFs (up to all of them) and the step
+    # down by sqrt 2, together
+    out += _line(eof_abs, [(k, s) for k in abs_ks for s in abs_steps],
+                 lambda ks: (min(2 * ks[0], basis.max_k), ks[1] / math.sqrt(2)), ceiling=exhausted)
     for name in ("SPERR", "SZ3"):
-        out += [cand(f"mean field + {name}", f"{'pwe' if name == 'SPERR' else 'abs'}={t:g} x range",
-                     TrainingBasisCodec(basis, residual=_residual_codec(name, t * span, shape))) for t in tols]
-    out += [cand(f"EOF-{k_res} + SPERR", f"pwe={t:g} x range",
-                 TrainingBasisCodec(basis, k_res, 0.5, _residual_codec("SPERR", t * span, shape))) for t in tols]
+        def mean_res(t: float, name: str = name) -> Candidate:
+            return cand(f"mean field + {name}", f"{'pwe' if name == 'SPERR' else 'abs'}={t:g} x range",
+                        TrainingBasisCodec(basis, residual=_residual_codec(name, t * span, shape)))
+
+        out += _line(mean_res, tols, finer_tol)
+    out += _line(lambda t: cand(f"EOF-{k_res} + SPERR", f"pwe={t:g} x range",
+                                TrainingBasisCodec(basis, k_res, 0.5, _residual_codec("SPERR", t * span, shape))),
+                 tols, finer_tol)
     return out
 
 

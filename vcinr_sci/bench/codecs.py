@@ -18,7 +18,8 @@ objects a Zarr array would hold, filters first), on the same held-out fields:
   on the training part of the model's own split): the training mean field alone, with
   SPERR / SZ3 on the anomaly, EOF-k with entropy-coded coefficients (k and step swept;
   each coefficient's step relative to its own deviation), EOF abs-step (one absolute step
-  for all coefficients, k up to 256; k and step swept), and EOF-8 with SPERR on the
+  for all coefficients, k up to 256; k and step swept, the step finer at the largest k
+  until the highest target PSNR is passed), and EOF-8 with SPERR on the
   residual; their model file (mean, EOFs, deviations) is counted as vcinr's is.
 
 Classical codecs compress one 2-D field at a time (as the papers' tables do); vcinr
@@ -31,10 +32,13 @@ the data range of the fields evaluated, RMSE, latitude-weighted (cos lat) RMSE a
 abs error in the data's units, encode and decode throughput in MB/s of float32 on this
 machine (CPU, or the GPU the vcinr codec runs on when one is present).
 
-Summary: the bits each codec needs for 40, 45 and 50 dB (log-linear interpolation
-between the two sweep points around the target; "-" where the sweep never reaches it),
-and the ratio of the best other codec's bits (classical or baseline) to vcinr's, for
-vcinr's whole chunks and its latent bytes alone. "Model per 1e9 values" spreads the model
+Every sweep of a classical codec or a baseline goes on past its listed knob values until
+it passes the highest target PSNR, or says why it cannot (:mod:`vcinr_sci.bench.sweep`).
+
+Summary: the bits each codec needs for 40, 45 and 50 dB (log-linear interpolation along
+the lower convex front of its sweep's points, log-bits against PSNR; "-" where the sweep
+never reaches it), and vcinr's bits over the best other codec's (classical or baseline;
+below 1: vcinr wins), for vcinr's whole chunks and its latent bytes alone. "Model per 1e9 values" spreads the model
 file (vcinr's or a baseline's) over a billion values, an archive's size.
 
 Distance to the physical limit (vcinr): FLOPs per decoded and per encoded value, counted
@@ -70,6 +74,7 @@ import torch
 from vcinr_sci.bench.baselines import TrainingBasis, training_fields
 from vcinr_sci.bench.candidates import (
     MAX_EOFS,
+    Candidate,
     baseline_candidates,
     bounded_baseline_candidates,
     bounded_candidates,
@@ -77,15 +82,16 @@ from vcinr_sci.bench.candidates import (
     corrected_candidates,
     vcinr_candidates,
 )
-from vcinr_sci.bench.fields import load_fields
+from vcinr_sci.bench.fields import index_ranges, load_fields
 from vcinr_sci.bench.measure import measure, vcinr_costs
 from vcinr_sci.bench.output import write_json
 from vcinr_sci.bench.report import markdown, plot
-from vcinr_sci.bench.summary import bounded_summary, summarise
+from vcinr_sci.bench.summary import TARGETS_DB, bounded_summary, summarise
+from vcinr_sci.bench.sweep import extend_sweeps
 from vcinr_sci.data.grids import SphericalGrid
 from vcinr_sci.errors import UsageError
 from vcinr_sci.model.artifact import MANIFEST, WEIGHTS, find_artifact
-from vcinr_sci.model.loaded import default_device
+from vcinr_sci.model.device import default_device
 from vcinr_sci.model.registry import resolve_model
 
 METHOD_RANGE = (202.66, 320.93)  # method.md / COIN++: ERA5 temperature (K) -> [0, 1]
@@ -117,8 +123,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if on_grid and not args.no_baselines:
         art = loaded.artifact
         basis = TrainingBasis.fit(training_fields(art.config.data, art.split), max_k=MAX_EOFS)
-        notes.append(f"baselines fitted on the model's training part ({art.split['dim']} "
-                     f"{art.split['positions']['train']}); EOFs of its anomalies: {basis.max_k}; "
+        train = art.split["positions"]["train"]
+        notes.append(f"baselines fitted on the model's training part ({len(train)} {art.split['dim']} positions: "
+                     f"{index_ranges(train)}); EOFs of its anomalies: {basis.max_k}; "
                      f"their total deviation ('dev', EOF abs-step's unit): {basis.deviation:.4g}")
     if args.bounded:
         candidates = bounded_candidates(fields, model_path if on_grid else None, args.levels,
@@ -135,12 +142,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 span = float(np.nanmax(x) - np.nanmin(x)) or 1.0
                 candidates += corrected_candidates(model_path, args.levels, args.vcinr_bounds, span, args.chunk_fields)
     vcinr_model_bytes = (model_path / WEIGHTS).stat().st_size if model_path else 0
-    rows = []
-    for c in candidates:
+
+    def measured(c: Candidate) -> dict[str, Any]:
         row = measure(c, fields, psnr_range, vcinr_model_bytes)
-        rows.append(row)
         print(f"  {c.family:28s} {c.knob:22s} {row['bpv']:9.4f} bpv  {row['psnr']:6.2f} dB  "
               f"max err {row['max_abs_error']:.3g}", file=sys.stderr, flush=True)
+        return row
+
+    rows = [measured(c) for c in candidates]
+    if not args.bounded:
+        rows += extend_sweeps(candidates, rows, measured, max(TARGETS_DB))
     out: dict[str, Any] = {
         "benchmark": "codecs",
         "fields": fields.source,

@@ -25,7 +25,7 @@ import torch
 from vcinr_sci.bench.output import write_json
 from vcinr_sci.data.items import load_dataset
 from vcinr_sci.model.artifact import load_artifact
-from vcinr_sci.model.loaded import full_float32
+from vcinr_sci.model.device import full_float32
 
 
 def _decode(model, coords: torch.Tensor, phi: torch.Tensor, device: str) -> np.ndarray:

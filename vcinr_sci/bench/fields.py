@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -34,6 +35,26 @@ class Fields:
         return SphericalGrid(self.lat, self.lon).area_weights()
 
 
+MAX_RUNS = 8  # runs of consecutive indices index_ranges writes out in full
+
+
+def index_ranges(indices: Sequence[int]) -> str:
+    """Integer indices as runs of consecutive ones, ``"3650-7299"`` or ``"0-9, 20, 30-39"``,
+    in order: a 10-year daily split is one short line, not 15 KB. Beyond ``MAX_RUNS``
+    runs, the first and last few around how many runs are left out."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    text = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs] or ["none"]
+    if len(text) > MAX_RUNS:
+        head, tail = MAX_RUNS // 2, MAX_RUNS // 4
+        text = [*text[:head], f"... {len(text) - head - tail} more runs ...", *text[-tail:]]
+    return ", ".join(text)
+
+
 def load_fields(args: argparse.Namespace, model_grid: SphericalGrid | None, model_cfg) -> Fields:
     """The fields to compress: ``--data`` or the model's held-out part, regridded if asked;
     ``--fields`` of them evenly spaced, or with ``--consecutive`` the last ones in a row."""
@@ -49,7 +70,9 @@ def load_fields(args: argparse.Namespace, model_grid: SphericalGrid | None, mode
         data = load_dataset(model_cfg.data)
         part = args.part
         source, indices = data.source, getattr(data.split, part)
-        name = f"{model_cfg.name} {model_cfg.data.variable}, {part} part ({data.split.dim} {data.split.positions[part]})"
+        positions = data.split.positions[part]
+        name = (f"{model_cfg.name} {model_cfg.data.variable}, {part} part ({len(positions)} {data.split.dim} "
+                f"positions: {index_ranges(positions)})")
     else:
         raise UsageError("vcinr bench codecs: give --model or --data")
     da = source.da

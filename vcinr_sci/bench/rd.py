@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vcinr_sci.bench.fields import index_ranges
 from vcinr_sci.bench.output import pyplot, save_figure, write_json
 from vcinr_sci.coding.coder import LatentCoder, coder_state
 from vcinr_sci.coding.quantiser import UniformQuantiser
@@ -224,8 +225,7 @@ def run(args) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     r = result
-    held = r["held_out"]
-    held = f"{held[0]}..{held[-1]}" if len(held) > 6 and held == list(range(held[0], held[-1] + 1)) else held
+    held = index_ranges(r["held_out"])
     lines = [
         f"model {r['model'][:16]}, {r['dataset']}/{r['variable']}: {r['items']} held-out items ({r['part']}: "
         f"{r['split_dim']} {held}), grid {' x '.join(map(str, r['grid']))}, dim(phi) {r['latent_dim']}, "

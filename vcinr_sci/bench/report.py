@@ -36,24 +36,31 @@ def markdown(out: dict[str, Any]) -> str:
     if out["mode"] == "bounded":
         return _bounded_markdown(out, lines)
     targets = list(out["summary"][0]["bpv"]) if out["summary"] else []
-    lines += ["", "Bits per value needed for a PSNR (interpolated in the sweep; - = not reached; "
-              "<= = the sweep's coarsest point already exceeds it):", "",
-              "| codec | " + " | ".join(f"{t} dB" for t in targets) + " |", "|---|" + "---|" * len(targets)]
+    lines += ["", "Bits per value needed for a PSNR (interpolated in log-bits along the lower convex front of "
+              "the sweep's points; - = not reached; <= = the sweep's coarsest point already exceeds it). Every "
+              "sweep but vcinr's goes on until it passes the highest target; where it cannot, 'sweep's top' "
+              "says why:", "",
+              "| codec | " + " | ".join(f"{t} dB" for t in targets) + " | sweep's top |",
+              "|---|" + "---|" * (len(targets) + 1)]
     for e in out["summary"]:
         for col, label in (("bpv", ""), ("bpv_latents", ", latent bytes only"), ("bpv_with_model", " + model bits"),
                            ("bpv_model_1e9", " + model per 1e9 values")):
             if col in e:
+                top = (e["sweep_limit"] or f"{e['top_psnr']:.2f} dB") if col == "bpv" else ""
                 lines.append(f"| {e['family']}{label} | " + " | ".join(
-                    ("<= " if e[f"{col}_upper_bound"][t] else "") + _fmt(e[col][t], ".4g") for t in targets) + " |")
+                    ("<= " if e[f"{col}_upper_bound"][t] else "") + _fmt(e[col][t], ".4g") for t in targets)
+                    + f" | {top} |")
     lines += ["", "vcinr against the best of all the others (classical codecs and the baselines fitted on "
               "vcinr's training data), bits per value:", "",
-              "| vcinr | target | vcinr chunks | vcinr latents only | best other | its bpv | other / chunks | other / latents |",
+              "vcinr / other = vcinr's bits over the best other's (below 1: vcinr wins).", "",
+              "| vcinr | target | vcinr chunks | vcinr latents only | best other | its bpv | vcinr / other "
+              "| vcinr latents / other |",
               "|---|---|---|---|---|---|---|---|"]
     for e in out["summary"]:
         for t in e.get("best_other", {}):
             lines.append(f"| {e['family']} | {t} dB | {_fmt(e['bpv'][t], '.4g')} | {_fmt(e['bpv_latents'][t], '.4g')} | "
                          f"{e['best_other'][t] or '-'} | {_fmt(e['best_other_bpv'][t], '.4g')} | "
-                         f"{_fmt(e['best_other_over_vcinr'][t])} | {_fmt(e['best_other_over_vcinr_latents'][t])} |")
+                         f"{_fmt(e['vcinr_over_best_other'][t])} | {_fmt(e['vcinr_latents_over_best_other'][t])} |")
     for e in out["summary"]:
         if "at_best_psnr" in e:
             a = e["at_best_psnr"]
@@ -61,12 +68,12 @@ def markdown(out: dict[str, Any]) -> str:
                          f"({a['bpv_latents']:.4g} latent bytes only); the best other there: "
                          f"{a['best_other'] or '-'} at {_fmt(a['best_other_bpv'], '.4g')} bpv.")
     for e in out["summary"]:
-        if "best_classical_over_vcinr" in e:
+        if "vcinr_over_best_classical" in e:
             lines.append(
-                f"\nBest classical / {e['family']}: "
-                + ", ".join(f"{t} dB: {_fmt(e['best_classical_over_vcinr'][t])}x" for t in targets)
+                f"\n{e['family']}'s bits / the best classical codec's (below 1: vcinr wins): "
+                + ", ".join(f"{t} dB: {_fmt(e['vcinr_over_best_classical'][t])}x" for t in targets)
                 + "; with the model's bits: "
-                + ", ".join(f"{t} dB: {_fmt(e['best_classical_over_vcinr_with_model'][t])}x" for t in targets)
+                + ", ".join(f"{t} dB: {_fmt(e['vcinr_over_best_classical_with_model'][t])}x" for t in targets)
             )
     cost = out.get("vcinr_cost")
     if cost:
@@ -95,6 +102,8 @@ def _bounded_markdown(out: dict[str, Any], lines: list[str]) -> str:
             f"{r['encode_mb_s']:.3g} | {r['decode_mb_s']:.3g} |"
         )
     lines += ["", "Among the codecs that kept the bound at every point:", "",
+              "vcinr / classical, vcinr / best other: vcinr's compression ratio over theirs (above 1: vcinr wins, "
+              "its bits over theirs being below 1).", "",
               "| bound (x range) | best classical (ratio) | best baseline (ratio) | best vcinr (ratio; with model bytes) "
               "| vcinr / classical | vcinr / best other | broke the bound |",
               "|---|---|---|---|---|---|---|"]
@@ -103,7 +112,7 @@ def _bounded_markdown(out: dict[str, Any], lines: list[str]) -> str:
             if e["best_vcinr"] else "-"
         base = f"{e['best_baseline']} ({_fmt(e['best_baseline_ratio'])})" if e["best_baseline"] else "-"
         lines.append(f"| {e['bound_rel']:g} | {e['best_classical']} ({_fmt(e['best_classical_ratio'])}) | {base} | {vc} | "
-                     f"{_fmt(e.get('vcinr_over_best_classical'))} | {_fmt(e.get('vcinr_over_best_other'))} | "
+                     f"{_fmt(e.get('vcinr_ratio_over_best_classical'))} | {_fmt(e.get('vcinr_ratio_over_best_other'))} | "
                      f"{', '.join(e['broke_the_bound']) or '-'} |")
     if out["model"]:
         lines.append(f"\nModel {out['model'][:16]}: {out['model_bytes']:,} bytes (INR and coders), counted in 'with model bytes'.")

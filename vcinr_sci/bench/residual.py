@@ -200,15 +200,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         lat = decode_latents(encoded)
         inr = lat.inr_normalised()[kept]
         xhat = norm.denormalise(inr.astype(np.float64))
-        scale = bound.inr_scale(inr - lat.offsets_on_grid()[kept], norm.lo, norm.hi, lat.offsets)
+        device = lat.model.reconstruction_margin(lat.phi, inr - lat.offsets_on_grid()[kept], lat.offsets)
         for rel in args.bounds:
             spec = bound.ErrorBound(max_rel_error=rel)
             b = spec.absolute(x)
-            m = bound.margin(b, scale, float(np.abs(x).max()), x.dtype)
+            m = bound.margin(b, device, float(np.abs(x).max()), x.dtype)
             results = {}
             for name, methods in (("rans", ("rans",)), ("sperr", ("sperr",)), ("pick", None)):
                 # _timed calls each lambda at once, so the loop variables are the current ones
-                section, t_enc = _timed(lambda: bound.encode_residual(chunk, kept, xhat, spec, scale, methods))  # noqa: B023
+                section, t_enc = _timed(lambda: bound.encode_residual(chunk, kept, xhat, spec, device, methods))  # noqa: B023
                 out, t_dec = _timed(lambda: bound.apply_residual(section, kept, xhat, x.dtype))  # noqa: B023
                 results[name] = (out, len(section), t_enc, t_dec)
             picked[rel][_METHOD_NAMES[residual_format.parse_section(section)[1]]] += 1

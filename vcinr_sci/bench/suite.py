@@ -6,7 +6,7 @@ training split) and writes, per dataset NAME, ``NAME.json`` (``vcinr bench codec
 dataset, the bits per value every method needs for 40 / 45 / 50 dB (whole chunks; vcinr's
 latent bytes alone; with the model file spread over 1e9 values) and the compression
 ratio each keeps at bounds of 1e-4 / 1e-3 / 1e-2 of the data range, and per target the
-best method of all.
+best method of all. Either file of a dataset may be absent: its columns are left out.
 
     vcinr bench suite out/suite/bench --json out/suite/suite.json > out/suite/suite.md
 """
@@ -26,17 +26,20 @@ BOUNDED_SUFFIX = "-bounded"
 
 
 def collect(folder: Path) -> list[dict[str, Any]]:
-    """Per dataset (a ``NAME.json`` in ``folder``): its RD summary and, when present,
-    the bounded summary of ``NAME-bounded.json``."""
-    out = []
+    """Per dataset NAME: its RD result ``NAME.json`` and its bounded result
+    ``NAME-bounded.json``, each None when absent (at least one is present). JSON files
+    that are not ``vcinr bench codecs`` results (e.g. this command's own ``--json``) are
+    left out, with a line on stderr."""
+    found: dict[str, dict[str, Any]] = {}
     for path in sorted(folder.glob("*.json")):
-        if path.stem.endswith(BOUNDED_SUFFIX):
+        result = json.loads(path.read_text())
+        if not isinstance(result, dict) or result.get("benchmark") != "codecs":
+            print(f"vcinr bench suite: {path.name} is not a vcinr bench codecs result; left out", file=sys.stderr)
             continue
-        rd = json.loads(path.read_text())
-        bounded_path = path.with_name(path.stem + BOUNDED_SUFFIX + ".json")
-        bounded = json.loads(bounded_path.read_text()) if bounded_path.is_file() else None
-        out.append({"name": path.stem, "rd": rd, "bounded": bounded})
-    return out
+        bounded = path.stem.endswith(BOUNDED_SUFFIX)
+        name = path.stem.removesuffix(BOUNDED_SUFFIX) if bounded else path.stem
+        found.setdefault(name, {"name": name, "rd": None, "bounded": None})["bounded" if bounded else "rd"] = result
+    return list(found.values())
 
 
 def _best_ratios(bounded: dict[str, Any] | None) -> dict[str, dict[str, float]]:
@@ -50,12 +53,14 @@ def _best_ratios(bounded: dict[str, Any] | None) -> dict[str, dict[str, float]]:
 
 
 def dataset_table(entry: dict[str, Any]) -> dict[str, Any]:
-    """One dataset's rows: per method, bits at each target and ratio at each bound."""
-    rd = entry["rd"]
-    ratios = _best_ratios(entry["bounded"])
-    bounds = sorted({b for fam in ratios.values() for b in fam}, key=float)
+    """One dataset's rows: per method, bits at each target (when its RD result is
+    present) and ratio at each bound (when its bounded result is)."""
+    rd, bounded = entry["rd"], entry["bounded"]
+    ratios = _best_ratios(bounded)
+    bounds = sorted({f"{r['bound_rel']:g}" for r in bounded["rows"]}, key=float) if bounded else []
+    summary = rd["summary"] if rd else []
     rows = []
-    for e in rd["summary"]:
+    for e in summary:
         rows.append({
             "family": e["family"],
             "kind": e["kind"],
@@ -65,28 +70,32 @@ def dataset_table(entry: dict[str, Any]) -> dict[str, Any]:
             "bounded_ratio": {b: ratios.get(e["family"], {}).get(b) for b in bounds},
         })
     seen = {r["family"] for r in rows}
-    for fam, by_bound in ratios.items():  # bounded-only families (vcinr bounded, EOF-8 + SZ3, ...)
-        if fam not in seen:
-            kind = next(r["kind"] for r in entry["bounded"]["rows"] if r["family"] == fam)
-            rows.append({"family": fam, "kind": kind, "bpv": None, "bpv_latents": None, "bpv_model_1e9": None,
-                         "bounded_ratio": {b: by_bound.get(b) for b in bounds}})
-    targets = list(rd["summary"][0]["bpv"]) if rd["summary"] else []
+    for r in bounded["rows"] if bounded else []:  # bounded-only families (vcinr bounded, EOF-8 + SZ3, ...)
+        if r["family"] not in seen:
+            seen.add(r["family"])
+            rows.append({"family": r["family"], "kind": r["kind"], "bpv": None, "bpv_latents": None,
+                         "bpv_model_1e9": None,
+                         "bounded_ratio": {b: ratios.get(r["family"], {}).get(b) for b in bounds}})
+    targets = list(summary[0]["bpv"]) if summary else []
     best = {}
     for t in targets:
         cands = [(r["bpv"][t], r["family"]) for r in rows if r["bpv"] and r["bpv"][t] is not None]
         best[t] = min(cands) if cands else None
+    meta = rd or bounded
     return {
         "name": entry["name"],
-        "fields": rd["fields"],
-        "num_fields": rd["num_fields"],
-        "grid": rd["grid"],
-        "model": rd["model"],
-        "model_bytes": rd["model_bytes"],
+        "fields": meta["fields"],
+        "num_fields": meta["num_fields"],
+        "grid": meta["grid"],
+        "model": meta["model"],
+        "model_bytes": meta["model_bytes"],
+        "results": [part for part in ("rd", "bounded") if entry[part] is not None],
         "targets": targets,
         "bounds": bounds,
         "rows": rows,
         "best": best,
-        "vcinr_summary": [e for e in rd["summary"] if e["kind"] == "vcinr"],
+        "vcinr_summary": [e for e in summary if e["kind"] == "vcinr"],
+        "sweep_limits": {e["family"]: e["sweep_limit"] for e in summary if e.get("sweep_limit")},
     }
 
 
@@ -94,17 +103,27 @@ def _fmt(v: float | None, spec: str = ".3g") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _inverse(ratio: float | None) -> str:
-    """vcinr's bits over the best other's, from the summary's other-over-vcinr ratio."""
-    return "-" if not ratio else format(1 / ratio, ".3g")
-
-
 def _versus(v: dict[str, Any], target: str) -> str:
     other = f"{v['best_other'][target]} ({_fmt(v['best_other_bpv'][target])} bpv)" if v["best_other"][target] else "none"
     if v["bpv"][target] is None:
         return f"{target} dB: vcinr does not reach it; best other {other}"
-    return (f"{target} dB: vcinr needs {_inverse(v['best_other_over_vcinr'][target])}x the bits of {other} "
-            f"({_inverse(v['best_other_over_vcinr_latents'][target])}x counting latent bytes only)")
+    return (f"{target} dB: vcinr needs {_fmt(v['vcinr_over_best_other'][target])}x the bits of {other} "
+            f"({_fmt(v['vcinr_latents_over_best_other'][target])}x counting latent bytes only)")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table: the header, its separator and each row (each as wide as the header)."""
+    return ["| " + " | ".join(r) + " |" for r in (header, ["---"] * len(header), *rows)]
+
+
+def _bits_cell(r: dict[str, Any], target: str) -> str:
+    if r["bpv"] is None:
+        return "-"
+    parts = [_fmt(r["bpv"][target], ".3g")]
+    for col in ("bpv_latents", "bpv_model_1e9"):
+        if r[col] is not None:
+            parts.append(_fmt(r[col][target], ".3g"))
+    return " / ".join(parts)
 
 
 def markdown(tables: list[dict[str, Any]]) -> str:
@@ -115,29 +134,23 @@ def markdown(tables: list[dict[str, Any]]) -> str:
     ]
     for t in tables:
         targets, bounds = t["targets"], t["bounds"]
+        absent = [f"{t['name']}{suffix}.json" for part, suffix in (("rd", ""), ("bounded", BOUNDED_SUFFIX))
+                  if part not in t["results"]]
         lines += ["", f"### {t['name']}: {t['fields']}", "",
                   f"{t['num_fields']} held-out fields of {' x '.join(map(str, t['grid']))}; vcinr model "
-                  f"{(t['model'] or '-')[:16]}, {t['model_bytes']:,} bytes.", "",
-                  "| method | kind | " + " | ".join(f"bpv @ {x} dB" for x in targets) + " | "
-                  + " | ".join(f"ratio @ {b}" for b in bounds) + " |",
-                  "|---|---|" + "---|" * (len(targets) + len(bounds))]
-        for r in t["rows"]:
-            cells = []
-            for x in targets:
-                if r["bpv"] is None:
-                    cells.append("-")
-                    continue
-                parts = [_fmt(r["bpv"][x], ".3g")]
-                if r["bpv_latents"] is not None:
-                    parts.append(_fmt(r["bpv_latents"][x], ".3g"))
-                if r["bpv_model_1e9"] is not None:
-                    parts.append(_fmt(r["bpv_model_1e9"][x], ".3g"))
-                cells.append(" / ".join(parts))
-            cells += [_fmt(r["bounded_ratio"].get(b), ".3g") for b in bounds]
-            lines.append(f"| {r['family']} | {r['kind']} | " + " | ".join(cells) + " |")
-        lines.append("")
-        lines.append("Best at each target: " + "; ".join(
-            f"{x} dB: {b[1]} ({b[0]:.3g})" if b else f"{x} dB: none" for x, b in t["best"].items()) + ".")
+                  f"{(t['model'] or '-')[:16]}, {t['model_bytes']:,} bytes."
+                  + (f" No {' or '.join(absent)} in the folder." if absent else ""), ""]
+        header = ["method", "kind", *(f"bpv @ {x} dB" for x in targets), *(f"ratio @ {b}" for b in bounds)]
+        lines += _table(header, [
+            [r["family"], r["kind"], *(_bits_cell(r, x) for x in targets),
+             *(_fmt(r["bounded_ratio"].get(b), ".3g") for b in bounds)]
+            for r in t["rows"]])
+        if targets:
+            lines += ["", "Best at each target: " + "; ".join(
+                f"{x} dB: {b[1]} ({b[0]:.3g})" if b else f"{x} dB: none" for x, b in t["best"].items()) + "."]
+        if t["sweep_limits"]:
+            lines.append("Sweeps that could not go on to the highest target: " + "; ".join(
+                f"{fam} {why}" for fam, why in t["sweep_limits"].items()) + ".")
         for v in t["vcinr_summary"]:
             lines.append(f"{v['family']} against the best other: " + "; ".join(_versus(v, x) for x in targets) + ".")
             top = v.get("at_best_psnr")

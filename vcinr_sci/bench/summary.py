@@ -11,22 +11,42 @@ TARGETS_DB = (40.0, 45.0, 50.0)
 
 
 def needed_bits(points: list[tuple[float, float]], target: float) -> tuple[float | None, bool]:
-    """Fewest bpv to reach ``target`` dB along a sweep of (bpv, psnr) points: the
-    cheapest point at or above it, interpolated log-linearly from the best point below.
-    The flag is True when no swept point lies below the target, so the figure is only an
-    upper bound (the codec's knob did not go coarse enough)."""
-    above = [(b, p) for b, p in points if p >= target]
-    if not above:
+    """Fewest bpv to reach ``target`` dB along a sweep of (bpv, psnr) points, read off
+    the sweep's lower convex front: log-bits as a function of PSNR, the lowest convex
+    piecewise-linear curve on or under every point, made non-decreasing (a point that
+    reaches more dB for fewer bits serves every target below it). Interpolating on that
+    front, in log-rate, moves the answer continuously with the points and never lets a
+    dominated point (a two-knob sweep holds many) decide it. The flag is True when the
+    target lies below the cheapest point's PSNR, so the figure is only an upper bound
+    (the codec's knob did not go coarse enough)."""
+    if not points:
         return None, False
-    b_hi, p_hi = min(above)
-    below = [(b, p) for b, p in points if p < target and b < b_hi]
-    if not below:
-        return b_hi, p_hi > target
-    if p_hi == target:
-        return b_hi, False
-    b_lo, p_lo = max(below, key=lambda bp: bp[1])
-    frac = (target - p_lo) / (p_hi - p_lo)
-    return float(math.exp(math.log(b_lo) + frac * (math.log(b_hi) - math.log(b_lo)))), False
+    if target > max(p for _, p in points):
+        return None, False
+    front = lower_front(points)
+    p0, y0 = front[0]
+    if target <= p0:
+        return float(math.exp(y0)), target < p0
+    for (pa, ya), (pb, yb) in zip(front, front[1:]):
+        if target <= pb:
+            return float(math.exp(ya + (target - pa) / (pb - pa) * (yb - ya))), False
+    raise AssertionError("unreachable: the front ends at the highest PSNR")
+
+
+def lower_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The vertices (psnr, log bpv) of the lower convex front of ``points`` ((bpv, psnr),
+    bpv > 0), from the cheapest point (the highest PSNR among equally cheap ones) to the
+    highest PSNR: each next vertex is the point beyond the last that the flattest line
+    from it reaches (the farthest on a tie). Slopes start >= 0 and only grow."""
+    pts = sorted({(p, math.log(b)) for b, p in points})
+    y_min = min(y for _, y in pts)
+    front = [max((p, y) for p, y in pts if y == y_min)]
+    while True:
+        pc, yc = front[-1]
+        beyond = [(p, y) for p, y in pts if p > pc]
+        if not beyond:
+            return front
+        front.append(min(beyond, key=lambda q: ((q[1] - yc) / (q[0] - pc), -q[0])))
 
 
 SUMMARY_COLUMNS = {
@@ -39,13 +59,16 @@ SUMMARY_COLUMNS = {
 def summarise(rows: list[dict[str, Any]], targets: Sequence[float] = TARGETS_DB) -> list[dict[str, Any]]:
     """Per codec family: bits needed at each target; for vcinr and the baselines also with
     the model's bits; for vcinr the best other codec (classical or baseline) at each
-    target and its bits over vcinr's (whole chunks, and latent bytes alone)."""
+    target and vcinr's bits over its (whole chunks, and latent bytes alone; below 1:
+    vcinr wins)."""
     families: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         families.setdefault(r["family"], []).append(r)
     out = []
     for fam, rs in families.items():
-        entry: dict[str, Any] = {"family": fam, "kind": rs[0]["kind"]}
+        entry: dict[str, Any] = {"family": fam, "kind": rs[0]["kind"], "top_psnr": max(r["psnr"] for r in rs),
+                                 # why the sweep could not go on to the highest target (sweep.py)
+                                 "sweep_limit": next((r["sweep_limit"] for r in rs if r.get("sweep_limit")), None)}
         for col in SUMMARY_COLUMNS[rs[0]["kind"]]:
             need = {str(t): needed_bits([(r[col], r["psnr"]) for r in rs if r[col] > 0], t) for t in targets}
             entry[col] = {t: v for t, (v, _) in need.items()}
@@ -61,14 +84,15 @@ def summarise(rows: list[dict[str, Any]], targets: Sequence[float] = TARGETS_DB)
     def ratio(num: float | None, den: float | None) -> float | None:
         return num / den if num and den else None
 
+    # vcinr's bits over the other's: below 1, vcinr needs fewer bits (the README's reading)
     for e in out:
         if e["kind"] == "vcinr":
-            e["best_classical_over_vcinr"] = {t: ratio(best[t], e["bpv"][t]) for t in best}
-            e["best_classical_over_vcinr_with_model"] = {t: ratio(best[t], e["bpv_with_model"][t]) for t in best}
+            e["vcinr_over_best_classical"] = {t: ratio(e["bpv"][t], best[t]) for t in best}
+            e["vcinr_over_best_classical_with_model"] = {t: ratio(e["bpv_with_model"][t], best[t]) for t in best}
             e["best_other"] = {t: best_other[t][1] for t in best}
             e["best_other_bpv"] = {t: best_other[t][0] for t in best}
-            e["best_other_over_vcinr"] = {t: ratio(best_other[t][0], e["bpv"][t]) for t in best}
-            e["best_other_over_vcinr_latents"] = {t: ratio(best_other[t][0], e["bpv_latents"][t]) for t in best}
+            e["vcinr_over_best_other"] = {t: ratio(e["bpv"][t], best_other[t][0]) for t in best}
+            e["vcinr_latents_over_best_other"] = {t: ratio(e["bpv_latents"][t], best_other[t][0]) for t in best}
             e["at_best_psnr"] = _at_best_psnr(families[e["family"]], families)
     return out
 
@@ -87,7 +111,9 @@ def _at_best_psnr(own: list[dict[str, Any]], families: dict[str, list[dict[str, 
 def bounded_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per bound: the best ratio of the classical codecs, of the baselines and of vcinr
     (latents and correction; and with the model's bytes), among the codecs that kept the
-    bound at every point (and NaN points exactly), and the codecs that broke it."""
+    bound at every point (and NaN points exactly), and the codecs that broke it; vcinr's
+    compression ratio over the best classical's and the best other's (above 1: vcinr
+    wins, as its bits over theirs are below 1)."""
     out = []
     for rel in sorted({r["bound_rel"] for r in rows}):
         rs = [r for r in rows if r["bound_rel"] == rel]
@@ -113,8 +139,8 @@ def bounded_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "broke_the_bound": [f"{r['family']} ({r['knob']})" for r in rs if r not in kept],
         }
         if best_c and best_v:
-            entry["vcinr_over_best_classical"] = best_v["ratio_vs_float32"] / best_c["ratio_vs_float32"]
+            entry["vcinr_ratio_over_best_classical"] = best_v["ratio_vs_float32"] / best_c["ratio_vs_float32"]
         if best_o and best_v:
-            entry["vcinr_over_best_other"] = best_v["ratio_vs_float32"] / best_o["ratio_vs_float32"]
+            entry["vcinr_ratio_over_best_other"] = best_v["ratio_vs_float32"] / best_o["ratio_vs_float32"]
         out.append(entry)
     return out

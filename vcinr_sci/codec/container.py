@@ -74,6 +74,9 @@ _FLAG_BITS = KNOWN_FLAGS | _FLAG_RESIDUAL
 _DTYPE_CODES = {"<f2": 1, "<f4": 2, "<f8": 3, ">f2": 4, ">f4": 5, ">f8": 6}
 _DTYPES = {code: dtype for dtype, code in _DTYPE_CODES.items()}
 MAX_NDIM = 15
+# Formats 1 and 2 store ndim in a byte; numpy arrays have at most this many dims, so a
+# header claiming more cannot describe an array any writer had.
+_NUMPY_MAX_NDIM = 64
 HASH_PREFIX_BYTES = 8  # of the model's SHA-256; the codec config holds all 32
 _PRELUDE = struct.Struct("<2sBI")  # magic, version, crc
 _FIXED3 = struct.Struct("<2sBIBB8s")  # the prelude, flags, dims, model hash prefix
@@ -130,8 +133,10 @@ class ChunkHeader:
                 f"model_hash must be 64 hex characters (or a chunk's {2 * HASH_PREFIX_BYTES}-hex prefix), "
                 f"got {self.model_hash[:80]!r}"
             )
-        if len(shape) > 255 or any(not 0 <= d < 2**64 for d in shape):
-            raise ChunkFormatError(f"shape must have <= 255 dims, each in [0, 2**64): {shape}")
+        if len(shape) > _NUMPY_MAX_NDIM or any(not 0 <= d < 2**64 for d in shape):
+            raise ChunkFormatError(
+                f"shape must have <= {_NUMPY_MAX_NDIM} dims (numpy's limit), each in [0, 2**64): {shape[:20]}"
+            )
         if np.dtype(dtype.str) != dtype or len(dtype.str) > 255:
             raise ChunkFormatError(f"dtype {dtype!r} cannot be stored as a numpy dtype str")
         if self.num_items >= 2**64 or self.item_dims is None:
@@ -342,9 +347,8 @@ def _read(data: memoryview) -> _Sections:
     """A format-3 chunk's header and sections; the CRC is checked before any field is read."""
     start = bytes(data[: len(MAGIC)])
     if start != MAGIC[: len(start)]:
-        raise ChunkFormatError(
-            f"not a vcinr chunk: bad magic {bytes(data[:len(LEGACY_MAGIC)])!r}, expected {MAGIC!r} "
-            f"(or {LEGACY_MAGIC!r}, formats 1 and 2)"
+        raise ChunkFormatError(  # the bytes are not quoted: they may be a file a store linked to
+            f"not a vcinr chunk: it does not start with the magic {MAGIC!r} (or {LEGACY_MAGIC!r}, formats 1 and 2)"
         )
     if len(data) > len(MAGIC) and data[len(MAGIC)] != FORMAT_VERSION:
         raise ChunkFormatError(
@@ -385,7 +389,7 @@ def _read_legacy(data: memoryview) -> _Sections:
     """A format 1 or 2 chunk's header and sections."""
     head = bytes(data[: len(LEGACY_MAGIC)])
     if head != LEGACY_MAGIC[: len(head)]:
-        raise ChunkFormatError(f"not a vcinr chunk: bad magic {head!r}, expected {LEGACY_MAGIC!r} or {MAGIC!r}")
+        raise ChunkFormatError(f"not a vcinr chunk: it does not start with the magic {LEGACY_MAGIC!r} or {MAGIC!r}")
     if len(data) > len(LEGACY_MAGIC) and data[len(LEGACY_MAGIC)] not in (_LEGACY_PLAIN, _LEGACY_RESIDUAL):
         raise ChunkFormatError(
             f"unknown vcinr format version {data[len(LEGACY_MAGIC)]} after magic {LEGACY_MAGIC!r}, "
@@ -449,7 +453,8 @@ def _decode_mask(header: ChunkHeader, mask_bytes: bytes) -> np.ndarray | None:
     if header.flags & FLAG_ALL_MASKED:
         if mask_bytes:
             raise ChunkFormatError("an all-masked chunk must store no mask")
-        return np.ones(header.shape, dtype=bool)
+        # A read-only view of one True: a chunk of a few bytes may claim many points.
+        return np.broadcast_to(np.True_, header.shape)
     if not header.flags & FLAG_HAS_MASK:
         if mask_bytes:
             raise ChunkFormatError("mask bytes present but the has-mask flag is clear")

@@ -73,9 +73,13 @@ last bits between devices). Zarr format 2 arrays must use C order (the default).
 **Models** (:mod:`vcinr_sci.model.registry`). Chunks name their model by content hash (a prefix). :func:`get_model` loads a model
 artifact once per process (keyed by hash) and keeps it, moved to the device (CUDA when
 present, else CPU; ``$VCINR_DEVICE`` overrides) for every later chunk. The artifact is
-looked up in the config's ``model_path`` (a folder, ``file://`` URI, or any fsspec URI),
-the folders added with :func:`add_model_search_path`, ``$VCINR_MODEL_PATH`` and the cache
-folder (``$VCINR_CACHE_DIR``); a candidate whose content hash differs is refused.
+looked up in the folders added with :func:`add_model_search_path` (the copies
+:func:`~vcinr_sci.model.registry.use_embedded_models` extracted from a store),
+``$VCINR_MODEL_PATH`` and the cache folder (``$VCINR_CACHE_DIR``); the config's
+``model_path`` (a folder, ``file://`` URI, or any fsspec URI) only when it was given in
+code, or when the user trusts store paths (``$VCINR_TRUST_STORE_PATHS=1``): read from a
+store's metadata it is the store's word. A copy whose content hash differs, or that is
+damaged, is skipped for the next.
 
 The payload's bytes (masks, stored means, latent string) are laid out in
 ``docs/format.md``; a bounded chunk's residual section corrects its valid points, in C
@@ -85,7 +89,6 @@ order.
 from __future__ import annotations
 
 import math
-import os
 import re
 import struct
 from dataclasses import dataclass
@@ -95,19 +98,18 @@ import numpy as np
 import torch
 from numcodecs import Zstd
 
-from vcinr_sci.codec.container import ChunkHeader, decode_container, encode_container
-from vcinr_sci.coding.bound import ErrorBound, apply_residual, encode_residual, inr_scale
+from vcinr_sci.codec.container import FLAG_ALL_MASKED, ChunkHeader, decode_container, encode_container
+from vcinr_sci.coding.bound import Correction, ErrorBound, encode_residual
 from vcinr_sci.coding.zstd import zstd_exact
 from vcinr_sci.data.normalise import item_means
 from vcinr_sci.errors import (
     ChunkFormatError,
     CodecError,
 )
-from vcinr_sci.model.loaded import (
-    LoadedModel,
-    full_float32,
-)
+from vcinr_sci.model.device import full_float32
+from vcinr_sci.model.loaded import LoadedModel
 from vcinr_sci.model.registry import (
+    Hint,
     get_model,
 )
 
@@ -121,6 +123,9 @@ _OFFSET_DTYPE = np.dtype("<f2")
 _MODEL_INPUT_RANGES = 16.0
 _MASK_CODEC = Zstd(level=19)
 HEX64 = re.compile(r"[0-9a-f]{64}")
+# Values a decode computes at a time (whole fields): bounds its float32/float64
+# temporaries at ~20 bytes each, whatever the chunk's size.
+_DECODE_BLOCK_VALUES = 2**19
 
 
 # ---------------------------------------------------------------------------- config
@@ -215,8 +220,8 @@ def encode_chunk(
         lat = ChunkLatents(header, model, mask, None, active, phi_hat, offsets)
         inr = lat.inr_normalised()[~mask]
         xhat = norm.denormalise(inr.astype(np.float64))
-        own = inr - lat.offsets_on_grid()[~mask]  # the INR's outputs before the means are added
-        residual = encode_residual(x, ~mask, xhat, bound, inr_scale(own, norm.lo, norm.hi, offsets))
+        own = inr - lat.offsets_on_grid()[~mask]  # the model's outputs before the means are added
+        residual = encode_residual(x, ~mask, xhat, bound, model.reconstruction_margin(phi_hat, own, offsets))
     return encode_container(header, mask if mask.any() else None, payload, residual)
 
 
@@ -243,23 +248,39 @@ class ChunkLatents:
     def num_fields(self) -> int:
         return self.header.num_items
 
-    def inr_normalised(self) -> np.ndarray:
-        """The INR's normalised float32 values on the grid plus the items' offsets, in the
-        chunk's shape (0 for items without latents): the decoder's computation, which the
-        encoder of a bounded chunk repeats to check its correction."""
-        return self._on_grid(self.model.evaluate(self.active, self.phi) + self.offsets[:, None])
+    def inr_normalised(self, fields: slice | None = None) -> np.ndarray:
+        """The INR's normalised float32 values on the grid plus the items' offsets (0 for
+        items without latents): the decoder's computation, which the encoder of a bounded
+        chunk repeats to check its correction. In the chunk's shape, or for a run of
+        ``fields`` (flat field indices), ``(fields, *grid)``."""
+        if fields is None:
+            return self.inr_normalised(slice(0, self.num_fields)).reshape(self.header.shape)
+        items, rows = self._items(fields)
+        return self._on_grid(self.model.evaluate(self.active[rows], self.phi[rows]) + self.offsets[rows, None],
+                             items, self.active[rows])
 
     def offsets_on_grid(self) -> np.ndarray:
         """Each point's item offset, in the chunk's shape (0 for items without latents)."""
-        return self._on_grid(np.broadcast_to(self.offsets[:, None], (len(self.active), self.model.points_per_item)))
+        values = np.broadcast_to(self.offsets[:, None], (len(self.active), self.model.points_per_item))
+        return self._on_grid(values, slice(0, self.num_fields * self.model.num_patches), self.active).reshape(
+            self.header.shape
+        )
 
-    def _on_grid(self, values: np.ndarray) -> np.ndarray:
-        """Per-point values of the active items ``(len(active), points_per_item)`` placed
-        in the chunk's shape, float32, 0 elsewhere."""
+    def _items(self, fields: slice) -> tuple[slice, slice]:
+        """The items of ``fields``, and the rows of ``active`` (sorted) among them."""
+        n = self.model.num_patches
+        items = slice(fields.start * n, fields.stop * n)
+        lo, hi = np.searchsorted(self.active, [items.start, items.stop])
+        return items, slice(int(lo), int(hi))
+
+    def _on_grid(self, values: np.ndarray, items: slice, active: np.ndarray) -> np.ndarray:
+        """Per-point values ``(len(active), points_per_item)`` of the items ``active``
+        among ``items``, placed on their fields' grids ``(fields, *grid)``, float32, 0
+        elsewhere."""
         model = self.model
-        items = np.zeros((self.num_fields * model.num_patches, model.points_per_item), np.float32)
-        items[self.active] = values
-        return model.to_fields(items).reshape(self.header.shape)
+        out = np.zeros((items.stop - items.start, model.points_per_item), np.float32)
+        out[active - items.start] = values
+        return model.to_fields(out)
 
     def masked_values(self, fill_value: float | None, dtype: Any = np.float64) -> np.ndarray:
         """Values of the masked points as stored (NaN or the fill value), ``(shape)``."""
@@ -273,7 +294,7 @@ class ChunkLatents:
 
 def decode_latents(
     buf: Any,
-    hints: Sequence[str | os.PathLike | None] = (),
+    hints: Sequence[Hint] = (),
     expected_shape: tuple[int, ...] | None = None,
     expected_nbytes: int | None = None,
     model_hash: str | None = None,
@@ -327,6 +348,8 @@ def decode_latents(
     fields_shape = (header.num_items, *model.grid.shape)
     if mask is None:
         active = np.arange(header.num_items * model.num_patches)
+    elif header.flags & FLAG_ALL_MASKED:  # nothing to evaluate: skip a pass over the mask
+        active = np.zeros(0, np.int64)
     else:
         active = np.flatnonzero((~model.to_items(mask.reshape(fields_shape))).any(axis=1))
     offsets = np.zeros(len(active), np.float32)
@@ -357,7 +380,7 @@ def decode_latents(
 
 def decode_chunk(
     buf: Any,
-    hints: Sequence[str | os.PathLike | None] = (),
+    hints: Sequence[Hint] = (),
     fill_value: float | None = None,
     expected_shape: tuple[int, ...] | None = None,
     expected_nbytes: int | None = None,
@@ -367,16 +390,37 @@ def decode_chunk(
     and ``model_hash`` see :func:`decode_latents`)."""
     lat = decode_latents(buf, hints, expected_shape, expected_nbytes, model_hash)
     header, model = lat.header, lat.model
-    if lat.mask is not None and lat.mask.all():
-        return lat.masked_values(fill_value, header.dtype)
-    values = model.artifact.normaliser.denormalise(lat.inr_normalised().astype(np.float64))
-    if lat.residual is not None:  # corrected in the chunk's dtype; widening back is exact
-        kept = np.ones(header.shape, bool) if lat.mask is None else ~lat.mask
-        values[kept] = apply_residual(lat.residual, kept, values[kept], np.dtype(header.dtype))
-    if lat.mask is not None:
-        values = np.where(lat.mask, lat.masked_values(fill_value), values)
-    with np.errstate(over="ignore"):  # float16 saturates to inf, as any cast would
-        return values.astype(header.dtype)
+    dtype = np.dtype(header.dtype)
+    if lat.mask is None:
+        out = np.empty(header.shape, dtype)
+    else:  # the masked points' values in place; the valid ones are written below
+        out = lat.masked_values(fill_value, dtype)
+    if not len(lat.active):
+        return out
+    # Whole fields at a time, written into the output: the float32/float64 temporaries
+    # are per block, so a decode needs its output, its mask and a constant.
+    grid = math.prod(model.grid.shape)
+    rows = out.reshape(lat.num_fields, grid)
+    mask = None if lat.mask is None else lat.mask.reshape(lat.num_fields, -1)
+    correction = None
+    if lat.residual is not None:
+        valid = rows.size if mask is None else rows.size - int(np.count_nonzero(mask))
+        correction = Correction(lat.residual, header.shape, lat.num_fields, mask, valid)
+    step, start = max(1, _DECODE_BLOCK_VALUES // grid), 0
+    for first in range(0, lat.num_fields, step):
+        fields = slice(first, min(first + step, lat.num_fields))
+        values = model.artifact.normaliser.denormalise(lat.inr_normalised(fields).astype(np.float64))
+        kept = None if mask is None else ~mask[fields]
+        values = values.reshape(-1) if kept is None else values.reshape(kept.shape)[kept]  # valid, C order
+        if correction is not None:  # corrected in the chunk's dtype
+            values = correction.apply(fields, start, values, dtype)
+            start += values.size
+        with np.errstate(over="ignore"):  # float16 saturates to inf, as any cast would
+            if kept is None:
+                rows[fields] = values.reshape(-1, grid)
+            else:
+                rows[fields][kept] = values
+    return out
 
 
 # ---------------------------------------------------------------------------- numcodecs face

@@ -27,6 +27,8 @@ from vcinr_sci.model.loaded import (
     LoadedModel,
 )
 from vcinr_sci.model.registry import (
+    Hint,
+    StoreModelPath,
     default_inner_steps,
     get_model,
     resolve_model,
@@ -80,7 +82,8 @@ class VCINRCodec(Codec):
 
     Config (all JSON): ``model_hash`` (64 hex; chunks hold a 16-hex prefix of it, which
     decoding checks against it), ``model_path`` (where to find it: folder
-    or URI, or None), ``quality`` (a level of the model's coders), ``grid`` (the model
+    or URI, or None; read from a store's metadata, followed only with
+    ``$VCINR_TRUST_STORE_PATHS=1``, see :meth:`model_hints`), ``quality`` (a level of the model's coders), ``grid`` (the model
     grid's description, checked against the model at encode time), ``inner_steps`` (the
     adaptation steps at encode time; None = the model's default, see
     :func:`default_inner_steps`), ``fill_value`` (a number, "NaN", or None),
@@ -137,6 +140,7 @@ class VCINRCodec(Codec):
         self.max_abs_error = None if self._bound is None else self._bound.max_abs_error
         self.max_rel_error = None if self._bound is None else self._bound.max_rel_error
         self._checked = False
+        self._path_from_store = False  # model_path given in code: the user's own (see from_config)
 
     @classmethod
     def for_model(
@@ -194,7 +198,10 @@ class VCINRCodec(Codec):
         return config
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "VCINRCodec":
+    def from_config(cls, config: dict[str, Any], *, from_store: bool = True) -> "VCINRCodec":
+        """The codec of a config, by default as read from a store's metadata (numcodecs,
+        Zarr 2 and 3 call it so): its ``model_path`` is then the store's word, followed
+        only when the user trusts store paths (see :meth:`model_hints`)."""
         config = {k: v for k, v in config.items() if k != "id"}
         unknown = set(config) - _CONFIG_KEYS
         if unknown:
@@ -203,9 +210,27 @@ class VCINRCodec(Codec):
         if missing:
             raise CodecError(f"the vcinr codec config lacks {sorted(missing)}")
         try:
-            return cls(**config)
+            codec = cls(**config)
         except TypeError as e:  # a value of a type no check above expects (model_path: 7)
             raise CodecError(f"invalid vcinr codec config: {e}") from None
+        codec._path_from_store = from_store
+        return codec
+
+    def replace(self, **changes: Any) -> "VCINRCodec":
+        """This codec with config keys ``changes`` replaced; its ``model_path`` keeps
+        its provenance (given in code, or read from a store)."""
+        codec = type(self)(**({k: v for k, v in self.get_config().items() if k != "id"} | changes))
+        codec._path_from_store = self._path_from_store
+        return codec
+
+    def model_hints(self) -> list[Hint]:
+        """Where to look for the model besides the usual places: ``model_path`` as given
+        in code, or as a :class:`StoreModelPath` when read from a store's metadata
+        (:meth:`from_config`: numcodecs, Zarr 2 and 3 build codecs so), which the lookup
+        follows only with ``$VCINR_TRUST_STORE_PATHS=1``."""
+        if not self.model_path:
+            return []
+        return [StoreModelPath(self.model_path) if self._path_from_store else self.model_path]
 
     def __repr__(self) -> str:
         return (
@@ -220,7 +245,7 @@ class VCINRCodec(Codec):
     def model(self) -> LoadedModel:
         """This codec's model, loaded once per process; on first use its grid is checked
         against the config's grid description."""
-        loaded = get_model(self.model_hash, [self.model_path])
+        loaded = get_model(self.model_hash, self.model_hints())
         if not self._checked:
             if not _grids_equal(loaded.grid.to_dict(), self.grid):
                 raise CodecError(
@@ -244,7 +269,7 @@ class VCINRCodec(Codec):
         than ``expected_shape`` / ``expected_nbytes``, when given, is refused unread)."""
         with torch_threads(codec_threads()):
             return decode_chunk(
-                _as_bytes(buf), [self.model_path], self._fill, expected_shape, expected_nbytes, self.model_hash
+                _as_bytes(buf), self.model_hints(), self._fill, expected_shape, expected_nbytes, self.model_hash
             )
 
     def encode(self, buf: Any) -> bytes:

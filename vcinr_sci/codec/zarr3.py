@@ -41,8 +41,8 @@ class VCINRZarrCodec(ArrayBytesCodec):
     codec: VCINRCodec
 
     def __init__(self, *, codec: VCINRCodec | None = None, **config: Any) -> None:
-        if codec is None:
-            codec = VCINRCodec.from_config(config)
+        if codec is None:  # config keys given in code: its model_path is the caller's own
+            codec = VCINRCodec.from_config(config, from_store=False)
         elif config:
             raise TypeError("give either codec= or the config keys, not both")
         object.__setattr__(self, "codec", codec)
@@ -54,7 +54,7 @@ class VCINRZarrCodec(ArrayBytesCodec):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "VCINRZarrCodec":
         _, config = parse_named_configuration(data, CODEC_ID)
-        return cls(**config)
+        return cls(codec=VCINRCodec.from_config(config))  # from metadata: model_path is the store's word
 
     def to_dict(self) -> dict[str, Any]:
         config = self.codec.get_config()
@@ -70,9 +70,7 @@ class VCINRZarrCodec(ArrayBytesCodec):
     def evolve_from_array_spec(self, array_spec: Any) -> "VCINRZarrCodec":
         check_dtype(array_spec.dtype.to_native_dtype())
         if self.codec.fill_value is None and array_spec.fill_value is not None:
-            config = self.codec.get_config()
-            config["fill_value"] = fill_json(float(array_spec.fill_value))
-            return VCINRZarrCodec(codec=VCINRCodec.from_config(config))
+            return VCINRZarrCodec(codec=self.codec.replace(fill_value=fill_json(float(array_spec.fill_value))))
         return self
 
     def validate(self, *, shape: tuple[int, ...], dtype: Any, chunk_grid: Any) -> None:

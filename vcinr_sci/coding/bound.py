@@ -1,7 +1,7 @@
 """The error-bounded mode's residual: quantise, code, verify, apply.
 
 With a bound ``b`` the codec guarantees ``|x - decode(encode(x))| <= b`` at every valid
-(not NaN, not fill) point of a chunk. After the INR reconstruction ``xhat`` (from the
+(not NaN, not fill) point of a chunk. After the model's reconstruction ``xhat`` (from the
 *quantised* latents, as the decoder will compute it) the encoder stores, in the chunk's
 residual section:
 
@@ -13,38 +13,40 @@ residual section:
   overflow, or a huge ``q`` end up here. So the bound holds by construction *and* by a
   check of every point.
 
-**The margin m and devices.** The decoder may evaluate the INR on another device (another
-BLAS, thread count or a GPU) and get a slightly different ``xhat``; and it rounds
+**The margin m and devices.** The decoder may compute ``xhat`` on another machine (another
+BLAS, thread count or a GPU) and get a slightly different value; and it rounds
 ``xhat + q * step`` to the dtype independently. The margin covers both::
 
-    m = max(b / 8, INR_DEVICE_ULPS * eps32 * s + ulp_dtype(max|x| + b))
+    m = max(b / 8, d + ulp_dtype(max|x| + b))
 
-where ``s = (hi - lo) * max(1, max |y| + max |o|)`` is the INR's output scale in data
-units (``eps32 * s`` is one float32 ulp of the network's output), ``y`` the INR's own
-normalised outputs at the chunk's valid points and ``o`` the item means added to them
-after it runs (``data.subtract_item_mean``; none otherwise). Decoder and sampling both
-compute ``y + o`` in float32: ``y`` varies between devices by a few ulps of ``max |y|``,
-the sum's rounding by one ulp of ``|y + o| <= max |y| + max |o|``, so the means count once.
+where ``d`` is the most a decoder's ``xhat`` can differ from the encoder's at the chunk's
+valid points, which the model reports for the chunk
+(:meth:`vcinr_sci.model.loaded.LoadedModel.reconstruction_margin`; the codec never asks
+which kind of model it holds): for an INR, 256 float32 ulps of its output scale (a device
+allowance, two orders above the measured CPU-GPU difference; the INR runs in full float32,
+TF32 off, see :func:`vcinr_sci.model.device.full_float32`); for a linear model, a bound
+derived from its float64 sum and float32 cast, about two float32 ulps of its values.
 ``ulp_dtype(v)`` is the spacing of the array's dtype at ``v``
-(``|cast(a) - cast(c)| <= |a - c| + ulp``).
-The ``b / 8`` floor leaves slack for devices beyond those measured, at a cost of
-``log2(8/7) = 0.19`` bits per value. Since the encoder checks ``|x - x'| <= b - m``, a
-decoder whose ``xhat`` is within ``INR_DEVICE_ULPS`` ulps of the encoder's stays within
-``b``. The codec evaluates the INR in full float32 (TF32 off, see
-:func:`vcinr_sci.model.loaded.full_float32`); with TF32 the difference is ~1e-3 of the range.
+(``|cast(a) - cast(c)| <= |a - c| + ulp``). The ``b / 8`` floor leaves slack for devices
+beyond those measured, at a cost of ``log2(8/7) = 0.19`` bits per value. Since the encoder
+checks ``|x - x'| <= b - m``, a decoder whose ``xhat`` is within ``d`` of the encoder's
+stays within ``b``.
 
-**Bounds too tight for float arithmetic.** When ``m`` would exceed ``b / 2`` (the device
-and rounding terms alone take half the bound, e.g. ``b`` within a few ulps of ``max|x|``
-in float32, a rel bound on a constant chunk, where ``b = 0``), nothing is quantised:
-every valid point of the chunk is stored exactly, as an outlier. The bound then holds
-trivially and such chunks cost about their raw size (Zstd-compressed). No bound is
-refused.
+**Tight bounds.** When ``d + ulp`` takes more than half the bound (a bound within a few
+ulps of the values, or an INR's device allowance on a narrow-range chunk) the correction
+is coded against the reduced bound ``b - m`` with the finer step ``2 (b - m)``: more bits
+per value, still far fewer than raw; points the dtype cannot bring within ``b - m`` are
+outliers as always. Only when ``m >= b`` (nothing left to quantise against, e.g. a rel
+bound on a constant chunk, where ``b = 0``) is every valid point stored exactly, with
+``step = 0``; the bound then holds trivially and such chunks cost about their raw size
+(Zstd-compressed). No bound is refused. The decoder reads ``step`` and never ``m``, so
+chunks written before this rule decode as before.
 
 **Coding of the correction: picked per chunk.** The encoder builds the section two ways
 and stores the smaller (rANS on ties, :data:`RESIDUAL_METHODS`), the method byte telling
 the decoder which:
 
-- *rANS on q.* The INR's errors are smooth, so neighbouring ``q`` are alike: ``q`` at the
+- *rANS on q.* The model's errors are smooth, so neighbouring ``q`` are alike: ``q`` at the
   valid points or, on the whole chunk grid (``q = 0`` at masked points), its 2-D Lorenzo
   differences along the last two axes (``q[i, j] - q[i-1, j] - q[i, j-1] + q[i-1, j-1]``,
   inverted exactly by two integer cumulative sums), whichever has the smaller empirical
@@ -119,16 +121,9 @@ from vcinr_sci.coding.residual_format import (
 )
 from vcinr_sci.errors import BoundError, ChunkFormatError
 
-# The largest difference allowed between the encoder's and any decoder's float32 INR
-# output, in float32 ulps of the output scale: 256 ulps = 3.1e-5 of the normalisation
-# range. Measured (`vcinr bench cross-device`, demo model, 29,008 values): an H200 in
-# float32 differs from this CPU by at most 2.4e-7 of the range (2 ulps), so this leaves
-# two orders of magnitude of headroom; TF32 would differ by 1.0e-3 and is kept off.
-INR_DEVICE_ULPS = 256
 # The margin's floor as a fraction of the bound (slack for devices not measured).
 MARGIN_FRACTION = 1 / 8
 
-_EPS32 = float(np.finfo(np.float32).eps)
 # |q| beyond this goes to the outliers: compressai's bypass coding hangs near 2**28.
 _MAX_Q = 2**20
 # The correction coders an encoder tries per chunk, keeping the smallest section.
@@ -138,6 +133,10 @@ RESIDUAL_METHODS: tuple[str, ...] = ("rans", "sperr")
 # its errors are mostly far below it (lower MSE), where rANS's uniform quantiser spreads
 # them evenly up to the bound.
 CORRECTIONS = ("smallest", "rans", "sperr")
+# The most grid values a SPERR-coded correction covers: SPERR 0.8's decoder holds about
+# five float64 values per grid point (measured), so this bounds its memory (~45 MB)
+# whatever a chunk claims. Larger chunks are corrected with rANS; a reader refuses more.
+SPERR_MAX_VALUES = 2**20
 
 
 def check_correction(correction: str) -> None:
@@ -194,24 +193,13 @@ class ErrorBound:
 
 
 
-def inr_scale(own: np.ndarray, lo: float, hi: float, offsets: np.ndarray | None = None) -> float:
-    """``s``: the INR's output scale in data units under the map ``[0, 1] -> [lo, hi]``.
-    ``own`` are the INR's own normalised outputs (without the item means), ``offsets``
-    the means added to them (``data.subtract_item_mean``): the decoder's values ``own +
-    offset`` are at most ``max |own| + max |offset|``, and only ``own`` varies between
-    devices."""
-    top = float(np.abs(own).max(initial=0.0))
-    if offsets is not None:
-        top += float(np.abs(offsets).max(initial=0.0))
-    return (hi - lo) * max(1.0, top)
-
-
-def margin(bound: float, inr_scale: float, max_abs_value: float, dtype: np.dtype) -> float:
-    """``m`` for a chunk (see the module doc); ``inr_scale`` is ``s`` in data units."""
+def margin(bound: float, device: float, max_abs_value: float, dtype: np.dtype) -> float:
+    """``m`` for a chunk (see the module doc); ``device`` is ``d``, the model's
+    reconstruction margin, in data units."""
     with np.errstate(over="ignore"):
         top = dtype.type(max_abs_value + bound)
     ulp = float(np.spacing(top)) if np.isfinite(top) else math.inf
-    return max(bound * MARGIN_FRACTION, INR_DEVICE_ULPS * _EPS32 * inr_scale + ulp)
+    return max(bound * MARGIN_FRACTION, device + ulp)
 
 
 def corrected(xhat: np.ndarray, q: np.ndarray, step: float, dtype: np.dtype) -> np.ndarray:
@@ -225,7 +213,7 @@ def quantise(x: np.ndarray, xhat: np.ndarray, bound: float, m: float) -> tuple[n
     """``(q, step, outliers)`` for the valid values ``x`` (their dtype) and the float64
     reconstruction ``xhat``: ``q`` int64 (0 at outliers), ``outliers`` a bool mask of the
     points whose corrected value misses ``x`` by more than ``bound - m``."""
-    if m >= bound / 2:  # the bound is too tight for float arithmetic: store every point
+    if m >= bound:  # nothing left to quantise against: store every point
         return np.zeros(x.size, np.int64), 0.0, np.ones(x.size, bool)
     step = 2.0 * (bound - m)
     x64 = x.astype(np.float64)
@@ -240,23 +228,25 @@ def quantise(x: np.ndarray, xhat: np.ndarray, bound: float, m: float) -> tuple[n
 
 
 def encode_residual(
-    x: np.ndarray, kept: np.ndarray, xhat: np.ndarray, spec: ErrorBound, inr_scale: float,
+    x: np.ndarray, kept: np.ndarray, xhat: np.ndarray, spec: ErrorBound, device: float,
     methods: tuple[str, ...] | None = None,
 ) -> bytes:
     """The residual section of the chunk ``x`` (its dtype) whose valid points are
-    ``kept`` (bool, ``x.shape``) and whose float64 reconstruction there is ``xhat``: the
-    smallest of the ``methods`` (default: those of ``spec.correction``), rANS on ties. A
-    bound too tight for float arithmetic stores every point exactly, whatever ``methods`` say."""
+    ``kept`` (bool, ``x.shape``) and whose float64 reconstruction there is ``xhat``, any
+    decoder's within ``device`` of it (data units): the smallest of the ``methods``
+    (default: those of ``spec.correction``), rANS on ties. With ``m >= b`` every point is
+    stored exactly, whatever ``methods`` say."""
     methods = spec.methods if methods is None else methods
     x = x[kept]
     bound = spec.absolute(x)
     max_abs = float(np.abs(x).max()) if x.size else 0.0
-    m = margin(bound, inr_scale, max_abs, x.dtype)
+    m = margin(bound, device, max_abs, x.dtype)
     head = partial(_head, spec, bound, m, x.size)
     sections = []
-    if "rans" in methods or m >= bound / 2:
+    use_sperr = "sperr" in methods and m < bound and kept.ndim and x.size and kept.size <= SPERR_MAX_VALUES
+    if "rans" in methods or not use_sperr:
         sections.append(_rans_section(x, kept, xhat, bound, m, head))
-    if "sperr" in methods and m < bound / 2 and kept.ndim and x.size:
+    if use_sperr:
         sections.append(_sperr_section(x, kept, xhat, bound - m, head))
     return min(sections, key=len)
 
@@ -314,30 +304,61 @@ def read_info(section: bytes) -> ResidualInfo:
 def apply_residual(section: bytes, kept: np.ndarray, xhat: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """The corrected values (1-D, ``dtype``) at the valid points ``kept`` (bool, the
     chunk's shape) of a chunk whose float64 reconstruction there is ``xhat``."""
-    info, method, offset, parts = parse_section(section)
-    if info.num_values != xhat.size:
-        raise ChunkFormatError(f"residual section holds {info.num_values} values, the chunk has {xhat.size} valid points")
-    table, symbols, gaps, raw = parts
-    if info.step == 0:
-        if table or symbols:
-            raise ChunkFormatError("residual section: symbols stored while nothing is quantised")
-        out = np.zeros(xhat.size, dtype)
-    elif method == SPERR:
-        if table:
-            raise ChunkFormatError("residual section: a histogram stored beside a SPERR stream")
-        out = corrected(xhat, sperr.decode(symbols, kept.shape)[kept], 1.0, dtype)
-    else:
-        if method == LORENZO:
-            q = _unlorenzo(rans_decode(table, symbols, offset, kept.size).reshape(kept.shape))[kept]
+    correction = Correction(section, kept.shape, 1, None if kept.all() else ~kept.reshape(1, -1), xhat.size)
+    return correction.apply(slice(0, 1), 0, xhat, dtype)
+
+
+class Correction:
+    """A residual section decoded once, applied block by block: the chunk's grid is seen
+    as ``rows`` of whole fields (``mask``: ``(rows, columns)`` bool, True = masked, or
+    None: every point valid), and :meth:`apply` corrects the valid points of a run of rows. What it holds
+    besides the outliers is ``q`` (int32, one per valid point, or per grid point for
+    Lorenzo) or SPERR's float64 residual grid: at most 8 bytes per grid point, decoded in
+    blocks, so a decode's memory stays in proportion to its output."""
+
+    def __init__(self, section: bytes, shape: tuple[int, ...], rows: int, mask: np.ndarray | None, num_valid: int):
+        info, self.method, offset, (table, symbols, gaps, raw) = parse_section(section)
+        if info.num_values != num_valid:
+            raise ChunkFormatError(f"residual section holds {info.num_values} values, the chunk has {num_valid} valid points")
+        self.step, self.rows, self.mask, self.raw = info.step, rows, mask, raw
+        size = math.prod(shape)
+        self.values: np.ndarray | None = None  # q or SPERR's residual; None: nothing quantised
+        if info.step == 0:
+            if table or symbols:
+                raise ChunkFormatError("residual section: symbols stored while nothing is quantised")
+        elif self.method == SPERR:
+            if table:
+                raise ChunkFormatError("residual section: a histogram stored beside a SPERR stream")
+            if size > SPERR_MAX_VALUES:
+                raise ChunkFormatError(f"residual section: a SPERR correction of {size} values, more than the "
+                                       f"{SPERR_MAX_VALUES} any encoder writes")
+            self.values = sperr.decode(symbols, shape).reshape(-1)
+        elif self.method == LORENZO:
+            self.values = _unlorenzo(rans_decode(table, symbols, offset, size).reshape(shape)).reshape(-1)
         else:
-            q = rans_decode(table, symbols, offset, xhat.size)
-        out = corrected(xhat, q, info.step, dtype)
-    index = outlier_index(gaps, xhat.size)
-    if info.step == 0 and index.size != xhat.size:
-        raise ChunkFormatError("residual section: an unquantised chunk must store every point")
-    values = unpack_raw(raw, dtype, index.size)
-    out[index] = values
-    return out
+            self.values = rans_decode(table, symbols, offset, num_valid)
+        self.index = outlier_index(gaps, num_valid)
+        if info.step == 0 and self.index.size != num_valid:
+            raise ChunkFormatError("residual section: an unquantised chunk must store every point")
+        self.dtype: np.dtype | None = None
+        self.outliers = np.zeros(0)
+
+    def apply(self, rows: slice, start: int, xhat: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        """The corrected values (``dtype``) of the valid points of ``rows``, the first of
+        them valid point ``start`` of the chunk, whose reconstruction is ``xhat``."""
+        if self.dtype is None or self.dtype != dtype:  # the outliers' raw values, once (np.dtype(None) is float64)
+            self.outliers, self.dtype = unpack_raw(self.raw, dtype, self.index.size), dtype
+        if self.values is None:
+            out = np.zeros(xhat.size, dtype)
+        elif self.method == PLAIN:
+            out = corrected(xhat, self.values[start : start + xhat.size], self.step, dtype)
+        else:  # per grid point: the block's rows, at their valid points
+            grid = self.values.reshape(self.rows, -1)[rows]
+            at = grid.reshape(-1) if self.mask is None else grid[~self.mask[rows]]
+            out = corrected(xhat, at, 1.0 if self.method == SPERR else self.step, dtype)
+        lo, hi = np.searchsorted(self.index, [start, start + xhat.size])
+        out[self.index[lo:hi] - start] = self.outliers[lo:hi]
+        return out
 
 
 # ---------------------------------------------------------------------------- coding of q
@@ -351,9 +372,9 @@ def _lorenzo(grid: np.ndarray) -> np.ndarray:
 
 
 def _unlorenzo(diffs: np.ndarray) -> np.ndarray:
-    """Exact inverse of :func:`_lorenzo`."""
+    """Exact inverse of :func:`_lorenzo`, in place (in ``diffs``' dtype)."""
     for axis in range(-min(2, diffs.ndim), 0):
-        diffs = np.cumsum(diffs, axis=axis)
+        np.cumsum(diffs, axis=axis, dtype=diffs.dtype, out=diffs)
     return diffs
 
 

@@ -16,6 +16,7 @@ import copy
 import zlib
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -23,7 +24,7 @@ from vcinr_sci.coding._compressai import EntropyBottleneck
 from vcinr_sci.coding.coefficients import SPEC_KIND as COEFFICIENTS_KIND
 from vcinr_sci.coding.coefficients import CoefficientCoder
 from vcinr_sci.coding.quantiser import UniformQuantiser, check_batch, check_n
-from vcinr_sci.coding.rans import encode_with_indexes
+from vcinr_sci.coding.rans import RansTables, decode_with_indexes, encode_with_indexes
 
 SPEC_VERSION = 1
 _CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length")
@@ -180,9 +181,8 @@ class LatentCoder(nn.Module):
             raise ValueError(f"latent code of {len(data)} bytes is truncated or not a latent coder string")
         if zlib.crc32(payload) != int.from_bytes(crc, "little"):
             raise ValueError("latent code checksum mismatch: the bytes are corrupt or truncated")
-        indexes = list(range(self.dim_y)) * n
-        values = self.entropy_bottleneck.entropy_coder.decode_with_indexes(payload, indexes, cdf, cdf_length, offset)
-        symbols = torch.tensor(values, dtype=torch.int32).reshape(n, self.dim_y)
+        values = decode_with_indexes(payload, np.tile(np.arange(self.dim_y), n), RansTables.build(cdf, cdf_length, offset))
+        symbols = torch.from_numpy(values).reshape(n, self.dim_y)
         return self._dequantise(symbols.to(self.phi_mean.device))
 
 

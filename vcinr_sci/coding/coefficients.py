@@ -37,8 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vcinr_sci.coding._compressai import ans
-from vcinr_sci.coding.rans import encode_with_indexes
+from vcinr_sci.coding.rans import RansTables, decode_with_indexes, encode_with_indexes
 
 SPEC_KIND = "coefficients"
 SPEC_VERSION = 1
@@ -90,6 +89,7 @@ class CoefficientCoder:
             raise ValueError("coefficient coder tables: row lengths do not add up to the stored CDFs")
         ends = np.cumsum(self._cdf_length).tolist()
         self._cdf = [flat[e - n : e] for e, n in zip(ends, self._cdf_length)]
+        self._rans_tables = RansTables.build(self._cdf, self._cdf_length, self._offset)
         self._rho64 = self.rho.astype(np.float64)
         # Bits of every symbol of every row (the escape symbol last), for RDOQ.
         freqs = np.diff(np.asarray(flat, np.float64))
@@ -200,9 +200,8 @@ class CoefficientCoder:
         if len(payload) < 4 or len(payload) % 4:  # rANS strings are whole 32-bit words
             raise ValueError(f"coefficient string of {len(data)} bytes is truncated")
         mode = data[0]
-        values = ans.RansDecoder().decode_with_indexes(payload, self._indexes(n, mode), self._cdf, self._cdf_length,
-                                                       self._offset)
-        symbols = np.asarray(values, np.float64).reshape(n, self.latent_dim)
+        values = decode_with_indexes(payload, self._indexes(n, mode), self._rans_tables)
+        symbols = values.astype(np.float64).reshape(n, self.latent_dim)
         out = np.empty_like(symbols)
         prev = np.zeros(self.latent_dim)
         for t in range(n):

@@ -27,6 +27,12 @@ class Grid:
         """Relative area of each point, shape ``shape``, mean 1 (for weighted metrics)."""
         return np.ones(self.shape, dtype=np.float64)
 
+    def interpolate(self, values: np.ndarray, coords: np.ndarray) -> np.ndarray:
+        """``values`` (this grid's ``shape``) at points ``coords`` ``(N, coord_dim)`` (as
+        :meth:`coords` gives them), linearly between grid points and held constant past
+        the grid's edges: ``(N,)`` float64."""
+        raise NotImplementedError
+
     def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -74,6 +80,31 @@ class SphericalGrid(Grid):
     def to_dict(self) -> dict[str, Any]:
         return {"type": "spherical", "lat": self.lat.tolist(), "lon": self.lon.tolist()}
 
+    def interpolate(self, values: np.ndarray, coords: np.ndarray) -> np.ndarray:
+        """Bilinear in (lat, lon); across the dateline too when the grid goes round the
+        globe (its widest longitude gap is at most 1.5 of its other spacings), else held
+        at the nearer edge of a regional grid's longitudes."""
+        c = np.asarray(coords, np.float64)
+        lat = np.rad2deg(np.arcsin(np.clip(c[:, 2], -1.0, 1.0)))
+        lon = np.rad2deg(np.arctan2(c[:, 1], c[:, 0]))
+        lat_order = np.argsort(self.lat)
+        lon_order = np.argsort(np.mod(self.lon, 360.0))
+        ring = np.mod(self.lon, 360.0)[lon_order]
+        gaps = np.diff(np.append(ring, ring[0] + 360.0))  # gaps[i]: from ring[i] to the next round the circle
+        widest = int(np.argmax(gaps))
+        lon_order = np.roll(lon_order, -(widest + 1))  # start just past the widest gap
+        lons = np.unwrap(np.mod(self.lon[lon_order], 360.0), period=360.0)
+        grid = np.asarray(values, np.float64)[lat_order][:, lon_order]
+        rel = np.mod(lon - lons[0], 360.0)
+        span = lons[-1] - lons[0]
+        if lons.size > 1 and gaps[widest] <= 1.5 * np.delete(gaps, widest).max(initial=0.0):
+            lons = np.append(lons, lons[0] + 360.0)  # the first column again, one turn on
+            grid = np.concatenate([grid, grid[:, :1]], axis=1)
+        else:
+            rel = np.where(rel > span, np.where(rel - span < 360.0 - rel, span, 0.0), rel)
+        lon = lons[0] + rel
+        return _multilinear([self.lat[lat_order], lons], grid, [lat, lon])
+
 
 def lat_lon_to_xyz(lat_deg: np.ndarray, lon_deg: np.ndarray) -> np.ndarray:
     """Broadcast lat/lon in degrees to unit vectors, last axis (x, y, z)."""
@@ -113,6 +144,26 @@ class RegularGrid(Grid):
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "regular", "axes": [a.tolist() for a in self.axes]}
+
+    def interpolate(self, values: np.ndarray, coords: np.ndarray) -> np.ndarray:
+        c = np.asarray(coords, np.float64)
+        units = [self._unit(a) for a in self.axes]
+        orders = [np.argsort(u) for u in units]
+        grid = np.asarray(values, np.float64)[np.ix_(*orders)]
+        return _multilinear([u[o] for u, o in zip(units, orders)], grid, [c[:, i] for i in range(len(units))])
+
+
+def _multilinear(axes: list[np.ndarray], values: np.ndarray, points: list[np.ndarray]) -> np.ndarray:
+    """Multilinear interpolation on ascending ``axes``, each point clipped to their range
+    (an axis of one point is held constant)."""
+    from scipy.interpolate import RegularGridInterpolator
+
+    keep = [i for i, a in enumerate(axes) if a.size > 1]
+    values = values.reshape([a.size for a in axes if a.size > 1]) if len(keep) < len(axes) else values
+    if not keep:
+        return np.full(points[0].shape, float(values.reshape(-1)[0]))
+    clipped = [np.clip(points[i], axes[i][0], axes[i][-1]) for i in keep]
+    return RegularGridInterpolator([axes[i] for i in keep], values, method="linear")(np.stack(clipped, axis=-1))
 
 
 def grid_from_dict(d: dict[str, Any]) -> Grid:

@@ -19,8 +19,9 @@ class ItemSet:
 
     ``batch(items)`` gives ``coords (B, P, d)``, ``values (B, P, 1)`` in [0, 1]-ish
     normalised units with NaNs zeroed, and ``mask (B, P, 1)`` (True where data is valid).
-    Item ``i`` is patch ``i % num_patches`` of field ``fields[i // num_patches]``. With
-    ``subtract_mean`` every item's values are less its :func:`item_means` (``offsets``).
+    Item ``i`` is patch ``i % num_patches`` of field ``fields[i // num_patches]``. Values
+    are less the normaliser's mean field, where it has one; with ``subtract_mean`` every
+    item's values are then less its :func:`item_means` (``offsets``).
     """
 
     def __init__(
@@ -51,6 +52,8 @@ class ItemSet:
 
     def _fields_to_items(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = self.normaliser.normalise(x).astype(np.float32)
+        if self.normaliser.mean_field is not None:
+            x = x - self.normaliser.mean_field
         if self.patcher:
             x = self.patcher.split(x)
         x = x.reshape(-1, self.points_per_item)

@@ -1,9 +1,11 @@
 """Normalisation: the affine map of data values onto [0, 1] fitted on the training
-fields, and the per-item means that ``data.subtract_item_mean`` takes out before a fit."""
+fields, the training mean field that ``data.subtract_mean_field`` takes out before the
+model sees a field, and the per-item means that ``data.subtract_item_mean`` takes out
+before a fit."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -13,14 +15,20 @@ from vcinr_sci.data.sources import FieldSource
 
 @dataclass(frozen=True)
 class Normaliser:
-    """Affine map of data values onto [0, 1]: ``(x - lo) / (hi - lo)``."""
+    """Affine map of data values onto [0, 1]: ``(x - lo) / (hi - lo)``; and, with
+    ``data.subtract_mean_field``, the training fields' mean in those units (``mean_field``,
+    the grid's shape, float32), which items subtract and models add back (not part of
+    :meth:`normalise`, which maps values alone)."""
 
     lo: float
     hi: float
+    mean_field: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if not (np.isfinite(self.lo) and np.isfinite(self.hi) and self.hi > self.lo):
             raise ValueError(f"normalisation range must be finite with hi > lo, got [{self.lo}, {self.hi}]")
+        if self.mean_field is not None and not np.isfinite(self.mean_field).all():
+            raise ValueError("the normaliser's mean field holds non-finite values")
 
     def normalise(self, x):
         return (x - self.lo) / (self.hi - self.lo)
@@ -32,14 +40,30 @@ class Normaliser:
         return {"lo": float(self.lo), "hi": float(self.hi)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, float]) -> "Normaliser":
-        return cls(float(d["lo"]), float(d["hi"]))
+    def from_dict(cls, d: dict[str, float], mean_field: np.ndarray | None = None) -> "Normaliser":
+        return cls(float(d["lo"]), float(d["hi"]), mean_field)
 
 
 def fit_normaliser(
     source: FieldSource, indices: np.ndarray, cfg: DataConfig, block: int = 256
 ) -> Normaliser:
-    """Training-set min/max (NaNs ignored, read block by block), or the fixed range."""
+    """Training-set min/max (NaNs ignored, read block by block), or the fixed range; with
+    ``cfg.subtract_mean_field`` also the training mean field (a second pass)."""
+    norm = _fit_range(source, indices, cfg, block)
+    if not cfg.subtract_mean_field:
+        return norm
+    total = np.zeros(source.load(indices[:1]).shape[1:])
+    count = np.zeros(total.shape)
+    for start in range(0, len(indices), block):
+        x = norm.normalise(source.load(indices[start : start + block]).astype(np.float64))
+        finite = np.isfinite(x)
+        total += np.where(finite, x, 0.0).sum(axis=0)
+        count += finite.sum(axis=0)
+    mean = np.divide(total, count, out=np.zeros(total.shape), where=count > 0)  # 0 where never valid
+    return Normaliser(norm.lo, norm.hi, mean.astype(np.float32))
+
+
+def _fit_range(source: FieldSource, indices: np.ndarray, cfg: DataConfig, block: int) -> Normaliser:
     if cfg.normalisation == "fixed":
         if not cfg.fixed_range or len(cfg.fixed_range) != 2:
             raise ValueError("normalisation 'fixed' needs fixed_range: [lo, hi]")

@@ -40,17 +40,20 @@ from vcinr_sci.io.layout import (
     prepare_variable,
     warn_far_outside,
 )
-from vcinr_sci.io.store import chunk_bytes_stored, consolidate, is_local_path
+from vcinr_sci.io.store import chunk_bytes_stored, consolidate
 from vcinr_sci.metrics import error_figures, error_sums
 from vcinr_sci.model.artifact import HASH_PREFIX_LEN
 from vcinr_sci.model.embedded import MODELS_GROUP, embed_model
 from vcinr_sci.model.loaded import LoadedModel
-from vcinr_sci.model.registry import default_inner_steps, resolve_model, use_embedded_models
+from vcinr_sci.model.registry import cache_model, default_inner_steps, resolve_model, use_embedded_models
+from vcinr_sci.trust import is_local_path
 
 
 def open_zarr(store: Any, **kwargs: Any) -> xr.Dataset:
     """``xarray.open_zarr(store)``, after making the store's embedded models (if any)
-    findable; each variable's ``encoding["source"]`` names the store."""
+    findable (a local store holding a symlink out of itself is refused first, see
+    :func:`~vcinr_sci.model.registry.use_embedded_models`); each variable's
+    ``encoding["source"]`` names the store."""
     use_embedded_models(store)
     ds = xr.open_zarr(store, **kwargs)
     ref = str(Path(store).resolve()) if is_local_path(store) else store
@@ -174,11 +177,10 @@ class VCINRDatasetAccessor:
         bound = VCINRCodec(art.hash, quality, art.grid.to_dict(), steps, None, "NaN", **bounds).bound  # bad: fails now
         ds = self._obj
         names = self._select(variables, loaded, grid_dims)
-        model_path: str | None
-        if store_model and local:  # where the model will lie once the store is in place
-            model_path = str(final / MODELS_GROUP / art.hash[:HASH_PREFIX_LEN])
-        else:
-            model_path = str(Path(art.path).resolve()) if art.path else None
+        # The store records where its model is relative to itself, or nothing: never a path
+        # of the writer's. The writer caches the model, so readers on this machine find it.
+        model_path = f"{MODELS_GROUP}/{art.hash[:HASH_PREFIX_LEN]}" if store_model else None
+        cache_model(art)
 
         out = ds.copy()
         encoding: dict[Hashable, dict[str, Any]] = {}

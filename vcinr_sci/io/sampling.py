@@ -157,7 +157,7 @@ def sample(da: xr.DataArray, store: Any, points: dict[str, Any]) -> xr.DataArray
 def _sample_chunk(raw: bytes, codec, model: LoadedModel, chunk_shape, fields, coords, flat, patch) -> np.ndarray:
     """Values of ``fields`` (positions within the chunk) at the points, ``(fields, points)``;
     the header must claim the array's ``chunk_shape`` (a store is untrusted)."""
-    lat = decode_latents(raw, [codec.model_path], expected_shape=chunk_shape, model_hash=codec.model_hash)
+    lat = decode_latents(raw, codec.model_hints(), expected_shape=chunk_shape, model_hash=codec.model_hash)
     values = np.full((len(fields), len(flat)), np.nan)
     slot = np.full(lat.num_fields * model.num_patches, -1)  # item -> row of phi (-1: no latent)
     slot[lat.active] = np.arange(len(lat.active))

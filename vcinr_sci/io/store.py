@@ -1,34 +1,16 @@
 """Zarr-store helpers around the vcinr codec: raw chunk bytes, stored sizes,
 consolidated metadata. Works on local paths and on any zarr ``Store`` (through zarr's
 store API, so remote stores work too). Models stored inside a store:
-:mod:`vcinr_sci.model.embedded`.
+:mod:`vcinr_sci.model.embedded`; what a reader lets a store decide: :mod:`vcinr_sci.trust`.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import zarr
 
 _METADATA_KEYS = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
-
-
-def is_local_path(store: Any) -> bool:
-    """True for a filesystem path (str or PathLike without a URL scheme)."""
-    return isinstance(store, (str, os.PathLike)) and "://" not in os.fspath(store)
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def consolidate(store: Any, zarr_format: int) -> None:

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -35,6 +37,8 @@ from vcinr_sci.model.meta import MetaSGD
 FORMAT_VERSION = 1
 MANIFEST = "artifact.json"
 WEIGHTS = "weights.safetensors"
+# the normaliser's mean field (data.subtract_mean_field), beside the weights
+MEAN_FIELD = "normaliser.mean_field"
 MODEL_PATH_ENV = "VCINR_MODEL_PATH"
 HASH_PREFIX_LEN = 16
 # Largest artifact file copied from a store or a remote place: a claimed size is checked
@@ -95,6 +99,29 @@ class ModelArtifact:
         self.extra_tensors.update({prefix + k: v for k, v in coder_state(coder).items()})
 
     @property
+    def ladder(self) -> list[str]:
+        """The quality levels worth using, from fewest bits up: each spends more bits
+        than the one before for more PSNR, as measured on held-out items when the
+        artifact was made (``metrics["ladder"]``). An artifact from before ladders were
+        recorded: its ``q`` levels in order."""
+        recorded = self.metrics.get("ladder")
+        if recorded:
+            return list(recorded["levels"])
+        return sorted((q for q in self.quality_levels if re.fullmatch(r"q\d+", q)), key=lambda q: int(q[1:]))
+
+    def set_ladder(self, points: dict[str, tuple[float, float]], measured_on: str) -> list[str]:
+        """Record ``points`` (level -> bits per value, PSNR) measured on ``measured_on``
+        and the ladder they give (:func:`pareto_ladder`); returns the ladder."""
+        ladder, dominated = pareto_ladder(points)
+        self.metrics = dict(self.metrics) | {"ladder": {
+            "levels": ladder,
+            "measured_on": measured_on,
+            "points": {k: {"bits_per_value": b, "psnr": p} | ({"dominated_by": dominated[k]} if k in dominated else {})
+                       for k, (b, p) in points.items()},
+        }}
+        return ladder
+
+    @property
     def basis(self) -> LinearBasis | None:
         """The linear model's basis (None for an INR)."""
         if "basis" not in self.extra:
@@ -115,6 +142,27 @@ class ModelArtifact:
             raise KeyError(f"model {self.hash[:16]} has no quality level {level!r}; it has {sorted(specs)}")
         prefix = f"coders.{level}."
         return load_coder(specs[level], {k[len(prefix):]: v for k, v in self.extra_tensors.items() if k.startswith(prefix)})
+
+
+def pareto_ladder(points: dict[str, tuple[float, float]]) -> tuple[list[str], dict[str, str]]:
+    """The levels of ``points`` (level -> bits per value, PSNR) that no other level
+    dominates, from fewest bits up, and each dominated level with one that dominates it.
+
+    A level is dominated by another that spends no more bits for at least its PSNR, and
+    is strictly better in one of the two: a higher level of the ladder then never spends
+    more bits for less (or the same) PSNR. Among identical points the first is kept."""
+    names = list(points)
+    dominated: dict[str, str] = {}
+    for i, a in enumerate(names):
+        (bits_a, psnr_a) = points[a]
+        for j, b in enumerate(names):
+            bits_b, psnr_b = points[b]
+            better = bits_b <= bits_a and psnr_b >= psnr_a and (bits_b < bits_a or psnr_b > psnr_a)
+            if better or (j < i and (bits_b, psnr_b) == (bits_a, psnr_a)):
+                dominated[a] = b
+                break
+    ladder = sorted((n for n in names if n not in dominated), key=lambda n: points[n])
+    return ladder, dominated
 
 
 def build_model(config: Config, grid: Grid) -> MetaSGD | None:
@@ -139,6 +187,8 @@ def save_artifact(artifact: ModelArtifact, root: str | os.PathLike) -> Path:
     state = artifact.model.state_dict() if artifact.model is not None else {}
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in state.items()}
     tensors.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in artifact.extra_tensors.items()})
+    if artifact.normaliser.mean_field is not None:
+        tensors[MEAN_FIELD] = torch.from_numpy(np.ascontiguousarray(artifact.normaliser.mean_field, np.float32))
     weights = st_save(tensors)
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -176,6 +226,7 @@ def verify_artifact_files(manifest_text: bytes | str, weights: bytes, expected_h
         raise ArtifactError(f"{MANIFEST} is not valid JSON: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         found = manifest.get("format_version") if isinstance(manifest, dict) else None
+        found = found if isinstance(found, int) else "(not a number)"  # never quote a file's text
         raise ArtifactError(f"artifact format {found} is not supported (expected {FORMAT_VERSION})")
     digest = _content_hash(manifest, weights)
     if digest != manifest.get("hash"):
@@ -190,11 +241,23 @@ def load_artifact(path: str | os.PathLike, expected_hash: str | None = None) -> 
     path = Path(path)
     if not (path / MANIFEST).is_file() or not (path / WEIGHTS).is_file():
         raise ArtifactError(f"no model artifact at {path} (needs {MANIFEST} and {WEIGHTS})")
-    weights = (path / WEIGHTS).read_bytes()
     try:
+        weights = (path / WEIGHTS).read_bytes()
         manifest = verify_artifact_files((path / MANIFEST).read_bytes(), weights, expected_hash)
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot be read ({type(e).__name__}: {e.strerror})") from None
     except ArtifactError as e:
         raise ArtifactError(f"{path}: {e}") from None
+    try:
+        return _parse_artifact(manifest, weights, path)
+    except ArtifactError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as e:
+        # Verified files a reader cannot parse (a newer or faulty writer's): skipped like a bad copy.
+        raise ArtifactError(f"{path}: verified, but cannot be loaded ({type(e).__name__})") from None
+
+
+def _parse_artifact(manifest: dict[str, Any], weights: bytes, path: Path) -> ModelArtifact:
     config = Config.from_dict(manifest["config"])
     grid = grid_from_dict(manifest["grid"])
     tensors = st_load(weights)
@@ -208,7 +271,7 @@ def load_artifact(path: str | os.PathLike, expected_hash: str | None = None) -> 
         model=model,
         config=config,
         grid=grid,
-        normaliser=Normaliser.from_dict(manifest["normaliser"]),
+        normaliser=_normaliser(manifest, tensors, grid, path),
         split=manifest["split"],
         metrics=manifest.get("metrics", {}),
         extra=manifest.get("extra", {}),
@@ -216,6 +279,18 @@ def load_artifact(path: str | os.PathLike, expected_hash: str | None = None) -> 
         hash=manifest["hash"],
         path=path,
     )
+
+
+def _normaliser(manifest: dict[str, Any], tensors: dict[str, torch.Tensor], grid: Grid, path: Path) -> Normaliser:
+    """The artifact's normaliser, with its mean field when its config subtracts one."""
+    wanted = bool(manifest["config"].get("data", {}).get("subtract_mean_field"))
+    mean = tensors.get(MEAN_FIELD)
+    if wanted != (mean is not None) or (mean is not None and tuple(mean.shape) != tuple(grid.shape)):
+        raise ArtifactError(f"{path}: the mean field does not match the config and grid (data.subtract_mean_field)")
+    try:
+        return Normaliser.from_dict(manifest["normaliser"], None if mean is None else mean.numpy())
+    except ValueError as e:
+        raise ArtifactError(f"{path}: {e}") from None
 
 
 def install_artifact(manifest_text: bytes, weights: bytes, model_hash: str, cache: str | os.PathLike | None = None) -> Path:
@@ -278,13 +353,20 @@ def artifact_candidates(model_hash: str, root: Path) -> list[Path]:
         return []
     found = []
     for cand in [root, *sorted(root.glob(model_hash[:HASH_PREFIX_LEN] + "*"))]:
-        try:
-            claimed = json.loads((cand / MANIFEST).read_text()).get("hash", "")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(claimed, str) and claimed.startswith(model_hash):
+        claimed = claimed_hash(cand)
+        if claimed is not None and claimed.startswith(model_hash):
             found.append(cand)
     return found
+
+
+def claimed_hash(folder: Path) -> str | None:
+    """The full model hash ``folder``'s manifest claims, unverified; None when it has no
+    readable manifest or claims no well-formed hash (so the claim is safe to print)."""
+    try:
+        claimed = json.loads((folder / MANIFEST).read_bytes()).get("hash")
+        return check_model_hash(claimed)
+    except (OSError, ValueError, AttributeError, ArtifactError):
+        return None
 
 
 def find_artifact(model_hash: str, hints: Sequence[str | os.PathLike] = ()) -> Path:

@@ -12,9 +12,13 @@ correlation along consecutive training items ``rho`` (the item order a chunk has
 order over the item dims) are kept: they are the coefficient coder's priors
 (:mod:`vcinr_sci.coding.coefficients`).
 
-Arithmetic is float64 with float32 storage, so a reconstruction differs between
-machines (BLAS builds, thread counts) by far less than a float32 ulp of the output
-scale, the margin the error-bounded mode allows (:mod:`vcinr_sci.coding.bound`).
+A reconstruction is a float64 matrix product through numpy's BLAS, cast to float32 (on
+the CPU whatever device the codec uses). Another machine, BLAS kernel or thread count may
+sum the ``K`` products in another order, with or without FMA, and the cast may then round
+the other way: :meth:`LinearBasis.reconstruction_spread` bounds that difference per chunk,
+which sizes the error-bounded mode's margin for this model (:mod:`vcinr_sci.coding.bound`).
+The coefficients themselves decode bit for bit (elementwise float64 arithmetic,
+:mod:`vcinr_sci.coding.coefficients`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from vcinr_sci.errors import ArtifactError
 
 # Items to a projection batch: bounds memory at ~batch x P float64 values.
 _BATCH = 256
+_U64 = float(np.finfo(np.float64).eps) / 2  # float64's unit roundoff
 _STATE_KEYS = ("mean", "components", "scales", "rho")
 
 
@@ -42,6 +47,7 @@ class LinearBasis:
     rho: np.ndarray
     _support: np.ndarray = field(init=False, repr=False, compare=False)  # (P,) bool: components nonzero
     _components64: np.ndarray = field(init=False, repr=False, compare=False)
+    _component_max: np.ndarray = field(init=False, repr=False, compare=False)  # (K,) max |e_k| float64
 
     def __post_init__(self) -> None:
         k, p = self.components.shape if self.components.ndim == 2 else (-1, -1)
@@ -56,6 +62,7 @@ class LinearBasis:
         # derived once: frozen fields, so set past the dataclass's guard
         object.__setattr__(self, "_support", np.abs(self.components).sum(axis=0) > 0)
         object.__setattr__(self, "_components64", self.components.astype(np.float64))
+        object.__setattr__(self, "_component_max", np.abs(self._components64).max(axis=1, initial=0.0))
 
     @property
     def num_components(self) -> int:
@@ -126,6 +133,25 @@ class LinearBasis:
         """Items ``(B, P)`` float32 from coefficients ``(B, K)``."""
         c = np.asarray(coefficients, np.float64)
         return (self.mean + c @ self._components64).astype(np.float32)
+
+    def reconstruction_spread(self, coefficients: np.ndarray, top: float) -> float:
+        """The most :meth:`reconstruct` of ``coefficients (B, K)`` can differ between two
+        machines (normalised units) at the points whose values here are at most ``top``
+        in magnitude.
+
+        Each value is a sum of ``K + 1`` terms (the mean, ``K`` products) bounded by
+        ``t = max |mean| + max_i sum_k |c_ik| max |e_k|``. In float64, in any order and
+        with or without FMA, a machine's sum is within ``gamma t`` of the exact one
+        (``gamma = n u / (1 - n u)``, ``n = K + 1``, ``u = 2**-53``; Higham, *Accuracy and
+        Stability*, 3.1), so two machines' sums differ by at most ``2 gamma t`` and are at
+        most ``a = top + spacing32(top) / 2 + 2 gamma t`` in magnitude; the cast to float32
+        rounds each by at most half a float32 spacing at ``a``."""
+        c = np.abs(np.asarray(coefficients, np.float64))
+        t = float(np.abs(self.mean).max(initial=0.0)) + float((c * self._component_max).sum(axis=1).max(initial=0.0))
+        n = self.num_components + 1
+        sums = 2 * n * _U64 / (1 - n * _U64) * t
+        a = top + float(np.spacing(np.float32(top))) / 2 + sums
+        return sums + float(np.spacing(np.float32(a)))
 
     # ------------------------------------------------------------------ storage
 

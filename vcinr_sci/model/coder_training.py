@@ -93,3 +93,71 @@ def evaluate_coders(
     for coder in coders:
         coder.train()
     return out
+
+
+# ---------------------------------------------------------------- operating points
+
+# Uniform quantisers whose rate-distortion points give the data's slope (bits per latent
+# dimension before entropy coding).
+PROBE_BITS = tuple(range(1, 9))
+# The highest learned level aims this close (dB) to the unquantised latents' PSNR: the
+# last fraction of a dB costs bits out of all proportion.
+TOP_GAP_DB = 0.25
+
+
+@torch.no_grad()
+def decoded_mse(model, phi: torch.Tensor, items: ItemSet, batch_size: int = 32, device="cpu") -> float:
+    """MSE over the valid points of all of ``items`` decoded from their latents ``phi``
+    through the INR (all grid points, pooled)."""
+    sq, count = 0.0, 0
+    for s in range(0, len(items), batch_size):
+        idx = np.arange(s, min(s + batch_size, len(items)))
+        coords, values, mask = (t.to(device) for t in items.batch(idx))
+        err = torch.where(mask, model.decode(coords, phi[idx].to(device)) - values, 0.0).double()
+        sq, count = sq + float((err**2).sum()), count + int(mask.sum())
+    return sq / max(1, count)
+
+
+@torch.no_grad()
+def operating_point(model, coder, phi: torch.Tensor, items: ItemSet, chunk_items: int, device="cpu") -> tuple[float, float]:
+    """(bits per value, MSE) of ``items`` coded by ``coder``: bits from the bytes of
+    ``phi`` coded in strings of ``chunk_items`` latents, as the codec codes a chunk; MSE
+    of the data decoded through the INR from exactly what the decoder gets."""
+    step = max(1, chunk_items)
+    nbytes = sum(len(coder.compress(phi[s : s + step])) for s in range(0, len(phi), step))
+    mse = decoded_mse(model, coder.quantise(phi).cpu(), items, device=device)
+    return 8 * nbytes / (len(items) * items.points_per_item), mse
+
+
+def lambdas_from_slope(points: list[tuple[float, float]], floor_mse: float, levels: int) -> list[float]:
+    """Up to ``levels`` rate-distortion trade-offs (bits per value per unit MSE) whose optima
+    lie across the range that ``points`` (bits per value, MSE: the uniform quantisers'
+    measured points) span, from the coarsest point's MSE up to ``TOP_GAP_DB`` below the
+    unquantised latents' MSE ``floor_mse``.
+
+    A coder trained on ``bits + lambda * MSE`` settles where the rate falls by lambda
+    per unit of MSE gained: lambda is the slope ``-d bits / d MSE`` of the lower convex
+    hull of ``points``, read at each target MSE (log-log interpolation between the
+    hull's segments; ends held)."""
+    if levels < 1:
+        raise ValueError(f"coder.levels must be at least 1, got {levels}")
+    hull: list[tuple[float, float]] = []
+    for p in sorted(points):  # lower convex hull in (bits, MSE), MSE falling with bits
+        if hull and p[1] >= hull[-1][1]:
+            continue
+        while len(hull) >= 2 and _cross(hull[-2], hull[-1], p) <= 0:
+            hull.pop()
+        hull.append(p)
+    if len(hull) < 2:
+        raise ValueError(f"no rate-distortion slope: the probe points {points} do not trade bits for MSE")
+    slopes = np.array([(b1 - b0) / (m0 - m1) for (b0, m0), (b1, m1) in zip(hull, hull[1:])])
+    at = np.array([np.sqrt(m0 * m1) for (_, m0), (_, m1) in zip(hull, hull[1:])])  # falling
+    coarsest = hull[0][1]
+    finest = min(max(floor_mse * 10 ** (TOP_GAP_DB / 10), hull[-1][1]), coarsest)
+    targets = np.geomspace(coarsest, finest, levels) if levels > 1 else np.array([np.sqrt(coarsest * finest)])
+    log_lam = np.interp(np.log(targets), np.log(at[::-1]), np.log(slopes[::-1]))
+    return sorted({float(v) for v in np.exp(log_lam)})  # fewer when the data offer no range
+
+
+def _cross(o, a, b) -> float:
+    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])

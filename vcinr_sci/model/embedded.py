@@ -5,13 +5,17 @@ decode: the group ``_vcinr_models`` holds one subgroup per model, named by its h
 prefix, with the artifact's two files as uint8 arrays ``manifest`` (artifact.json) and
 ``weights`` (weights.safetensors) and the full hash as attribute ``vcinr_model_hash``.
 Being plain Zarr, it travels with the store and upsets no Zarr tool.
-:func:`vcinr_sci.model.registry.use_embedded_models` (called by :func:`vcinr_sci.io.accessor.open_zarr`) copies them
-into the cache folder (``$VCINR_CACHE_DIR``); the codec also does so by itself when its
-``model_path`` names such a subgroup of a local store, so ``xarray.open_zarr`` alone
-decodes a local store written with the model. A store is untrusted input: the hash
-attribute must be a full model hash before it names a folder, the arrays' claimed sizes
-are checked before they are read, and a copy enters the cache only once its content
-hash is verified (a bad copy is skipped with a warning and leaves the cache as it was).
+:func:`vcinr_sci.model.registry.use_embedded_models` (called by :func:`vcinr_sci.io.accessor.open_zarr`,
+which knows the store) copies them into the cache folder (``$VCINR_CACHE_DIR``), where the
+codec finds them by hash. The codec alone (plain ``xarray.open_zarr``) does not know where
+the store is: writers record the model's place relative to the store
+(``_vcinr_models/<prefix>``) and put the model in their cache. The codec follows a
+``model_path`` naming such a subgroup of a local store (an absolute one, as older writers
+recorded) only when the user trusts store paths (``$VCINR_TRUST_STORE_PATHS=1``).
+A store is untrusted input: the hash attribute must be a full model hash before it names
+a folder, the arrays' claimed sizes are checked before they are read, and a copy enters
+the cache only once its content hash is verified (a bad copy, whatever its damage, is
+skipped with an :class:`ArtifactError` and leaves the cache as it was).
 """
 
 from __future__ import annotations
@@ -106,8 +110,10 @@ def extract_model(model_group: zarr.Group, cache: Path | None = None) -> Path:
             if arr.shape[0] > MAX_ARTIFACT_BYTES:  # checked before anything is allocated
                 raise ArtifactError(f"'{key}' claims {arr.shape[0]} bytes, above the limit of {MAX_ARTIFACT_BYTES}")
             files[filename] = np.asarray(arr[:], np.uint8).tobytes()
-        except (KeyError, ValueError, OSError, ArtifactError) as e:
+        except (KeyError, ArtifactError) as e:
             raise ArtifactError(f"stored model {full}: {e}") from None
+        except Exception as e:  # a damaged array fails as its codec does (Zstd: RuntimeError)
+            raise ArtifactError(f"stored model {full}: '{key}' cannot be read ({type(e).__name__})") from None
     try:
         return install_artifact(files[MANIFEST], files[WEIGHTS], full, cache)
     except ArtifactError as e:

@@ -1,91 +1,35 @@
-"""A model artifact ready to code chunks: its weights on the device it runs on (or its
-linear basis), the layout of its items (patches), their coordinates, its latent coders
-by level; and the
-full-float32 context every decode runs in, so that no speed setting changes the bytes' meaning."""
+"""A model artifact ready to code chunks: its kind (an INR on the device it runs on, or a
+linear basis), the layout of its items (patches), their coordinates, its latent coders by
+level."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 import torch
 
 from vcinr_sci.data.grids import Grid, Patcher
-from vcinr_sci.errors import CodecError, UsageError
-from vcinr_sci.model.artifact import (
-    ModelArtifact,
-)
-from vcinr_sci.model.basis import LinearBasis
-
-DEVICE_ENV = "VCINR_DEVICE"
-
-
-BATCH_POINTS_ENV = "VCINR_BATCH_POINTS"
-
-
-def default_device() -> torch.device:
-    """``$VCINR_DEVICE`` if set, else CUDA when present, else the CPU."""
-    name = os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _batch_points() -> int:
-    return max(1, int(os.environ.get(BATCH_POINTS_ENV, 2**16)))
-
-
-_PRECISION_LOCK = threading.Lock()
-_PRECISION_USERS = 0
-_PRECISION_SAVED: str | None = None
-
-
-@contextlib.contextmanager
-def full_float32() -> Iterator[None]:
-    """Run CUDA float32 matmuls in IEEE float32 (no TF32) inside the block, restoring the
-    caller's setting afterwards.
-
-    Decoding must not depend on a process-wide speed setting: TF32 changes the INR's
-    output by ~1e-3 of the normalisation range, far beyond the error-bounded mode's
-    margin (:mod:`vcinr_sci.coding.bound`). torch 2.13 sets this with
-    ``torch.backends.cuda.matmul.fp32_precision`` (``"ieee"``); the legacy
-    ``allow_tf32`` / ``set_float32_matmul_precision`` flags map onto it, and reading
-    them after the new one was set raises, so only the new one is touched. The INR
-    has no convolutions, so cuDNN's flag does not apply. Chunks decode in several
-    threads at once: the first to enter saves and sets, the last to leave restores.
-    On the CPU the setting has no effect.
-    """
-    global _PRECISION_USERS, _PRECISION_SAVED
-    matmul = torch.backends.cuda.matmul
-    with _PRECISION_LOCK:
-        if _PRECISION_USERS == 0:
-            _PRECISION_SAVED = matmul.fp32_precision
-            matmul.fp32_precision = "ieee"
-        _PRECISION_USERS += 1
-    try:
-        yield
-    finally:
-        with _PRECISION_LOCK:
-            _PRECISION_USERS -= 1
-            if _PRECISION_USERS == 0:
-                matmul.fp32_precision = _PRECISION_SAVED
+from vcinr_sci.errors import CodecError
+from vcinr_sci.model.artifact import ModelArtifact
+from vcinr_sci.model.kinds import ModelKind
 
 
 @dataclass
 class LoadedModel:
-    """A model artifact ready to code chunks: weights on ``device``, the items' layout
-    (patches) and the coordinates of every item's points, latent coders by level.
-
-    With a linear model (``basis``) an item's "latent" is its coefficients: found in
-    closed form (no inner steps) and evaluated as ``mean + c @ components`` on the CPU."""
+    """A model artifact ready to code chunks: its kind (:mod:`vcinr_sci.model.kinds`: an
+    INR's weights on ``device``, or a linear basis), the items' layout (patches) and the
+    coordinates of every item's points, latent coders by level. What a kind does, the
+    model forwards to it: callers never ask which kind they hold."""
 
     artifact: ModelArtifact
     device: torch.device
     patcher: Patcher | None
     item_coords: torch.Tensor  # (num_patches, points_per_item, coord_dim) on device
-    basis: LinearBasis | None = None
+    kind: ModelKind
     _coders: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -99,16 +43,13 @@ class LoadedModel:
 
     @property
     def subtracts_item_mean(self) -> bool:
-        """Whether chunks store each item's mean and the INR codes the rest."""
+        """Whether chunks store each item's mean and the model codes the rest."""
         return self.artifact.config.data.subtract_item_mean
 
     @property
     def latent_dim(self) -> int:
         """Numbers per item in a latent (coefficients, for a linear model)."""
-        if self.basis is not None:
-            return self.basis.num_components
-        assert self.artifact.model is not None
-        return self.artifact.model.latent_dim
+        return self.kind.latent_dim
 
     @property
     def num_patches(self) -> int:
@@ -147,57 +88,47 @@ class LoadedModel:
             return items.reshape(-1, *self.grid.shape)
         return self.patcher.merge(items.reshape(-1, self.num_patches, *self.patcher.patch_shape))
 
-    def _network(self):
-        if self.artifact.model is None:
-            raise UsageError(f"model {self.hash[:16]} has no network")
-        return self.artifact.model
-
-    def _batches(self, n: int):
-        size = max(1, _batch_points() // self.points_per_item)
-        for start in range(0, n, size):
-            yield slice(start, min(start + size, n))
+    @cached_property
+    def _base(self) -> np.ndarray | None:
+        """The mean field as items ``(num_patches, P)`` (``data.subtract_mean_field``), or None."""
+        mean = self.artifact.normaliser.mean_field
+        return None if mean is None else self.to_items(mean[None]).astype(np.float32)
 
     def adapt(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int) -> torch.Tensor:
         """Latents ``(len(items), D)`` of the normalised ``values`` at item indices ``items``
-        (a linear model's least-squares coefficients: ``steps`` does not apply)."""
-        if self.basis is not None:
-            return torch.from_numpy(self.basis.coefficients(values, valid))
-        out = []
-        model = self._network()
-        for sl in self._batches(len(items)):
-            coords = self.item_coords[torch.as_tensor(items[sl] % self.num_patches, device=self.device)]
-            target = torch.as_tensor(values[sl], device=self.device).unsqueeze(-1)
-            mask = torch.as_tensor(valid[sl], device=self.device).unsqueeze(-1)
-            out.append(model.adapt(coords, target, mask, steps))
-        return torch.cat(out) if out else torch.zeros(0, model.latent_dim, device=self.device)
+        (the kind fits what the mean field, where the model has one, leaves)."""
+        if self._base is not None:
+            values = values - self._base[np.asarray(items) % self.num_patches]
+        return self.kind.adapt(items, values, valid, steps)
 
-    @torch.no_grad()
     def evaluate(self, items: np.ndarray, phi: torch.Tensor) -> np.ndarray:
-        """The INR of latents ``phi`` on the grid points of items ``items``: ``(n, P)``."""
-        if self.basis is not None:
-            return self.basis.reconstruct(phi.cpu().numpy())
-        out = []
-        model = self._network()
-        phi = phi.to(self.device, torch.float32)
-        with full_float32():
-            for sl in self._batches(len(items)):
-                coords = self.item_coords[torch.as_tensor(items[sl] % self.num_patches, device=self.device)]
-                out.append(model.decode(coords, phi[sl])[..., 0].float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.points_per_item), np.float32)
+        """The model of latents ``phi`` on the grid points of items ``items``: ``(n, P)``
+        float32 (the kind's values plus the mean field, where the model has one)."""
+        out = self.kind.evaluate(items, phi)
+        if self._base is not None:
+            out = out + self._base[np.asarray(items) % self.num_patches]
+        return out
 
-    @torch.no_grad()
+    def reconstruction_margin(self, phi: torch.Tensor, own: np.ndarray, offsets: np.ndarray) -> float:
+        """The most any decoder's reconstruction of a chunk's valid points can differ
+        from this process's, in data units: the error-bounded mode's ``d``
+        (:mod:`vcinr_sci.coding.bound`). ``phi``: the chunk's decoded latents; ``own``:
+        the model's normalised values at the valid points (:meth:`evaluate`); ``offsets``:
+        the item means the codec adds to them in float32. The kind bounds those float32
+        sums (:meth:`~vcinr_sci.model.kinds.ModelKind.value_spread`); the float64
+        denormalisation ``v (hi - lo) + lo`` rounds twice more, a float64 spacing each."""
+        norm = self.artifact.normaliser
+        span = norm.hi - norm.lo
+        spread = self.kind.value_spread(phi, own, offsets)
+        top = float(np.abs(own).max(initial=0.0)) + float(np.abs(offsets).max(initial=0.0)) + spread
+        return span * spread + 2 * float(np.spacing(abs(norm.lo) + span * top))
+
     def evaluate_at(self, coords: np.ndarray, phi: torch.Tensor) -> np.ndarray:
-        """The INR of each latent in ``phi`` ``(B, D)`` at shared points ``coords``
-        ``(N, coord_dim)``: ``(B, N)`` (continuous-resolution sampling; an INR only)."""
-        if self.basis is not None:
-            raise UsageError(
-                f"model {self.hash[:16]} is linear: it is defined on its grid's points only, so sampling off the "
-                "grid needs an INR model (read the array, or interpolate it, instead)"
-            )
-        model = self._network()
-        c = torch.as_tensor(np.asarray(coords, np.float32), device=self.device)
-        phi = phi.to(self.device, torch.float32)
-        step = max(1, _batch_points() // max(1, len(c)))
-        with full_float32():
-            out = [model.decode(c, phi[i : i + step])[..., 0].float().cpu().numpy() for i in range(0, len(phi), step)]
-        return np.concatenate(out) if out else np.zeros((0, len(c)), np.float32)
+        """The model of each latent in ``phi`` ``(B, D)`` at shared points ``coords``
+        ``(N, coord_dim)``: ``(B, N)`` (continuous-resolution sampling; the mean field,
+        where the model has one, interpolated there)."""
+        out = self.kind.evaluate_at(coords, phi)
+        mean = self.artifact.normaliser.mean_field
+        if mean is not None:
+            out = out + self.grid.interpolate(mean, coords).astype(np.float32)
+        return out

@@ -1,0 +1,165 @@
+"""Model kinds: what each kind of model does for the codec, behind one interface.
+
+A chunk's fields become items (:class:`~vcinr_sci.model.loaded.LoadedModel` cuts them into
+the model's patches); each kind turns items into latents and latents back into values:
+
+- :class:`InrKind`, VC-INR (``model.kind: inr``): a meta-learned network, an item's latent
+  found by its inner loop, evaluated at any coordinates;
+- :class:`LinearKind` (``model.kind: linear``): the training mean and EOFs, an item's latent
+  its least-squares coefficients, defined on the grid's points only.
+
+Callers (the codec, sampling, benches, pipelines) hold a ``LoadedModel`` and never ask
+which kind it carries; :func:`model_kind` is the one place that looks.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from vcinr_sci.errors import UsageError
+from vcinr_sci.model.artifact import ModelArtifact
+from vcinr_sci.model.basis import LinearBasis
+from vcinr_sci.model.device import full_float32
+
+BATCH_POINTS_ENV = "VCINR_BATCH_POINTS"
+
+# The largest difference allowed between the encoder's and any decoder's float32 INR
+# output, in float32 ulps of the output scale: 256 ulps = 3.1e-5 of the normalisation
+# range. Measured (`vcinr bench cross-device`, demo model, 29,008 values): an H200 in
+# float32 differs from this CPU by at most 2.4e-7 of the range (2 ulps), so this leaves
+# two orders of magnitude of headroom; TF32 would differ by 1.0e-3 and is kept off.
+INR_DEVICE_ULPS = 256
+_EPS32 = float(np.finfo(np.float32).eps)
+
+
+def batch_points() -> int:
+    """Grid points an INR evaluates at once (``$VCINR_BATCH_POINTS``: memory against speed)."""
+    return max(1, int(os.environ.get(BATCH_POINTS_ENV, 2**16)))
+
+
+class ModelKind(Protocol):
+    """One kind of model, as the codec uses it. ``items`` index the chunk's items
+    (patch ``i % num_patches`` of field ``i // num_patches``); values are normalised."""
+
+    @property
+    def latent_dim(self) -> int:
+        """Numbers per item in a latent."""
+
+    def adapt(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int) -> torch.Tensor:
+        """Latents ``(len(items), latent_dim)`` of ``values`` ``(len(items), P)`` fitted on
+        their ``valid`` points (``steps``: inner steps, where the kind has any)."""
+
+    def evaluate(self, items: np.ndarray, phi: torch.Tensor) -> np.ndarray:
+        """Float32 values ``(len(items), P)`` of latents ``phi`` on the items' grid points."""
+
+    def evaluate_at(self, coords: np.ndarray, phi: torch.Tensor) -> np.ndarray:
+        """Float32 values ``(B, N)`` of each latent in ``phi`` at shared points ``coords``
+        ``(N, coord_dim)`` (continuous-resolution sampling)."""
+
+    def value_spread(self, phi: torch.Tensor, own: np.ndarray, offsets: np.ndarray) -> float:
+        """The most any decoder's float32 values ``own + offset`` at a chunk's valid
+        points can differ from this process's (normalised units), whatever machine,
+        BLAS, thread count or device it runs on: ``own`` are :meth:`evaluate`'s values
+        of the chunk's latents ``phi`` at its valid points, ``offsets`` the item means
+        the codec adds to them in float32 (0 without ``data.subtract_item_mean``)."""
+
+
+class InrKind:
+    """A meta-learned INR on ``device``; ``item_coords`` ``(num_patches, P, coord_dim)``
+    are the coordinates of every patch's points."""
+
+    def __init__(self, network, item_coords: torch.Tensor, device: torch.device):
+        self.network, self.item_coords, self.device = network, item_coords, device
+
+    @property
+    def latent_dim(self) -> int:
+        return self.network.latent_dim
+
+    def _coords(self, items: np.ndarray) -> torch.Tensor:
+        return self.item_coords[torch.as_tensor(items % len(self.item_coords), device=self.device)]
+
+    def _batches(self, n: int):
+        size = max(1, batch_points() // self.item_coords.shape[1])
+        for start in range(0, n, size):
+            yield slice(start, min(start + size, n))
+
+    def adapt(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int) -> torch.Tensor:
+        out = []
+        for sl in self._batches(len(items)):
+            target = torch.as_tensor(values[sl], device=self.device).unsqueeze(-1)
+            mask = torch.as_tensor(valid[sl], device=self.device).unsqueeze(-1)
+            out.append(self.network.adapt(self._coords(items[sl]), target, mask, steps))
+        return torch.cat(out) if out else torch.zeros(0, self.latent_dim, device=self.device)
+
+    @torch.no_grad()
+    def evaluate(self, items: np.ndarray, phi: torch.Tensor) -> np.ndarray:
+        out = []
+        phi = phi.to(self.device, torch.float32)
+        with full_float32():
+            for sl in self._batches(len(items)):
+                out.append(self.network.decode(self._coords(items[sl]), phi[sl])[..., 0].float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.item_coords.shape[1]), np.float32)
+
+    def value_spread(self, phi: torch.Tensor, own: np.ndarray, offsets: np.ndarray) -> float:
+        """``INR_DEVICE_ULPS`` float32 ulps of the output scale ``max(1, max |own| + max
+        |offset|)``: a device allowance (the means count once: only ``own`` varies
+        between devices, the sum's rounding is one ulp of ``|own + offset|``)."""
+        top = float(np.abs(own).max(initial=0.0)) + float(np.abs(offsets).max(initial=0.0))
+        return INR_DEVICE_ULPS * _EPS32 * max(1.0, top)
+
+    @torch.no_grad()
+    def evaluate_at(self, coords: np.ndarray, phi: torch.Tensor) -> np.ndarray:
+
+        c = torch.as_tensor(np.asarray(coords, np.float32), device=self.device)
+        phi = phi.to(self.device, torch.float32)
+        step = max(1, batch_points() // max(1, len(c)))
+        with full_float32():
+            out = [self.network.decode(c, phi[i : i + step])[..., 0].float().cpu().numpy()
+                   for i in range(0, len(phi), step)]
+        return np.concatenate(out) if out else np.zeros((0, len(c)), np.float32)
+
+
+class LinearKind:
+    """The linear model: ``mean + coefficients @ components`` on the CPU, in float64."""
+
+    def __init__(self, basis: LinearBasis, model_hash: str):
+        self.basis, self.model_hash = basis, model_hash
+
+    @property
+    def latent_dim(self) -> int:
+        return self.basis.num_components
+
+    def adapt(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int) -> torch.Tensor:
+        return torch.from_numpy(self.basis.coefficients(values, valid))
+
+    def evaluate(self, items: np.ndarray, phi: torch.Tensor) -> np.ndarray:
+        return self.basis.reconstruct(phi.cpu().numpy())
+
+    def value_spread(self, phi: torch.Tensor, own: np.ndarray, offsets: np.ndarray) -> float:
+        """What the arithmetic can differ by, derived: the float64 sum and its float32
+        cast (:meth:`LinearBasis.reconstruction_spread`), then half a float32 spacing per
+        side for the offsets' addition; about two float32 ulps of the values."""
+        top, means = float(np.abs(own).max(initial=0.0)), float(np.abs(offsets).max(initial=0.0))
+        top += float(np.spacing(np.float32(top + means)))  # own = float32(y + o) - o: within a spacing of y
+        spread = self.basis.reconstruction_spread(phi.cpu().numpy(), top)
+        return spread + float(np.spacing(np.float32(top + spread + means)))
+
+    def evaluate_at(self, coords: np.ndarray, phi: torch.Tensor) -> np.ndarray:
+        raise UsageError(
+            f"model {self.model_hash[:16]} is linear: it is defined on its grid's points only, so sampling off the "
+            "grid needs an INR model (read the array, or interpolate it, instead)"
+        )
+
+
+def model_kind(artifact: ModelArtifact, item_coords: torch.Tensor, device: torch.device) -> ModelKind:
+    """The kind an artifact holds, ready on ``device`` (the one place that asks)."""
+    basis = artifact.basis
+    if basis is not None:
+        return LinearKind(basis, artifact.hash)
+    if artifact.model is None:
+        raise UsageError(f"model {artifact.hash[:16]} has neither a network nor a basis")
+    return InrKind(artifact.model, item_coords, device)
