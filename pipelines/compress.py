@@ -58,7 +58,7 @@ def open_source(cfg: Config, variable: str):
     from vcinr_sci.data.sources import open_variable
 
     data = dataclasses.replace(cfg.data, variable=variable, paths=list(cfg.compress.paths or cfg.data.paths))
-    return open_variable(data)
+    return open_variable(data, "config.compress.paths" if cfg.compress.paths else "config.data.paths")
 
 
 def default_output(cfg: Config, quality: str) -> Path:

@@ -88,3 +88,12 @@ def test_an_unset_variable_in_the_data_paths_names_the_key_and_the_variable(monk
     monkeypatch.delenv("VCINR_NOT_SET", raising=False)
     with pytest.raises(ConfigError, match=r"config\.data\.paths\[1\]: environment variable 'VCINR_NOT_SET'"):
         resolve_paths(["iris-sample-data:A1B_north_america.nc", "$VCINR_NOT_SET/a.nc"])
+
+
+def test_an_unset_variable_in_the_compress_paths_names_that_key(monkeypatch):
+    from pipelines.compress import open_source
+
+    monkeypatch.delenv("VCINR_NOT_SET", raising=False)
+    cfg = load_config(CONFIGS / "tiny.yaml", parse_overrides(["compress.paths=['${VCINR_NOT_SET}/a.nc']"]))
+    with pytest.raises(ConfigError, match=r"config\.compress\.paths\[0\]: environment variable 'VCINR_NOT_SET'"):
+        open_source(cfg, cfg.data.variable)

@@ -56,11 +56,12 @@ def resolve_paths(paths: Sequence[str], key: str = "config.data.paths") -> list[
     return out
 
 
-def open_variable(cfg: DataConfig) -> xr.DataArray:
-    """Open ``cfg.variable`` lazily, item dims first and grid dims last."""
+def open_variable(cfg: DataConfig, paths_key: str = "config.data.paths") -> xr.DataArray:
+    """Open ``cfg.variable`` lazily, item dims first and grid dims last; errors in the
+    paths name them ``paths_key``."""
     if not cfg.paths:
         raise ValueError("data.paths is empty: name at least one netCDF/Zarr file or glob")
-    paths = resolve_paths(cfg.paths)
+    paths = resolve_paths(cfg.paths, paths_key)
     if len(paths) == 1:
         ds = _open_one(paths[0])
     else:
