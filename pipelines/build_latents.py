@@ -194,7 +194,7 @@ def build(cfg: Config, model: str | None = None, quiet: bool = False) -> BuildSu
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = config_parser(__doc__, "YAML run config (its latents section; configs/*.yaml)", "latents.num_actors=4",
+    p = config_parser("vcinr latents", __doc__, "YAML run config (its latents section; configs/*.yaml)", "latents.num_actors=4",
                       model_help="artifact folder or hash (default: the newest artifact of this config)")
     args = p.parse_args(argv)
     build(load(args), args.model)

@@ -8,10 +8,12 @@ import argparse
 from vcinr_sci.config import Config, load_config, parse_overrides
 
 
-def config_parser(doc: str | None, config_help: str, set_example: str, model_help: str | None = None) -> argparse.ArgumentParser:
+def config_parser(
+    prog: str, doc: str | None, config_help: str, set_example: str, model_help: str | None = None
+) -> argparse.ArgumentParser:
     """``--config`` (required), ``--set KEY=VALUE`` (repeatable) and, with
-    ``model_help``, ``--model``."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ``model_help``, ``--model``; usage lines name ``prog`` (``vcinr compress``)."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help=config_help)
     if model_help:
         p.add_argument("--model", help=model_help)

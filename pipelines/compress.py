@@ -58,7 +58,7 @@ def open_source(cfg: Config, variable: str):
     from vcinr_sci.data.sources import open_variable
 
     data = dataclasses.replace(cfg.data, variable=variable, paths=list(cfg.compress.paths or cfg.data.paths))
-    return open_variable(data)
+    return open_variable(data, "config.compress.paths" if cfg.compress.paths else "config.data.paths")
 
 
 def default_output(cfg: Config, quality: str) -> Path:
@@ -358,7 +358,7 @@ def _missing(store: Path, arr, variable: str, g: int) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = config_parser(__doc__, "YAML run config (its data and compress sections)", "compress.quality=q1",
+    p = config_parser("vcinr compress", __doc__, "YAML run config (its data and compress sections)", "compress.quality=q1",
                       model_help="artifact folder or hash (default: the newest matching artifact with coders)")
     p.add_argument("--limit", type=int, help="write at most this many chunks (the store stays unfinished)")
     args = p.parse_args(argv)

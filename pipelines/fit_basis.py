@@ -1,7 +1,7 @@
 """Fit a linear model (``model.kind: linear``): the training mean item and leading EOFs,
 and one coefficient coder per target PSNR, into a model artifact.
 
-    python -m pipelines.fit_basis --config configs/suite-ccsm-linear.yaml
+    python -m pipelines.fit_basis --config configs/suite-ccsm.yaml --set model.kind=linear
 
 1. the basis (:class:`~vcinr_sci.model.basis.LinearBasis`) from the training part of the
    split (an SVD of up to ``basis.max_fit_items`` items; every training item's
@@ -164,7 +164,7 @@ class _Scored:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = config_parser(__doc__, "YAML run config with model.kind: linear", "basis.components=64").parse_args(argv)
+    args = config_parser("vcinr fit-basis", __doc__, "YAML run config with model.kind: linear", "basis.components=64").parse_args(argv)
     fit(load(args))
     return 0
 

@@ -126,7 +126,7 @@ def train_inr(cfg: Config, stage) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = config_parser(__doc__, "YAML run config (configs/*.yaml)", "meta.steps=50")
+    p = config_parser("python -m pipelines.main_job", __doc__, "YAML run config (configs/*.yaml)", "meta.steps=50")
     p.add_argument("--out", default="out", help="folder for the Zarr stores and the figure (default: out)")
     args = p.parse_args(argv)
     cfg = load(args)

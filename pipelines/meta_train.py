@@ -210,7 +210,7 @@ def write_artifact(cfg: Config, state_dict: dict, provenance: dict | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = config_parser(__doc__, "YAML run config (configs/*.yaml)", "meta.steps=50").parse_args(argv)
+    args = config_parser("vcinr train", __doc__, "YAML run config (configs/*.yaml)", "meta.steps=50").parse_args(argv)
     fit(load(args))
     return 0
 

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from pipelines.ray_watchdog import OWNER_ENV
+
+_watchdog_pipe: int | None = None  # write end of the pipe the watchdog waits on (see _start_watchdog)
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
     """Join the cluster named by ``RAY_ADDRESS`` (as ``ray job submit`` sets it), or
-    start a quiet local Ray with ``num_cpus`` CPUs (at least what the job asks for)."""
+    start a quiet local Ray with ``num_cpus`` CPUs (at least what the job asks for),
+    whose every process ends with this one (:mod:`pipelines.ray_watchdog`)."""
     import ray
 
     if ray.is_initialized():
@@ -21,17 +31,55 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True, logging_config=logging_config)
         return
-    ray.init(
-        # A new instance every time: never a `ray start` cluster, nor the Ray processes a
-        # killed run left behind (`ray stop` removes those; see the README).
-        address="local",
-        num_cpus=max(num_cpus or 0, os.cpu_count() or 1),
-        include_dashboard=False,
-        configure_logging=True,
-        logging_level="WARNING",
-        log_to_driver=True,
-        logging_config=logging_config,
-    )
+    token = _start_watchdog()
+    os.environ[OWNER_ENV] = token  # inherited by the processes ray.init starts, and theirs
+    try:
+        ray.init(
+            # A new instance every time: never a `ray start` cluster, nor another run's Ray.
+            address="local",
+            num_cpus=max(num_cpus or 0, os.cpu_count() or 1),
+            include_dashboard=False,
+            configure_logging=True,
+            logging_level="WARNING",
+            log_to_driver=True,
+            logging_config=logging_config,
+            runtime_env={"worker_process_setup_hook": _address_own_cluster},
+        )
+    finally:
+        del os.environ[OWNER_ENV]  # not for the driver's other children
+
+
+def _start_watchdog() -> str:
+    """Start :mod:`pipelines.ray_watchdog` on a pipe only this process holds open;
+    returns its token. A previous watchdog of this process (its Ray was shut down, or
+    ensure_ray would not start another) is let go: it ends what is left of its Ray."""
+    global _watchdog_pipe
+    token = f"{os.getpid()}-{uuid.uuid4().hex}"
+    read_end, write_end = os.pipe()  # not inheritable: no Ray process holds it open
+    try:
+        subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("ray_watchdog.py")), token],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    finally:
+        os.close(read_end)
+    if _watchdog_pipe is not None:
+        os.close(_watchdog_pipe)  # the previous watchdog ends its Ray (shut down already) and exits
+    _watchdog_pipe = write_end
+    return token
+
+
+def _address_own_cluster() -> None:
+    """Run in every worker of an embedded Ray: name that Ray in ``RAY_ADDRESS``, where Ray
+    code that looks the cluster up looks first. Ray Train's placement-group cleaner
+    queries the state API without an address; with other Rays on the machine its lookup
+    failed ("Found multiple active Ray instances") in a traceback."""
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 
 def use_assigned_cpus() -> int:
@@ -53,6 +101,30 @@ def use_assigned_cpus() -> int:
     return threads
 
 
+def quiet_train_reports() -> None:
+    """In a Ray Train worker, drop Ray Train's INFO line per ``ray.train.report``
+    ("Reporting training result N: TrainingReport(...)"), which the driver printed
+    beside the progress lines. Its logger is named by its file, outside ``ray.train``,
+    so RunConfig's LoggingConfig misses it, and the worker's root logger passes INFO to
+    the driver. Its warnings and errors still pass."""
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    context.logger.setLevel(logging.WARNING)
+
+
+def _without_report_lines(loop):
+    """``loop``, run after :func:`quiet_train_reports`."""
+
+    @functools.wraps(loop)
+    def run(loop_config: dict):
+        quiet_train_reports()
+        return loop(loop_config)
+
+    return run
+
+
 def torch_trainer(
     loop,
     loop_config: dict,
@@ -72,7 +144,7 @@ def torch_trainer(
     from ray.train.torch import TorchTrainer
 
     return TorchTrainer(
-        loop,
+        _without_report_lines(loop),
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=num_workers,

@@ -368,7 +368,7 @@ def write_coders(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = config_parser(__doc__, "YAML run config (its latents and coder sections)", "coder.steps=500",
+    p = config_parser("vcinr fit-coder", __doc__, "YAML run config (its latents and coder sections)", "coder.steps=500",
                       model_help="artifact folder or hash (default: the newest artifact of this config)")
     args = p.parse_args(argv)
     fit(load(args), args.model)

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from _vcinr_tiny import QUALITY, fields, five_d_fields, tiny_artifact
+from _vcinr_tiny import QUALITY, fields, five_d_fields, linear_artifact, tiny_artifact
 
 from vcinr_sci import metrics
-from vcinr_sci.errors import CodecError
+from vcinr_sci.errors import CodecError, UsageError
 from vcinr_sci.io.accessor import open_zarr
 from vcinr_sci.io.layout import ATTRS, item_chunks
 
@@ -328,6 +328,37 @@ def test_undeclared_fill_value_warns(model, ds, tmp_path):
         filled.vcinr.to_zarr(tmp_path / "undeclared.zarr", model=model, quality=QUALITY, chunks={"time": 10}, measure=False)
     (message,) = [str(x.message) for x in w if "far outside" in str(x.message)]
     assert "most extreme -9999" in message and "_FillValue" in message
+
+
+@pytest.mark.parametrize("kind", ["inr", "linear"])
+@pytest.mark.parametrize("fill", [1e20, 1e30])
+@pytest.mark.parametrize("bound", [None, 0.5])
+def test_an_undeclared_huge_fill_is_coded_as_data(model, ds, tmp_path, kind, fill, bound):
+    """As the README says, an undeclared fill value is data: it is coded (warned of),
+    not refused. A bare ValueError came from the linear model's coefficients at 1e20
+    and the INR's adaptation at 1e30. With a bound, every valid point (the fill's
+    included) comes back within it."""
+    artifact, quality = (model, QUALITY) if kind == "inr" else (linear_artifact(), "q1")
+    filled = ds.isel(time=slice(0, 8)).copy(deep=True)
+    filled["air_temperature"][3, 5:9, 10:20] = fill
+    with pytest.warns(UserWarning, match="lie far outside"):
+        out = filled.vcinr.to_zarr(tmp_path / "huge.zarr", model=artifact, quality=quality, max_abs_error=bound)
+    back = open_zarr(out).air_temperature.values.astype(np.float64)
+    source = filled.air_temperature.values.astype(np.float64)
+    valid = np.isfinite(source)
+    np.testing.assert_array_equal(np.isnan(back), ~valid)
+    assert np.isfinite(back[valid]).all()
+    if bound is not None:
+        assert np.abs(back - source)[valid].max() <= bound
+
+
+def test_an_empty_array_is_a_usage_error(model, ds, tmp_path):
+    empty = ds.isel(time=slice(0, 0))
+    with pytest.raises(UsageError, match=r"'air_temperature' has no values \(sizes \{'time': 0, "):
+        empty.vcinr.to_zarr(tmp_path / "empty.zarr", model=model, quality=QUALITY)
+    assert not (tmp_path / "empty.zarr").exists()
+    with pytest.raises(UsageError, match="no values"):
+        empty.air_temperature.vcinr.error_report(empty.air_temperature)
 
 
 def test_integer_variables_are_named_with_their_dtype(model, ds, tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from vcinr_sci.config import Config, load_config, parse_overrides
+from vcinr_sci.data.sources import resolve_paths
 from vcinr_sci.errors import ConfigError, VCINRError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -55,3 +56,44 @@ def test_unknown_key_and_missing_file_are_config_errors(tmp_path):
         load_config(tmp_path / "absent.yaml")
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_overrides(["meta.steps"])
+
+
+def test_environment_variables_are_expanded_in_every_path(tmp_path, monkeypatch):
+    """``${OUT}`` in train.artifact_dir made a folder named ``${OUT}``: only data.paths
+    expanded variables."""
+    monkeypatch.setenv("OUT", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = load_config(CONFIGS / "tiny.yaml", parse_overrides([
+        "train.artifact_dir=${OUT}/artifacts", "train.storage_path=$OUT/runs",
+        "latents.output_dir=~/latents", "compress.output=${OUT}/a.zarr",
+        "data.paths=['${OUT}/*.nc']",
+    ]))
+    assert cfg.train.artifact_dir == f"{tmp_path}/artifacts" and cfg.train.storage_path == f"{tmp_path}/runs"
+    assert cfg.latents.output_dir == f"{tmp_path}/home/latents" and cfg.compress.output == f"{tmp_path}/a.zarr"
+    # the data paths stay as written (a model's stored config names its data alike everywhere)...
+    assert cfg.data.paths == ["${OUT}/*.nc"]
+    # ...and are expanded when the data are opened
+    (tmp_path / "x.nc").touch()
+    assert resolve_paths(cfg.data.paths) == [str(tmp_path / "x.nc")]
+
+
+@pytest.mark.parametrize("key", ["train.artifact_dir", "train.storage_path", "latents.output_dir", "compress.output"])
+def test_an_unset_variable_in_a_path_names_the_key_and_the_variable(key, monkeypatch):
+    monkeypatch.delenv("VCINR_NOT_SET", raising=False)
+    with pytest.raises(ConfigError, match=rf"config\.{key}: environment variable 'VCINR_NOT_SET'"):
+        load_config(CONFIGS / "tiny.yaml", parse_overrides([f"{key}=${{VCINR_NOT_SET}}/out"]))
+
+
+def test_an_unset_variable_in_the_data_paths_names_the_key_and_the_variable(monkeypatch):
+    monkeypatch.delenv("VCINR_NOT_SET", raising=False)
+    with pytest.raises(ConfigError, match=r"config\.data\.paths\[1\]: environment variable 'VCINR_NOT_SET'"):
+        resolve_paths(["iris-sample-data:A1B_north_america.nc", "$VCINR_NOT_SET/a.nc"])
+
+
+def test_an_unset_variable_in_the_compress_paths_names_that_key(monkeypatch):
+    from pipelines.compress import open_source
+
+    monkeypatch.delenv("VCINR_NOT_SET", raising=False)
+    cfg = load_config(CONFIGS / "tiny.yaml", parse_overrides(["compress.paths=['${VCINR_NOT_SET}/a.nc']"]))
+    with pytest.raises(ConfigError, match=r"config\.compress\.paths\[0\]: environment variable 'VCINR_NOT_SET'"):
+        open_source(cfg, cfg.data.variable)

@@ -88,3 +88,16 @@ def test_skip_bad_chunks_writes_nan_there_only(good, fmt, tmp_path, capsys):
     assert np.isnan(decoded[4:8]).all()
     np.testing.assert_array_equal(decoded[:4], values[:4])
     np.testing.assert_array_equal(decoded[8:], values[8:])
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_netcdf_output_without_warnings(good, fmt, tmp_path, recwarn):
+    """Zarr 3 reads arrays as explicitly little-endian (``<f4``): netCDF4 warned
+    "endian-ness of dtype and endian kwarg do not match" for each such variable."""
+    store, values = good[fmt]
+    out = tmp_path / "out.nc"
+    assert main([str(store), str(out)]) == 0
+    assert [str(w.message) for w in recwarn] == []
+    with xr.open_dataset(out) as ds:
+        np.testing.assert_array_equal(ds.air_temperature.values, values)
+        assert all(v.dtype.byteorder in "=|" for v in ds.variables.values())

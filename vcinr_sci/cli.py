@@ -5,17 +5,22 @@ that does the work, so ``vcinr train --help`` shows that module's own options.
 
 The CLI is the top floor: it is the one place that may start the Ray pipelines
 (``pipelines.*``, imported by name only when their command runs, so the library never
-imports them) and the one place that turns errors into exit codes (a
-:class:`~vcinr_sci.errors.UsageError` exits with status 2 and its message).
+imports them) and the one place that turns errors into exit codes: a
+:class:`~vcinr_sci.errors.UsageError` exits with status 2 and its message, any other
+:class:`~vcinr_sci.errors.VCINRError` with status 1 and its message, and a reader that
+went away (``vcinr verify STORE | head -1``) ends the command quietly with status 141,
+as a tool killed by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 
-from vcinr_sci.errors import UsageError
+from vcinr_sci.errors import UsageError, VCINRError
 
 # subcommand -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -40,17 +45,34 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 }
 
 
-def _dispatch(table: dict[str, tuple[str, str]], name: str, argv: list[str]) -> int:
+def _dispatch(table: dict[str, tuple[str, str]], name: str, argv: list[str], label: str) -> int:
     module = importlib.import_module(table[name][0])
     try:
         return int(module.main(argv) or 0)
     except UsageError as e:
         print(f"vcinr: {e}", file=sys.stderr)
         return 2
+    except VCINRError as e:  # a failure reported on purpose: its message says it all
+        print(f"vcinr {label}: {e}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run the command ``argv`` names; returns its exit status."""
+    try:
+        try:
+            return _main(sys.argv[1:] if argv is None else argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
+    except BrokenPipeError:
+        # Python ignores SIGPIPE (left so: the pipelines' Ray sockets need it), so a write
+        # to a pipe whose reader is gone raises instead. Stdout now goes nowhere, so that
+        # the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="vcinr", description="VC-INR compression of gridded scientific data")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_) in COMMANDS.items():
@@ -61,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_sub.add_parser(name, help=help_, add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
-        return _dispatch(BENCHMARKS, args.bench, rest)
-    return _dispatch(COMMANDS, args.command, rest)
+        return _dispatch(BENCHMARKS, args.bench, rest, f"bench {args.bench}")
+    return _dispatch(COMMANDS, args.command, rest, args.command)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +21,20 @@ import yaml
 
 from vcinr_sci.errors import ConfigError
 
+# Where a stage writes or finds its own outputs: ``~``, ``$VAR`` and ``${VAR}`` are
+# expanded when the config is loaded (:func:`load_config`). The data paths
+# (``data.paths``, ``compress.paths``) are expanded the same way when the data are opened
+# (:func:`vcinr_sci.data.sources.resolve_paths`), so that a model's stored config names
+# its data alike on every machine.
+_PATH = {"path": True}
+
 
 @dataclass
 class DataConfig:
     """Which variable of which files, and how its fields become items."""
 
-    # Files or globs. ``$VAR``/``${VAR}`` are expanded; ``iris-sample-data:NAME`` names a
+    # Files or globs. ``~``, ``$VAR``/``${VAR}`` are expanded on opening (``$VCINR_DATA_DIR``
+    # defaults to ../shared/data beside the checkout); ``iris-sample-data:NAME`` names a
     # file shipped by the iris-sample-data package (available on any machine with PyPI).
     paths: list[str] = field(default_factory=list)
     variable: str = ""
@@ -115,8 +124,8 @@ class TrainConfig:
     checkpoint_every: int = 100
     max_failures: int = 2
     log_every: int = 25
-    storage_path: str = "runs"
-    artifact_dir: str = "artifacts"
+    storage_path: str = field(default="runs", metadata=_PATH)
+    artifact_dir: str = field(default="artifacts", metadata=_PATH)
     seed: int = 0
 
 
@@ -125,7 +134,7 @@ class LatentsConfig:
     """Encoding every item into its latent (``pipelines/build_latents.py``): latent shards."""
 
     # Shards go to output_dir/<model hash prefix>-k<inner_steps>/<part>/.
-    output_dir: str = "latents"
+    output_dir: str = field(default="latents", metadata=_PATH)
     parts: list[str] = field(default_factory=lambda: ["train", "val"])  # split parts to encode
     shard_fields: int = 64  # fields per shard (one Ray Data block, one Parquet file)
     batch_size: int = 32  # items per adaptation call inside an actor
@@ -184,7 +193,7 @@ class CompressConfig:
     # Input files/globs (as data.paths); empty = data.paths, with data.concat_dim and data.isel.
     paths: list[str] = field(default_factory=list)
     variables: list[str] = field(default_factory=list)  # empty = [data.variable]
-    output: str = ""  # the Zarr store; empty = compressed/<name>-<quality>.zarr
+    output: str = field(default="", metadata=_PATH)  # the Zarr store; empty = compressed/<name>-<quality>.zarr
     zarr_format: int = 3
     # Chunk sizes along item dims (grid dims are always whole), e.g. {time: 16}; the
     # unnamed item dims share chunk_fields fields a chunk, the last ones filled first.
@@ -298,7 +307,35 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return Config.from_dict(raw)
+    cfg = Config.from_dict(raw)
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        if dataclasses.is_dataclass(values):
+            for f in dataclasses.fields(values):
+                if f.metadata.get("path"):
+                    key = f"config.{section.name}.{f.name}"
+                    setattr(values, f.name, expand_path(getattr(values, f.name), key))
+    return cfg
+
+
+_VAR = re.compile(r"\$(\w+|\{[^}]*\})")  # as os.path.expandvars reads them
+
+
+def expand_path(path: str, key: str, defaults: dict[str, str] | None = None) -> str:
+    """``path`` with ``~`` and every ``$VAR``/``${VAR}`` expanded (a variable unset in
+    the environment takes its value in ``defaults``); an unset variable is a
+    :class:`ConfigError` naming ``key`` and the variable, never left in the path to name
+    a folder ``${VAR}``."""
+
+    def value(match: re.Match) -> str:
+        name = match.group(1).strip("{}")
+        if name in os.environ:
+            return os.environ[name]
+        if defaults and name in defaults:
+            return defaults[name]
+        raise ConfigError(f"{key}: environment variable {name!r} (in {path!r}) is not set")
+
+    return _VAR.sub(value, os.path.expanduser(path))
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -116,6 +116,11 @@ from vcinr_sci.model.registry import (
 _PAYLOAD_OTHER = 1
 _U32 = struct.Struct("<I")
 _OFFSET_DTYPE = np.dtype("<f2")
+# The model sees values clipped to this many normalisation ranges beyond [0, 1]: an
+# undeclared fill (1e20, 1e30) is data, kept, but unclipped it overflowed the INR's
+# adaptation (1e30) or the linear model's coefficient symbols (1e20). No real value lies
+# that far out; with an error bound, the correction restores the clipped points too.
+_MODEL_INPUT_RANGES = 16.0
 _MASK_CODEC = Zstd(level=19)
 HEX64 = re.compile(r"[0-9a-f]{64}")
 # Values a decode computes at a time (whole fields): bounds its float32/float64
@@ -192,7 +197,8 @@ def encode_chunk(
         return encode_container(header, mask, payload)
 
     norm = model.artifact.normaliser
-    values = np.where(mask, 0.0, norm.normalise(x.astype(np.float64))).astype(np.float32)
+    normalised = np.clip(norm.normalise(x.astype(np.float64)), -_MODEL_INPUT_RANGES, 1.0 + _MODEL_INPUT_RANGES)
+    values = np.where(mask, 0.0, normalised).astype(np.float32)
     fields_shape = (n_fields, *model.grid.shape)
     items = model.to_items(values.reshape(fields_shape))
     valid = ~model.to_items(mask.reshape(fields_shape))

@@ -40,6 +40,7 @@ _CONFIG_KEYS = {
     "model_hash", "model_path", "quality", "grid", "inner_steps", "fill_value", "max_abs_error", "max_rel_error",
     "correction",
 }
+_REQUIRED_KEYS = {"model_hash", "quality", "grid"}
 
 
 def _parse_fill(value: Any) -> float | None:
@@ -205,7 +206,13 @@ class VCINRCodec(Codec):
         unknown = set(config) - _CONFIG_KEYS
         if unknown:
             raise CodecError(f"unknown vcinr codec config key(s) {sorted(unknown)}")
-        codec = cls(**config)
+        missing = _REQUIRED_KEYS - set(config)
+        if missing:
+            raise CodecError(f"the vcinr codec config lacks {sorted(missing)}")
+        try:
+            codec = cls(**config)
+        except TypeError as e:  # a value of a type no check above expects (model_path: 7)
+            raise CodecError(f"invalid vcinr codec config: {e}") from None
         codec._path_from_store = from_store
         return codec
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-from vcinr_sci.config import DataConfig
+from vcinr_sci.config import DataConfig, expand_path
 from vcinr_sci.data.grids import Grid, RegularGrid, SphericalGrid
 from vcinr_sci.data.regrid import regrid_lat_lon
 
@@ -35,19 +35,19 @@ def shared_data_dir() -> Path | None:
     return here if here.is_dir() else None
 
 
-def resolve_paths(paths: Sequence[str]) -> list[str]:
-    """Expand env vars, globs and ``iris-sample-data:NAME``; every entry must match."""
+def resolve_paths(paths: Sequence[str], key: str = "config.data.paths") -> list[str]:
+    """Expand ``~``, env vars (:func:`~vcinr_sci.config.expand_path`: an unset one is a
+    :class:`~vcinr_sci.errors.ConfigError` naming ``key``), globs and ``iris-sample-data:NAME``; every
+    entry must match."""
     out: list[str] = []
-    for p in paths:
+    default = shared_data_dir() if DATA_DIR_ENV not in os.environ else None
+    defaults = {DATA_DIR_ENV: str(default)} if default is not None else None
+    for i, p in enumerate(paths):
         if p.startswith(IRIS_PREFIX):
             import iris_sample_data
 
             p = os.path.join(iris_sample_data.path, p[len(IRIS_PREFIX) :])
-        if "$" in p and DATA_DIR_ENV in p and DATA_DIR_ENV not in os.environ:
-            default = shared_data_dir()
-            if default is not None:
-                p = p.replace("${" + DATA_DIR_ENV + "}", str(default)).replace("$" + DATA_DIR_ENV, str(default))
-        expanded = os.path.expandvars(os.path.expanduser(p))
+        expanded = expand_path(p, f"{key}[{i}]", defaults)
         matches = sorted(glob.glob(expanded)) if glob.has_magic(expanded) else [expanded]
         matches = [m for m in matches if Path(m).exists()]
         if not matches:
@@ -56,11 +56,12 @@ def resolve_paths(paths: Sequence[str]) -> list[str]:
     return out
 
 
-def open_variable(cfg: DataConfig) -> xr.DataArray:
-    """Open ``cfg.variable`` lazily, item dims first and grid dims last."""
+def open_variable(cfg: DataConfig, paths_key: str = "config.data.paths") -> xr.DataArray:
+    """Open ``cfg.variable`` lazily, item dims first and grid dims last; errors in the
+    paths name them ``paths_key``."""
     if not cfg.paths:
         raise ValueError("data.paths is empty: name at least one netCDF/Zarr file or glob")
-    paths = resolve_paths(cfg.paths)
+    paths = resolve_paths(cfg.paths, paths_key)
     if len(paths) == 1:
         ds = _open_one(paths[0])
     else:

@@ -29,7 +29,7 @@ import zarr
 
 from vcinr_sci.atomic import atomic_path
 from vcinr_sci.codec.numcodecs import VCINRCodec
-from vcinr_sci.errors import CodecError
+from vcinr_sci.errors import CodecError, UsageError
 from vcinr_sci.io.integrity import record_digests
 from vcinr_sci.io.layout import (
     coded_encoding,
@@ -282,6 +282,8 @@ class VCINRDataArrayAccessor:
         da = self._obj
         if set(da.dims) != set(reference.dims) or any(da.sizes[d] != reference.sizes[d] for d in da.dims):
             raise ValueError(f"shapes differ: {dict(da.sizes)} vs {dict(reference.sizes)}")
+        if da.size == 0:
+            raise UsageError(f"{da.name!r} has no values (sizes {dict(da.sizes)}): there are no errors to report")
         reference = reference.transpose(*da.dims)
         data_range = data_range or da.attrs.get("vcinr_psnr_data_range")
         (stats,) = dask.compute(error_sums(da, reference, lat_dim(reference)))

@@ -18,7 +18,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Hashable
 
 import dask.array
 import numpy as np
@@ -82,6 +82,25 @@ def _guard(ds: xr.Dataset, store: Any, skipped: list[BadChunkError] | None) -> x
     return out
 
 
+def _native_byte_order(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with every variable in native byte order. Zarr 3 reads arrays as explicitly
+    little-endian (dtype ``<f4``, not ``=f4``), and netCDF4 warns of each such variable
+    ("endian-ness of dtype and endian kwarg do not match"). Cast, not relabelled: the two
+    dtypes compare equal, so dask's and xarray's own casts would keep ``<f4``."""
+    coords: dict[Hashable, xr.Variable] = {}
+    data_vars: dict[Hashable, xr.Variable] = {}
+    for name, var in ds.variables.items():
+        if var.dtype.byteorder not in "<>":
+            continue
+        native = var.dtype.newbyteorder("=")
+        if isinstance(var.data, dask.array.Array):
+            data = dask.array.map_blocks(np.ndarray.astype, var.data, native, dtype=native)
+        else:
+            data = np.asarray(var.data).astype(native)
+        (coords if name in ds.coords else data_vars)[name] = var.copy(data=data)
+    return ds.assign_coords(coords).assign(data_vars)
+
+
 def decompress(
     store: str, out: str, variables: list[str] | None = None, overwrite: bool = False, skip_bad_chunks: bool = False
 ) -> Decompressed:
@@ -95,7 +114,7 @@ def decompress(
     if variables:
         ds = ds[variables]
     result = Decompressed(target)
-    ds = _guard(ds, store, result.skipped if skip_bad_chunks else None)
+    ds = _native_byte_order(_guard(ds, store, result.skipped if skip_bad_chunks else None))
     for var in ds.variables.values():
         var.encoding = {k: v for k, v in var.encoding.items() if k in ("units", "calendar", "dtype", "_FillValue")}
     with atomic_path(target) as tmp, joined_dask_pool():

@@ -20,8 +20,9 @@ import zarr
 
 from vcinr_sci import metrics
 from vcinr_sci.codec.numcodecs import codec_of
+from vcinr_sci.errors import VCINRError
 from vcinr_sci.io.store import chunk_bytes_stored
-from vcinr_sci.model.embedded import MODELS_GROUP, embedded_models
+from vcinr_sci.model.embedded import HASH_ATTR, MODELS_GROUP, stored_models
 from vcinr_sci.zarr_compat import require_zarr3
 
 
@@ -62,10 +63,12 @@ def store_info(store: Any) -> dict[str, Any]:
             entry["compression_ratio"] = raw / stored if stored and raw else None
             entry["vcinr_attrs"] = {k: v for k, v in arr.attrs.items() if k.startswith("vcinr_") and k != "vcinr_note"}
         arrays.append(entry)
+    valid, invalid = stored_models(store)
     return {
         "zarr_format": group.metadata.zarr_format,
         "arrays": arrays,
-        "embedded_models": embedded_models(store),
+        "embedded_models": [h for h, _ in valid],
+        "invalid_models": invalid,  # subgroups whose hash attribute is not a model hash (never used)
     }
 
 
@@ -97,6 +100,9 @@ def format_info(info: dict[str, Any]) -> str:
     models = info["embedded_models"]
     listed = ", ".join(models) if models else "none"
     lines.append(f"models stored in the store ({MODELS_GROUP}): {listed}")
+    if info["invalid_models"]:
+        names = ", ".join(info["invalid_models"])
+        lines.append(f"  not used, their {HASH_ATTR} attribute is not a model hash: {names}")
     return "\n".join(lines)
 
 
@@ -118,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("store", help="Zarr store (path or URL)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = p.parse_args(argv)
-    info = store_info(args.store)
+    try:
+        info = store_info(args.store)
+    except (VCINRError, FileNotFoundError, zarr.errors.BaseZarrError) as e:  # a store is untrusted input
+        print(f"vcinr info: {args.store}: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(info, indent=1) if args.json else format_info(info))
     return 0
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from vcinr_sci.errors import VCINRError
 from vcinr_sci.zarr_compat import require_zarr3
 
 DIGESTS_GROUP = "_vcinr_digests"
@@ -136,7 +137,8 @@ def verify_digests(store: Any, expected_root: str | None = None) -> DigestReport
 
 def main(argv: list[str] | None = None) -> int:
     """``vcinr verify STORE [--expect ROOT] [--json]``: exit status 0 when every chunk
-    matches its recorded digest (and the record matches ROOT), else 1."""
+    matches its recorded digest (and the record matches ROOT), else 1 (also when the
+    store cannot be opened: one line on stderr)."""
     parser = argparse.ArgumentParser(
         prog="vcinr verify", description="check a store's chunks against the SHA-256 digests recorded when it was written"
     )
@@ -144,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expect", metavar="ROOT", help="the root digest kept apart from the store, to check the record too")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
-    report = verify_digests(args.store, args.expect)
+    try:
+        report = verify_digests(args.store, args.expect)
+    except (VCINRError, FileNotFoundError, zarr.errors.BaseZarrError) as e:  # e.g. a bad codec config
+        print(f"vcinr verify: {args.store}: {e}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps({**report.__dict__, "ok": report.ok}, default=list))
         return 0 if report.ok else 1

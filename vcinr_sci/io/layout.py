@@ -19,7 +19,7 @@ from vcinr_sci.codec.zarr3 import VCINRZarrCodec  # needs zarr 3, as does xarray
 from vcinr_sci.coding.bound import ErrorBound
 from vcinr_sci.data.grids import RegularGrid, SphericalGrid
 from vcinr_sci.data.normalise import Normaliser
-from vcinr_sci.errors import CodecError
+from vcinr_sci.errors import CodecError, UsageError
 from vcinr_sci.model.loaded import LoadedModel
 
 NOTE = (
@@ -177,7 +177,10 @@ def prepare_variable(
     coordinates) and return it transposed to (item dims..., grid dims...), its declared
     fill values as NaN (:func:`mask_declared_fill`), with its encoding reset and the
     Zarr chunk shape in ``encoding["vcinr_chunks"]`` (dask arrays are rechunked to it);
-    and the grid dims."""
+    and the grid dims. An array without values is a :class:`UsageError`: Zarr has no
+    chunk shape for a zero-length dim."""
+    if da.size == 0:
+        raise UsageError(f"{da.name!r} has no values (sizes {dict(da.sizes)}): there is nothing to code")
     dims = _grid_dims(da, model, grid_dims)
     check_dtype(da.dtype)
     check_variable_grid(da, dims, model)
