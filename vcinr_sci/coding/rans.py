@@ -171,11 +171,20 @@ def decode_with_indexes(string: bytes, indexes: Sequence[int] | np.ndarray, tabl
     return out
 
 
+def _renorm(x, words, at, end):
+    """rans64's renormalisation: below ``2**31`` the state takes the next 32-bit word.
+    Returns the state and the next word's position, -1 where the string has no word left."""
+    if x < np.uint64(1) << np.uint64(31):
+        if at >= end:
+            return x, -1
+        return (x << np.uint64(32)) | np.uint64(words[at]), at + 1
+    return x, at
+
+
 def _decode_words(words, indexes, cdfs, lengths, offsets, out):
     """compressai's ``decode_with_indexes`` (rans64.h's state, renormalised a 32-bit word
     at a time) with a bounds check before every word it reads. Returns the words read, or
     a negative verdict."""
-    lower = np.uint64(1) << np.uint64(31)
     mask = np.uint64(0xFFFF)
     end = words.size
     x = np.uint64(words[0]) | (np.uint64(words[1]) << np.uint64(32))
@@ -193,39 +202,25 @@ def _decode_words(words, indexes, cdfs, lengths, offsets, out):
                 hi = mid
         start = np.uint64(cdfs[row, lo])
         freq = np.uint64(cdfs[row, lo + 1]) - start
-        x = freq * (x >> np.uint64(16)) + (x & mask) - start
-        if x < lower:
-            if at >= end:
-                return _OVERRUN
-            x = (x << np.uint64(32)) | np.uint64(words[at])
-            at += 1
+        x, at = _renorm(freq * (x >> np.uint64(16)) + (x & mask) - start, words, at, end)
+        if at < 0:
+            return _OVERRUN
         value = np.int64(lo)
-        if value == max_value:  # escape: a count of nibbles (15 means more follow), then the nibbles
-            nibbles = 0
-            val = 15
-            first = True
-            while first or val == 15:
-                first = False
+        if value == max_value:  # escape: nibble counts (15: another follows), then the nibbles
+            nibbles, raw, j, counting = 0, np.int64(0), 0, True
+            while counting or j < nibbles:
                 val = np.int64(x & np.uint64(15))
-                x >>= np.uint64(_BYPASS_BITS)
-                if x < lower:
-                    if at >= end:
-                        return _OVERRUN
-                    x = (x << np.uint64(32)) | np.uint64(words[at])
-                    at += 1
-                nibbles += val
-                if nibbles > _MAX_BYPASS_NIBBLES:
-                    return _LONG_ESCAPE
-            raw = np.int64(0)
-            for j in range(nibbles):
-                val = np.int64(x & np.uint64(15))
-                x >>= np.uint64(_BYPASS_BITS)
-                if x < lower:
-                    if at >= end:
-                        return _OVERRUN
-                    x = (x << np.uint64(32)) | np.uint64(words[at])
-                    at += 1
-                raw |= val << (j * _BYPASS_BITS)
+                x, at = _renorm(x >> np.uint64(_BYPASS_BITS), words, at, end)
+                if at < 0:
+                    return _OVERRUN
+                if counting:
+                    nibbles += val
+                    counting = val == 15
+                    if nibbles > _MAX_BYPASS_NIBBLES:
+                        return _LONG_ESCAPE
+                else:
+                    raw |= val << (j * _BYPASS_BITS)
+                    j += 1
             if raw >= np.int64(1) << np.int64(31):  # compressai's int32 raw value never is
                 return _LONG_ESCAPE
             value = raw >> 1
@@ -237,6 +232,7 @@ def _decode_words(words, indexes, cdfs, lengths, offsets, out):
 # Compiled for the one signature it is called with when this module is imported (or loaded
 # from numba's cache), so that a first decode costs no compiler time or memory (LLVM takes
 # ~80 MB while it compiles).
+_renorm = numba.njit(inline="always")(_renorm)
 _WORDS = numba.types.Array(numba.types.uint32, 1, "C", readonly=True)  # a view of the string's bytes
 _DECODE_WORDS = numba.njit(numba.int64(_WORDS, numba.int32[::1], numba.int64[:, ::1], numba.int64[::1],
                                        numba.int64[::1], numba.int32[::1]), cache=True, nogil=True)(_decode_words)
