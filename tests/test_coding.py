@@ -230,3 +230,16 @@ def test_rans_encode_never_overruns_compressais_buffer():
     assert encode_with_indexes(many, [0] * 1000, *tables) == ans.RansEncoder().encode_with_indexes(many, [0] * 1000, *tables)
     with pytest.raises(ValueError, match="more than compressai"):
         encode_with_indexes([2**28], [0], *tables)
+
+
+def test_uniform_quantiser_checks_a_zstd_frames_size_before_inflating():
+    """A Zstd-coded index string that declares another size (here 64 MiB of zeros, which
+    Zstd would allocate) is refused from its header."""
+    from numcodecs import Zstd
+
+    q = UniformQuantiser(D, 6, entropy_code=True)
+    q.mean, q.std = torch.zeros(D), torch.ones(D)
+    big = Zstd(level=1).encode(bytes(64 * 2**20))
+    with pytest.raises(ValueError, match="uniform-quantised latents: a compressed section declares 67108864 bytes"):
+        q.decompress(big, 3)
+    np.testing.assert_array_equal(q.decompress(q.compress(latents(3, seed=1)), 3), q.quantise(latents(3, seed=1)))

@@ -10,6 +10,8 @@ import torch
 from numcodecs import Zstd
 from torch import Tensor
 
+from vcinr_sci.coding.zstd import zstd_exact
+
 
 class UniformQuantiser:
     """COIN++'s baseline: phi clipped to mean +- ``clip_std`` std (global scalars from the
@@ -73,12 +75,8 @@ class UniformQuantiser:
         count = n * self.latent_dim
         if self.entropy_code:
             dtype = np.uint8 if self.bits <= 8 else np.dtype("<u2")
-            try:
-                raw = Zstd().decode(data)
-            except RuntimeError as e:  # what numcodecs raises for a bad or cut frame
-                raise ValueError(f"uniform-quantised latents: corrupt Zstd data ({e})") from None
-            if len(raw) != count * np.dtype(dtype).itemsize:
-                raise ValueError(f"uniform-quantised latents: {len(raw)} bytes decoded, expected {count} values")
+            # the frame's declared size is checked before Zstd allocates it: the bytes are untrusted
+            raw = zstd_exact(data, count * np.dtype(dtype).itemsize, "uniform-quantised latents")
             indices = np.frombuffer(raw, dtype=dtype).astype(np.int64)
             if indices.max() >= 2**self.bits:
                 raise ValueError(f"uniform-quantised latents: an index exceeds {self.bits} bits (corrupt data)")
