@@ -20,10 +20,10 @@ from vcinr_sci.errors import UsageError
 from vcinr_sci.model.artifact import load_artifact
 
 
-def test_needed_bits_interpolates_log_linearly():
+def test_needed_bits_interpolates_along_the_achievable_front():
     sweep = [(1.0, 30.0), (4.0, 50.0), (8.0, 60.0)]
     bits, bound = needed_bits(sweep, 40.0)
-    assert bits == pytest.approx(2.0) and not bound  # halfway in dB is the geometric mean
+    assert bits == pytest.approx(2.5) and not bound  # half the fields at each point
     bits, bound = needed_bits(sweep, 50.0)
     assert bits == pytest.approx(4.0) and not bound
     assert needed_bits(sweep, 70.0) == (None, False)
@@ -31,12 +31,23 @@ def test_needed_bits_interpolates_log_linearly():
     assert needed_bits(sweep, 20.0) == (1.0, True)
 
 
+def test_a_far_dear_point_does_not_pull_the_front_below_the_sweep():
+    """The CCSM TS suite's 'vcinr + correction' sweep: in log-bits the front ran from
+    (40.33 dB, 0.023) straight to (69.6 dB, 3.39) and read 0.051 bpv at 45 dB, where the
+    cheapest point past 45 dB costs 0.25 bpv; the achievable front reads 0.21."""
+    sweep = [(0.019, 35.93), (0.0232, 40.33), (0.048, 41.25), (0.063, 40.52), (0.2526, 45.80),
+             (0.8622, 52.09), (1.845, 56.52), (3.386, 69.58)]
+    bits, _ = needed_bits(sweep, 45.0)
+    assert bits == pytest.approx(0.048 + (45.0 - 41.25) / (45.80 - 41.25) * (0.2526 - 0.048))
+    assert 0.048 < bits < 0.2526
+
+
 def _two_knob_sweep(shift: float) -> list[tuple[float, float]]:
     """A two-knob sweep (e.g. EOF k x step) whose 0.40 bpv point sits ``shift`` dB from
     45 dB, beside a dominated point (0.5 bpv, 44.99 dB). The former interpolation (the
     cheapest point above the target, against the highest-PSNR point below it) gave 0.394
     bpv at 45 dB for shift +0.07 and 0.501 for -0.07: a 27 % jump on a 0.14 dB move.
-    On the convex front they are 0.392 and 0.409."""
+    On the convex front they are 0.395 and 0.422."""
     return [(0.1, 40.0), (0.25, 43.0), (0.40, 45.0 + shift), (0.5, 44.99), (2.0, 50.0)]
 
 
@@ -47,9 +58,9 @@ def test_needed_bits_moves_continuously_and_monotonically_with_the_points():
     assert all(b1 <= b0 + 1e-12 for b0, b1 in zip(bits, bits[1:]))
     # no jump: neighbouring shifts (0.0025 dB apart) move the answer by well under 1 %
     assert max(abs(math.log(b1 / b0)) for b0, b1 in zip(bits, bits[1:])) < 0.005
-    assert bits[0] == pytest.approx(0.409, abs=1e-3) and bits[-1] == pytest.approx(0.392, abs=1e-3)
-    # on the front (40, 0.1) - (45.07, 0.4): log-linear in PSNR between them
-    assert bits[-1] == pytest.approx(0.1 * 4 ** (5 / 5.07))
+    # on the front (43, 0.25) - (45.07, 0.4) at the last shift; (44.93, 0.4) - (50, 2) at the first
+    assert bits[-1] == pytest.approx(0.25 + 2.0 * 0.15 / 2.07)
+    assert bits[0] == pytest.approx(0.4 + 0.07 * 1.6 / 5.07)
     # more dB never costs fewer bits, along the target too
     targets = np.linspace(38.0, 50.0, 97)
     need = [needed_bits(_two_knob_sweep(0.03), t)[0] for t in targets]

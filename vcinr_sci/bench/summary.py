@@ -4,7 +4,6 @@ ratio per bound among the codecs that kept it."""
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 TARGETS_DB = (40.0, 45.0, 50.0)
@@ -12,41 +11,45 @@ TARGETS_DB = (40.0, 45.0, 50.0)
 
 def needed_bits(points: list[tuple[float, float]], target: float) -> tuple[float | None, bool]:
     """Fewest bpv to reach ``target`` dB along a sweep of (bpv, psnr) points, read off
-    the sweep's lower convex front: log-bits as a function of PSNR, the lowest convex
+    the sweep's lower convex front: bits as a function of PSNR, the lowest convex
     piecewise-linear curve on or under every point, made non-decreasing (a point that
-    reaches more dB for fewer bits serves every target below it). Interpolating on that
-    front, in log-rate, moves the answer continuously with the points and never lets a
-    dominated point (a two-knob sweep holds many) decide it. The flag is True when the
-    target lies below the cheapest point's PSNR, so the figure is only an upper bound
-    (the codec's knob did not go coarse enough)."""
+    reaches more dB for fewer bits serves every target below it). Every point of that
+    front is achievable: PSNR is the mean of per-field PSNRs, so coding a fraction of the
+    fields at one point of the sweep and the rest at another gives the straight line
+    between them, in bits and in dB. Interpolating on it moves the answer continuously
+    with the points and never lets a dominated point (a two-knob sweep holds many) decide
+    it. (A front in log-bits is not achievable: between a cheap point and a far dearer
+    one it promised several times fewer bits than any mixture gives.) The flag is True
+    when the target lies below the cheapest point's PSNR, so the figure is only an upper
+    bound (the codec's knob did not go coarse enough)."""
     if not points:
         return None, False
     if target > max(p for _, p in points):
         return None, False
     front = lower_front(points)
-    p0, y0 = front[0]
+    p0, b0 = front[0]
     if target <= p0:
-        return float(math.exp(y0)), target < p0
-    for (pa, ya), (pb, yb) in zip(front, front[1:]):
+        return float(b0), target < p0
+    for (pa, ba), (pb, bb) in zip(front, front[1:]):
         if target <= pb:
-            return float(math.exp(ya + (target - pa) / (pb - pa) * (yb - ya))), False
+            return float(ba + (target - pa) / (pb - pa) * (bb - ba)), False
     raise AssertionError("unreachable: the front ends at the highest PSNR")
 
 
 def lower_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The vertices (psnr, log bpv) of the lower convex front of ``points`` ((bpv, psnr),
-    bpv > 0), from the cheapest point (the highest PSNR among equally cheap ones) to the
-    highest PSNR: each next vertex is the point beyond the last that the flattest line
-    from it reaches (the farthest on a tie). Slopes start >= 0 and only grow."""
-    pts = sorted({(p, math.log(b)) for b, p in points})
-    y_min = min(y for _, y in pts)
-    front = [max((p, y) for p, y in pts if y == y_min)]
+    """The vertices (psnr, bpv) of the lower convex front of ``points`` ((bpv, psnr)),
+    from the cheapest point (the highest PSNR among equally cheap ones) to the highest
+    PSNR: each next vertex is the point beyond the last that the flattest line from it
+    reaches (the farthest on a tie). Slopes start >= 0 and only grow."""
+    pts = sorted({(p, b) for b, p in points})
+    b_min = min(b for _, b in pts)
+    front = [max((p, b) for p, b in pts if b == b_min)]
     while True:
-        pc, yc = front[-1]
-        beyond = [(p, y) for p, y in pts if p > pc]
+        pc, bc = front[-1]
+        beyond = [(p, b) for p, b in pts if p > pc]
         if not beyond:
             return front
-        front.append(min(beyond, key=lambda q: ((q[1] - yc) / (q[0] - pc), -q[0])))
+        front.append(min(beyond, key=lambda q: ((q[1] - bc) / (q[0] - pc), -q[0])))
 
 
 SUMMARY_COLUMNS = {
