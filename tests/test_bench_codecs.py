@@ -91,21 +91,22 @@ def test_summary_ratios_of_best_classical_and_best_other_to_vcinr():
         {"family": "B", "kind": "baseline", "bpv": 0.05, "bpv_with_model": 2.0, "bpv_model_1e9": 0.06, "psnr": 40.0},
     ]
     summary = {e["family"]: e for e in summarise(rows, targets=(40.0,))}
-    assert summary["A"]["bpv"]["40.0"] == pytest.approx(4.0)
-    assert summary["v"]["bpv"]["40.0"] == pytest.approx(0.02)
-    assert summary["v"]["bpv_latents"]["40.0"] == pytest.approx(0.01)
-    assert summary["v"]["bpv_model_1e9"]["40.0"] == pytest.approx(0.04)
+    # halfway in dB between two points: halfway in bits (half the fields at each)
+    assert summary["A"]["bpv"]["40.0"] == pytest.approx(5.0)
+    assert summary["v"]["bpv"]["40.0"] == pytest.approx(0.025)
+    assert summary["v"]["bpv_latents"]["40.0"] == pytest.approx(0.0125)
+    assert summary["v"]["bpv_model_1e9"]["40.0"] == pytest.approx(0.05)
     # vcinr's bits over the other's: below 1, vcinr wins
     assert summary["v"]["vcinr_over_best_classical"]["40.0"] == pytest.approx(1 / 200.0)
     assert summary["v"]["vcinr_over_best_classical_with_model"]["40.0"] == pytest.approx(0.5)
     # the best of all the others is the baseline, not the classical codec
     assert summary["v"]["best_other"]["40.0"] == "B"
-    assert summary["v"]["vcinr_over_best_other"]["40.0"] == pytest.approx(0.4)
-    assert summary["v"]["vcinr_latents_over_best_other"]["40.0"] == pytest.approx(0.2)
-    # at vcinr's best point (41 dB) only A reaches that PSNR: 2 * 4 ** (3 / 4) bpv
+    assert summary["v"]["vcinr_over_best_other"]["40.0"] == pytest.approx(0.5)
+    assert summary["v"]["vcinr_latents_over_best_other"]["40.0"] == pytest.approx(0.25)
+    # at vcinr's best point (41 dB) only A reaches that PSNR: 2 + 3/4 of the way to 8 bpv
     top = summary["v"]["at_best_psnr"]
     assert (top["psnr"], top["bpv"], top["best_other"]) == (41.0, 0.04, "A")
-    assert top["best_other_bpv"] == pytest.approx(2 * 4 ** 0.75)
+    assert top["best_other_bpv"] == pytest.approx(6.5)
 
 
 @pytest.fixture(scope="module")
