@@ -64,7 +64,7 @@ class EncodeShards:
         self.model = self.artifact.model.to(self.device).eval()
         self.model.requires_grad_(False)
         # Opening is lazy: only the fields of a shard are read, when it is encoded.
-        self.data = load_dataset(self.artifact.config.data, self.artifact.normaliser)
+        self.data = load_dataset(self.artifact.config.data, self.artifact.normaliser, self.artifact.linear_part())
         self.root, self.inner_steps, self.batch_size = Path(root), inner_steps, batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

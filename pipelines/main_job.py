@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from pipelines import build_latents, fit_basis, meta_train, train_coder
+from pipelines import build_latents, fit_basis, fit_hybrid, meta_train, train_coder
 from pipelines.cli_args import config_parser, load
 from vcinr_sci.config import Config
 from vcinr_sci.data.sources import open_variable
@@ -144,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         s = time.perf_counter()
         coded = fit_basis.fit(cfg)
         stage("fit basis", s)
+    elif cfg.model.kind == "hybrid":
+        print("[1-3/5] fitting the hybrid model (linear model, INR on its residual, hybrid levels)", flush=True)
+        s = time.perf_counter()
+        coded = fit_hybrid.fit(cfg)
+        stage("fit hybrid", s)
     else:
         coded = train_inr(cfg, stage)
     print("[4/5] compressing the held-out fields into Zarr, one store per level of the ladder", flush=True)

@@ -30,11 +30,10 @@ from pipelines.cli_args import config_parser, load
 from pipelines.ray_setup import ensure_ray, torch_trainer, use_assigned_cpus
 from vcinr_sci.config import Config
 from vcinr_sci.data.holdout import tuning_split, tuning_split_of
-from vcinr_sci.data.items import load_dataset
 from vcinr_sci.errors import ConfigError
 from vcinr_sci.metrics import psnr_from_mse
-from vcinr_sci.model.artifact import ModelArtifact, build_model, save_artifact
-from vcinr_sci.model.training import evaluate, global_batch_size, outer_step, sample_batch, seed_everything
+from vcinr_sci.model.artifact import ModelArtifact, build_model, load_artifact, save_artifact
+from vcinr_sci.model.training import evaluate, global_batch_size, outer_step, sample_batch, seed_everything, training_data
 
 CHECKPOINT_FILE = "state.pt"
 DONE_FILE = "vcinr-done.json"  # written by the driver once the artifact exists
@@ -48,7 +47,9 @@ class TrainOutcome:
 
 def _digest(cfg: Config, *, steps: bool) -> str:
     d = cfg.to_dict()
-    trained = {k: d[k] for k in ("name", "data", "model", "meta", "train")}
+    # a hybrid's INR learns what its linear model (data and basis sections) leaves
+    sections = ("name", "data", "model", "meta", "train") + (("basis",) if cfg.model.kind == "hybrid" else ())
+    trained = {k: d[k] for k in sections}
     if not steps:
         trained["meta"] = {k: v for k, v in trained["meta"].items() if k != "steps"}
     return hashlib.sha256(json.dumps(trained, sort_keys=True).encode()).hexdigest()
@@ -89,7 +90,7 @@ def train_loop(loop_config: dict) -> None:
     threads = use_assigned_cpus()
     seed_everything(cfg.train.seed)  # same init on every worker; each takes its share of the batch
     device = ray.train.torch.get_device()
-    data = load_dataset(cfg.data)
+    data = _dataset(cfg, loop_config.get("linear"))
     part = tuning_split(data.split, data.source)
     train_items, val_items = data.items("train", part.train), data.items("val", part.tune)
     global_items = global_batch_size(train_items, cfg)  # meta.batch_size, shared out among the workers
@@ -151,8 +152,16 @@ class ProgressPrinter(ray.train.UserCallback):
         print(line + ("  [checkpoint]" if checkpoint else ""), flush=True)
 
 
-def fit(cfg: Config) -> TrainOutcome:
-    """Meta-train per ``cfg`` (resuming if a checkpoint exists) and write the artifact."""
+def _dataset(cfg: Config, linear: str | None):
+    """The data the INR learns (:func:`training_data`; ``linear``: a hybrid's linear model's folder)."""
+    return training_data(cfg, load_artifact(linear) if linear else None)
+
+
+def fit(cfg: Config, linear: Path | None = None) -> TrainOutcome:
+    """Meta-train per ``cfg`` (resuming if a checkpoint exists) and write the artifact;
+    for a hybrid, the INR on what ``linear`` (its linear model's artifact) leaves."""
+    linear = Path(linear).resolve() if linear else None  # workers have their own working folder
+    _dataset(cfg, str(linear) if linear else None)  # a hybrid without its linear model fails before Ray starts
     storage = Path(cfg.train.storage_path).resolve()
     done_file = storage / run_id(cfg) / DONE_FILE
     if done_file.is_file():  # finished before: the same config gives the same artifact
@@ -170,7 +179,7 @@ def fit(cfg: Config) -> TrainOutcome:
     ensure_ray(cfg.train.num_workers * cfg.train.cpus_per_worker)
     trainer = torch_trainer(
         train_loop,
-        {"config": cfg.to_dict(), "warm_start": warm},
+        {"config": cfg.to_dict(), "warm_start": warm, "linear": str(linear) if linear else None},
         name=run_id(cfg),
         storage_path=str(storage),
         num_workers=cfg.train.num_workers,
@@ -185,16 +194,17 @@ def fit(cfg: Config) -> TrainOutcome:
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=True, map_location="cpu")
     provenance = {"run": run_id(cfg), "warm_start": warm and {"run": warm["run"], "step": warm["step"]}}
-    outcome = TrainOutcome(write_artifact(cfg, state["model"], provenance), dict(result.metrics or {}))
+    outcome = TrainOutcome(write_artifact(cfg, state["model"], provenance, linear), dict(result.metrics or {}))
     done_file.write_text(json.dumps({"artifact": str(outcome.artifact.resolve()), "metrics": outcome.metrics,
                                      "family": _digest(cfg, steps=False), "checkpoint": result.checkpoint.path}))
     return outcome
 
 
-def write_artifact(cfg: Config, state_dict: dict, provenance: dict | None = None) -> Path:
+def write_artifact(cfg: Config, state_dict: dict, provenance: dict | None = None, linear: Path | None = None) -> Path:
     """Score the trained model on the held-out test items and save the artifact (its
-    metrics record the run and any warm start, ``provenance``)."""
-    data = load_dataset(cfg.data)
+    metrics record the run and any warm start, ``provenance``; a hybrid's holds its
+    linear model's basis, ``linear``)."""
+    data = _dataset(cfg, str(linear) if linear else None)
     model = build_model(cfg, data.grid)
     model.load_state_dict(state_dict)
     model.eval()
@@ -202,6 +212,8 @@ def write_artifact(cfg: Config, state_dict: dict, provenance: dict | None = None
     metrics = {"test_psnr": test.psnr, "test_items": test.items, "inner_steps": cfg.meta.eval_inner_steps,
                "tuning": tuning_split(data.split, data.source).to_dict(), "training": provenance or {}}
     artifact = ModelArtifact(model, cfg, data.grid, data.normaliser, data.split.to_dict(), metrics)
+    if linear is not None:
+        artifact.set_basis(load_artifact(linear).basis)  # type: ignore[arg-type]  # checked by _dataset
     path = save_artifact(artifact, cfg.train.artifact_dir)
     print(f"data split along {data.split.describe()}")
     print(f"held-out test PSNR {test.psnr:.2f} dB over {test.items} items ({cfg.meta.eval_inner_steps} inner steps)")

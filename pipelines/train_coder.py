@@ -117,7 +117,7 @@ def train_loop(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     artifact = load_artifact(loop_config["artifact"])
     model = freeze(artifact.model.to(device))
-    data = load_dataset(artifact.config.data, artifact.normaliser)
+    data = load_dataset(artifact.config.data, artifact.normaliser, artifact.linear_part())
     part, train, val = load_parts(data, Path(loop_config["latents"]))
     train_items, val_items = data.items("train", part.train), data.items("val", part.tune)
     eval_idx = np.unique(np.linspace(0, len(val) - 1, min(cc.eval_items, len(val))).round().astype(np.int64))
@@ -280,7 +280,7 @@ def fit(cfg: Config, model: str | None = None) -> Path:
     path = select_artifact(cfg, model)
     artifact = load_artifact(path)
     root = latents_dir(cfg.latents.output_dir, artifact, cfg.latents.inner_steps)
-    data = load_dataset(artifact.config.data, artifact.normaliser)
+    data = load_dataset(artifact.config.data, artifact.normaliser, artifact.linear_part())
     part, train, val = load_parts(data, root)  # fail here, before Ray starts, if the latents are not built
     print(part.note, flush=True)
     val_items = data.items("val", part.tune)

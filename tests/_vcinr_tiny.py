@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 QUALITY = "u6"
 LEARNED = "q0"  # a LatentCoder level
 _CACHE: dict[str, Path] = {}
@@ -97,6 +99,33 @@ def linear_artifact() -> Path:
                  "train.artifact_dir": tempfile.mkdtemp(prefix="vcinr-linear-artifact-")}
     _CACHE["linear"] = fit_basis.fit(load_config(repo / "configs" / "tiny.yaml", overrides))
     return _CACHE["linear"]
+
+
+def hybrid_artifact(residual_components: int = 16) -> Path:
+    """A hybrid model of the tiny data: the linear model's 16 EOFs and levels q0/q1, an
+    INR trained 12 steps on what the leading ``residual_components`` EOFs leave, a 6-bit
+    uniform quantiser as its one latent coder; levels made and scored by the real stage."""
+    key = f"hybrid{residual_components}"
+    if key in _CACHE:
+        return _CACHE[key]
+    from pipelines import fit_hybrid
+    from vcinr_sci.coding.quantiser import UniformQuantiser
+    from vcinr_sci.config import load_config
+    from vcinr_sci.model.artifact import load_artifact
+    from vcinr_sci.model.training import train_in_process
+
+    repo = Path(__file__).resolve().parents[1]
+    linear = load_artifact(linear_artifact())
+    overrides = {"model.kind": "hybrid", "model.residual_components": residual_components, "basis.components": 16,
+                 "basis.target_psnr": [30, 40], "train.artifact_dir": tempfile.mkdtemp(prefix="vcinr-hybrid-artifact-")}
+    cfg = load_config(repo / "configs" / "tiny.yaml", overrides)
+    inr, items = train_in_process(cfg, steps=12, linear=linear)
+    coords, values, mask = items.batch(np.arange(48))
+    quantiser = UniformQuantiser(inr.model.latent_dim, bits=6)
+    quantiser.fit(inr.model.adapt(coords, values, mask, cfg.latents.inner_steps))
+    inr.add_coder("q0", quantiser)
+    _CACHE[key] = fit_hybrid.write_levels(cfg, linear, inr)
+    return _CACHE[key]
 
 
 def set_model_path(store: Path, value: str | None) -> None:

@@ -26,6 +26,7 @@ from vcinr_sci.errors import UsageError, VCINRError
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pipelines.meta_train", "meta-train the shared INR on Ray Train and write a model artifact"),
     "fit-basis": ("pipelines.fit_basis", "fit a linear model (training mean + EOFs, one coefficient coder per target PSNR)"),
+    "fit-hybrid": ("pipelines.fit_hybrid", "fit a hybrid model (linear model + an INR on what its leading EOFs leave)"),
     "latents": ("pipelines.build_latents", "encode a dataset's items into latent shards on Ray Data"),
     "fit-coder": ("pipelines.train_coder", "train latent coders (one per lambda) on Ray Train into a new artifact"),
     "compress": ("pipelines.compress", "compress a dataset into a vcinr-coded Zarr store on Ray Data (resumable)"),

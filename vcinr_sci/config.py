@@ -76,12 +76,17 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The model: a linear basis (training mean and EOFs, ``basis``) or the shared INR
-    and how the latent conditions it (the other keys, which ``kind: linear`` ignores)."""
+    """The model: a linear basis (training mean and EOFs, ``basis``), the shared INR
+    and how the latent conditions it (the other keys, which ``kind: linear`` ignores),
+    or both (``kind: hybrid``)."""
 
     # inr: a meta-learned INR (meta-train, latents, coders) | linear: the training mean
-    # and leading EOFs, closed-form coefficients (pipelines/fit_basis.py)
-    kind: Literal["inr", "linear"] = "inr"
+    # and leading EOFs, closed-form coefficients (pipelines/fit_basis.py) | hybrid: the
+    # linear model plus an INR meta-learned on what its leading EOFs leave
+    # (pipelines/fit_hybrid.py); each chunk codes with the linear model alone or with both
+    kind: Literal["inr", "linear", "hybrid"] = "inr"
+    # hybrid: the INR codes the residual of the mean and this many leading EOFs
+    residual_components: int = 8
     conditioning: Literal["gated", "shift"] = "gated"  # gated (VC-INR soft gating) | shift (Functa/COIN++)
     latent_dim: int = 64
     width: int = 128

@@ -179,7 +179,7 @@ def encode_chunk(
     x = np.asarray(x)
     dtype = check_dtype(x.dtype)
     check_chunk_shape(x.shape, model.grid.shape)
-    coder = model.coder(quality)  # an unknown level fails before any work
+    model.coder(quality)  # an unknown level fails before any work
     nan = np.isnan(x)
     mask = nan if fill_value is None or math.isnan(fill_value) else (nan | (x == fill_value))
     if np.isinf(x[~mask]).any():
@@ -211,8 +211,7 @@ def encode_chunk(
         stored = offsets.astype(_OFFSET_DTYPE).tobytes()
     else:
         offsets, stored = np.zeros(len(active), np.float32), b""
-    phi = model.adapt(active, items[active] - offsets[:, None], valid[active], inner_steps)
-    latents = coder.compress(phi)
+    latents = model.encode(active, items[active] - offsets[:, None], valid[active], inner_steps, quality)
     payload = bytes([_PAYLOAD_OTHER if head else 0]) + head + stored + latents
     residual = None
     if bound is not None:  # reconstruct exactly as the decoder will: from the latents' bytes

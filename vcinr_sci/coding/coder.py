@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from vcinr_sci.coding._compressai import EntropyBottleneck
 from vcinr_sci.coding.coefficients import SPEC_KIND as COEFFICIENTS_KIND
 from vcinr_sci.coding.coefficients import CoefficientCoder
+from vcinr_sci.coding.hybrid import SPEC_KIND as HYBRID_KIND
+from vcinr_sci.coding.hybrid import HybridCoder
 from vcinr_sci.coding.quantiser import UniformQuantiser, check_batch, check_n
 from vcinr_sci.coding.rans import RansTables, decode_with_indexes, encode_with_indexes
 
@@ -200,15 +202,16 @@ def rd_loss(bits: Tensor, distortion: Tensor, lam: float, num_values: int) -> Te
     return bits.sum() / num_values + lam * distortion
 
 
-
-
-Coder = LatentCoder | UniformQuantiser | CoefficientCoder
+Coder = LatentCoder | UniformQuantiser | CoefficientCoder | HybridCoder
 
 
 def coder_spec(coder: Coder) -> dict[str, Any]:
     """JSON-able description from which :func:`load_coder` rebuilds ``coder``."""
     if isinstance(coder, CoefficientCoder):
         return coder.spec()
+    if isinstance(coder, HybridCoder):
+        return {"kind": HYBRID_KIND, "version": SPEC_VERSION,
+                "parts": {name: coder_spec(part) for name, part in coder.parts()}}  # type: ignore[arg-type]
     if isinstance(coder, LatentCoder):
         args = {"latent_dim": coder.latent_dim, "dim_y": coder.dim_y, "width": coder.width, "blocks": coder.blocks}
         return {"kind": "latent_coder", "version": SPEC_VERSION, **args}
@@ -221,6 +224,9 @@ def coder_state(coder: Coder) -> dict[str, Tensor]:
     """All of ``coder``'s tensors, on the CPU and contiguous (the CDF tables included)."""
     if isinstance(coder, CoefficientCoder):
         return coder.state()
+    if isinstance(coder, HybridCoder):
+        # cloned: levels share their latent coders, and a file holds each tensor once
+        return {f"{name}.{k}": v.clone() for name, part in coder.parts() for k, v in coder_state(part).items()}  # type: ignore[arg-type]
     if isinstance(coder, LatentCoder):
         return {k: v.detach().cpu().contiguous() for k, v in coder.state_dict().items()}
     if coder.mean is None or coder.std is None:
@@ -236,6 +242,8 @@ def load_coder(spec: dict[str, Any], state: dict[str, Tensor]) -> Coder:
     kind = spec.get("kind")
     if kind == COEFFICIENTS_KIND:
         return CoefficientCoder.load(spec, state)
+    if kind == HYBRID_KIND:
+        return _load_hybrid(spec, state)
     if kind == "uniform":
         quantiser = UniformQuantiser(**args)
         if set(state) != {"mean", "std"}:
@@ -243,7 +251,8 @@ def load_coder(spec: dict[str, Any], state: dict[str, Tensor]) -> Coder:
         quantiser.mean, quantiser.std = state["mean"].float().cpu(), state["std"].float().cpu()
         return quantiser
     if kind != "latent_coder":
-        raise ValueError(f"unknown coder kind {kind!r} (expected 'latent_coder', 'uniform' or '{COEFFICIENTS_KIND}')")
+        raise ValueError(f"unknown coder kind {kind!r} (expected 'latent_coder', 'uniform', '{COEFFICIENTS_KIND}' "
+                         f"or '{HYBRID_KIND}')")
     coder = LatentCoder(**args)
     # A fresh bottleneck's CDF buffers are empty; load_state_dict needs the saved shapes.
     for name in _CDF_BUFFERS:
@@ -255,3 +264,18 @@ def load_coder(spec: dict[str, Any], state: dict[str, Tensor]) -> Coder:
     except RuntimeError as e:
         raise ValueError(f"coder state does not match its spec {spec}: {e}") from None
     return coder.eval()
+
+
+def _load_hybrid(spec: dict[str, Any], state: dict[str, Tensor]) -> HybridCoder:
+    parts = spec.get("parts")
+    if not isinstance(parts, dict) or not {"full", "head"} <= set(parts):
+        raise ValueError("a hybrid coder spec needs parts 'full', 'head' and z0..")
+    built: dict[str, Any] = {}
+    for name, part in parts.items():
+        if not isinstance(part, dict) or part.get("kind") == HYBRID_KIND:
+            raise ValueError(f"hybrid coder part {name!r} is not a coefficient or latent coder spec")
+        built[name] = load_coder(part, {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")})
+    latents = [built[f"z{i}"] for i in range(len(parts) - 2) if f"z{i}" in built]
+    if len(latents) != len(parts) - 2:
+        raise ValueError("hybrid coder parts must be full, head and z0..z<n-1>")
+    return HybridCoder(built["full"], built["head"], latents)

@@ -49,7 +49,7 @@ _MAX_SYMBOL = 2**24
 # component with |rho| ~ 1 in training still has a usable table.
 _MIN_INNOVATION = 0.05
 _SCALE_BOUND = 0.11  # compressai's GaussianConditional default
-_RDOQ_LAMBDA = math.log(2) / 6  # squared steps per bit (see the module doc)
+RDOQ_LAMBDA = math.log(2) / 6  # squared steps per bit (see the module doc)
 _ESCAPE_EXTRA_BITS = 32.0  # what a symbol beyond its table costs on top of the escape (about)
 # Largest deviation, in steps, a table may have: a row spans ~12 deviations and a
 # 16-bit CDF gives every symbol at least 1/65536, so longer rows would waste bits.
@@ -147,7 +147,7 @@ class CoefficientCoder:
                 raise ValueError("a coefficient is not finite or far outside the training range")
             rows = np.arange(k) + (k if mode and t else 0)
             candidates = np.stack([r, r - np.sign(r), np.zeros(k)])
-            cost = (u - candidates) ** 2 + _RDOQ_LAMBDA * self._symbol_bits(rows, candidates)
+            cost = (u - candidates) ** 2 + RDOQ_LAMBDA * self._symbol_bits(rows, candidates)
             s = candidates[np.argmin(cost, axis=0), np.arange(k)]  # ties keep the rounded symbol
             symbols[t] = s
             decoded[t] = prev = pred + s * self.step

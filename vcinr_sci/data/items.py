@@ -4,7 +4,7 @@ with their coordinates and masks of valid points, read lazily batch by batch."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -20,8 +20,10 @@ class ItemSet:
     ``batch(items)`` gives ``coords (B, P, d)``, ``values (B, P, 1)`` in [0, 1]-ish
     normalised units with NaNs zeroed, and ``mask (B, P, 1)`` (True where data is valid).
     Item ``i`` is patch ``i % num_patches`` of field ``fields[i // num_patches]``. Values
-    are less the normaliser's mean field, where it has one; with ``subtract_mean`` every
-    item's values are then less its :func:`item_means` (``offsets``).
+    are less the normaliser's mean field, where it has one; less what ``linear_part``
+    (items ``(B, P)`` -> their linear model's reconstruction, NaN-aware) makes of each
+    item, where given (a hybrid model's INR fits that residual); with ``subtract_mean``
+    every item's values are then less its :func:`item_means` (``offsets``).
     """
 
     def __init__(
@@ -33,9 +35,10 @@ class ItemSet:
         patch_shape: Sequence[int] | None = None,
         cache_limit_mb: float = 2048.0,
         subtract_mean: bool = False,
+        linear_part: Callable[[np.ndarray], np.ndarray] | None = None,
     ):
         self.source, self.fields, self.grid, self.normaliser = source, np.asarray(fields), grid, normaliser
-        self.subtract_mean = subtract_mean
+        self.subtract_mean, self.linear_part = subtract_mean, linear_part
         self.patcher = Patcher(grid.shape, tuple(patch_shape)) if patch_shape else None
         coords = grid.coords()
         self.patch_coords = (
@@ -57,6 +60,8 @@ class ItemSet:
         if self.patcher:
             x = self.patcher.split(x)
         x = x.reshape(-1, self.points_per_item)
+        if self.linear_part is not None:
+            x = (x - self.linear_part(x)).astype(np.float32)
         offsets = item_means(x) if self.subtract_mean else np.zeros(len(x), np.float32)
         return x - offsets[:, None], offsets
 
@@ -116,20 +121,26 @@ class Dataset:
     split: DataSplit
     normaliser: Normaliser
     cfg: DataConfig
+    # A hybrid model's linear part: its INR's items are what this leaves of the data
+    linear_part: Callable[[np.ndarray], np.ndarray] | None = None
 
     def items(self, part: str, fields: np.ndarray | None = None) -> ItemSet:
+        """The items of split ``part`` (or of ``fields``), less ``linear_part``'s
+        reconstruction of them where set (see :class:`ItemSet`)."""
         chosen = getattr(self.split, part) if fields is None else fields
         return ItemSet(
             self.source, chosen, self.grid, self.normaliser, self.cfg.patch_shape, self.cfg.cache_limit_mb,
-            self.cfg.subtract_item_mean,
+            self.cfg.subtract_item_mean, self.linear_part,
         )
 
 
-def load_dataset(cfg: DataConfig, normaliser: Normaliser | None = None) -> Dataset:
-    """Open, split and (unless given) fit the normalisation on the training part."""
+def load_dataset(cfg: DataConfig, normaliser: Normaliser | None = None,
+                 linear_part: Callable[[np.ndarray], np.ndarray] | None = None) -> Dataset:
+    """Open, split and (unless given) fit the normalisation on the training part; with
+    ``linear_part``, items are what it leaves of the data (a hybrid model's INR's)."""
     da = open_variable(cfg)
     source = FieldSource(da, cfg.grid_dims)
     grid = make_grid(source.da, cfg.grid_dims, cfg.grid)
     split = make_split(source, cfg)
     norm = normaliser or fit_normaliser(source, split.train, cfg)
-    return Dataset(source, grid, split, norm, cfg)
+    return Dataset(source, grid, split, norm, cfg, linear_part)

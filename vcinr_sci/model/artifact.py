@@ -2,8 +2,9 @@
 
 An artifact is a folder holding ``weights.safetensors`` (all tensors, no pickle) and
 ``artifact.json`` (the run config, grid, normalisation, data split, metrics and any
-extra component specs). Its model is a meta-learned INR (``model.kind: inr``) or a
-linear basis (``model.kind: linear``: no network, the basis among the extra tensors).
+extra component specs). Its model is a meta-learned INR (``model.kind: inr``), a
+linear basis (``model.kind: linear``: no network, the basis among the extra tensors) or
+both (``model.kind: hybrid``).
 Its content hash (SHA-256 over both files' canonical content) names it; loading recomputes the hash and refuses a mismatch.
 """
 
@@ -16,7 +17,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -128,6 +129,15 @@ class ModelArtifact:
             return None
         return LinearBasis.from_state({k[len("basis."):]: v.numpy() for k, v in self.extra_tensors.items()
                                        if k.startswith("basis.")})
+
+    def linear_part(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """What a hybrid model's INR adds to (items ``(B, P)`` -> the mean and leading
+        ``model.residual_components`` EOFs' reconstruction of them), for the items its
+        INR trains and is scored on; None for a model whose INR codes the data itself."""
+        basis = self.basis
+        if basis is None or self.model is None:
+            return None
+        return basis.leading(self.config.model.residual_components).project
 
     def set_basis(self, basis: LinearBasis) -> None:
         """Store ``basis`` (the artifact's hash changes when it is saved again)."""
@@ -265,8 +275,8 @@ def _parse_artifact(manifest: dict[str, Any], weights: bytes, path: Path) -> Mod
     if model is not None:
         model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
         model.eval()
-    elif "basis" not in manifest.get("extra", {}):
-        raise ArtifactError(f"{path}: a linear model artifact without its basis")
+    if config.model.kind != "inr" and "basis" not in manifest.get("extra", {}):
+        raise ArtifactError(f"{path}: a {config.model.kind} model artifact without its basis")
     return ModelArtifact(
         model=model,
         config=config,

@@ -110,6 +110,10 @@ class LinearBasis:
         rho = _lag1_correlation(c)
         return cls(basis.mean, basis.components, scales.astype(np.float32), rho.astype(np.float32))
 
+    def leading(self, k: int) -> "LinearBasis":
+        """The basis of the first ``k`` components (all, when it has fewer)."""
+        return self.subset(np.arange(min(k, self.num_components)))
+
     def subset(self, keep: np.ndarray) -> "LinearBasis":
         """The basis of the components ``keep`` (a bool mask or indices) only."""
         return LinearBasis(self.mean, self.components[keep], self.scales[keep], self.rho[keep])
@@ -128,6 +132,12 @@ class LinearBasis:
             b = self._components64[:, valid[i]]
             out[i] = np.linalg.lstsq(b.T, anomaly[i, valid[i]], rcond=None)[0]
         return out
+
+    def project(self, values: np.ndarray) -> np.ndarray:
+        """Items ``(B, P)`` float32 as this basis reconstructs them from their
+        least-squares coefficients (what a hybrid model's INR is trained to add to)."""
+        return np.concatenate([self.reconstruct(self.coefficients(values[b])) for b in _batches(len(values))]) \
+            if len(values) else np.zeros((0, self.points), np.float32)
 
     def reconstruct(self, coefficients: np.ndarray) -> np.ndarray:
         """Items ``(B, P)`` float32 from coefficients ``(B, K)``."""

@@ -6,7 +6,10 @@ the model's patches); each kind turns items into latents and latents back into v
 - :class:`InrKind`, VC-INR (``model.kind: inr``): a meta-learned network, an item's latent
   found by its inner loop, evaluated at any coordinates;
 - :class:`LinearKind` (``model.kind: linear``): the training mean and EOFs, an item's latent
-  its least-squares coefficients, defined on the grid's points only.
+  its least-squares coefficients, defined on the grid's points only;
+- :class:`HybridKind` (``model.kind: hybrid``): the linear model plus an INR meta-learned
+  on what its leading EOFs leave; each chunk is coded by the linear model alone or by
+  both, whichever costs less (:mod:`vcinr_sci.coding.hybrid`).
 
 Callers (the codec, sampling, benches, pipelines) hold a ``LoadedModel`` and never ask
 which kind it carries; :func:`model_kind` is the one place that looks.
@@ -20,7 +23,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from vcinr_sci.errors import UsageError
+from vcinr_sci.coding.coefficients import RDOQ_LAMBDA
+from vcinr_sci.coding.hybrid import LINEAR_ONLY, HybridCoder
+from vcinr_sci.data.grids import Grid
+from vcinr_sci.errors import CodecError, UsageError
 from vcinr_sci.model.artifact import ModelArtifact
 from vcinr_sci.model.basis import LinearBasis
 from vcinr_sci.model.device import full_float32
@@ -52,6 +58,10 @@ class ModelKind(Protocol):
     def adapt(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int) -> torch.Tensor:
         """Latents ``(len(items), latent_dim)`` of ``values`` ``(len(items), P)`` fitted on
         their ``valid`` points (``steps``: inner steps, where the kind has any)."""
+
+    def encode(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int, coder) -> bytes:
+        """One string of the items' latents coded by ``coder`` (a level of this model):
+        the latents adapted and compressed, for a kind whose coding has no choices."""
 
     def evaluate(self, items: np.ndarray, phi: torch.Tensor) -> np.ndarray:
         """Float32 values ``(len(items), P)`` of latents ``phi`` on the items' grid points."""
@@ -95,6 +105,9 @@ class InrKind:
             out.append(self.network.adapt(self._coords(items[sl]), target, mask, steps))
         return torch.cat(out) if out else torch.zeros(0, self.latent_dim, device=self.device)
 
+    def encode(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int, coder) -> bytes:
+        return coder.compress(self.adapt(items, values, valid, steps))
+
     @torch.no_grad()
     def evaluate(self, items: np.ndarray, phi: torch.Tensor) -> np.ndarray:
         out = []
@@ -136,6 +149,9 @@ class LinearKind:
     def adapt(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int) -> torch.Tensor:
         return torch.from_numpy(self.basis.coefficients(values, valid))
 
+    def encode(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int, coder) -> bytes:
+        return coder.compress(self.adapt(items, values, valid, steps))
+
     def evaluate(self, items: np.ndarray, phi: torch.Tensor) -> np.ndarray:
         return self.basis.reconstruct(phi.cpu().numpy())
 
@@ -155,9 +171,104 @@ class LinearKind:
         )
 
 
+class HybridKind:
+    """The linear model (``basis``, ``K`` components) plus an INR (``inr``) meta-learned on
+    what the mean and the leading ``head`` EOFs leave. A latent is ``K`` coefficients,
+    the INR's ``L`` latents and a flag (1: the INR's output is added), as
+    :class:`~vcinr_sci.coding.hybrid.HybridCoder` decodes it; ``grid`` and
+    ``num_patches`` serve sampling off the grid."""
+
+    def __init__(self, basis: LinearBasis, head: int, inr: InrKind, grid: Grid, num_patches: int, model_hash: str):
+        if not 0 <= head <= basis.num_components:
+            raise UsageError(f"model {model_hash[:16]}: the INR's residual is of {head} EOFs, the basis has "
+                             f"{basis.num_components}")
+        self.linear, self.inr, self.grid, self.num_patches = LinearKind(basis, model_hash), inr, grid, num_patches
+        self.basis, self.head, self.model_hash = basis, head, model_hash
+        self._head_basis = basis.subset(np.arange(head))
+
+    @property
+    def latent_dim(self) -> int:
+        return self.basis.num_components + self.inr.latent_dim + 1
+
+    def _split(self, phi: torch.Tensor) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+        k, phi = self.basis.num_components, phi.detach().cpu().double()
+        return phi[:, :k].numpy(), phi[:, k:-1].float(), phi[:, -1].numpy() > 0.5
+
+    def adapt(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int) -> torch.Tensor:
+        """Unquantised latents in the mode with the INR: the leading coefficients, then the
+        INR adapted on what they leave."""
+        c = np.zeros((len(items), self.basis.num_components))
+        c[:, : self.head] = self._head_basis.coefficients(values, valid)
+        rest = (values - self._head_basis.reconstruct(c[:, : self.head])).astype(np.float32)
+        z = self.inr.adapt(items, rest, valid, steps).detach().cpu().double()
+        return torch.cat([torch.from_numpy(c), z, torch.ones(len(items), 1, dtype=torch.float64)], dim=1)
+
+    def encode(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int, coder) -> bytes:
+        """The chunk in the cheapest of ``coder``'s modes by ``bits + SE / (lambda step^2)``
+        (``SE``: the squared error over the valid points in normalised units; ``lambda``
+        the coefficient coder's own slope, :data:`~vcinr_sci.coding.coefficients.RDOQ_LAMBDA`),
+        so the INR is used only where it buys its bits at the linear model's exchange rate."""
+        if not isinstance(coder, HybridCoder):
+            raise CodecError(f"model {self.model_hash[:16]} is a hybrid: its levels are hybrid levels "
+                             "(pipelines.fit_hybrid makes them), not a bare latent coder")
+        if coder.components != self.basis.num_components or coder.head_components != self.head:
+            raise CodecError(f"model {self.model_hash[:16]}: a level's coders do not match its basis")
+        per_bit = RDOQ_LAMBDA * coder.step**2  # squared error worth one bit
+
+        def cost(nbytes: int, model: np.ndarray) -> float:
+            return 8.0 * nbytes + float(np.square(np.where(valid, values - model, 0.0)).sum()) / per_bit
+
+        c = self.basis.coefficients(values, valid)
+        full = coder.full.compress(c)
+        best = (cost(len(full) + 1, self.basis.reconstruct(coder.full.quantise(c).numpy())),
+                coder.pack(LINEAR_ONLY, full))
+        head = coder.head.compress(c[:, : self.head])
+        linear = self._head_basis.reconstruct(coder.head.quantise(c[:, : self.head]).numpy())
+        z = self.inr.adapt(items, (values - linear).astype(np.float32), valid, steps)
+        for mode, latent_coder in enumerate(coder.latents, start=1):
+            latents = latent_coder.compress(z)
+            out = linear + self.inr.evaluate(items, latent_coder.decompress(latents, len(items)))
+            string = coder.pack(mode, head, latents)
+            best = min(best, (cost(len(string), out), string))
+        return best[1]
+
+    def evaluate(self, items: np.ndarray, phi: torch.Tensor) -> np.ndarray:
+        c, z, use = self._split(phi)
+        out = self.basis.reconstruct(c)
+        if use.any():
+            out[use] += self.inr.evaluate(np.asarray(items)[use], z[use])
+        return out
+
+    def value_spread(self, phi: torch.Tensor, own: np.ndarray, offsets: np.ndarray) -> float:
+        """The linear part's derived spread, plus the INR's device allowance where a
+        chunk uses it (both bound their own terms; the sum's rounding is within the
+        INR's allowance of ulps)."""
+        c, _, use = self._split(phi)
+        spread = self.linear.value_spread(torch.from_numpy(c), own, offsets)
+        return spread + (self.inr.value_spread(phi, own, offsets) if use.any() else 0.0)
+
+    def evaluate_at(self, coords: np.ndarray, phi: torch.Tensor) -> np.ndarray:
+        """The linear part interpolated on the grid (bilinear on the sphere), plus the
+        INR evaluated at ``coords`` where a latent uses it. Whole-field items only."""
+        if self.num_patches != 1:
+            raise UsageError(f"model {self.model_hash[:16]} is a patched hybrid: sampling off the grid needs "
+                             "whole-field items (read the array, or interpolate it, instead)")
+        c, z, use = self._split(phi)
+        fields = self.basis.reconstruct(c).reshape(-1, *self.grid.shape)
+        out = np.stack([self.grid.interpolate(f, coords) for f in fields]).astype(np.float32) if len(fields) \
+            else np.zeros((0, len(coords)), np.float32)
+        if use.any():
+            out[use] += self.inr.evaluate_at(coords, z[use])
+        return out
+
+
 def model_kind(artifact: ModelArtifact, item_coords: torch.Tensor, device: torch.device) -> ModelKind:
     """The kind an artifact holds, ready on ``device`` (the one place that asks)."""
     basis = artifact.basis
+    if basis is not None and artifact.model is not None:
+        inr = InrKind(artifact.model, item_coords, device)
+        return HybridKind(basis, artifact.config.model.residual_components, inr, artifact.grid, len(item_coords),
+                          artifact.hash)
     if basis is not None:
         return LinearKind(basis, artifact.hash)
     if artifact.model is None:

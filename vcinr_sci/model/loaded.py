@@ -70,7 +70,7 @@ class LoadedModel:
                         f"model {self.hash[:16]} has no quality level {level!r}; "
                         f"it has {self.artifact.quality_levels or 'none (train a coder first)'}"
                     ) from None
-                if isinstance(coder, torch.nn.Module):
+                if hasattr(coder, "to"):  # learned coders (and a hybrid level's) run on the model's device
                     coder = coder.to(self.device)
                 self._coders[level] = coder
             return self._coders[level]
@@ -97,9 +97,16 @@ class LoadedModel:
     def adapt(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int) -> torch.Tensor:
         """Latents ``(len(items), D)`` of the normalised ``values`` at item indices ``items``
         (the kind fits what the mean field, where the model has one, leaves)."""
-        if self._base is not None:
-            values = values - self._base[np.asarray(items) % self.num_patches]
-        return self.kind.adapt(items, values, valid, steps)
+        return self.kind.adapt(items, self._anomalies(items, values), valid, steps)
+
+    def encode(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int, quality: str) -> bytes:
+        """The latents of ``values`` (as :meth:`adapt` takes them) coded at quality
+        ``quality``: one string, as :meth:`coder` of that level decompresses it."""
+        return self.kind.encode(items, self._anomalies(items, values), valid, steps, self.coder(quality))
+
+    def _anomalies(self, items: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """``values`` less the mean field, where the model has one."""
+        return values if self._base is None else values - self._base[np.asarray(items) % self.num_patches]
 
     def evaluate(self, items: np.ndarray, phi: torch.Tensor) -> np.ndarray:
         """The model of latents ``phi`` on the grid points of items ``items``: ``(n, P)``

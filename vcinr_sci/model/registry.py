@@ -118,7 +118,7 @@ def register_model(model: ModelArtifact | str | os.PathLike) -> LoadedModel:
         raise ArtifactError("the artifact has no content hash: save it with save_artifact() first")
     with _MODELS_LOCK:
         if model.hash not in _MODELS:
-            _MODELS[model.hash] = _prepare(model)
+            _MODELS[model.hash] = prepare_model(model)
         return _MODELS[model.hash]
 
 
@@ -135,11 +135,13 @@ def get_model(model_hash: str, hints: Sequence[Hint] = ()) -> LoadedModel:
             return _MODELS[held[0]]
         artifact = load_model_artifact(model_hash, hints)
         _STATS["loads"] += 1
-        loaded = _MODELS[artifact.hash] = _prepare(artifact)
+        loaded = _MODELS[artifact.hash] = prepare_model(artifact)
         return loaded
 
 
-def _prepare(artifact: ModelArtifact) -> LoadedModel:
+def prepare_model(artifact: ModelArtifact) -> LoadedModel:
+    """``artifact`` ready to code chunks, not cached (its network moved to the device
+    and frozen in place)."""
     device = default_device()
     if artifact.model is not None:
         model = artifact.model.to(device).eval()

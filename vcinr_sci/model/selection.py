@@ -2,7 +2,7 @@
 
 ``--model`` (an artifact folder, or a hash looked up in ``train.artifact_dir``) wins;
 otherwise the newest artifact in ``train.artifact_dir`` made from this config's data,
-model and meta sections (data, model and basis for a linear model). Stored configs are compared *through the config
+model and meta sections (data, model and basis for a linear model; all four for a hybrid). Stored configs are compared *through the config
 dataclasses*, so an artifact written before a defaulted field was added still matches.
 """
 
@@ -15,15 +15,15 @@ from vcinr_sci.config import Config
 from vcinr_sci.errors import ArtifactError
 from vcinr_sci.model.artifact import MANIFEST, find_artifact
 
-INR_SECTIONS = ("data", "model", "meta")
-LINEAR_SECTIONS = ("data", "model", "basis")
+SECTIONS = {"inr": ("data", "model", "meta"), "linear": ("data", "model", "basis"),
+            "hybrid": ("data", "model", "meta", "basis")}
 
 
 def inr_sections(config: dict) -> dict:
     """The sections of a config (as a dict) that define its model: a meta-trained INR,
-    or a fitted linear basis."""
-    linear = config.get("model", {}).get("kind") == "linear"
-    return {k: v for k, v in config.items() if k in (LINEAR_SECTIONS if linear else INR_SECTIONS)}
+    a fitted linear basis, or both."""
+    wanted = SECTIONS.get(config.get("model", {}).get("kind"), SECTIONS["inr"])
+    return {k: v for k, v in config.items() if k in wanted}
 
 
 def select_artifact(
@@ -63,7 +63,8 @@ def select_artifact(
                 f"no artifact in {root} with coders{f' (level {quality!r})' if quality else ''} was trained from "
                 "this config: run the train, latents and fit-coder stages first, or pass --model"
             )
-        first = "pipelines.fit_basis" if cfg.model.kind == "linear" else "pipelines.meta_train"
+        first = {"linear": "pipelines.fit_basis", "hybrid": "pipelines.fit_hybrid"}.get(cfg.model.kind,
+                                                                                       "pipelines.meta_train")
         raise ArtifactError(f"no artifact in {root} was made from this config's {'/'.join(inr_sections(cfg.to_dict()))}: "
                             f"run {first} first or pass --model")
     return max(matches)[2]

@@ -14,7 +14,8 @@ import torch
 
 from vcinr_sci.coding.quantiser import UniformQuantiser
 from vcinr_sci.config import Config
-from vcinr_sci.data.items import ItemSet, load_dataset
+from vcinr_sci.data.items import Dataset, ItemSet, load_dataset
+from vcinr_sci.errors import ConfigError
 from vcinr_sci.metrics import psnr_from_mse
 from vcinr_sci.model.artifact import ModelArtifact, build_model
 from vcinr_sci.model.meta import MetaSGD, masked_mse
@@ -93,19 +94,35 @@ def evaluate(
     return Evaluation(float(torch.cat(psnrs).mean()), float(torch.cat(mses).mean()), n)
 
 
-def train_in_process(cfg: Config, steps: int) -> tuple[ModelArtifact, ItemSet]:
+def training_data(cfg: Config, linear: ModelArtifact | None = None) -> Dataset:
+    """The data ``cfg``'s INR learns: the variable itself, or for a hybrid what the mean
+    and the leading ``model.residual_components`` EOFs of its linear model (the artifact
+    ``linear``) leave of it, in that model's normalisation."""
+    if cfg.model.kind != "hybrid":
+        return load_dataset(cfg.data)
+    if linear is None or linear.basis is None or linear.model is not None:
+        raise ConfigError("model.kind hybrid: its INR learns what a linear model leaves; run pipelines.fit_hybrid "
+                          "(it fits the linear model first), or give the linear model's artifact")
+    return load_dataset(cfg.data, linear.normaliser, linear.basis.leading(cfg.model.residual_components).project)
+
+
+def train_in_process(cfg: Config, steps: int, linear: ModelArtifact | None = None) -> tuple[ModelArtifact, ItemSet]:
     """``steps`` outer steps of ``cfg``'s INR in this process, with no Ray and no
     checkpoints (small models for tests and benchmarks): the unsaved artifact, in eval
-    mode, and its training items."""
+    mode, and its training items (for a hybrid, on what ``linear`` leaves; the artifact
+    holds its basis)."""
     seed_everything(cfg.train.seed)
-    data = load_dataset(cfg.data)
+    data = training_data(cfg, linear)
     model = build_model(cfg, data.grid)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.meta.outer_lr)
     items = data.items("train")
     for step in range(steps):
         outer_step(model, optimiser, sample_batch(items, cfg, step), cfg.meta.grad_clip)
     model.eval()
-    return ModelArtifact(model, cfg, data.grid, data.normaliser, data.split.to_dict()), items
+    artifact = ModelArtifact(model, cfg, data.grid, data.normaliser, data.split.to_dict())
+    if linear is not None and linear.basis is not None:
+        artifact.set_basis(linear.basis)
+    return artifact, items
 
 
 def add_uniform_coder(artifact: ModelArtifact, items: ItemSet, bits: int, max_items: int = 48) -> torch.Tensor:
