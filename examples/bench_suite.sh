@@ -4,6 +4,7 @@
 #   bash examples/bench_suite.sh                 (all datasets)
 #   bash examples/bench_suite.sh ccsm hadcm3     (some of them)
 #   KIND=inr bash examples/bench_suite.sh        (the meta-learned INR instead of the linear model)
+#   KIND=hybrid bash examples/bench_suite.sh     (the linear model plus an INR on its residual)
 #   KIND=inr SET="model.conditioning=shift" TAG=shift bash examples/bench_suite.sh ccsm
 #                                                (config overrides for every stage; TAG names the output)
 #   CONSECUTIVE=1 bash examples/bench_suite.sh   (the last 24 held-out fields, as a store chunks
@@ -35,7 +36,7 @@ CHUNK=(--chunk-fields 64)
 # vcinr at its own encode steps only (more steps cost minutes a dataset on one core); a
 # linear model also with its correction to five bounds, past where its EOFs stop
 VCINR=(--more-steps "")
-[ "$KIND" = linear ] && VCINR+=(--vcinr-bounds 1e-1,3e-2,1e-2,3e-3,1e-3)
+[ "$KIND" != inr ] && VCINR+=(--vcinr-bounds 1e-1,3e-2,1e-2,3e-3,1e-3)
 
 timed() {  # timed NAME STAGE COMMAND...: run it, log its output, record its seconds
   local name=$1 stage=$2; shift 2
@@ -69,6 +70,10 @@ for name in "${DATASETS[@]}"; do
   if [ -z "$model" ] && [ "$KIND" = linear ]; then
     echo "== $name: fitting the linear model" >&2
     timed "$name" fit_basis $PY -m pipelines.fit_basis --config "$cfg" "${OVERRIDES[@]}"
+    model=$(find_model "$cfg")
+  elif [ -z "$model" ] && [ "$KIND" = hybrid ]; then
+    echo "== $name: fitting the hybrid model (linear model, INR on its residual, levels)" >&2
+    timed "$name" fit_hybrid $PY -m pipelines.fit_hybrid --config "$cfg" "${OVERRIDES[@]}"
     model=$(find_model "$cfg")
   elif [ -z "$model" ]; then
     echo "== $name: training (meta-train, latents, coders)" >&2

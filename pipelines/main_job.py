@@ -1,23 +1,27 @@
-"""The main job, end to end on one config.
+"""The main job, end to end on one config, for each kind of model (``--kinds``, by
+default all three, so that one table shows what each buys).
 
-    python -m pipelines.main_job --config configs/demo.yaml
+    python -m pipelines.main_job --config configs/demo.yaml [--kinds inr,linear,hybrid]
 
 1. meta-train the shared INR (Ray Train),
 2. adapt every training/validation field to its latent (Ray Data, latent shards),
 3. train one latent coder per lambda (Ray Train) and store them in the model artifact,
    (a linear model, ``model.kind: linear``, replaces 1-3 by ``pipelines.fit_basis``:
-   the training mean and EOFs, one coefficient coder per target PSNR),
-4. compress the held-out test fields into a local Zarr store at each level of the
+   the training mean and EOFs, one coefficient coder per target PSNR; a hybrid,
+   ``pipelines.fit_hybrid``: the linear model, then 1-3 on what its leading EOFs leave),
+4. compress the held-out test fields into a local Zarr store at each level of each
    model's ladder (the ``vcinr`` codec, through the xarray accessor), with the model
    stored inside,
-5. reopen each store with xarray, print size, bits per value and errors, and draw the
-   original, reconstruction and error of one field at the best level to a PNG.
+5. reopen each store with xarray, print one table of size, bits per value and errors
+   (a row per model and level), and draw the original, reconstruction and error of one
+   field at the best level to a PNG.
 
 Every stage skips what an earlier run finished, so a rerun after a kill resumes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -39,18 +43,22 @@ def held_out(cfg: Config, split: dict) -> xr.DataArray:
     return da.isel({split["dim"]: split["positions"]["test"]})
 
 
+KINDS = ("inr", "linear", "hybrid")
+
+
 def compress_and_report(cfg: Config, artifact_path: Path, out_dir: Path) -> list[dict]:
     art = load_artifact(artifact_path)
     reference = held_out(art.config, art.split).load()
     rows = []
     for level in art.ladder:
-        store = out_dir / f"{cfg.name}-{level}.zarr"
+        store = out_dir / f"{cfg.name}-{cfg.model.kind}-{level}.zarr"
         reference.to_dataset().vcinr.to_zarr(store, model=art, quality=level, store_model=True, mode="w")
         decoded = open_zarr(store)[reference.name]
         report = decoded.vcinr.error_report(reference, data_range=art.normaliser.hi - art.normaliser.lo)
         stored = decoded.vcinr.attrs
         rows.append(
             {
+                "model": cfg.model.kind,
                 "quality": level,
                 "store": str(store),
                 "bits_per_value": stored["vcinr_bits_per_value"],
@@ -69,12 +77,12 @@ def report_table(rows: list[dict]) -> str:
         return "-" if value is None else format(value, fmt)
 
     lines = [
-        "| quality | bits/value | ratio vs float32 | PSNR (dB) | RMSE | lat-weighted RMSE | max abs error |",
-        "|---|---|---|---|---|---|---|",
+        "| model | quality | bits/value | ratio vs float32 | PSNR (dB) | RMSE | lat-weighted RMSE | max abs error |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['quality']} | {num(r['bits_per_value'], '.4f')} | {num(r['ratio_vs_float32'], '.0f')} | "
+            f"| {r['model']} | {r['quality']} | {num(r['bits_per_value'], '.4f')} | {num(r['ratio_vs_float32'], '.0f')} | "
             f"{num(r['psnr_db'], '.2f')} | {num(r['rmse'], '.3f')} | {num(r['lat_weighted_rmse'], '.3f')} | "
             f"{num(r['max_abs_error'], '.3f')} |"
         )
@@ -125,49 +133,66 @@ def train_inr(cfg: Config, stage) -> Path:
     return coded
 
 
+def train(cfg: Config, stage) -> Path:
+    """Stages 1-3 for ``cfg``'s kind of model; the artifact with its quality levels."""
+    s = time.perf_counter()
+    if cfg.model.kind == "linear":
+        print(f"[1-3/5] fitting the linear model (up to {cfg.basis.components} EOFs, levels for "
+              f"{cfg.basis.target_psnr} dB)", flush=True)
+        coded = fit_basis.fit(cfg)
+    elif cfg.model.kind == "hybrid":
+        print(f"[1-3/5] fitting the hybrid model (the linear model, an INR on what its {cfg.model.residual_components} "
+              "leading EOFs leave, hybrid levels)", flush=True)
+        coded = fit_hybrid.fit(cfg)
+    else:
+        return train_inr(cfg, stage)
+    stage(f"fit {cfg.model.kind}", s)
+    return coded
+
+
 def main(argv: list[str] | None = None) -> int:
     p = config_parser("python -m pipelines.main_job", __doc__, "YAML run config (configs/*.yaml)", "meta.steps=50")
     p.add_argument("--out", default="out", help="folder for the Zarr stores and the figure (default: out)")
+    p.add_argument("--kinds", default=",".join(KINDS),
+                   help=f"models to train and compare, comma-separated among {', '.join(KINDS)} (default: all)")
     args = p.parse_args(argv)
-    cfg = load(args)
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not kinds or set(kinds) - set(KINDS):
+        p.error(f"--kinds takes a comma-separated list among {', '.join(KINDS)}, got {args.kinds!r}")
+    base = load(args)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     times = {}
+    rows, models = [], []
 
     def stage(name: str, start: float) -> None:
         times[name] = time.perf_counter() - start
 
-    if cfg.model.kind == "linear":
-        print(f"[1-3/5] fitting the linear model (up to {cfg.basis.components} EOFs, levels for "
-              f"{cfg.basis.target_psnr} dB)", flush=True)
+    for kind in kinds:
+        cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, kind=kind))
+        print(f"\n== {kind} model", flush=True)
+        coded = train(cfg, stage)
+        print(f"[4/5] compressing the held-out fields into Zarr, one store per level of the {kind} model's ladder",
+              flush=True)
         s = time.perf_counter()
-        coded = fit_basis.fit(cfg)
-        stage("fit basis", s)
-    elif cfg.model.kind == "hybrid":
-        print("[1-3/5] fitting the hybrid model (linear model, INR on its residual, hybrid levels)", flush=True)
-        s = time.perf_counter()
-        coded = fit_hybrid.fit(cfg)
-        stage("fit hybrid", s)
-    else:
-        coded = train_inr(cfg, stage)
-    print("[4/5] compressing the held-out fields into Zarr, one store per level of the ladder", flush=True)
-    s = time.perf_counter()
-    rows = compress_and_report(cfg, coded, out_dir)
-    stage("compress+report", s)
+        rows += compress_and_report(cfg, coded, out_dir)
+        stage(f"compress+report {kind}", s)
+        models.append(load_artifact(coded))
 
-    art = load_artifact(coded)
-    how = "closed form" if art.model is None else f"{art.metrics['inner_steps']} inner steps"
-    print(f"\n[5/5] held-out test fields reopened with xarray (model {art.hash[:16]}; "
-          f"unquantised latents: {art.metrics['test_psnr']:.2f} dB, {how})")
+    print("\n[5/5] held-out test fields reopened with xarray")
+    for art in models:
+        how = "closed form" if art.model is None else f"{art.metrics['inner_steps']} inner steps"
+        print(f"  {art.config.model.kind} model {art.hash[:16]}: unquantised {art.metrics['test_psnr']:.2f} dB ({how})")
     print(report_table(rows))
+    art = models[0]
     print(f"PSNR over the normalisation range [{art.normaliser.lo:.2f}, {art.normaliser.hi:.2f}]; "
           "errors in the data's units; bytes are the chunks as stored (the model stored once beside them is not counted).")
     best = max(rows, key=lambda r: r["psnr_db"])
     reference = held_out(art.config, art.split).load()
-    figure = out_dir / f"{cfg.name}-{best['quality']}.png"
+    figure = out_dir / f"{base.name}-{best['model']}-{best['quality']}.png"
     plot_field(reference, open_zarr(best["store"])[reference.name], figure,
-               f"{cfg.name}: first held-out field, quality {best['quality']} "
+               f"{base.name}: first held-out field, {best['model']} model, quality {best['quality']} "
                f"({best['bits_per_value']:.3f} bits/value, {best['psnr_db']:.1f} dB)")
     print(f"figure: {figure}")
     print("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; total {time.perf_counter() - t0:.0f} s")

@@ -99,10 +99,13 @@ def vcinr_costs(model_path: Path, fields: Fields, steps: int, rows: list[dict[st
     matmul rate achieved by the fastest measured codec throughput."""
     loaded = resolve_model(model_path)
     model, device = loaded.artifact.model, loaded.device
-    if model is None:  # linear: one (B, P) x (P, K) projection to encode, its transpose to decode
-        dec = enc = 2.0 * loaded.latent_dim
-    else:
-        dec, enc = _inr_flops(loaded, model, fields, steps)
+    # a basis: one (B, P) x (P, K) projection to encode, its transpose to decode; a
+    # network (alone, or a hybrid's, counted as if every chunk used it): its own
+    basis = loaded.artifact.basis
+    dec = enc = 2.0 * basis.num_components if basis is not None else 0.0
+    if model is not None:
+        inr_dec, inr_enc = _inr_flops(loaded, model, fields, steps)
+        dec, enc = dec + inr_dec, enc + inr_enc
     peak = matmul_rate(device)
     vc = [r for r in rows if r["kind"] == "vcinr" and r["inner_steps"] == steps]
     best_dec = max((r["decode_mb_s"] for r in vc), default=0.0) * 1e6 / 4
@@ -130,7 +133,7 @@ def _inr_flops(loaded, model, fields: Fields, steps: int) -> tuple[float, float]
     coords = loaded.item_coords[torch.as_tensor(idx % loaded.num_patches, device=device)]
     target = torch.as_tensor(items, device=device).unsqueeze(-1)
     mask = torch.as_tensor(valid, device=device).unsqueeze(-1)
-    phi = loaded.adapt(idx, items, valid, steps)
+    phi = model.adapt(coords, target, mask, steps)
     model.eval()
     values = items.size
     return count_flops(lambda: model.decode(coords, phi)) / values, encode_flops(model, coords, target, mask, steps) / values

@@ -20,10 +20,10 @@ class ItemSet:
     ``batch(items)`` gives ``coords (B, P, d)``, ``values (B, P, 1)`` in [0, 1]-ish
     normalised units with NaNs zeroed, and ``mask (B, P, 1)`` (True where data is valid).
     Item ``i`` is patch ``i % num_patches`` of field ``fields[i // num_patches]``. Values
-    are less the normaliser's mean field, where it has one; less what ``linear_part``
-    (items ``(B, P)`` -> their linear model's reconstruction, NaN-aware) makes of each
-    item, where given (a hybrid model's INR fits that residual); with ``subtract_mean``
-    every item's values are then less its :func:`item_means` (``offsets``).
+    are less the normaliser's mean field, where it has one; with ``subtract_mean`` every
+    item's values are then less its :func:`item_means` (``offsets``); then less what
+    ``linear_part`` (items ``(B, P)`` -> their linear model's reconstruction, NaN-aware)
+    makes of them, where given (a hybrid model's INR fits that residual).
     """
 
     def __init__(
@@ -60,10 +60,11 @@ class ItemSet:
         if self.patcher:
             x = self.patcher.split(x)
         x = x.reshape(-1, self.points_per_item)
-        if self.linear_part is not None:
-            x = (x - self.linear_part(x)).astype(np.float32)
         offsets = item_means(x) if self.subtract_mean else np.zeros(len(x), np.float32)
-        return x - offsets[:, None], offsets
+        x = x - offsets[:, None]
+        if self.linear_part is not None:  # of what the codec hands the model: the item less its offset
+            x = (x - self.linear_part(x)).astype(np.float32)
+        return x, offsets
 
     def _load(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         items = np.asarray(items, dtype=np.int64)
