@@ -144,3 +144,22 @@ def test_a_hybrid_refuses_a_bare_latent_coder(hybrid):
     bare = hybrid.coder(hybrid.quality_levels[0]).latents[0]
     with pytest.raises(CodecError, match="hybrid levels"):
         model.kind.encode(idx, values, valid, 3, bare)
+
+
+def test_latents_that_cannot_pay_are_not_adapted(hybrid, monkeypatch):
+    """Where even half a latent coder's typical bits outweigh the linear model's whole
+    cost, the encoder does not adapt the INR (the linear model's speed) and writes the
+    linear model's string; with no typical size known it tries the INR."""
+    model = register_model(hybrid)
+    kind = model.kind
+    level = hybrid.coder(hybrid.quality_levels[0])
+    x = fields(8).air_temperature.values.astype(np.float32)
+    idx, values, valid = _items(model, x)
+    tried = []
+    adapt = kind.inr.adapt
+    monkeypatch.setattr(kind.inr, "adapt", lambda *a: tried.append(1) or adapt(*a))
+    heavy = HybridCoder(level.full, level.head, level.latents, [1e6] * len(level.latents))
+    assert kind.encode(idx, values, valid, 3, heavy) == level.full.compress(kind.basis.coefficients(values, valid))
+    assert not tried
+    kind.encode(idx, values, valid, 3, HybridCoder(level.full, level.head, level.latents))
+    assert tried

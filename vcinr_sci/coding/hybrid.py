@@ -43,10 +43,13 @@ MAX_MODES = 127  # modes 1.. in the seven upper bits of the coefficient string's
 
 class HybridCoder:
     """Coefficient coders ``full`` (``K`` components) and ``head`` (the leading ``H``,
-    same step) and the INR's latent coders ``latents``: one mode each (see the module doc)."""
+    same step) and the INR's latent coders ``latents``: one mode each (see the module doc).
+    ``typical_bits``: each latent coder's bits per item as measured on tuning items (an
+    encoder skips the INR where even half of them outweigh the linear model's whole cost;
+    0: unknown, never skipped)."""
 
     def __init__(self, full: CoefficientCoder, head: CoefficientCoder,
-                 latents: list["LatentCoder | UniformQuantiser"]):
+                 latents: list["LatentCoder | UniformQuantiser"], typical_bits: list[float] | None = None):
         if not isinstance(full, CoefficientCoder) or not isinstance(head, CoefficientCoder):
             raise ValueError("a hybrid level's full and head parts must be coefficient coders")
         if head.latent_dim > full.latent_dim or head.step != full.step:
@@ -55,6 +58,9 @@ class HybridCoder:
         if not latents or len({z.latent_dim for z in latents}) != 1 or len(latents) > MAX_MODES:
             raise ValueError(f"a hybrid level needs 1-{MAX_MODES} latent coders of one latent size")
         self.full, self.head, self.latents = full, head, list(latents)
+        self.typical_bits = [float(b) for b in typical_bits] if typical_bits is not None else [0.0] * len(latents)
+        if len(self.typical_bits) != len(latents) or not all(b >= 0 for b in self.typical_bits):
+            raise ValueError("a hybrid level needs one non-negative typical bit count per latent coder")
 
     @property
     def step(self) -> float:

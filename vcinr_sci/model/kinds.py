@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from vcinr_sci.coding.coefficients import RDOQ_LAMBDA
-from vcinr_sci.coding.hybrid import LINEAR_ONLY, HybridCoder
+from vcinr_sci.coding.hybrid import HybridCoder
 from vcinr_sci.data.grids import Grid
 from vcinr_sci.errors import CodecError, UsageError
 from vcinr_sci.model.artifact import ModelArtifact
@@ -39,6 +39,10 @@ BATCH_POINTS_ENV = "VCINR_BATCH_POINTS"
 # float32 differs from this CPU by at most 2.4e-7 of the range (2 ulps), so this leaves
 # two orders of magnitude of headroom; TF32 would differ by 1.0e-3 and is kept off.
 INR_DEVICE_ULPS = 256
+# A hybrid encoder tries a latent coder only where this share of its typical bits fits
+# under the linear model's cost: a string far under its typical size is not expected,
+# and skipping saves the INR's adaptation (99 % of a hybrid encode's time).
+_SKIP_SHARE = 0.5
 _EPS32 = float(np.finfo(np.float32).eps)
 
 
@@ -220,12 +224,17 @@ class HybridKind:
 
         c = self.basis.coefficients(values, valid)
         full = coder.full.compress(c)
-        best = (cost(len(full) + 1, self.basis.reconstruct(coder.full.quantise(c).numpy())),
-                coder.pack(LINEAR_ONLY, full))
+        best = (cost(len(full), self.basis.reconstruct(coder.full.quantise(c).numpy())), full)
         head = coder.head.compress(c[:, : self.head])
+        # modes whose latents, at half their typical size, leave room under the linear cost
+        budget = best[0] - 8.0 * (len(head) + 2)
+        modes = [m for m, bits in enumerate(coder.typical_bits, start=1) if _SKIP_SHARE * bits * len(items) < budget]
+        if not modes:  # the INR cannot pay here: no adaptation (the linear model's speed)
+            return best[1]
         linear = self._head_basis.reconstruct(coder.head.quantise(c[:, : self.head]).numpy())
         z = self.inr.adapt(items, (values - linear).astype(np.float32), valid, steps)
-        for mode, latent_coder in enumerate(coder.latents, start=1):
+        for mode in modes:
+            latent_coder = coder.latents[mode - 1]
             latents = latent_coder.compress(z)
             out = linear + self.inr.evaluate(items, latent_coder.decompress(latents, len(items)))
             string = coder.pack(mode, head, latents)
