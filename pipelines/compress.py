@@ -389,12 +389,15 @@ def _finalise(cfg: Config, store: Path, models: dict[str, VariableModel]) -> dic
     return reports
 
 
-def compress(cfg: Config, model: str | None = None, limit: int | None = None, quiet: bool = False) -> CompressSummary:
+def compress(
+    cfg: Config, model: str | None = None, limit: int | None = None, quiet: bool = False, replace: bool = False
+) -> CompressSummary:
     """Compress the run's variables, each with its model (:func:`load_models`), into one
     store (resuming an unfinished one).
 
     ``limit`` writes at most that many chunks and leaves the store unfinished (for
-    incremental runs and tests); a later run completes it."""
+    incremental runs and tests); a later run completes it. A store at the output that
+    another job wrote is refused, or with ``replace`` removed first."""
     import zarr
 
     from vcinr_sci.data.sources import open_inputs
@@ -410,14 +413,15 @@ def compress(cfg: Config, model: str | None = None, limit: int | None = None, qu
     store = default_output(cfg, c.quality or models[variables[0]].quality).resolve()
     job = _job_id(cfg, models)
 
-    if store.exists():
-        attrs = zarr.open_group(store, mode="r").attrs
-        if attrs.get(JOB_ATTR) != job:
+    if store.exists() and zarr.open_group(store, mode="r").attrs.get(JOB_ATTR) != job:
+        if not replace:
             raise FileExistsError(
                 f"{store} exists and was not written by this job (config, models or quality differ): "
                 "remove it or set compress.output"
             )
-        if attrs.get(COMPLETE_ATTR):
+        shutil.rmtree(store)
+    if store.exists():
+        if zarr.open_group(store, mode="r").attrs.get(COMPLETE_ATTR):
             say(f"{store} is already complete")
             return CompressSummary(store, hashes, 0, 0, True, time.perf_counter() - t0, {})
     else:

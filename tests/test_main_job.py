@@ -44,8 +44,8 @@ def test_report_table_without_latitudes():
     # A `grid: regular` config has no latitude-weighted RMSE; the report used to crash on it.
     from pipelines.main_job import report_table
 
-    row = {"quality": "q0", "bits_per_value": 0.05, "ratio_vs_float32": 640.0, "psnr_db": 38.1,
+    row = {"variable": "tas", "quality": "q0", "bits_per_value": 0.05, "ratio_vs_float32": 640.0, "psnr_db": 38.1,
            "rmse": 0.6, "lat_weighted_rmse": None, "max_abs_error": 2.9}
     table = report_table([row, row | {"quality": "q1", "lat_weighted_rmse": 0.55}])
-    assert "| q0 | 0.0500 | 640 | 38.10 | 0.600 | - | 2.900 |" in table
+    assert "| tas | q0 | 0.0500 | 640 | 38.10 | 0.600 | - | 2.900 |" in table
     assert "| 0.550 |" in table

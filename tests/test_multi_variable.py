@@ -101,14 +101,25 @@ def test_one_run_codes_every_variable_of_several_files_into_one_store(ray_sessio
 
 
 @pytest.mark.slow
-def test_single_variable_is_the_case_of_one(ray_session, fitted, tmp_path):
-    ds, cfg, models = fitted
-    one = run_config(tmp_path, cfg.data.paths, variables=[], output=str(tmp_path / "one.zarr"))
-    one.train.artifact_dir = cfg.train.artifact_dir
-    summary = compress(one, quiet=True)
-    back = xr.open_zarr(summary.store)
-    assert list(back.data_vars) == ["air_temperature"]
-    assert back.air_temperature.attrs["vcinr_model_hash"] == summary.model_hashes["air_temperature"]
+def test_main_job_writes_every_variable_into_each_store(ray_session, fitted, tmp_path, capsys):
+    """The main job on several files and both variables: a linear model per variable,
+    then one store per level with every variable's held-out fields."""
+    import yaml
+
+    from pipelines.main_job import main
+
+    ds, cfg, _ = fitted
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert main(["--config", str(config), "--set", f"train.artifact_dir={tmp_path / 'artifacts'}",
+                 "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    back = xr.open_zarr(tmp_path / "out" / "multi-q0.zarr")
+    test_years = ds.time.values[-5:]  # the last tenth of the 48 fields
+    for v in ("air_temperature", "e1_celsius"):
+        assert back[v].shape == (5, 37, 49) and np.array_equal(back[v].time.values, test_years)
+        assert f"| {v} | q0 |" in printed
+        assert (tmp_path / "out" / f"multi-{v}-q0.png").stat().st_size > 10_000
 
 
 def test_a_variable_missing_from_the_files_is_named(fitted, tmp_path):
