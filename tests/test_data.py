@@ -95,6 +95,22 @@ def test_open_variable_isel(tmp_path):
     np.testing.assert_array_equal(da.values, vals[:, 1])
 
 
+def test_open_variable_combines_files_split_along_time(tmp_path):
+    """netCDF and Zarr inputs split along time, named in any order, are combined by
+    their time coordinates, lazily; a file without the variable is not read."""
+    vals = field_values(3, (3 * NT, LAT.size, LON.size))
+    ds = xr.Dataset({"t": (("time", "lat", "lon"), vals)}, coords={"time": np.arange(3 * NT), "lat": LAT, "lon": LON})
+    ds.isel(time=slice(0, NT)).to_netcdf(tmp_path / "b.nc")
+    ds.isel(time=slice(NT, 2 * NT)).to_zarr(tmp_path / "c.zarr")
+    ds.isel(time=slice(2 * NT, None)).to_netcdf(tmp_path / "a.nc")
+    write_nc(tmp_path / "other.nc", field_values(4), name="u")
+    cfg = DataConfig(paths=[str(tmp_path / "*.nc"), str(tmp_path / "c.zarr")], variable="t", grid_dims=["lat", "lon"])
+    da = open_variable(cfg)
+    assert isinstance(da.data, dask.array.Array)
+    np.testing.assert_array_equal(da.time.values, np.arange(3 * NT))
+    np.testing.assert_array_equal(da.values, vals)
+
+
 def test_open_variable_errors(runs, tmp_path):
     folder, _ = runs
     with pytest.raises(ValueError, match="concat_dim"):
