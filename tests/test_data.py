@@ -17,6 +17,7 @@ from vcinr_sci.data.grids import RegularGrid, SphericalGrid
 from vcinr_sci.data.items import load_dataset
 from vcinr_sci.data.normalise import Normaliser, fit_normaliser, item_means
 from vcinr_sci.data.sources import FieldSource, make_grid, make_split, open_variable, resolve_paths
+from vcinr_sci.errors import ConfigError
 from vcinr_sci.model.meta import masked_mse
 
 LAT = np.array([-30.0, 0.0, 30.0, 60.0])
@@ -115,7 +116,7 @@ def test_open_variable_errors(runs, tmp_path):
     folder, _ = runs
     with pytest.raises(ValueError, match="concat_dim"):
         open_variable(runs_cfg(folder, concat_dim=None))
-    with pytest.raises(KeyError, match=r"variable 'tas' not in .*run0\.nc.*\['other', 't'\]"):
+    with pytest.raises(ConfigError, match=r"data.paths: variable 'tas' not in .*run0\.nc.*\['other', 't'\]"):
         open_variable(runs_cfg(folder, variable="tas"))
     with pytest.raises(KeyError, match=r"grid dims \['latitude'\] not in 't'.*\['member', 'time', 'lat', 'lon'\]"):
         open_variable(runs_cfg(folder, grid_dims=["latitude", "lon"]))

@@ -125,7 +125,7 @@ def test_main_job_writes_every_variable_into_each_store(ray_session, fitted, tmp
 def test_a_variable_missing_from_the_files_is_named(fitted, tmp_path):
     _, cfg, _ = fitted
     bad = run_config(tmp_path, cfg.data.paths, variables=["air_temperature", "precip"])
-    with pytest.raises(KeyError, match=r"variable 'precip' not in any of the 3 files .*\['air_temperature', "):
+    with pytest.raises(ConfigError, match=r"variable 'precip' not in any of the 3 files .*\['air_temperature', "):
         compress(bad, quiet=True)
 
 
@@ -136,7 +136,7 @@ def test_files_whose_grids_disagree_are_refused(tmp_path):
         moved = part.load()
     moved.assign_coords(latitude=moved.latitude + 0.5).to_netcdf(paths[2])
     cfg = run_config(tmp_path, [str(tmp_path / "part*.nc")])
-    with pytest.raises(ValueError, match=r"part2\.nc: its 'latitude' coordinates differ from those of .*part0\.nc"):
+    with pytest.raises(ConfigError, match=r"part2\.nc: its 'latitude' coordinates differ from those of .*part0\.nc"):
         fit_variables(cfg)
 
 
