@@ -48,7 +48,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -62,6 +62,10 @@ from vcinr_sci.errors import ArtifactError, CodecError, ConfigError, UsageError
 from vcinr_sci.metrics import psnr_from_mse
 from vcinr_sci.model.artifact import HASH_PREFIX_LEN
 from vcinr_sci.model.selection import select_artifact
+
+if TYPE_CHECKING:
+    from vcinr_sci.model.artifact import ModelArtifact
+    from vcinr_sci.model.loaded import LoadedModel
 
 JOB_ATTR = "vcinr_job"
 COMPLETE_ATTR = "vcinr_complete"
@@ -90,12 +94,12 @@ class VariableModel:
     and with how many inner steps."""
 
     path: Path
-    loaded: Any  # a vcinr_sci.model.loaded.LoadedModel
+    loaded: LoadedModel
     quality: str
     steps: int
 
     @property
-    def artifact(self):
+    def artifact(self) -> ModelArtifact:
         return self.loaded.artifact
 
 
@@ -137,7 +141,7 @@ def load_models(cfg: Config, model: str | None, variables: list[str]) -> dict[st
     from vcinr_sci.model.registry import default_inner_steps, register_model
 
     c = cfg.compress
-    loaded: dict[Path, Any] = {}
+    loaded: dict[Path, LoadedModel] = {}
     out = {}
     for v, choice in model_choices(cfg, model, variables).items():
         try:
@@ -289,7 +293,7 @@ def _job_id(cfg: Config, models: dict[str, VariableModel]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _distinct_artifacts(models: dict[str, VariableModel]) -> list:
+def _distinct_artifacts(models: dict[str, VariableModel]) -> list[ModelArtifact]:
     return list({m.artifact.hash: m.artifact for m in models.values()}.values())
 
 
