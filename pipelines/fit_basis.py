@@ -2,6 +2,12 @@
 and one coefficient coder per target PSNR, into a model artifact.
 
     python -m pipelines.fit_basis --config configs/suite-ccsm.yaml --set model.kind=linear
+    vcinr fit-basis --config C --variables t2m,msl   # one model per variable
+
+One model per variable of the run (``compress.variables``, default ``[data.variable]``;
+:mod:`pipelines.run_variables`), each fitted from the config with ``data.variable`` set
+to it, so that ``vcinr compress`` with the same config finds each variable's model.
+For each:
 
 1. the basis (:class:`~vcinr_sci.model.basis.LinearBasis`) from the training part of the
    split (an SVD of up to ``basis.max_fit_items`` items; every training item's
@@ -30,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.cli_args import config_parser, load
+from pipelines.run_variables import run_variables, variable_config
 from vcinr_sci.coding.coefficients import CoefficientCoder, min_step
 from vcinr_sci.config import Config
 from vcinr_sci.data.holdout import tuning_split
@@ -49,8 +56,20 @@ _PRUNE_BELOW_STEP = 0.125
 _BISECTIONS = 24  # on log(step) over [finest, 1]: well under 0.1 % apart at the end
 
 
+def fit_variables(cfg: Config) -> dict[str, Path]:
+    """:func:`fit` for each of the run's variables; returns each one's artifact folder."""
+    variables = run_variables(cfg)
+    out = {}
+    for i, variable in enumerate(variables):
+        if len(variables) > 1:
+            print(f"variable {variable} ({i + 1}/{len(variables)})", flush=True)
+        out[variable] = fit(variable_config(cfg, variable))
+    return out
+
+
 def fit(cfg: Config) -> Path:
-    """Fit, score and save the linear model of ``cfg``; returns the artifact folder."""
+    """Fit, score and save the linear model of ``cfg`` (its ``data.variable``); returns
+    the artifact folder."""
     if cfg.model.kind != "linear":
         raise ConfigError(f"pipelines.fit_basis fits model.kind 'linear', the config says {cfg.model.kind!r}")
     if not cfg.basis.target_psnr:
@@ -164,8 +183,9 @@ class _Scored:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = config_parser("vcinr fit-basis", __doc__, "YAML run config with model.kind: linear", "basis.components=64").parse_args(argv)
-    fit(load(args))
+    args = config_parser("vcinr fit-basis", __doc__, "YAML run config with model.kind: linear", "basis.components=64",
+                         variables_help="variables to fit a model for, one each").parse_args(argv)
+    fit_variables(load(args))
     return 0
 
 

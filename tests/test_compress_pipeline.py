@@ -80,7 +80,8 @@ def test_resume_after_interruption(ray_session, job, tmp_path, monkeypatch):
     # Ray retries a task that finished on a node lost before its result came back: a
     # chunk with a marker is not written again.
     retried = list(run_actor_pool(WriteChunks, [{"variable": "air_temperature", "chunk": 0}],
-                                  {"config": cfg.to_dict(), "store": str(store), "artifact_path": model},
+                                  {"config": cfg.to_dict(), "store": str(store),
+                                   "artifact_paths": {"air_temperature": model}},
                                   num_actors=1, cpus_per_actor=1, want_gpu=False, section="compress", say=print))
 
     # the rerun joins the running cluster, as an entrypoint under `ray job submit` does
@@ -90,7 +91,8 @@ def test_resume_after_interruption(ray_session, job, tmp_path, monkeypatch):
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
-    assert "5 chunks, 2 complete, 3 to write" in run.stdout and "store complete" in run.stdout
+    assert "5 chunks of 1 variable(s), 2 complete, 3 to write" in run.stdout and "store complete" in run.stdout
+    assert "[5/5, 0 left]" in run.stdout and ", 1 left, ETA " in run.stdout  # chunks done, left, and an ETA
 
     after = _chunk_files(store)
     assert len(after) == 5, sorted(after)  # no temporary left beside the chunks
@@ -110,11 +112,11 @@ def test_resume_after_interruption(ray_session, job, tmp_path, monkeypatch):
     ref = xr.open_dataset(source).air_temperature
     assert back.shape == ref.shape and np.isfinite(back.values).all()
     attrs = back.vcinr.attrs
-    assert attrs["vcinr_quality"] == QUALITY and attrs["vcinr_model_hash"] == first.model_hash
+    assert attrs["vcinr_quality"] == QUALITY and attrs["vcinr_model_hash"] == first.model_hashes["air_temperature"]
     assert attrs["vcinr_rmse"] == pytest.approx(metrics.rmse(ref.values, back.values), rel=1e-5)
     assert attrs["vcinr_max_abs_error"] == pytest.approx(metrics.max_abs_error(ref.values, back.values), rel=1e-5)
     assert "forecast_period" in back.coords and np.array_equal(back.forecast_period.values, ref.forecast_period.values)
-    assert store_info(store)["embedded_models"] == [first.model_hash]
+    assert store_info(store)["embedded_models"] == [first.model_hashes["air_temperature"]]
     from vcinr_sci.io.integrity import verify_digests
 
     digests = verify_digests(store)  # the finished store records every chunk's SHA-256

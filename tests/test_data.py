@@ -17,6 +17,7 @@ from vcinr_sci.data.grids import RegularGrid, SphericalGrid
 from vcinr_sci.data.items import load_dataset
 from vcinr_sci.data.normalise import Normaliser, fit_normaliser, item_means
 from vcinr_sci.data.sources import FieldSource, make_grid, make_split, open_variable, resolve_paths
+from vcinr_sci.errors import ConfigError
 from vcinr_sci.model.meta import masked_mse
 
 LAT = np.array([-30.0, 0.0, 30.0, 60.0])
@@ -95,11 +96,27 @@ def test_open_variable_isel(tmp_path):
     np.testing.assert_array_equal(da.values, vals[:, 1])
 
 
+def test_open_variable_combines_files_split_along_time(tmp_path):
+    """netCDF and Zarr inputs split along time, named in any order, are combined by
+    their time coordinates, lazily; a file without the variable is not read."""
+    vals = field_values(3, (3 * NT, LAT.size, LON.size))
+    ds = xr.Dataset({"t": (("time", "lat", "lon"), vals)}, coords={"time": np.arange(3 * NT), "lat": LAT, "lon": LON})
+    ds.isel(time=slice(0, NT)).to_netcdf(tmp_path / "b.nc")
+    ds.isel(time=slice(NT, 2 * NT)).to_zarr(tmp_path / "c.zarr")
+    ds.isel(time=slice(2 * NT, None)).to_netcdf(tmp_path / "a.nc")
+    write_nc(tmp_path / "other.nc", field_values(4), name="u")
+    cfg = DataConfig(paths=[str(tmp_path / "*.nc"), str(tmp_path / "c.zarr")], variable="t", grid_dims=["lat", "lon"])
+    da = open_variable(cfg)
+    assert isinstance(da.data, dask.array.Array)
+    np.testing.assert_array_equal(da.time.values, np.arange(3 * NT))
+    np.testing.assert_array_equal(da.values, vals)
+
+
 def test_open_variable_errors(runs, tmp_path):
     folder, _ = runs
     with pytest.raises(ValueError, match="concat_dim"):
         open_variable(runs_cfg(folder, concat_dim=None))
-    with pytest.raises(KeyError, match=r"variable 'tas' not in .*run0\.nc.*\['other', 't'\]"):
+    with pytest.raises(ConfigError, match=r"data.paths: variable 'tas' not in .*run0\.nc.*\['other', 't'\]"):
         open_variable(runs_cfg(folder, variable="tas"))
     with pytest.raises(KeyError, match=r"grid dims \['latitude'\] not in 't'.*\['member', 'time', 'lat', 'lon'\]"):
         open_variable(runs_cfg(folder, grid_dims=["latitude", "lon"]))

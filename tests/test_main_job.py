@@ -30,8 +30,8 @@ def test_main_job_end_to_end(ray_session, tmp_path, capsys):
     # row of one table each.
     for kind in ("inr", "linear", "hybrid"):
         stores = sorted((tmp_path / "out").glob(f"tiny-{kind}-*.zarr"))
-        assert stores and all(f"| {kind} | {s.name[len(kind) + 6:-5]} |" in printed for s in stores)
-        assert f"  {kind} model " in printed
+        assert stores and all(f"| {kind} | air_temperature | {s.name[len(kind) + 6:-5]} |" in printed for s in stores)
+        assert f"  {kind} model of air_temperature: " in printed
     store = sorted((tmp_path / "out").glob("tiny-inr-*.zarr"))[0]
     ds = xr.open_zarr(store)  # the codec is found through its entry point
     da = ds["air_temperature"]
@@ -47,8 +47,8 @@ def test_report_table_without_latitudes():
     # A `grid: regular` config has no latitude-weighted RMSE; the report used to crash on it.
     from pipelines.main_job import report_table
 
-    row = {"model": "linear", "quality": "q0", "bits_per_value": 0.05, "ratio_vs_float32": 640.0, "psnr_db": 38.1,
+    row = {"model": "linear", "variable": "tas", "quality": "q0", "bits_per_value": 0.05, "ratio_vs_float32": 640.0, "psnr_db": 38.1,
            "rmse": 0.6, "lat_weighted_rmse": None, "max_abs_error": 2.9}
     table = report_table([row, row | {"quality": "q1", "lat_weighted_rmse": 0.55}])
-    assert "| linear | q0 | 0.0500 | 640 | 38.10 | 0.600 | - | 2.900 |" in table
+    assert "| linear | tas | q0 | 0.0500 | 640 | 38.10 | 0.600 | - | 2.900 |" in table
     assert "| 0.550 |" in table

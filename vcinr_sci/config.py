@@ -41,7 +41,9 @@ class DataConfig:
     # Dims spanned by one field (e.g. [lat, lon]); every other dim indexes items.
     grid_dims: list[str] = field(default_factory=list)
     grid: Literal["spherical", "regular"] = "spherical"  # spherical (lat, lon in degrees) | regular (any N-d grid)
-    # With several files: the new dim they are stacked along (e.g. an ensemble member).
+    # With several files: the dim they are stacked along, new (e.g. an ensemble member) or
+    # one they share; None = combined by their coordinates (files split along time, say),
+    # which must then agree exactly on every other coordinate.
     concat_dim: str | None = None
     # Optional index selection applied before anything else, e.g. {isobaricInhPa: 0}.
     isel: dict[str, Any] = field(default_factory=dict)
@@ -197,7 +199,12 @@ class CompressConfig:
 
     # Input files/globs (as data.paths); empty = data.paths, with data.concat_dim and data.isel.
     paths: list[str] = field(default_factory=list)
-    variables: list[str] = field(default_factory=list)  # empty = [data.variable]
+    # The run's variables (empty = [data.variable]), each with a model of its own:
+    # fit-basis fits one per variable, compress codes them all into one store.
+    variables: list[str] = field(default_factory=list)
+    # variable -> its model (artifact folder or hash); a variable not named here takes the
+    # newest artifact made from the config with data.variable set to it.
+    models: dict[str, str] = field(default_factory=dict)
     output: str = field(default="", metadata=_PATH)  # the Zarr store; empty = compressed/<name>-<quality>.zarr
     zarr_format: int = 3
     # Chunk sizes along item dims (grid dims are always whole), e.g. {time: 16}; the

@@ -21,6 +21,7 @@ import xarray as xr
 from vcinr_sci.config import DataConfig, expand_path
 from vcinr_sci.data.grids import Grid, RegularGrid, SphericalGrid
 from vcinr_sci.data.regrid import regrid_lat_lon
+from vcinr_sci.errors import ConfigError
 
 IRIS_PREFIX = "iris-sample-data:"
 DATA_DIR_ENV = "VCINR_DATA_DIR"
@@ -59,18 +60,7 @@ def resolve_paths(paths: Sequence[str], key: str = "config.data.paths") -> list[
 def open_variable(cfg: DataConfig, paths_key: str = "config.data.paths") -> xr.DataArray:
     """Open ``cfg.variable`` lazily, item dims first and grid dims last; errors in the
     paths name them ``paths_key``."""
-    if not cfg.paths:
-        raise ValueError("data.paths is empty: name at least one netCDF/Zarr file or glob")
-    paths = resolve_paths(cfg.paths, paths_key)
-    if len(paths) == 1:
-        ds = _open_one(paths[0])
-    else:
-        if not cfg.concat_dim:
-            raise ValueError(f"{len(paths)} files given: set data.concat_dim to stack them along a new dim")
-        ds = xr.concat([_open_one(p) for p in paths], dim=cfg.concat_dim, coords="minimal", compat="override")
-    if cfg.variable not in ds.data_vars:
-        raise KeyError(f"variable {cfg.variable!r} not in {paths[0]}; it has {sorted(ds.data_vars)}")
-    da = ds[cfg.variable]
+    da = open_inputs(cfg, [cfg.variable], paths_key)[cfg.variable]
     if cfg.isel:
         da = da.isel(cfg.isel)
     if cfg.regrid:
@@ -78,6 +68,63 @@ def open_variable(cfg: DataConfig, paths_key: str = "config.data.paths") -> xr.D
             raise ValueError("data.regrid builds a global lat/lon grid: it needs grid: spherical")
         da = regrid_lat_lon(da, cfg.grid_dims, cfg.regrid)
     return to_fields(da, cfg.grid_dims)
+
+
+def open_inputs(cfg: DataConfig, variables: Sequence[str], paths_key: str = "config.data.paths") -> xr.Dataset:
+    """``variables`` of the files ``cfg.paths`` names, as one lazy (dask) Dataset with
+    their coordinates and the first file's attributes. A file holding none of them is
+    not read (an archive with a file per variable). Several files are stacked along
+    ``cfg.concat_dim`` when it is set (a new dim, or one they share), else combined by
+    their coordinates as ``xarray.open_mfdataset`` does (files split along time, say):
+    they must then agree exactly on every other coordinate, the grid included. A
+    variable in no file, and files that do not combine, are a
+    :class:`~vcinr_sci.errors.ConfigError` naming ``paths_key``."""
+    if not cfg.paths:
+        raise ValueError("data.paths is empty: name at least one netCDF/Zarr file or glob")
+    paths = resolve_paths(cfg.paths, paths_key)
+    opened = {p: _open_one(p) for p in paths}
+    for v in variables:
+        if not any(v in ds.data_vars for ds in opened.values()):
+            has = sorted(map(str, opened[paths[0]].data_vars))
+            where = f"{paths[0]}; it has {has}" if len(paths) == 1 else f"any of the {len(paths)} files ({paths[0]} has {has})"
+            raise ConfigError(f"{paths_key}: variable {v!r} not in {where}")
+    held = {p: [v for v in variables if v in ds.data_vars] for p, ds in opened.items()}
+    used = [p for p, names in held.items() if names]
+    parts = [opened[p][held[p]] for p in used]
+    if len(parts) == 1:
+        return parts[0]
+    _check_same_grid(parts, used, cfg.grid_dims, paths_key)
+    if cfg.concat_dim:
+        return xr.concat(parts, dim=cfg.concat_dim, coords="minimal", compat="override")
+    try:
+        combined = xr.combine_by_coords(
+            parts, join="exact", data_vars="minimal", coords="minimal", compat="override", combine_attrs="override"
+        )
+    except ValueError as e:  # xarray's AlignmentError is a ValueError
+        shown = ", ".join(used[:3]) + (f" and {len(used) - 3} more" if len(used) > 3 else "")
+        raise ConfigError(
+            f"{paths_key}: {len(used)} files ({shown}) do not combine into one dataset by their coordinates: {e}. Files split "
+            "along a dim must agree on every other coordinate (the grid included) and have coordinate values along "
+            "that dim; to stack them along a new dim (e.g. ensemble members), set data.concat_dim"
+        ) from e
+    assert isinstance(combined, xr.Dataset)  # Datasets combine into one
+    return combined
+
+
+def _check_same_grid(parts: Sequence[xr.Dataset], paths: Sequence[str], grid_dims: Sequence[str], key: str) -> None:
+    """Every file's ``grid_dims`` (sizes, and coordinates where it has them) must be the
+    first file's: files of one archive share its grid."""
+    first = parts[0]
+    for part, path in zip(parts[1:], paths[1:]):
+        for d in grid_dims:
+            if d not in first.dims or d not in part.dims:
+                continue
+            same = first.sizes[d] == part.sizes[d] and (
+                d not in first.coords or d not in part.coords or np.array_equal(first[d].values, part[d].values)
+            )
+            if not same:
+                raise ConfigError(f"{key}: {path}: its {d!r} coordinates differ from those of {paths[0]}: "
+                                  "the files must share one grid")
 
 
 def _open_one(path: str) -> xr.Dataset:
