@@ -121,8 +121,8 @@ def report_table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['variable']} | {r['quality']} | {num(r['bits_per_value'], '.4f')} | "
-            f"{num(r['ratio_vs_float32'], '.0f')} | {num(r['psnr_db'], '.2f')} | {num(r['rmse'], '.3f')} | {num(r['lat_weighted_rmse'], '.3f')} | "
-            f"{num(r['max_abs_error'], '.3f')} |"
+            f"{num(r['ratio_vs_float32'], '.0f')} | {num(r['psnr_db'], '.2f')} | {num(r['rmse'], '.3f')} | "
+            f"{num(r['lat_weighted_rmse'], '.3f')} | {num(r['max_abs_error'], '.3f')} |"
         )
     return "\n".join(lines)
 
