@@ -37,18 +37,24 @@ from vcinr_sci.coding.hybrid import LINEAR_ONLY, HybridCoder
 from vcinr_sci.config import Config
 from vcinr_sci.data.holdout import tuning_split
 from vcinr_sci.data.items import load_dataset
-from vcinr_sci.errors import ConfigError
+from vcinr_sci.errors import ArtifactError, ConfigError
 from vcinr_sci.metrics import bits_per_value, psnr_from_mse
 from vcinr_sci.model.artifact import ModelArtifact, load_artifact, save_artifact
 from vcinr_sci.model.registry import default_inner_steps, prepare_model
+from vcinr_sci.model.selection import select_artifact
 
 
 def fit(cfg: Config) -> Path:
     """All four stages of ``cfg`` (``model.kind: hybrid``); returns the hybrid artifact."""
     if cfg.model.kind != "hybrid":
         raise ConfigError(f"pipelines.fit_hybrid fits model.kind 'hybrid', the config says {cfg.model.kind!r}")
-    print("[hybrid 1/4] the linear model", flush=True)
-    linear = fit_basis.fit(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, kind="linear")))
+    linear_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, kind="linear"))
+    try:  # fitted before from the same data and basis sections: the same model
+        linear = select_artifact(linear_cfg, with_coders=True, require_coders=True)
+        print(f"[hybrid 1/4] the linear model, fitted before: {linear}", flush=True)
+    except ArtifactError:
+        print("[hybrid 1/4] the linear model", flush=True)
+        linear = fit_basis.fit(linear_cfg)
     print(f"[hybrid 2/4] meta-training the INR on what the mean and {cfg.model.residual_components} EOFs leave "
           f"({cfg.meta.steps} outer steps)", flush=True)
     inr = meta_train.fit(cfg, linear).artifact
