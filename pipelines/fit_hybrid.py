@@ -65,17 +65,17 @@ def fit(cfg: Config) -> Path:
     return write_levels(cfg, load_artifact(linear), load_artifact(coded))
 
 
-def hybrid_levels(linear: ModelArtifact, latent_coders: list, head: int,
-                  typical_bits: list[float] | None = None) -> dict[str, HybridCoder]:
+def hybrid_levels(linear: ModelArtifact, latent_coders: list, head: int, typical_bits: list[float] | None = None,
+                  typical_error: list[float] | None = None) -> dict[str, HybridCoder]:
     """A hybrid level per level of ``linear``'s ladder: its coefficient coder, the
     leading ``head`` components' coder at the same step, and ``latent_coders`` (with
-    their ``typical_bits`` per item)."""
+    their typical bits and squared error per item)."""
     out = {}
     for level in linear.ladder:
         full = linear.coder(level)
         assert isinstance(full, CoefficientCoder)
         part = CoefficientCoder(full.scales[:head], full.rho[:head], full.step, full.predict)
-        out[level] = HybridCoder(full, part, latent_coders, typical_bits)
+        out[level] = HybridCoder(full, part, latent_coders, typical_bits, typical_error)
     return out
 
 
@@ -83,14 +83,15 @@ def write_levels(cfg: Config, linear: ModelArtifact, coded: ModelArtifact) -> Pa
     """The hybrid artifact: ``coded`` (the INR with its basis and latent coders) with
     hybrid levels in place of its latent coders, scored on the tuning items."""
     latents = [coded.coder(q) for q in coded.ladder]
-    # bits per item of each latent coder on the tuning items (bits per value x points)
-    points = coded.metrics.get("ladder", {}).get("points", {})
+    # bits and squared error per item of each latent coder on the tuning items (per value x points)
+    points = [coded.metrics.get("ladder", {}).get("points", {}).get(q, {}) for q in coded.ladder]
     per_item = math.prod(cfg.data.patch_shape) if cfg.data.patch_shape else coded.grid.size
-    typical = [points.get(q, {}).get("bits_per_value", 0.0) * per_item for q in coded.ladder]
+    bits = [p.get("bits_per_value", 0.0) * per_item for p in points]
+    error = [10 ** (-p["psnr"] / 10) * per_item if "psnr" in p else 0.0 for p in points]
     artifact = dataclasses.replace(coded, extra=dict(coded.extra), metrics=dict(coded.metrics))
     artifact.extra.pop("coders", None)
     artifact.extra_tensors = {k: v for k, v in coded.extra_tensors.items() if not k.startswith("coders.")}
-    for level, coder in hybrid_levels(linear, latents, cfg.model.residual_components, typical).items():
+    for level, coder in hybrid_levels(linear, latents, cfg.model.residual_components, bits, error).items():
         artifact.add_coder(level, coder)
     artifact.metrics |= {"hybrid": {"linear_model": linear.hash, "latent_levels": coded.ladder,
                                     "linear_levels": linear.metrics.get("levels", {})}}

@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pipelines.main_job --config configs/demo.yaml "$@"
+# the INR, the linear model and the hybrid, side by side in one table
+exec .venv/bin/python -m pipelines.main_job --config configs/demo.yaml --kinds inr,linear,hybrid "$@"

@@ -147,9 +147,10 @@ def test_a_hybrid_refuses_a_bare_latent_coder(hybrid):
 
 
 def test_latents_that_cannot_pay_are_not_adapted(hybrid, monkeypatch):
-    """Where even half a latent coder's typical bits outweigh the linear model's whole
-    cost, the encoder does not adapt the INR (the linear model's speed) and writes the
-    linear model's string; with no typical size known it tries the INR."""
+    """Where even half a latent coder's typical cost (bits, or error) outweighs the
+    linear model's whole cost, the encoder does not adapt the INR (the linear model's
+    speed) and writes the linear model's string; with no typical cost known it tries
+    the INR."""
     model = register_model(hybrid)
     kind = model.kind
     level = hybrid.coder(hybrid.quality_levels[0])
@@ -158,8 +159,10 @@ def test_latents_that_cannot_pay_are_not_adapted(hybrid, monkeypatch):
     tried = []
     adapt = kind.inr.adapt
     monkeypatch.setattr(kind.inr, "adapt", lambda *a: tried.append(1) or adapt(*a))
-    heavy = HybridCoder(level.full, level.head, level.latents, [1e6] * len(level.latents))
-    assert kind.encode(idx, values, valid, 3, heavy) == level.full.compress(kind.basis.coefficients(values, valid))
+    n = len(level.latents)
+    for heavy in (HybridCoder(level.full, level.head, level.latents, [1e6] * n),
+                  HybridCoder(level.full, level.head, level.latents, [0.0] * n, [1e3] * n)):
+        assert kind.encode(idx, values, valid, 3, heavy) == level.full.compress(kind.basis.coefficients(values, valid))
     assert not tried
     kind.encode(idx, values, valid, 3, HybridCoder(level.full, level.head, level.latents))
     assert tried

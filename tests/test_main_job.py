@@ -22,6 +22,7 @@ def test_main_job_end_to_end(ray_session, tmp_path, capsys):
             "--set", f"train.artifact_dir={tmp_path / 'artifacts'}",
             "--set", f"latents.output_dir={tmp_path / 'latents'}",
             "--out", str(tmp_path / "out"),
+            "--kinds", "inr,linear,hybrid",
         ]
     )
     assert rc == 0

@@ -211,6 +211,7 @@ def coder_spec(coder: Coder) -> dict[str, Any]:
         return coder.spec()
     if isinstance(coder, HybridCoder):
         return {"kind": HYBRID_KIND, "version": SPEC_VERSION, "typical_bits": coder.typical_bits,
+                "typical_error": coder.typical_error,
                 "parts": {name: coder_spec(part) for name, part in coder.parts()}}  # type: ignore[arg-type]
     if isinstance(coder, LatentCoder):
         args = {"latent_dim": coder.latent_dim, "dim_y": coder.dim_y, "width": coder.width, "blocks": coder.blocks}
@@ -278,4 +279,4 @@ def _load_hybrid(spec: dict[str, Any], state: dict[str, Tensor]) -> HybridCoder:
     latents = [built[f"z{i}"] for i in range(len(parts) - 2) if f"z{i}" in built]
     if len(latents) != len(parts) - 2:
         raise ValueError("hybrid coder parts must be full, head and z0..z<n-1>")
-    return HybridCoder(built["full"], built["head"], latents, spec.get("typical_bits"))
+    return HybridCoder(built["full"], built["head"], latents, spec.get("typical_bits"), spec.get("typical_error"))

@@ -24,7 +24,7 @@ mode 0) and a flag, 1 where the INR's output is added.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator, Protocol
 
 import torch
 from torch import Tensor
@@ -32,9 +32,16 @@ from torch import Tensor
 from vcinr_sci.coding.coefficients import CoefficientCoder
 from vcinr_sci.coding.varint import encode_uvarint, read_uvarint
 
-if TYPE_CHECKING:
-    from vcinr_sci.coding.coder import LatentCoder
-    from vcinr_sci.coding.quantiser import UniformQuantiser
+
+class LatentStringCoder(Protocol):
+    """What a hybrid level needs of the INR's latent coder (a learned coder or a
+    uniform quantiser, :mod:`vcinr_sci.coding.coder`)."""
+
+    latent_dim: int
+
+    def compress(self, phi: Tensor) -> bytes: ...
+
+    def decompress(self, data: bytes, n: int) -> Tensor: ...
 
 SPEC_KIND = "hybrid"
 LINEAR_ONLY = 0
@@ -44,12 +51,14 @@ MAX_MODES = 127  # modes 1.. in the seven upper bits of the coefficient string's
 class HybridCoder:
     """Coefficient coders ``full`` (``K`` components) and ``head`` (the leading ``H``,
     same step) and the INR's latent coders ``latents``: one mode each (see the module doc).
-    ``typical_bits``: each latent coder's bits per item as measured on tuning items (an
-    encoder skips the INR where even half of them outweigh the linear model's whole cost;
-    0: unknown, never skipped)."""
+    ``typical_bits`` and ``typical_error``: each latent coder's bits and squared error
+    (normalised units) per item as measured on tuning items (an encoder skips the INR
+    where even half of the cost they give outweighs the linear model's; 0: unknown,
+    never skipped)."""
 
     def __init__(self, full: CoefficientCoder, head: CoefficientCoder,
-                 latents: list["LatentCoder | UniformQuantiser"], typical_bits: list[float] | None = None):
+                 latents: list[LatentStringCoder], typical_bits: list[float] | None = None,
+                 typical_error: list[float] | None = None):
         if not isinstance(full, CoefficientCoder) or not isinstance(head, CoefficientCoder):
             raise ValueError("a hybrid level's full and head parts must be coefficient coders")
         if head.latent_dim > full.latent_dim or head.step != full.step:
@@ -59,8 +68,10 @@ class HybridCoder:
             raise ValueError(f"a hybrid level needs 1-{MAX_MODES} latent coders of one latent size")
         self.full, self.head, self.latents = full, head, list(latents)
         self.typical_bits = [float(b) for b in typical_bits] if typical_bits is not None else [0.0] * len(latents)
-        if len(self.typical_bits) != len(latents) or not all(b >= 0 for b in self.typical_bits):
-            raise ValueError("a hybrid level needs one non-negative typical bit count per latent coder")
+        self.typical_error = [float(e) for e in typical_error] if typical_error is not None else [0.0] * len(latents)
+        for typical in (self.typical_bits, self.typical_error):
+            if len(typical) != len(latents) or not all(b >= 0 for b in typical):
+                raise ValueError("a hybrid level needs one non-negative typical bit count and error per latent coder")
 
     @property
     def step(self) -> float:

@@ -179,7 +179,8 @@ def build_model(config: Config, grid: Grid) -> MetaSGD | None:
     """The network of ``config`` (None for a linear model, which has none)."""
     if config.model.kind == "linear":
         return None
-    return MetaSGD(build_inr(grid.coord_dim, config.model), config.meta)
+    centred = config.model.kind == "hybrid" or config.data.subtract_mean_field or config.data.subtract_item_mean
+    return MetaSGD(build_inr(grid.coord_dim, config.model, centred=centred), config.meta)
 
 
 def _content_hash(manifest: dict[str, Any], weights: bytes) -> str:

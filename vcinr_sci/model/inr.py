@@ -150,9 +150,18 @@ class ShiftSiren(_SirenBase):
         return self.head(h)
 
 
-def build_inr(coord_dim: int, cfg: ModelConfig, out_dim: int = 1) -> _SirenBase:
+def build_inr(coord_dim: int, cfg: ModelConfig, out_dim: int = 1, centred: bool = False) -> _SirenBase:
+    """The INR of ``cfg``. ``centred``: its targets are centred on 0 (anomalies from the
+    item mean, the mean field or a linear model), so its output starts at 0, not at the
+    middle of [0, 1]: a start at 0.5 put step 0 far below what a zero output gives, and
+    the first hundred or so outer steps went on unlearning it."""
     if cfg.conditioning == "gated":
-        return GatedSiren(coord_dim, out_dim, cfg)
-    if cfg.conditioning == "shift":
-        return ShiftSiren(coord_dim, out_dim, cfg)
-    raise ValueError(f"unknown conditioning {cfg.conditioning!r} (gated | shift)")
+        net: _SirenBase = GatedSiren(coord_dim, out_dim, cfg)
+    elif cfg.conditioning == "shift":
+        net = ShiftSiren(coord_dim, out_dim, cfg)
+    else:
+        raise ValueError(f"unknown conditioning {cfg.conditioning!r} (gated | shift)")
+    if centred:
+        with torch.no_grad():
+            net.head.bias.zero_()
+    return net

@@ -39,9 +39,10 @@ BATCH_POINTS_ENV = "VCINR_BATCH_POINTS"
 # float32 differs from this CPU by at most 2.4e-7 of the range (2 ulps), so this leaves
 # two orders of magnitude of headroom; TF32 would differ by 1.0e-3 and is kept off.
 INR_DEVICE_ULPS = 256
-# A hybrid encoder tries a latent coder only where this share of its typical bits fits
-# under the linear model's cost: a string far under its typical size is not expected,
-# and skipping saves the INR's adaptation (99 % of a hybrid encode's time).
+# A hybrid encoder tries a latent coder only where this share of its typical cost (bits
+# and error, measured on tuning items) fits under the linear model's cost: a chunk at
+# half its coder's typical cost is not expected, and skipping saves the INR's adaptation
+# (99 % of a hybrid encode's time).
 _SKIP_SHARE = 0.5
 _EPS32 = float(np.finfo(np.float32).eps)
 
@@ -226,9 +227,10 @@ class HybridKind:
         full = coder.full.compress(c)
         best = (cost(len(full), self.basis.reconstruct(coder.full.quantise(c).numpy())), full)
         head = coder.head.compress(c[:, : self.head])
-        # modes whose latents, at half their typical size, leave room under the linear cost
-        budget = best[0] - 8.0 * (len(head) + 2)
-        modes = [m for m, bits in enumerate(coder.typical_bits, start=1) if _SKIP_SHARE * bits * len(items) < budget]
+        # modes whose latents, at half their typical cost, leave room under the linear cost
+        budget, n = best[0] - 8.0 * (len(head) + 2), len(items)
+        typical = zip(coder.typical_bits, coder.typical_error)
+        modes = [m for m, (bits, se) in enumerate(typical, start=1) if _SKIP_SHARE * n * (bits + se / per_bit) < budget]
         if not modes:  # the INR cannot pay here: no adaptation (the linear model's speed)
             return best[1]
         linear = self._head_basis.reconstruct(coder.head.quantise(c[:, : self.head]).numpy())
