@@ -48,13 +48,8 @@ def fit(cfg: Config) -> Path:
     """All four stages of ``cfg`` (``model.kind: hybrid``); returns the hybrid artifact."""
     if cfg.model.kind != "hybrid":
         raise ConfigError(f"pipelines.fit_hybrid fits model.kind 'hybrid', the config says {cfg.model.kind!r}")
-    linear_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, kind="linear"))
-    try:  # fitted before from the same data and basis sections: the same model
-        linear = select_artifact(linear_cfg, with_coders=True, require_coders=True)
-        print(f"[hybrid 1/4] the linear model, fitted before: {linear}", flush=True)
-    except ArtifactError:
-        print("[hybrid 1/4] the linear model", flush=True)
-        linear = fit_basis.fit(linear_cfg)
+    print("[hybrid 1/4] the linear model", flush=True)
+    linear = linear_model(cfg)
     print(f"[hybrid 2/4] meta-training the INR on what the mean and {cfg.model.residual_components} EOFs leave "
           f"({cfg.meta.steps} outer steps)", flush=True)
     inr = meta_train.fit(cfg, linear).artifact
@@ -63,6 +58,18 @@ def fit(cfg: Config) -> Path:
     coded = train_coder.fit(cfg, model=str(inr))
     print("[hybrid 4/4] hybrid levels", flush=True)
     return write_levels(cfg, load_artifact(linear), load_artifact(coded))
+
+
+def linear_model(cfg: Config) -> Path:
+    """The linear model of the hybrid ``cfg``: the one fitted before from the same data
+    and basis sections (the same model), else fitted now by :mod:`pipelines.fit_basis`."""
+    linear_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, kind="linear"))
+    try:
+        linear = select_artifact(linear_cfg, with_coders=True, require_coders=True)
+        print(f"linear model fitted before: {linear}", flush=True)
+        return linear
+    except ArtifactError:
+        return fit_basis.fit(linear_cfg)
 
 
 def hybrid_levels(linear: ModelArtifact, latent_coders: list, head: int, typical_bits: list[float] | None = None,

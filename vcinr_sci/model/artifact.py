@@ -32,7 +32,7 @@ from vcinr_sci.data.grids import Grid, grid_from_dict
 from vcinr_sci.data.normalise import Normaliser
 from vcinr_sci.errors import ArtifactError
 from vcinr_sci.model.basis import LinearBasis
-from vcinr_sci.model.inr import build_inr
+from vcinr_sci.model.inr import build_inr, centred_targets
 from vcinr_sci.model.meta import MetaSGD
 
 FORMAT_VERSION = 1
@@ -179,8 +179,7 @@ def build_model(config: Config, grid: Grid) -> MetaSGD | None:
     """The network of ``config`` (None for a linear model, which has none)."""
     if config.model.kind == "linear":
         return None
-    centred = config.model.kind == "hybrid" or config.data.subtract_mean_field or config.data.subtract_item_mean
-    return MetaSGD(build_inr(grid.coord_dim, config.model, centred=centred), config.meta)
+    return MetaSGD(build_inr(grid.coord_dim, config.model, centred=centred_targets(config)), config.meta)
 
 
 def _content_hash(manifest: dict[str, Any], weights: bytes) -> str:

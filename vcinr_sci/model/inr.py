@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from vcinr_sci.config import ModelConfig
+from vcinr_sci.config import Config, ModelConfig
 
 
 def _siren_uniform_(weight: torch.Tensor, w0: float, first: bool, gain: float = 1.0) -> None:
@@ -148,6 +148,12 @@ class ShiftSiren(_SirenBase):
         for i, layer in enumerate(self.layers):
             h = torch.sin(self.w0_of(i) * (layer(h) + shifts[:, i]))
         return self.head(h)
+
+
+def centred_targets(config: Config) -> bool:
+    """Whether ``config``'s INR learns targets centred on 0: a hybrid's residuals, or
+    values less the mean field or their item's mean (see :func:`build_inr`)."""
+    return config.model.kind == "hybrid" or config.data.subtract_mean_field or config.data.subtract_item_mean
 
 
 def build_inr(coord_dim: int, cfg: ModelConfig, out_dim: int = 1, centred: bool = False) -> _SirenBase:
