@@ -114,12 +114,12 @@ def test_main_job_writes_every_variable_into_each_store(ray_session, fitted, tmp
     assert main(["--config", str(config), "--set", f"train.artifact_dir={tmp_path / 'artifacts'}",
                  "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
-    back = xr.open_zarr(tmp_path / "out" / "multi-q0.zarr")
+    back = xr.open_zarr(tmp_path / "out" / "multi-linear-q0.zarr")
     test_years = ds.time.values[-5:]  # the last tenth of the 48 fields
     for v in ("air_temperature", "e1_celsius"):
         assert back[v].shape == (5, 37, 49) and np.array_equal(back[v].time.values, test_years)
-        assert f"| {v} | q0 |" in printed
-        assert (tmp_path / "out" / f"multi-{v}-q0.png").stat().st_size > 10_000
+        assert f"| linear | {v} | q0 |" in printed
+        assert (tmp_path / "out" / f"multi-{v}-linear-q0.png").stat().st_size > 10_000
 
 
 def test_a_variable_missing_from_the_files_is_named(fitted, tmp_path):
