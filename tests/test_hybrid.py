@@ -147,7 +147,7 @@ def test_a_hybrid_refuses_a_bare_latent_coder(hybrid):
 
 
 def test_latents_that_cannot_pay_are_not_adapted(hybrid, monkeypatch):
-    """Where even half a latent coder's typical cost (bits, or error) outweighs the
+    """Where even 3/4 of a latent coder's typical cost (bits, or error) outweighs the
     linear model's whole cost, the encoder does not adapt the INR (the linear model's
     speed) and writes the linear model's string; with no typical cost known it tries
     the INR."""

@@ -53,7 +53,7 @@ class HybridCoder:
     same step) and the INR's latent coders ``latents``: one mode each (see the module doc).
     ``typical_bits`` and ``typical_error``: each latent coder's bits and squared error
     (normalised units) per item as measured on tuning items (an encoder skips the INR
-    where even half of the cost they give outweighs the linear model's; 0: unknown,
+    where even 3/4 of the cost they give outweighs the linear model's; 0: unknown,
     never skipped)."""
 
     def __init__(self, full: CoefficientCoder, head: CoefficientCoder,
