@@ -1,10 +1,12 @@
-"""Shared fixtures: one quiet local Ray for the whole session, and the real-data folder."""
+"""Shared fixtures: one quiet local Ray for the whole session, the real-data folder, and the
+tiny model and 8 of its fields."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+from _vcinr_tiny import fields, tiny_artifact
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -37,6 +39,18 @@ def ray_session():
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The tiny model artifact's folder (tests/_vcinr_tiny.py: built once per process)."""
+    return tiny_artifact()
+
+
+@pytest.fixture(scope="module")
+def ds():
+    """The tiny data's first 8 fields, as a Dataset (one per module: a test may edit it)."""
+    return fields(8)
 
 
 @pytest.fixture(scope="session")
