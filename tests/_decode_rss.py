@@ -1,8 +1,9 @@
 """Peak RSS growth of one decode, per kind and mode: run as a script (by
 tests/test_decode_memory.py) in a fresh process, it builds large chunks with the golden
-models, decodes each once, and prints one JSON line per case.
+models, decodes each once, and prints one JSON line per case. A number sets the field
+count of the cases after it (no case after the last: every case).
 
-    python tests/_decode_rss.py FIELDS [CASE ...]
+    python tests/_decode_rss.py FIELDS [CASE ...] [FIELDS [CASE ...] ...]
 
 Every chunk is one a real encoder could write, or a crafted one (the issue's
 shapes): latents of zero, a correction of zeros (rANS), a constant SPERR field, a
@@ -47,6 +48,7 @@ def _status(key: str) -> int:
 def reset_peak() -> None:
     """Hand freed memory back to the system, then start a new peak from the RSS now."""
     gc.collect()
+    gc.freeze()  # what survives is skipped by later collections (0.5 s each with torch loaded)
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")
 
@@ -109,9 +111,15 @@ def main(argv: list[str]) -> None:
     import torch
 
     torch.set_num_threads(1)
-    fields = int(argv[0])
-    for case in argv[1:] or list(CASES):
-        print(json.dumps(measure(case, fields)), flush=True)
+    runs: list[tuple[int, list[str]]] = []
+    for arg in argv:
+        if arg.isdigit():
+            runs.append((int(arg), []))
+        else:
+            runs[-1][1].append(arg)
+    for fields, cases in runs:
+        for case in cases or list(CASES):
+            print(json.dumps(measure(case, fields)), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,17 @@
-"""Shared fixtures: one quiet local Ray for the whole session, and the real-data folder."""
+"""Shared fixtures: one quiet local Ray for the whole session, the real-data folder, the
+tiny model and 8 of its fields, and one Ray Train fit that two test files check."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+from pathlib import Path
 
 import pytest
+from _vcinr_tiny import fields, tiny_artifact
+
+REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -37,6 +44,38 @@ def ray_session():
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The tiny model artifact's folder (tests/_vcinr_tiny.py: built once per process)."""
+    return tiny_artifact()
+
+
+@pytest.fixture(scope="module")
+def ds():
+    """The tiny data's first 8 fields, as a Dataset (one per module: a test may edit it)."""
+    return fields(8)
+
+
+@pytest.fixture(scope="session")
+def tiny_without_validation(ray_session, tmp_path_factory):
+    """The tiny config with ``data.val_fraction: 0``, meta-trained through Ray Train
+    (``max_failures: 0``: a failure shows at once, not after retries), its outcome and
+    what the fit printed: the meta-training and coder-training tests share this fit (tens
+    of seconds)."""
+    from pipelines.meta_train import fit
+    from vcinr_sci.config import load_config
+
+    root = tmp_path_factory.mktemp("tiny-without-validation")
+    cfg = load_config(REPO / "configs" / "tiny.yaml", {
+        "data.val_fraction": 0, "train.max_failures": 0,
+        "train.storage_path": str(root / "runs"), "train.artifact_dir": str(root / "artifacts"),
+    })
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        outcome = fit(cfg)
+    return cfg, outcome, printed.getvalue()
 
 
 @pytest.fixture(scope="session")

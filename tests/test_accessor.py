@@ -27,12 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def model():
-    return tiny_artifact()
-
-
-@pytest.fixture(scope="module")
 def ds():
+    """20 fields, one with NaN (conftest's ``ds`` has 8 and none)."""
     d = fields(20)
     d["air_temperature"][2, :4, :6] = np.nan
     return d

@@ -5,6 +5,7 @@ batch make the same outer updates as 1 worker with the whole batch."""
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from vcinr_sci.model.training import global_batch_size, outer_step, sample_batch
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 2
+SPAWN_TIMEOUT_S = 300  # seconds on a loaded 2-core machine; a hang fails instead of stalling the suite
 
 
 def _config() -> Config:
@@ -29,6 +31,7 @@ def _config() -> Config:
 def _train(rank: int, world: int, port: int, out: str) -> None:
     """``STEPS`` outer steps as worker ``rank`` of ``world``; rank 0 saves the gradients
     of the first step and the final weights to ``out``."""
+    import gc
     import os
 
     import torch.distributed as dist
@@ -54,6 +57,12 @@ def _train(rank: int, world: int, port: int, out: str) -> None:
     if rank == 0:
         torch.save({"grads": grads, "weights": model.state_dict()}, out)
     if world > 1:
+        # DDP's reducer holds the process group. Freed after destroy_process_group, it
+        # freed the group too, joining gloo's threads while holding the GIL that one of
+        # them waited for (to free its last work): a hang. Freed first, the group ends
+        # in destroy_process_group, which lets go of the GIL.
+        del wrapped
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -72,7 +81,13 @@ def test_two_workers_make_the_same_outer_updates_as_one(tmp_path, one_torch_thre
     assert shares == [3, 2]
 
     _train(0, 1, 0, str(tmp_path / "one.pt"))
-    mp.spawn(_train, args=(2, _free_port(), str(tmp_path / "two.pt")), nprocs=2)
+    workers = mp.spawn(_train, args=(2, _free_port(), str(tmp_path / "two.pt")), nprocs=2, join=False)
+    deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    while not workers.join(timeout=1):  # raises if a worker failed
+        if time.monotonic() > deadline:
+            for proc in workers.processes:
+                proc.kill()
+            pytest.fail(f"the 2 DDP workers did not end within {SPAWN_TIMEOUT_S} s")
     one, two = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("one", "two"))
     for name, g in one["grads"].items():
         torch.testing.assert_close(two["grads"][name], g, rtol=1e-5, atol=1e-7, msg=f"gradient of {name}")

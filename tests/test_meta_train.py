@@ -21,17 +21,34 @@ pytestmark = pytest.mark.slow  # an end-to-end run of a Ray pipeline
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.fixture
-def tiny(tmp_path):
+def _tiny(root: Path):
+    """The tiny config, its runs and artifacts under ``root``."""
     cfg = load_config(CONFIGS / "tiny.yaml")
-    cfg.train.storage_path = str(tmp_path / "runs")
-    cfg.train.artifact_dir = str(tmp_path / "artifacts")
+    cfg.train.storage_path = str(root / "runs")
+    cfg.train.artifact_dir = str(root / "artifacts")
     return cfg
 
 
-def test_tiny_trains_and_writes_a_loadable_artifact(ray_session, tiny):
-    tiny.train.cpus_per_worker = 2  # (tests run with OMP_NUM_THREADS=1)
-    out = fit(tiny)
+@pytest.fixture
+def tiny(tmp_path):
+    return _tiny(tmp_path)
+
+
+def _two_cpus(cfg):
+    cfg.train.cpus_per_worker = 2  # (tests run with OMP_NUM_THREADS=1)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(ray_session, tmp_path_factory):
+    """The tiny config (one worker of 2 CPUs) trained from step 0: checked as it is, and
+    the reference of a run that went on from a shorter one."""
+    cfg = _two_cpus(_tiny(tmp_path_factory.mktemp("trained")))
+    return cfg, fit(cfg)
+
+
+def test_tiny_trains_and_writes_a_loadable_artifact(trained):
+    tiny, out = trained
     assert out.metrics["torch_threads"] == 2  # the worker's torch threads: its CPUs
     assert out.metrics["step"] == tiny.meta.steps
     assert out.metrics["start_step"] == 0
@@ -39,16 +56,15 @@ def test_tiny_trains_and_writes_a_loadable_artifact(ray_session, tiny):
     assert out.artifact.name == art.hash[:16]
     assert art.config.to_dict() == tiny.to_dict()
     assert art.split["dim"] == "time" and art.split["positions"]["test"]
+    assert art.metrics["training"]["warm_start"] is None
     # Even 20 steps take the held-out items well past predicting the mean (~14 dB).
     assert art.metrics["test_psnr"] > 17.0
 
 
-def test_without_a_validation_part_evaluates_on_held_out_training_fields(ray_session, tiny, capsys):
+def test_without_a_validation_part_evaluates_on_held_out_training_fields(tiny_without_validation):
     # It used to fail at the first evaluation ("no items to evaluate"), after three Ray retries.
-    tiny.data.val_fraction = 0.0
-    tiny.train.max_failures = 0
-    out = fit(tiny)
-    assert "data.val_fraction is 0: holding out the last 22 of 216 training time positions" in capsys.readouterr().out
+    tiny, out, printed = tiny_without_validation
+    assert "data.val_fraction is 0: holding out the last 22 of 216 training time positions" in printed
     assert out.metrics["step"] == tiny.meta.steps and out.metrics["val_psnr"] > 15.0
     art = load_artifact(out.artifact)
     assert art.metrics["tuning"] == {"part": "held out of train", "dim": "time", "positions": list(range(194, 216))}
@@ -98,24 +114,23 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_session, tiny, monkeypat
     assert again.artifact == out.artifact.resolve()
 
 
-def test_more_steps_go_on_from_a_finished_run(ray_session, tiny, tmp_path):
+def test_more_steps_go_on_from_a_finished_run(trained, tmp_path):
     """A run that differs from a finished one only by more meta.steps starts from that
     run's last checkpoint, records it, and ends where the longer run from step 0 ends
     (batches are drawn by step; the optimiser's state travels in the checkpoint)."""
     from safetensors.torch import load_file
 
-    tiny.meta.steps, tiny.meta.eval_every, tiny.train.checkpoint_every = 10, 10, 10
+    reference, fresh = trained
+    tiny = _two_cpus(_tiny(tmp_path))  # the reference's config, its runs elsewhere
+    tiny.meta.steps = 10
     short = fit(tiny)
-    tiny.meta.steps = 20
+    tiny.meta.steps = reference.meta.steps  # 20
     longer = fit(tiny)
     assert longer.metrics["start_step"] == 10
     training = load_artifact(longer.artifact).metrics["training"]
     assert training["warm_start"]["step"] == 10 and training["warm_start"]["run"] != training["run"]
     assert load_artifact(short.artifact).metrics["training"]["warm_start"] is None
 
-    tiny.train.storage_path = str(tmp_path / "fresh-runs")
-    tiny.train.artifact_dir = str(tmp_path / "fresh-artifacts")
-    fresh = fit(tiny)
     assert fresh.metrics["start_step"] == 0
     warm_weights, fresh_weights = load_file(longer.artifact / "weights.safetensors"), load_file(fresh.artifact / "weights.safetensors")
     assert warm_weights.keys() == fresh_weights.keys()

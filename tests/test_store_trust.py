@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from _vcinr_tiny import QUALITY, fields, set_model_path, tiny_artifact
+from _vcinr_tiny import QUALITY, set_model_path
 
 from vcinr_sci.errors import ArtifactError, ChunkFormatError, StoreError
 from vcinr_sci.io.accessor import open_zarr
@@ -64,16 +64,6 @@ def _opened(events) -> list[Path]:
 
 def _network(events) -> list[tuple]:
     return [(e, args[1:]) for e, args in events if e != "open"]
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_artifact()
-
-
-@pytest.fixture(scope="module")
-def ds():
-    return fields(8)
 
 
 @pytest.fixture

@@ -157,14 +157,14 @@ def _assert_monotone(art) -> None:
         assert (level in art.ladder) != ("dominated_by" in p)
 
 
-def test_coders_without_validation_latents_or_lambdas(ray_session, tmp_path, capsys):
+def test_coders_without_validation_latents_or_lambdas(tiny_without_validation, tmp_path, capsys):
     """data.val_fraction 0: the end of the training part is held out of the coders'
     training and tunes them; the lambdas come from the measured slope; the stored
     ladder of the trained tiny model is monotone."""
     from pipelines.build_latents import build
-    from pipelines.meta_train import fit as meta_fit
     from pipelines.train_coder import fit
 
+    _, trained, _ = tiny_without_validation  # the tiny INR meta-trained without a validation part
     cfg = load_config(
         REPO / "configs" / "tiny.yaml",
         {
@@ -177,7 +177,7 @@ def test_coders_without_validation_latents_or_lambdas(ray_session, tmp_path, cap
             "coder.uniform_bits": [2, 4, 8],
         },
     )
-    inr_path = meta_fit(cfg).artifact
+    inr_path = trained.artifact
     build(cfg, str(inr_path), quiet=True)
     art = load_artifact(fit(cfg, str(inr_path)))
     printed = capsys.readouterr().out
