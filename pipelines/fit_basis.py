@@ -67,7 +67,7 @@ def fit(cfg: Config) -> Path:
     print(part.note, flush=True)
     basis = fit_linear_basis(cfg, data)
     score = {"chunk_items": cfg.compress.chunk_fields, "predict": cfg.basis.predict}
-    tune = _Scored(basis, data.items("val", part.tune), **score)
+    tune = Scored(basis, data.items("val", part.tune), **score)
     print(f"[2/3] {basis.num_components} components; steps for {cfg.basis.target_psnr} dB on "
           f"{len(tune.items)} held-out items", flush=True)
     steps: dict[float, float] = {}  # target -> step, distinct steps only
@@ -85,8 +85,8 @@ def fit(cfg: Config) -> Path:
     if not keep.all():
         print(f"  dropping {int((~keep).sum())} of {basis.num_components} components: no level codes them")
         basis = basis.subset(keep)
-        tune = _Scored(basis, tune.items, **score)
-    test = _Scored(basis, data.items("test"), **score) if len(data.split.test) else None
+        tune = Scored(basis, tune.items, **score)
+    test = Scored(basis, data.items("test"), **score) if len(data.split.test) else None
     artifact = ModelArtifact(None, cfg, data.grid, data.normaliser, data.split.to_dict(), {
         "components": basis.num_components,
         "test_psnr": test.psnr(None) if test else math.nan,
@@ -134,7 +134,7 @@ def fit_linear_basis(cfg: Config, data: Dataset) -> LinearBasis:
     return LinearBasis.fit(train.values, len(train), cfg.basis.components, cfg.basis.max_fit_items)
 
 
-class _Scored:
+class Scored:
     """Items (valid points, their coefficients) on which steps are scored, coded as the
     codec codes them: in chunks of ``chunk_items`` by a coefficient coder of each step."""
 

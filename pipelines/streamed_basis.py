@@ -75,15 +75,30 @@ def block_sums(batch: dict[str, np.ndarray], *, key: str, data: DataConfig, norm
     for chunk in item_blocks(np.asarray(batch["items"][0], np.int64), max(1, _READ_BYTES // (4 * items.grid.size))):
         total = add_sums(name, total, work.sums(items.values(chunk)))  # at most that many fields a read
     assert total is not None  # blocks are never empty
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    return {"block": np.asarray(batch["block"]), "peak_rss": np.array([peak]), **{k: v[None] for k, v in total.items()}}
+    return {"block": np.asarray(batch["block"]), "memory": _memory()[None], **{k: v[None] for k, v in total.items()}}
+
+
+def _memory() -> np.ndarray:
+    """This process's peak RSS and its private (anonymous) RSS now, bytes (Linux). The
+    peak counts the pages of Ray's object store it touched (the probe it reads, the sums
+    it hands back): shared with the node's other workers, and reused from block to block
+    but not all at once."""
+    private = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                private = int(line.split()[1]) * 1024
+    return np.array([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, private])
 
 
 @dataclass(frozen=True)
 class StreamedFit:
     basis: LinearBasis
     passes_run: int  # passes this call summed on Ray (the others' sums were in the run folder)
-    worker_peak_rss: int  # bytes: the largest peak resident set of a worker that summed a block (0: none did)
+    # bytes, over the workers that summed a block (0: none did): the largest peak RSS, and
+    # the largest private RSS at the end of a block (the block's sums still held)
+    worker_peak_rss: int
+    worker_private_rss: int
 
 
 def fit_streamed(cfg: Config, data: Dataset, say=None) -> StreamedFit:
@@ -97,7 +112,7 @@ def fit_streamed(cfg: Config, data: Dataset, say=None) -> StreamedFit:
                            b.power_iterations, cfg.train.seed)
     folder = run_folder(cfg, data, items)
     say(f"  streamed fit: {len(fit.passes)} passes over blocks of {b.block_items} items; sums in {folder}")
-    run, peak = 0, 0
+    run, memory = 0, np.zeros(2, np.int64)
     while (name := fit.next_pass) is not None:
         path = folder / f"{fit.done:02d}-{name}.npz"
         if path.is_file():
@@ -108,17 +123,18 @@ def fit_streamed(cfg: Config, data: Dataset, say=None) -> StreamedFit:
             say(f"  pass {name}: sums taken from {path.name}")
             continue
         read = len(fit.items())
-        total, pass_peak = _run_pass(cfg, data, fit, name, folder.name)
+        total, pass_memory = _run_pass(cfg, data, fit, name, folder.name)
         fit.finish(total)  # checked before it is kept
         save_sums(path, total)
-        run, peak = run + 1, max(peak, pass_peak)
-        say(f"  pass {name}: {read} items summed; peak RSS of a worker {pass_peak / 2**20:.0f} MiB")
-    return StreamedFit(fit.basis(), run, peak)
+        run, memory = run + 1, np.maximum(memory, pass_memory)
+        say(f"  pass {name}: {read} items summed; a worker's peak RSS {pass_memory[0] / 2**20:.0f} MiB, "
+            f"private at a block's end {pass_memory[1] / 2**20:.0f} MiB")
+    return StreamedFit(fit.basis(), run, int(memory[0]), int(memory[1]))
 
 
-def _run_pass(cfg: Config, data: Dataset, fit: StreamedBasisFit, name: str, key: str) -> tuple[dict[str, np.ndarray], int]:
+def _run_pass(cfg: Config, data: Dataset, fit: StreamedBasisFit, name: str, key: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The sums of pass ``name`` over all its blocks, added in block order, and the
-    largest peak RSS of a worker that summed one."""
+    largest memory figures (:func:`_memory`) of a worker that summed one."""
     import ray
 
     blocks = item_blocks(fit.items(), cfg.basis.block_items)
@@ -128,14 +144,14 @@ def _run_pass(cfg: Config, data: Dataset, fit: StreamedBasisFit, name: str, key:
     refs = {k: ray.put(v) for k, v in fit.inputs().items()}
     kwargs = {"key": key, "data": data.cfg, "normaliser": data.normaliser, "name": name, "inputs": refs}
     rows = run_task_pool(block_sums, tasks, kwargs, num_tasks=cfg.basis.num_workers, cpus_per_task=cfg.basis.cpus_per_worker)
-    total, peak = None, 0
+    total, memory = None, np.zeros(2, np.int64)
     for i, row in enumerate(rows):
         if int(row["block"]) != i:
             raise RuntimeError(f"pass {name}: block {int(row['block'])} came back where block {i} was due")
-        peak = max(peak, int(row["peak_rss"]))
-        total = add_sums(name, total, {k: np.asarray(v) for k, v in row.items() if k not in ("block", "peak_rss")})
+        memory = np.maximum(memory, row["memory"])
+        total = add_sums(name, total, {k: np.asarray(v) for k, v in row.items() if k not in ("block", "memory")})
     assert total is not None
-    return total, peak
+    return total, memory
 
 
 def run_folder(cfg: Config, data: Dataset, items: ItemSet) -> Path:

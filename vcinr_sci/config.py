@@ -189,8 +189,9 @@ class BasisConfig:
     # reference), streamed beyond.
     fit: Literal["auto", "exact", "streamed"] = "auto"
     oversample: int = 64  # streamed: probe columns beyond `components`
-    # streamed: refinements of the probe; the fit reads the fitted items this + 3 times
-    # (moments, products, the last for the EOFs) and every training item once more.
+    # streamed: refinements of the probe; the fit reads the fitted items this + 2 times
+    # (their moments, a product per refinement and one for the EOFs) and every training
+    # item once more (its coefficients).
     power_iterations: int = 2
     block_items: int = 256  # streamed: items a Ray Data task sums into one partial
     num_workers: int = 1  # streamed: Ray Data tasks summing blocks at once (memory: each its own)

@@ -27,13 +27,16 @@ Any worker may sum a block; the sums are added in block order (the lag terms joi
 consecutive blocks, and float32 sums added in another order round otherwise), so a rerun
 gives the same bits.
 
-Memory per worker, with ``S <= P`` support points, ``l`` probe columns and ``b`` items
-read at a time: the probe and the block's partial product, ``2 x 4 S l`` bytes, and the
-items read, ``4 b P`` (float32), their anomalies ``4 b S`` and ``A_b Q`` (``12 b l``). The
-coefficients pass holds the basis instead, ``12 K P`` (float32 and its float64 copy), and
-``16 b P`` for the items in float64. None of it depends on the number of items. The
-process that adds the partials holds the sum, one partial, the probe and, for the QR of
-a power iteration or the Nyström step, about ``2 x 4 S l`` more.
+Memory per worker, with ``S <= P`` support points, ``l`` probe columns, ``K`` components
+and ``b`` items read at a time: the probe, ``4 S l`` bytes (on Ray read from the object
+store: one copy a node, shared by its workers), the block's partial product, ``4 S l``
+(and its copy as it is handed back, in the object store), and the items read, about
+``20 b P`` (float32 and their copies on the way from the file), their anomalies ``4 b S``
+and ``A_b Q`` ``12 b l``. The coefficients pass holds the basis instead, ``12 K P``
+(float32 and its float64 copy), and about ``40 b P`` for the items in float64. None of it
+depends on the number of items. The process that adds the partials holds the sum, one
+partial, the probe and, for the QR of a power iteration or the Nyström step, about
+``2 x 4 S l`` more.
 """
 
 from __future__ import annotations
