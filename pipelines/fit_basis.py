@@ -10,7 +10,9 @@ to it, so that ``vcinr compress`` with the same config finds each variable's mod
 For each:
 
 1. the basis (:class:`~vcinr_sci.model.basis.LinearBasis`) from the training part of the
-   split (an SVD of up to ``basis.max_fit_items`` items; every training item's
+   split (fitted on up to ``basis.max_fit_items`` items: an exact SVD, or with
+   ``basis.fit: streamed``, or ``auto`` on large data, a randomized range finder over
+   blocks of items on Ray Data, :mod:`pipelines.streamed_basis`; every training item's
    coefficients give each component's deviation and lag-1 correlation);
 2. per ``basis.target_psnr``, the one quantisation step whose reconstruction of the
    validation items reaches it (bisection; with no validation part, on the last tenth
@@ -37,14 +39,15 @@ import numpy as np
 
 from pipelines.cli_args import config_parser, load
 from pipelines.run_variables import run_variables, variable_config
+from pipelines.streamed_basis import fit_streamed, lazy_training_items
 from vcinr_sci.coding.coefficients import CoefficientCoder, min_step
 from vcinr_sci.config import Config
 from vcinr_sci.data.holdout import tuning_split
-from vcinr_sci.data.items import ItemSet, load_dataset
+from vcinr_sci.data.items import Dataset, ItemSet, load_dataset
 from vcinr_sci.errors import ConfigError
 from vcinr_sci.metrics import bits_per_value, psnr_from_mse
 from vcinr_sci.model.artifact import ModelArtifact, pareto_ladder, save_artifact
-from vcinr_sci.model.basis import LinearBasis
+from vcinr_sci.model.basis import LinearBasis, fitted_items
 
 _MAX_STEP = 1.0  # normalised units; the data's whole range is ~1
 # A target beyond the model's unquantised PSNR is aimed this far below it instead: the
@@ -54,6 +57,9 @@ _LIMIT_GAP_DB = 0.25
 # 4-sigma event) at every level: it is dropped from the model.
 _PRUNE_BELOW_STEP = 0.125
 _BISECTIONS = 24  # on log(step) over [finest, 1]: well under 0.1 % apart at the end
+# basis.fit: auto fits exactly up to this many bytes of fitted items in float64: the
+# SVD's copies then take a few GiB at most, and seconds.
+_EXACT_BYTES = 2 * 2**30
 
 
 def fit_variables(cfg: Config) -> dict[str, Path]:
@@ -76,14 +82,11 @@ def fit(cfg: Config) -> Path:
         raise ConfigError("basis.target_psnr is empty: no quality level to make")
     data = load_dataset(cfg.data)
     part = tuning_split(data.split, data.source)
-    train = data.items("train", part.train)
     print(f"data split along {data.split.describe()}", flush=True)
     print(part.note, flush=True)
-    print(f"[1/3] fitting up to {cfg.basis.components} EOFs on {len(train)} training items "
-          f"({train.points_per_item} points each)", flush=True)
-    basis = LinearBasis.fit(train.values, len(train), cfg.basis.components, cfg.basis.max_fit_items)
+    basis = fit_linear_basis(cfg, data)
     score = {"chunk_items": cfg.compress.chunk_fields, "predict": cfg.basis.predict}
-    tune = _Scored(basis, data.items("val", part.tune), **score)
+    tune = Scored(basis, data.items("val", part.tune), **score)
     print(f"[2/3] {basis.num_components} components; steps for {cfg.basis.target_psnr} dB on "
           f"{len(tune.items)} held-out items", flush=True)
     steps: dict[float, float] = {}  # target -> step, distinct steps only
@@ -101,8 +104,8 @@ def fit(cfg: Config) -> Path:
     if not keep.all():
         print(f"  dropping {int((~keep).sum())} of {basis.num_components} components: no level codes them")
         basis = basis.subset(keep)
-        tune = _Scored(basis, tune.items, **score)
-    test = _Scored(basis, data.items("test"), **score) if len(data.split.test) else None
+        tune = Scored(basis, tune.items, **score)
+    test = Scored(basis, data.items("test"), **score) if len(data.split.test) else None
     artifact = ModelArtifact(None, cfg, data.grid, data.normaliser, data.split.to_dict(), {
         "components": basis.num_components,
         "test_psnr": test.psnr(None) if test else math.nan,
@@ -135,7 +138,22 @@ def fit(cfg: Config) -> Path:
     return path
 
 
-class _Scored:
+def fit_linear_basis(cfg: Config, data: Dataset) -> LinearBasis:
+    """The basis of ``cfg`` on the training items of ``data`` (less any tuning block),
+    fitted as ``basis.fit`` says: ``auto`` is exact while the fitted items take at most
+    ``_EXACT_BYTES`` in float64, streamed on Ray beyond."""
+    items = lazy_training_items(data)  # nothing read yet
+    fitted = len(fitted_items(len(items), cfg.basis.max_fit_items)) * items.points_per_item * 8
+    how = cfg.basis.fit if cfg.basis.fit != "auto" else "exact" if fitted <= _EXACT_BYTES else "streamed"
+    print(f"[1/3] fitting up to {cfg.basis.components} EOFs on {len(items)} training items "
+          f"({items.points_per_item} points each), {how} ({fitted / 2**20:.0f} MiB of fitted items in float64)", flush=True)
+    if how == "streamed":
+        return fit_streamed(cfg, data).basis
+    train = data.items("train", items.fields)  # with the data section's cache
+    return LinearBasis.fit(train.values, len(train), cfg.basis.components, cfg.basis.max_fit_items)
+
+
+class Scored:
     """Items (valid points, their coefficients) on which steps are scored, coded as the
     codec codes them: in chunks of ``chunk_items`` by a coefficient coder of each step."""
 

@@ -180,8 +180,6 @@ def run_actor_pool(
     actors, said through ``say``), progress bars off (the stage prints one line per
     row). The actor is built with ``constructor_kwargs`` plus ``use_gpu``; returns the
     iterator of result rows."""
-    import logging
-
     import ray
     import ray.data
 
@@ -189,10 +187,7 @@ def run_actor_pool(
     use_gpu = bool(want_gpu and ray.cluster_resources().get("GPU", 0) > 0)
     if want_gpu and not use_gpu:
         say(f"{section}.use_gpu is set but the cluster has no GPU: CPU actors")
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    _quiet_data_context(ordered=False)
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
         actor_cls,
         fn_constructor_kwargs={**constructor_kwargs, "use_gpu": use_gpu},
@@ -202,3 +197,38 @@ def run_actor_pool(
         **({"num_gpus": 1} if use_gpu else {"num_cpus": cpus_per_actor}),
     )
     return ds.iter_rows()
+
+
+def run_task_pool(fn, tasks: list[dict], fn_kwargs: dict, *, num_tasks: int, cpus_per_task: int):
+    """Run the Ray Data function ``fn(batch, **fn_kwargs)`` over ``tasks`` (one task per
+    batch), at most ``num_tasks`` at once, Ray joined or started, progress bars off;
+    returns the iterator of result rows in the order of ``tasks``. Tasks, not actors: a
+    stage that maps several times over its data reuses the warm worker processes (their
+    imports, whatever they cached), and Ray Data reruns a task whose worker died."""
+    import ray.data
+
+    ensure_ray(num_tasks * cpus_per_task)
+    _quiet_data_context(ordered=True)
+    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
+        fn,
+        fn_kwargs=fn_kwargs,
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.TaskPoolStrategy(size=max(1, min(num_tasks, len(tasks)))),
+        num_cpus=cpus_per_task,
+    )
+    return ds.iter_rows()
+
+
+def _quiet_data_context(ordered: bool) -> None:
+    """Ray Data without progress bars or its INFO lines; rows in the order of their
+    inputs when ``ordered``."""
+    import logging
+
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.execution_options.preserve_order = ordered
+    logging.getLogger("ray.data").setLevel(logging.ERROR)

@@ -186,7 +186,23 @@ class BasisConfig:
     """The linear model (``model.kind: linear``, ``pipelines/fit_basis.py``)."""
 
     components: int = 256  # leading EOFs kept (at most the fitted training items - 1)
-    max_fit_items: int = 1024  # training items the SVD sees, evenly spaced (memory ~ this x points x 8 bytes)
+    # Training items the EOFs are fitted on, evenly spaced (the exact fit holds them:
+    # memory ~ this x points x 8 bytes; the streamed fit's memory does not depend on it).
+    max_fit_items: int = 1024
+    # How the EOFs are fitted: exact (one SVD in this process), streamed (a randomized
+    # range finder in float32 over blocks of items on Ray Data; memory per worker does not
+    # grow with the items: vcinr_sci/model/basis_fit.py), or auto: exact while the fitted
+    # items take at most 2 GiB in float64 (exact is then seconds, needs no Ray, and is the
+    # reference), streamed beyond.
+    fit: Literal["auto", "exact", "streamed"] = "auto"
+    oversample: int = 64  # streamed: probe columns beyond `components`
+    # streamed: refinements of the probe; the fit reads the fitted items this + 2 times
+    # (their moments, a product per refinement and one for the EOFs) and every training
+    # item once more (its coefficients).
+    power_iterations: int = 2
+    block_items: int = 256  # streamed: items a Ray Data task sums into one partial
+    num_workers: int = 1  # streamed: Ray Data tasks summing blocks at once (memory: each its own)
+    cpus_per_worker: int = 1
     # One quality level per target, labelled q0.. from lowest to highest: the step that
     # reaches the target PSNR (dB on the normalised range) on the validation items.
     target_psnr: list[float] = field(default_factory=lambda: [40.0, 45.0, 50.0])

@@ -85,7 +85,7 @@ class LinearBasis:
             raise ValueError(f"fitting a linear basis needs at least two training items, got {num_items}")
         if max_components < 0:
             raise ValueError(f"max_components must be >= 0, got {max_components}")
-        chosen = np.unique(np.linspace(0, num_items - 1, min(num_items, max_fit_items)).round().astype(np.int64))
+        chosen = fitted_items(num_items, max_fit_items)
         x = np.asarray(load(chosen), np.float64)
         if np.isinf(x).any():
             raise ValueError("training items hold inf values")
@@ -173,6 +173,12 @@ class LinearBasis:
         if set(state) != set(_STATE_KEYS):
             raise ArtifactError(f"linear basis needs tensors {list(_STATE_KEYS)}, got {sorted(state)}")
         return cls(*(np.asarray(state[k], np.float32) for k in _STATE_KEYS))
+
+
+def fitted_items(num_items: int, max_fit_items: int) -> np.ndarray:
+    """The items the components are fitted on: up to ``max_fit_items`` of ``num_items``,
+    evenly spaced, in order (the exact and the streamed fit alike)."""
+    return np.unique(np.linspace(0, num_items - 1, min(num_items, max_fit_items)).round().astype(np.int64))
 
 
 def _batches(n: int):
