@@ -28,8 +28,9 @@ def caller_threads():
 
 @pytest.fixture
 def seen(monkeypatch):
-    """torch's thread count inside each adapt (encode) and INR evaluation (decode)."""
-    counts = {"adapt": [], "evaluate": []}
+    """torch's thread count inside each encode (adaptation and coding) and INR
+    evaluation (decode)."""
+    counts = {"encode": [], "evaluate": []}
     for name in counts:
         original = getattr(LoadedModel, name)
 
@@ -50,7 +51,7 @@ def test_codec_runs_with_the_knob_and_restores_the_caller(caller_threads, seen, 
     codec = VCINRCodec.for_model(tiny_artifact(), QUALITY)
     x = fields(2).air_temperature.values
     codec.decode(codec.encode(x))
-    assert seen["adapt"] and set(seen["adapt"]) == {inside}
+    assert seen["encode"] and set(seen["encode"]) == {inside}
     assert seen["evaluate"] and set(seen["evaluate"]) == {inside}
     assert torch.get_num_threads() == caller_threads
 

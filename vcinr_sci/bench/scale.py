@@ -137,9 +137,11 @@ class TreeMemory:
 
     def _record(self, p) -> ProcessPeak:
         cmdline = p.cmdline()
+        old = self.records.get(p.pid)
+        if not cmdline and old is not None:  # exiting: /proc shows no command line, keep what it was
+            return old
         line = " ".join(cmdline)
         kind = "driver" if p.pid == self.root else process_kind(cmdline, p.name())
-        old = self.records.get(p.pid)
         if old is None or (old.cmdline != line and not old.cmdline.startswith("ray::")):  # new, or exec'd
             old = self.records[p.pid] = ProcessPeak(kind, line)
         elif old.kind != "actors":  # retitled: once an actor, always counted as one
