@@ -180,6 +180,11 @@ class CoefficientCoder:
         coded = [self._encode(c, mode) for mode in (_MODES if self.predict and len(c) > 1 else _MODES[:1])]
         return min(coded, key=lambda sd: len(sd[0]))
 
+    def code(self, phi: Tensor | np.ndarray) -> tuple[bytes, Tensor]:
+        """:meth:`compress` and :meth:`quantise` of ``phi`` from one encode."""
+        string, decoded = self._best(phi)
+        return string, torch.from_numpy(decoded)
+
     def compress(self, phi: Tensor | np.ndarray) -> bytes:
         """One string for the whole batch (the mode that gives the shorter one)."""
         return self._best(phi)[0]

@@ -225,16 +225,16 @@ class HybridKind:
             return 8.0 * nbytes + float(np.square(np.where(valid, values - model, 0.0)).sum()) / per_bit
 
         c = self.basis.coefficients(values, valid)
-        full = coder.full.compress(c)
-        best = (cost(len(full), self.basis.reconstruct(coder.full.quantise(c).numpy())), full)
-        head = coder.head.compress(c[:, : self.head])
+        full, full_decoded = coder.full.code(c)
+        best = (cost(len(full), self.basis.reconstruct(full_decoded.numpy())), full)
+        head, head_decoded = coder.head.code(c[:, : self.head])
         # modes whose latents, at _SKIP_SHARE of their typical cost, leave room under the linear cost
         budget, n = best[0] - 8.0 * (len(head) + 2), len(items)
         typical = zip(coder.typical_bits, coder.typical_error)
         modes = [m for m, (bits, se) in enumerate(typical, start=1) if _SKIP_SHARE * n * (bits + se / per_bit) < budget]
         if not modes:  # the INR cannot pay here: no adaptation (the linear model's speed)
             return best[1]
-        linear = self._head_basis.reconstruct(coder.head.quantise(c[:, : self.head]).numpy())
+        linear = self._head_basis.reconstruct(head_decoded.numpy())
         z = self.inr.adapt(items, (values - linear).astype(np.float32), valid, steps)
         for mode in modes:
             latent_coder = coder.latents[mode - 1]
