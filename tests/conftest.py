@@ -15,6 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray Train's controller polls its workers every 2 s by default, so each fit ends up to 2 s
+# after its workers did; the suite runs many short fits (set before Ray starts).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 @pytest.fixture(scope="session", autouse=True)

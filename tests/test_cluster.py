@@ -106,7 +106,10 @@ def test_compress_survives_node_loss(runs):
     # A chunk is done once its marker exists; it must not be written after that (one cut
     # short by the node loss has no marker yet, and is written again).
     versions = report["versions"]
-    markers = {Path(k).stem: v[0][3] for k, v in versions.items() if ".progress/" in k}
+    # Markers are written atomically: the watcher may catch a hidden ``.NAME.tmp-*``
+    # sibling before its rename, which is not a marker.
+    markers = {Path(k).stem: v[0][3] for k, v in versions.items()
+               if ".progress/" in k and not Path(k).name.startswith(".")}
     assert len(markers) == len(chunks)
     for key in chunks:  # air_temperature/c/<time chunk>/0/0: the marker's index is the time chunk's
         done_at = markers[f"{int(key.split('/')[2]):08d}"]
