@@ -44,15 +44,24 @@ class Normaliser:
         return cls(float(d["lo"]), float(d["hi"]), mean_field)
 
 
+# Field values read at a time: a block holds as many fields as fit (at least one), so the
+# memory of a fit is the same for 64 x 128 fields as for ERA5's 721 x 1440 (where 256
+# fields a block took 6.7 GB).
+READ_BYTES = 64 * 2**20
+
+
 def fit_normaliser(
-    source: FieldSource, indices: np.ndarray, cfg: DataConfig, block: int = 256
+    source: FieldSource, indices: np.ndarray, cfg: DataConfig, block: int | None = None
 ) -> Normaliser:
-    """Training-set min/max (NaNs ignored, read block by block), or the fixed range; with
+    """Training-set min/max (NaNs ignored, read ``block`` fields at a time: by default as
+    many as :data:`READ_BYTES` of float32 hold), or the fixed range; with
     ``cfg.subtract_mean_field`` also the training mean field (a second pass)."""
+    grid = source.load(indices[:1]).shape[1:]
+    block = block or max(1, READ_BYTES // (4 * int(np.prod(grid))))
     norm = _fit_range(source, indices, cfg, block)
     if not cfg.subtract_mean_field:
         return norm
-    total = np.zeros(source.load(indices[:1]).shape[1:])
+    total = np.zeros(grid)
     count = np.zeros(total.shape)
     for start in range(0, len(indices), block):
         x = norm.normalise(source.load(indices[start : start + block]).astype(np.float64))
