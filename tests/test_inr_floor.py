@@ -1,8 +1,9 @@
 """An INR never below the mean field (issue 20): on real held-out fields, the suite INR's
-coarsest stored level decodes at least as close to the truth as the training mean field
-alone, which costs no bits. ERA5 UK hourly 2 m temperature: a regional grid, where the
-first layer's frequency follows the grid's extent, and the INR codes anomalies from the
-stored mean field (``data.subtract_mean_field``)."""
+coarsest uniform level (2-bit latents) decodes at least as close to the truth as the
+training mean field alone, which costs no bits (an untrained INR does not: 15.1 dB
+against 20.5, 19.8 with the mean field subtracted). ERA5 UK hourly 2 m temperature: a
+regional grid, where the first layer's frequency follows the grid's extent, and the INR
+codes anomalies from the stored mean field (``data.subtract_mean_field``)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def test_the_coarsest_level_is_at_least_the_mean_field_on_held_out_fields(shared
     cfg = load_config(CONFIGS / "suite-era5-uk.yaml", {"train.artifact_dir": str(tmp_path)})
     # A short run of the suite model: the floor must hold from the start of training.
     artifact, items = train_in_process(cfg, steps=40)
-    add_uniform_coder(artifact, items, bits=2)  # coarser than any level the suite stores (u2)
+    add_uniform_coder(artifact, items, bits=2)  # the suite's coarsest uniform level (coder.uniform_bits)
     model = register_model(save_artifact(artifact, tmp_path))
     data = load_dataset(cfg.data)
     train = data.source.load(data.split.train).astype(np.float64)
