@@ -82,7 +82,8 @@ class Run:
             raise SystemExit(f"{self.cfg.name}: model.kind linear has no INR to train")
         seed_everything(self.cfg.train.seed)  # as meta_train: the same initial model
         # as vcinr_sci.model.artifact.build_model (not importable here: it imports the coders)
-        self.model = MetaSGD(build_inr(bundle.grid.coord_dim, self.cfg.model, centred=centred_targets(self.cfg)), self.cfg.meta).to(device)
+        self.model = MetaSGD(build_inr(bundle.grid.coord_dim, self.cfg.model, centred=centred_targets(self.cfg),
+                                       grid=bundle.grid), self.cfg.meta).to(device)
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=self.cfg.meta.outer_lr)
         self.step, self.curve, self.losses = 0, [], []  # losses: train MSEs since the last point
         self.started = time.perf_counter()

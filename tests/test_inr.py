@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from vcinr_sci.config import ModelConfig
-from vcinr_sci.model.inr import GatedSiren, ShiftSiren, build_inr
+from vcinr_sci.config import Config, ModelConfig
+from vcinr_sci.data.grids import RegularGrid, SphericalGrid
+from vcinr_sci.model.artifact import build_model
+from vcinr_sci.model.inr import GatedSiren, ShiftSiren, build_inr, first_layer_scale
 
 D, N, B = 6, 40, 4
 
@@ -174,3 +177,45 @@ def test_latent_gradient_is_nonzero_at_init(conditioning):
     phi = f.initial_latent().expand(2, -1).clone().requires_grad_(True)
     (g,) = torch.autograd.grad(f(sphere_points(N), phi).pow(2).sum(), phi)
     assert torch.isfinite(g).all() and g.abs().max() > 1e-6
+
+
+# ERA5 UK's 33 x 49 points at 0.25 degrees; CCSM's 64 x 128 (Gaussian latitudes stop 1.4
+# degrees short of the poles)
+UK = SphericalGrid(np.linspace(58.0, 50.0, 33), np.linspace(-10.0, 2.0, 49))
+GLOBAL = SphericalGrid(np.linspace(-87.86, 87.86, 64), np.arange(128) * 2.8125)
+
+
+def test_the_first_layer_frequency_follows_the_grid_extent():
+    # The UK spans 0.134 of the unit sphere's 2: the first layer runs 14.92 times faster.
+    assert UK.coordinate_span() == pytest.approx(0.134, abs=0.001)
+    assert first_layer_scale(UK) == pytest.approx(14.92, abs=0.01)
+    # A global grid (or any regular grid: axes on [-1, 1]) keeps w0_initial exactly.
+    assert first_layer_scale(GLOBAL) == 1.0 and first_layer_scale(RegularGrid([12, [0.0, 5.0, 7.0]])) == 1.0
+    cfg = Config.from_dict({"model": {"latent_dim": D, "width": 16, "depth": 3, "mod_width": 24, "mod_blocks": 1}})
+    torch.manual_seed(0)
+    regional = build_model(cfg, UK)
+    assert regional is not None and float(regional.inr.w0_of(0)) == pytest.approx(30.0 * 14.92)
+    assert regional.inr.w0_of(1) == 30.0  # hidden layers see activations, not coordinates
+    # The weights keep the training grid's scale: a model built for another grid (an
+    # artifact evaluated off its grid) runs at the regional frequency once loaded.
+    coords, phi = sphere_points(N), latents(2)
+    other = build_model(cfg, GLOBAL)
+    assert other is not None and float(other.inr.w0_of(0)) == 30.0
+    other.load_state_dict(regional.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(other.inr(coords, phi), regional.inr(coords, phi), rtol=0, atol=0)
+    # Weights from before the scale was kept ran at w0_initial, and still do.
+    old = {k: v for k, v in regional.state_dict().items() if k != "inr.w0_initial_scale"}
+    other.load_state_dict(old)
+    assert float(other.inr.w0_of(0)) == 30.0
+    with torch.no_grad():
+        assert not torch.allclose(other.inr(coords, phi), regional.inr(coords, phi))
+
+
+def test_an_artifact_keeps_its_grids_first_layer_scale():
+    from tests._vcinr_tiny import tiny_artifact
+    from vcinr_sci.model.artifact import load_artifact
+
+    art = load_artifact(tiny_artifact())  # the tiny config's North American grid
+    assert art.model is not None and first_layer_scale(art.grid) > 1.0
+    assert float(art.model.inr.w0_initial_scale) == pytest.approx(first_layer_scale(art.grid))

@@ -179,7 +179,7 @@ def build_model(config: Config, grid: Grid) -> MetaSGD | None:
     """The network of ``config`` (None for a linear model, which has none)."""
     if config.model.kind == "linear":
         return None
-    return MetaSGD(build_inr(grid.coord_dim, config.model, centred=centred_targets(config)), config.meta)
+    return MetaSGD(build_inr(grid.coord_dim, config.model, centred=centred_targets(config), grid=grid), config.meta)
 
 
 def _content_hash(manifest: dict[str, Any], weights: bytes) -> str:

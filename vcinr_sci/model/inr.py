@@ -8,16 +8,37 @@ to values ``(B, N, out_dim)``, batched over items with no Python loop over items
   per item from the latent by :class:`LatentToGates`.
 - :class:`ShiftSiren` (Functa / COIN++): ``sin(w0 * (W_l c + b_l + s_l))`` with shifts
   ``s = W' phi + b'``.
+
+The first layer's frequency is ``model.w0_initial`` times :func:`first_layer_scale` of
+the training grid, so that it means the same on a regional grid as on a global one.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from vcinr_sci.config import Config, ModelConfig
+
+if TYPE_CHECKING:
+    from vcinr_sci.data.grids import Grid
+
+# The coordinate span SIREN's w0 = 30 is set for: [-1, 1], a global grid on the unit sphere
+GLOBAL_SPAN = 2.0
+
+
+def first_layer_scale(grid: Grid) -> float:
+    """How much faster than ``model.w0_initial`` the first layer oscillates on ``grid``:
+    :data:`GLOBAL_SPAN` over the grid's :meth:`~Grid.coordinate_span`, rounded to 0.01,
+    at least 1. The UK's 33 x 49 points at 0.25 degrees span 0.134 of the unit sphere,
+    where w0 = 30 gives the first layer under one oscillation across the region (scale
+    14.92); a global grid whose points stop short of the poles (1.0003) keeps exactly
+    w0_initial."""
+    span = grid.coordinate_span()
+    return 1.0 if span <= 0 else max(1.0, round(GLOBAL_SPAN / span, 2))
 
 
 def _siren_uniform_(weight: torch.Tensor, w0: float, first: bool, gain: float = 1.0) -> None:
@@ -58,7 +79,7 @@ class LatentToGates(nn.Module):
 class _SirenBase(nn.Module):
     """Shared SIREN body: sine layers ``layers[0..depth-1]`` and a linear head."""
 
-    def __init__(self, coord_dim: int, out_dim: int, cfg: ModelConfig, hidden_gain: float = 1.0):
+    def __init__(self, coord_dim: int, out_dim: int, cfg: ModelConfig, first_scale: float, hidden_gain: float = 1.0):
         super().__init__()
         if cfg.depth < 1 or cfg.width < 1 or cfg.latent_dim < 1:
             raise ValueError("depth, width and latent_dim must be positive")
@@ -72,9 +93,17 @@ class _SirenBase(nn.Module):
         _siren_uniform_(self.head.weight, cfg.w0, first=False)
         with torch.no_grad():  # targets are normalised to [0, 1]: start at its middle
             self.head.bias.fill_(0.5)
+        # A buffer, so the artifact keeps the training grid's scale for any coordinates
+        # the model is evaluated at later (sample() off the grid).
+        self.register_buffer("w0_initial_scale", torch.tensor(float(first_scale)))
 
-    def w0_of(self, i: int) -> float:
-        return self.cfg.w0_initial if i == 0 else self.cfg.w0
+    def w0_of(self, i: int) -> float | torch.Tensor:
+        return self.cfg.w0_initial * self.w0_initial_scale if i == 0 else self.cfg.w0
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Weights saved before the scale was kept (artifacts, checkpoints) ran at w0_initial.
+        state_dict.setdefault(prefix + "w0_initial_scale", torch.tensor(1.0))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def initial_latent(self) -> torch.Tensor:
         """The starting point phi_0 of the inner loop (before meta-learning)."""
@@ -84,10 +113,10 @@ class _SirenBase(nn.Module):
 class GatedSiren(_SirenBase):
     """SIREN with low-rank soft gates on its weights, predicted from the latent."""
 
-    def __init__(self, coord_dim: int, out_dim: int, cfg: ModelConfig):
+    def __init__(self, coord_dim: int, out_dim: int, cfg: ModelConfig, first_scale: float = 1.0):
         # sigmoid(U V^T) is 0.5 at init: doubling the gated weights keeps SIREN's
         # activation statistics.
-        super().__init__(coord_dim, out_dim, cfg, hidden_gain=2.0)
+        super().__init__(coord_dim, out_dim, cfg, first_scale, hidden_gain=2.0)
         if cfg.gate_first_layer:
             _siren_uniform_(self.layers[0].weight, cfg.w0_initial, first=True, gain=2.0)
         self.gated = [i for i in range(cfg.depth) if i > 0 or cfg.gate_first_layer]
@@ -133,8 +162,8 @@ class GatedSiren(_SirenBase):
 class ShiftSiren(_SirenBase):
     """Functa / COIN++ baseline: a linear map from phi to per-layer shifts of every sine layer."""
 
-    def __init__(self, coord_dim: int, out_dim: int, cfg: ModelConfig):
-        super().__init__(coord_dim, out_dim, cfg)
+    def __init__(self, coord_dim: int, out_dim: int, cfg: ModelConfig, first_scale: float = 1.0):
+        super().__init__(coord_dim, out_dim, cfg, first_scale)
         self.to_shifts = nn.Linear(cfg.latent_dim, cfg.width * cfg.depth)
 
     def initial_latent(self) -> torch.Tensor:
@@ -159,15 +188,18 @@ def centred_targets(config: Config) -> bool:
     return config.model.kind == "hybrid" or config.data.subtract_mean_field
 
 
-def build_inr(coord_dim: int, cfg: ModelConfig, out_dim: int = 1, centred: bool = False) -> _SirenBase:
+def build_inr(coord_dim: int, cfg: ModelConfig, out_dim: int = 1, centred: bool = False,
+              grid: Grid | None = None) -> _SirenBase:
     """The INR of ``cfg``. ``centred``: its targets are centred on 0 (anomalies from the
     item mean, the mean field or a linear model), so its output starts at 0, not at the
     middle of [0, 1]: a start at 0.5 put step 0 far below what a zero output gives, and
-    the first hundred or so outer steps went on unlearning it."""
+    the first hundred or so outer steps went on unlearning it. ``grid``: the training
+    grid, whose :func:`first_layer_scale` the first layer's frequency takes (None: 1)."""
+    scale = 1.0 if grid is None else first_layer_scale(grid)
     if cfg.conditioning == "gated":
-        net: _SirenBase = GatedSiren(coord_dim, out_dim, cfg)
+        net: _SirenBase = GatedSiren(coord_dim, out_dim, cfg, scale)
     elif cfg.conditioning == "shift":
-        net = ShiftSiren(coord_dim, out_dim, cfg)
+        net = ShiftSiren(coord_dim, out_dim, cfg, scale)
     else:
         raise ValueError(f"unknown conditioning {cfg.conditioning!r} (gated | shift)")
     if centred:
