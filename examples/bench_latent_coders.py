@@ -1,6 +1,7 @@
 """Latent coders compared on the SAME latents (issue 24): the model's stored levels (the
 learned factorised coders q*, the uniform quantisers u*), uniform quantisers u2..u8, and
-the Gaussian transform coder (:mod:`vcinr_sci.coding.transform`) at a ladder of steps,
+the Gaussian transform coder (:mod:`vcinr_sci.coding.transform`) at a ladder of steps
+(``klt 0.5sd``: a step of half the leading component's deviation),
 plain KLT and in the INR's data-space metric.
 
     python examples/bench_latent_coders.py --config configs/suite-era5-uk.yaml \
@@ -108,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, h in (("klt", None), ("klt-metric", metric)):
         base = fit_transform(train.phi[order], 1.0, h, follows)
         top = float(base.coefficients.scales[0])
-        for j in range(1, 11):
-            coders[f"{name} s/{2**j}"] = base.at_step(top / 2**j)
+        for j in np.arange(-3, 7.5, 0.5):  # steps from 8x to 1/128 of the leading component's deviation
+            coders[f"{name} {2.0**-j:.3g}sd"] = base.at_step(top * 2.0**-j)
 
     linear = linear_curve(args.linear, "test", cfg.compress.chunk_fields) if args.linear else []
     unquantised = model.decode(test.batch(np.arange(len(test)))[0], phi).numpy()[..., 0]
@@ -118,14 +119,14 @@ def main(argv: list[str] | None = None) -> int:
           f"zero latents (the linear part alone, for a hybrid's INR) {base_psnr:.2f} dB")
     if linear:
         print("linear model on the same fields: " + ", ".join(f"{b:.4f} bpv {q:.2f} dB" for b, q in linear))
-    head = f"{'coder':<18} {'bits/value':>10} {'bits/field':>10} {'bits/dim':>8} {'PSNR':>7} {'gain dB':>7} {'dB/bit':>7}"
+    head = f"{'coder':<20} {'bits/value':>10} {'bits/field':>10} {'bits/dim':>8} {'PSNR':>7} {'gain dB':>7} {'dB/bit':>7}"
     print(head + (f" {'EOF bits/field same gain':>24} {'latent/EOF':>10}" if linear else ""))
     for name, coder in coders.items():
         bpv, mse = operating_point(model, coder, phi, test, chunk)
         psnr = psnr_from_mse(mse)
         bits_field = bpv * test.points_per_item  # per item: a field when it is one patch
         gain = psnr - base_psnr
-        line = (f"{name:<18} {bpv:>10.5f} {bits_field:>10.1f} {bits_field / d:>8.3f} "
+        line = (f"{name:<20} {bpv:>10.5f} {bits_field:>10.1f} {bits_field / d:>8.3f} "
                 f"{psnr:>7.2f} {gain:>7.2f} {gain / bits_field:>7.4f}")
         if linear:
             eof = (bits_at(linear, psnr) - bits_at(linear, base_psnr)) * per_item

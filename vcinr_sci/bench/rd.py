@@ -260,7 +260,7 @@ def plot(result: dict[str, Any], path: str) -> None:
         (axes[0], "bpv", "latent bits only"),
         (axes[1], "bpv_with_model", f"with the model's bytes over {result['values']} values"),
     ):
-        for kind, style in (("learned", "o-"), ("uniform+zstd", "s--"), ("uniform", "^:")):
+        for kind, style in (("learned", "o-"), ("gaussian", "d-"), ("uniform+zstd", "s--"), ("uniform", "^:")):
             sel = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r[key])
             if sel:
                 ax.plot([r[key] for r in sel], [r["psnr"] for r in sel], style, label=kind)
