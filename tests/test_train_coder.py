@@ -20,6 +20,7 @@ from vcinr_sci.errors import ConfigError
 from vcinr_sci.model.artifact import ModelArtifact, build_model, load_artifact, save_artifact
 from vcinr_sci.model.coder_training import coder_losses, distortion_on_data, freeze, train_step
 from vcinr_sci.model.meta import masked_mse
+from vcinr_sci.model.training import train_in_process
 
 pytestmark = pytest.mark.slow  # an end-to-end run of a Ray pipeline
 
@@ -162,9 +163,8 @@ def test_gaussian_coders_end_to_end(ray_session, tmp_path):
         "coder.kind": "gaussian", "coder.lambdas": [], "coder.gaussian_bits": [0.5, 1, 2, 4], "coder.metric_items": 16,
         "coder.uniform_bits": [2],
     })
-    data = load_dataset(cfg.data)
     torch.manual_seed(0)
-    inr = ModelArtifact(build_model(cfg, data.grid).eval(), cfg, data.grid, data.normaliser, data.split.to_dict())
+    inr, _ = train_in_process(cfg, steps=40)  # latents that matter: an untrained INR ignores them
     inr_path = save_artifact(inr, cfg.train.artifact_dir)
     build(cfg, str(inr_path), quiet=True)
     with pytest.raises(ConfigError, match="coder.lambdas"):
@@ -172,7 +172,7 @@ def test_gaussian_coders_end_to_end(ray_session, tmp_path):
     art = load_artifact(fit(cfg, str(inr_path)))
     info = art.metrics["coders"]
     levels = [q for q in art.quality_levels if q.startswith("q")]
-    assert len(levels) >= 3 and not art.metrics["dropped_coders"]
+    assert len(levels) >= 3  # a level past where the INR stops gaining is dropped
     points = art.metrics["ladder"]["points"]
     bits = [points[q]["bits_per_value"] for q in levels]
     psnr = [points[q]["psnr"] for q in levels]
