@@ -12,7 +12,7 @@ bash scripts/setup.sh
 PY=.venv/bin/python
 CFG=configs/rd-ccsm.yaml
 DATA=${VCINR_DATA_DIR:-$(cd .. && pwd)/shared/data}
-GRID46=(--set "data.regrid=[46,90]" --set "coder.lambdas=[10,100,1000,10000]" --set coder.steps=2000)
+GRID46=(--set "data.regrid=[46,90]" --set coder.kind=learned --set "coder.lambdas=[10,100,1000,10000]" --set coder.steps=2000)
 
 # The artifact (with coders) trained from CFG and the given overrides; trained if absent.
 model() {

@@ -164,8 +164,11 @@ def train_inr(cfg: Config, stage) -> Path:
     s = time.perf_counter()
     build_latents.build(cfg, model=str(inr))
     stage("latents", s)
-    lambdas = cfg.coder.lambdas or f"{cfg.coder.levels}, from the data's rate-distortion slope"
-    print(f"[3/5] training latent coders (lambdas {lambdas})", flush=True)
+    if cfg.coder.kind == "gaussian":
+        print(f"[3/5] fitting the Gaussian latent coder ({cfg.coder.gaussian_bits} bits per latent dimension)", flush=True)
+    else:
+        lambdas = cfg.coder.lambdas or f"{cfg.coder.levels}, from the data's rate-distortion slope"
+        print(f"[3/5] training latent coders (lambdas {lambdas})", flush=True)
     s = time.perf_counter()
     coded = train_coder.fit(cfg, model=str(inr))
     stage("coders", s)

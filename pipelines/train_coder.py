@@ -1,7 +1,13 @@
-"""Train the latent transform coders on Ray Train, one per lambda, and save them in a
-new model artifact (one artifact = one INR + several coders).
+"""Fit or train the latent coders and save them in a new model artifact (one artifact =
+one INR + several coders).
 
     python -m pipelines.train_coder --config configs/rd-ccsm.yaml [--model HASH_OR_PATH]
+
+``coder.kind: gaussian`` (the default): one linear transform of the latents, fitted on
+the training latents in the INR's data-space metric, and per-component Gaussian tables at
+one step per level, the steps chosen on the tuning latents for ``coder.gaussian_bits``
+bits per latent dimension (:mod:`vcinr_sci.coding.transform`); no training, seconds.
+``coder.kind: learned``: the learned transform coders below, one per lambda.
 
 Reads the latent shards of the model's INR (``pipelines.build_latents``, parts train
 and, for tuning, val; without val latents the end of the training part is held out of
@@ -49,11 +55,13 @@ import torch
 from pipelines.cli_args import config_parser, load
 from pipelines.ray_setup import ensure_ray, torch_trainer, use_assigned_cpus
 from vcinr_sci.coding.coder import LatentCoder, coder_spec, coder_state, load_coder
+from vcinr_sci.coding.coefficients import min_step
 from vcinr_sci.coding.quantiser import UniformQuantiser
+from vcinr_sci.coding.transform import GaussianLatentCoder, fit_transform
 from vcinr_sci.config import CoderConfig, Config
 from vcinr_sci.data.holdout import TuningSplit, tuning_split
 from vcinr_sci.data.items import Dataset, ItemSet, load_dataset
-from vcinr_sci.errors import LatentsError
+from vcinr_sci.errors import ConfigError, LatentsError
 from vcinr_sci.metrics import psnr_from_mse
 from vcinr_sci.model.artifact import ModelArtifact, load_artifact, pareto_ladder, save_artifact
 from vcinr_sci.model.coder_training import (
@@ -63,6 +71,7 @@ from vcinr_sci.model.coder_training import (
     evaluate_coders,
     freeze,
     lambdas_from_slope,
+    latent_metric,
     operating_point,
     train_step,
 )
@@ -277,6 +286,9 @@ def choose_lambdas(cfg: Config, model, train: LatentTable, val: LatentTable, ite
 
 def fit(cfg: Config, model: str | None = None) -> Path:
     """Train the coders of ``cfg.coder`` on the model's latents; returns the new artifact."""
+    if cfg.coder.kind == "gaussian" and cfg.coder.lambdas:
+        raise ConfigError(f"coder.lambdas {cfg.coder.lambdas} are for coder.kind 'learned'; coder.kind is "
+                          "'gaussian' (its levels come from coder.gaussian_bits)")
     path = select_artifact(cfg, model)
     artifact = load_artifact(path)
     root = latents_dir(cfg.latents.output_dir, artifact, cfg.latents.inner_steps)
@@ -284,6 +296,9 @@ def fit(cfg: Config, model: str | None = None) -> Path:
     part, train, val = load_parts(data, root)  # fail here, before Ray starts, if the latents are not built
     print(part.note, flush=True)
     val_items = data.items("val", part.tune)
+    if cfg.coder.kind == "gaussian":
+        levels = gaussian_levels(cfg, artifact.model, data.items("train", part.train), train, val, val_items)
+        return write_coders(cfg, artifact, levels, train, val, val_items, part)
     cc = dataclasses.replace(cfg.coder, lambdas=cfg.coder.lambdas or choose_lambdas(cfg, artifact.model, train, val, val_items))
     workers = max(1, min(cc.num_workers, len(cc.lambdas)))
     ensure_ray(workers * cc.cpus_per_worker)
@@ -307,25 +322,71 @@ def fit(cfg: Config, model: str | None = None) -> Path:
             trained += torch.load(f, weights_only=True, map_location="cpu")
     if len(trained) != len(cc.lambdas):
         raise RuntimeError(f"{len(trained)} coders came back for {len(cc.lambdas)} lambdas")
-    return write_coders(cfg, artifact, trained, train, val, val_items, part)
+    levels = {f"lambda {t['lambda']:.4g} (#{t['index']})":
+              (load_coder(json.loads(t["spec"]), t["state"]), {"lambda": t["lambda"]} | {f"val_{k}": v for k, v in t["val"].items()})
+              for t in sorted(trained, key=lambda t: t["lambda"])}
+    return write_coders(cfg, artifact, levels, train, val, val_items, part)
+
+
+def gaussian_levels(cfg: Config, model, train_items: ItemSet, train: LatentTable, val: LatentTable,
+                    items: ItemSet) -> dict[str, tuple[GaussianLatentCoder, dict]]:
+    """``coder.kind: gaussian``: one transform fitted on the training latents, in the INR's
+    data-space metric measured on ``coder.metric_items`` of them
+    (:func:`~vcinr_sci.model.coder_training.latent_metric`), and per
+    ``coder.gaussian_bits`` target the step whose strings of the tuning latents come
+    closest to it (bisection; bits fall as the step grows). Levels named by their
+    targets; targets that land on one step are merged."""
+    cc = cfg.coder
+    phi_train = torch.from_numpy(train.phi)
+    metric = None
+    if cc.metric_items > 0:
+        pick = np.unique(np.linspace(0, len(train) - 1, min(cc.metric_items, len(train))).round().astype(np.int64))
+        metric = latent_metric(freeze(model), phi_train, train_items, pick)
+    # rows in field order per patch, so that consecutive rows are consecutive fields
+    order = np.lexsort((train.field, train.patch))
+    follows = np.r_[False, (np.diff(train.field[order]) == 1) & (np.diff(train.patch[order]) == 0)]
+    base = fit_transform(train.phi[order], 1.0, metric, follows)
+    phi_val = torch.from_numpy(val.phi)
+    chunk = max(1, cfg.compress.chunk_fields) * items.num_patches
+    per_dim = lambda coder: 8 * sum(len(coder.compress(phi_val[s : s + chunk]))  # noqa: E731
+                                    for s in range(0, len(phi_val), chunk)) / phi_val.numel()
+    lo, hi = math.log(min_step(base.coefficients.scales)), math.log(4 * float(base.coefficients.scales.max()))
+    levels: dict[str, tuple[GaussianLatentCoder, dict]] = {}
+    steps: set[float] = set()
+    for target in sorted(cc.gaussian_bits):
+        a, b = lo, hi
+        for _ in range(24):  # the step to about 0.2 % (the bits are a step function of it)
+            mid = (a + b) / 2
+            a, b = (mid, b) if per_dim(base.at_step(math.exp(mid))) > target else (a, mid)
+        step = math.exp(b)
+        if step in steps:
+            continue
+        steps.add(step)
+        coder = base.at_step(step)
+        levels[f"gaussian {target:g} bits/dim"] = (coder, {"step": step, "target_bits_per_dim": target,
+                                                           "val_bits_per_dim": per_dim(coder),
+                                                           "metric": metric is not None})
+    print(f"Gaussian latent coder: transform on {len(train)} training latents "
+          f"({'data-space metric from ' + str(cc.metric_items) + ' items' if metric is not None else 'plain KLT'}), "
+          f"steps {[float(f'{s:.3g}') for s in sorted(steps, reverse=True)]}", flush=True)
+    return levels
 
 
 def write_coders(
-    cfg: Config, artifact: ModelArtifact, trained: list[dict], train: LatentTable, val: LatentTable, items: ItemSet,
-    part: TuningSplit,
+    cfg: Config, artifact: ModelArtifact, levels: dict[str, tuple], train: LatentTable, val: LatentTable,
+    items: ItemSet, part: TuningSplit,
 ) -> Path:
-    """Measure every trained coder and uniform quantiser on the tuning items (bits of
-    their chunks, PSNR of the decoded data); keep the uniform ones and the learned ones
-    no other level dominates (:func:`pareto_ladder`), labelled ``q0..`` from fewest bits
-    up, in a copy of ``artifact`` with the ladder recorded; save it as a new artifact."""
+    """Measure every coder of ``levels`` (name -> coder, what to record of it) and the
+    uniform quantisers on the tuning items (bits of their chunks, PSNR of the decoded
+    data); keep the uniform ones and the others no other level dominates
+    (:func:`pareto_ladder`), labelled ``q0..`` from fewest bits up, in a copy of
+    ``artifact`` with the ladder recorded; save it as a new artifact."""
     cc = cfg.coder
     phi_train, phi_val = torch.from_numpy(train.phi), torch.from_numpy(val.phi)
     chunk = max(1, cfg.compress.chunk_fields) * items.num_patches
-    coders, points, info = {}, {}, {}
-    for t in sorted(trained, key=lambda t: t["lambda"]):
-        name = f"lambda {t['lambda']:.4g} (#{t['index']})"
-        coders[name] = load_coder(json.loads(t["spec"]), t["state"])
-        info[name] = {"lambda": t["lambda"]} | {f"val_{k}": v for k, v in t["val"].items()}
+    coders = {name: coder for name, (coder, _) in levels.items()}
+    info = {name: dict(record) for name, (_, record) in levels.items()}
+    points = {}
     for bits in cc.uniform_bits:
         q = UniformQuantiser(phi_train.shape[1], bits, clip_std=cc.uniform_clip_std, entropy_code=True)
         q.fit(phi_train)
@@ -338,8 +399,8 @@ def write_coders(
         points[name] = (bpv, psnr_from_mse(mse))
         info[name] |= {"val_bpv_bytes": bpv, "val_psnr_coded": points[name][1], "bit_exact": exact}
     _, dominated = pareto_ladder(points)
-    learned = sorted((n for n in coders if n.startswith("lambda") and n not in dominated), key=lambda n: points[n])
-    label = {n: f"q{i}" for i, n in enumerate(learned)} | {n: n for n in coders if n.startswith("u")}
+    learned = sorted((n for n in levels if n not in dominated), key=lambda n: points[n])
+    label = {n: f"q{i}" for i, n in enumerate(learned)} | {n: n for n in coders if n not in levels}
 
     artifact.extra.pop("coders", None)  # a new set replaces any coders the input held
     artifact.extra_tensors = {k: v for k, v in artifact.extra_tensors.items() if not k.startswith("coders.")}
@@ -359,7 +420,7 @@ def write_coders(
     for name in sorted(coders, key=lambda n: points[n]):
         bpv, psnr = points[name]
         where = "yes" if label.get(name) in ladder else f"no: dominated by {label.get(dominated[name], dominated[name])}"
-        shown = label.get(name, "-") + ("" if name.startswith("u") else f" ({name})")
+        shown = label.get(name, "-") + (f" ({name})" if name in levels else "")
         print(f"{shown:<13} {bpv:>16.5f} {psnr:>8.2f} {info[name].get('val_step', '-'):>9}  {where}")
     out = save_artifact(artifact, cfg.train.artifact_dir)
     print(f"quality levels {artifact.quality_levels}; ladder {ladder}")

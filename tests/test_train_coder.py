@@ -3,6 +3,7 @@ the coders; a tiny end-to-end run writes an artifact with every quality level.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,12 +12,15 @@ import pytest
 import torch
 
 from vcinr_sci.coding.coder import LatentCoder
+from vcinr_sci.coding.transform import GaussianLatentCoder
 from vcinr_sci.config import load_config
 from vcinr_sci.data.grids import RegularGrid
 from vcinr_sci.data.items import load_dataset
+from vcinr_sci.errors import ConfigError
 from vcinr_sci.model.artifact import ModelArtifact, build_model, load_artifact, save_artifact
 from vcinr_sci.model.coder_training import coder_losses, distortion_on_data, freeze, train_step
 from vcinr_sci.model.meta import masked_mse
+from vcinr_sci.model.training import train_in_process
 
 pytestmark = pytest.mark.slow  # an end-to-end run of a Ray pipeline
 
@@ -88,6 +92,7 @@ def test_train_coder_end_to_end(ray_session, tmp_path):
             "latents.output_dir": str(tmp_path / "latents"),
             "latents.shard_fields": 96,
             "latents.inner_steps": 3,
+            "coder.kind": "learned",
             "coder.lambdas": [1000.0, 1.0],
             "coder.dim_y": 8,
             "coder.width": 16,
@@ -143,6 +148,46 @@ def test_train_coder_end_to_end(ray_session, tmp_path):
     d, per_item = cfg.model.latent_dim, result["values"] // 6
     assert levels["u2-packed"]["bytes"] == 2 * d * 4 // 8 + 2 * d * 2 // 8
     assert levels["u2-packed"]["bpv"] == pytest.approx(8 * levels["u2-packed"]["bytes"] / (6 * per_item))
+
+
+def test_gaussian_coders_end_to_end(ray_session, tmp_path):
+    """coder.kind gaussian: one transform fitted on the tiny INR's training latents, one
+    level per bits target, distinct and ordered on the tuning items, spanning >= 4x in
+    rate, stored and decoded from the artifact; lambdas with it are refused."""
+    from pipelines.build_latents import build
+    from pipelines.train_coder import fit
+
+    cfg = load_config(REPO / "configs" / "tiny.yaml", {
+        "train.storage_path": str(tmp_path / "runs"), "train.artifact_dir": str(tmp_path / "artifacts"),
+        "latents.output_dir": str(tmp_path / "latents"), "latents.inner_steps": 3,
+        "coder.kind": "gaussian", "coder.lambdas": [], "coder.gaussian_bits": [0.5, 1, 2, 4], "coder.metric_items": 16,
+        "coder.uniform_bits": [2],
+    })
+    torch.manual_seed(0)
+    inr, _ = train_in_process(cfg, steps=40)  # latents that matter: an untrained INR ignores them
+    inr_path = save_artifact(inr, cfg.train.artifact_dir)
+    build(cfg, str(inr_path), quiet=True)
+    with pytest.raises(ConfigError, match="coder.lambdas"):
+        fit(dataclasses.replace(cfg, coder=dataclasses.replace(cfg.coder, lambdas=[10.0])), str(inr_path))
+    art = load_artifact(fit(cfg, str(inr_path)))
+    info = art.metrics["coders"]
+    levels = [q for q in art.quality_levels if q.startswith("q")]
+    assert len(levels) >= 3  # a level past where the INR stops gaining is dropped
+    points = art.metrics["ladder"]["points"]
+    bits = [points[q]["bits_per_value"] for q in levels]
+    psnr = [points[q]["psnr"] for q in levels]
+    assert bits == sorted(bits) and psnr == sorted(psnr) and len(set(bits)) == len(bits)
+    assert bits[-1] > 4 * bits[0]
+    steps = [info[q]["step"] for q in levels]
+    assert steps == sorted(steps, reverse=True)
+    for q in levels:  # each level lands near its target bits per latent dimension
+        assert info[q]["val_bits_per_dim"] == pytest.approx(info[q]["target_bits_per_dim"], rel=0.5, abs=0.3)
+    phi = torch.randn(5, cfg.model.latent_dim) * 0.01
+    for q in levels:
+        coder = art.coder(q)
+        assert isinstance(coder, GaussianLatentCoder)
+        assert torch.equal(coder.decompress(coder.compress(phi), 5), coder.quantise(phi))
+    _assert_monotone(art)
 
 
 def _assert_monotone(art) -> None:

@@ -153,8 +153,19 @@ class LatentsConfig:
 
 @dataclass
 class CoderConfig:
-    """The latent transform coders (``pipelines/train_coder.py``), one per lambda."""
+    """The latent coders (``pipelines/train_coder.py``): a Gaussian transform coder at a
+    step per level, or a learned transform coder per lambda."""
 
+    # gaussian: one linear transform fitted on the training latents (KLT in the INR's
+    # data-space metric) and per-component Gaussian tables, a step per level
+    # (coding/transform.py; ERA5 UK EOF-8 residual latents, issue 24: levels span the
+    # whole range where the learned ones collapsed). learned: a factorised-prior transform
+    # coder trained per lambda (the fields from dim_y to seed below).
+    kind: Literal["gaussian", "learned"] = "gaussian"
+    # kind gaussian: bits per latent dimension of each level on the tuning items, one
+    # step each (found by bisection); several targets can land on one step and be merged.
+    gaussian_bits: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
+    metric_items: int = 128  # training items the data-space metric is measured on (0: the plain KLT)
     dim_y: int = 32  # channels of z (the entropy-coded latent)
     width: int = 64  # residual-MLP width of g_a and g_s
     blocks: int = 2  # residual blocks of g_a and g_s

@@ -246,7 +246,8 @@ def vcinr_candidates(model_path: Path, levels: Sequence[str] | None, more_steps:
         family = "vcinr" if learned else "vcinr uniform (COIN++)"
         for steps in [own, *[s for s in more_steps if s != own and learned]]:
             codec = VCINRCodec.for_model(loaded, name, inner_steps=steps)
-            out.append(Candidate(f"{family}, {steps} steps", name, [codec], chunk_fields, "vcinr", {"inner_steps": steps}))
+            out.append(Candidate(f"{family}, {steps} steps", name, [codec], chunk_fields, "vcinr",
+                                 {"inner_steps": steps, "latent_numbers": loaded.latent_dim * loaded.num_patches}))
     return out
 
 

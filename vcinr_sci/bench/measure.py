@@ -85,6 +85,9 @@ def measure(c: Candidate, fields: Fields, psnr_range: tuple[float, float], vcinr
     if c.kind == "vcinr":
         row["model_bytes"] = vcinr_model_bytes
         row["bpv_latents"] = 8 * payload / x.size
+        row["latent_bits_per_field"] = 8 * payload / len(x)
+        if c.extra.get("latent_numbers"):
+            row["latent_bits_per_dim"] = row["latent_bits_per_field"] / c.extra["latent_numbers"]
     if c.kind != "classical":  # the model file: over these fields, and over an archive
         row["bpv_with_model"] = 8 * (nbytes + row["model_bytes"]) / x.size
         row["bpv_model_1e9"] = row["bpv"] + 8 * row["model_bytes"] / ARCHIVE_VALUES

@@ -39,6 +39,7 @@ from vcinr_sci.bench.fields import index_ranges
 from vcinr_sci.bench.output import pyplot, save_figure, write_json
 from vcinr_sci.coding.coder import LatentCoder, coder_state
 from vcinr_sci.coding.quantiser import UniformQuantiser
+from vcinr_sci.coding.transform import GaussianLatentCoder
 from vcinr_sci.config import load_config
 from vcinr_sci.data.grids import SphericalGrid
 from vcinr_sci.data.items import ItemSet, load_dataset
@@ -182,6 +183,8 @@ def run(args) -> dict[str, Any]:
         sc = scorers[name]
         if isinstance(coder, LatentCoder):
             kind, param = "learned", artifact.metrics.get("coders", {}).get(name, {}).get("lambda")
+        elif isinstance(coder, GaussianLatentCoder):
+            kind, param = "gaussian", coder.step
         else:
             kind, param = ("uniform+zstd" if coder.entropy_code else "uniform"), coder.bits
         row = {"level": name, "kind": kind, "param": param, "bytes": sc.bytes, "bit_exact": exact[name]}
@@ -257,7 +260,7 @@ def plot(result: dict[str, Any], path: str) -> None:
         (axes[0], "bpv", "latent bits only"),
         (axes[1], "bpv_with_model", f"with the model's bytes over {result['values']} values"),
     ):
-        for kind, style in (("learned", "o-"), ("uniform+zstd", "s--"), ("uniform", "^:")):
+        for kind, style in (("learned", "o-"), ("gaussian", "d-"), ("uniform+zstd", "s--"), ("uniform", "^:")):
             sel = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r[key])
             if sel:
                 ax.plot([r[key] for r in sel], [r["psnr"] for r in sel], style, label=kind)

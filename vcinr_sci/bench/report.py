@@ -21,14 +21,17 @@ def markdown(out: dict[str, Any]) -> str:
         f"({out['values']:,} values, range {out['data_range'][0]:.5g} .. {out['data_range'][1]:.5g}).",
         f"PSNR: mean per-field, on [{lo}, {hi}] mapped to [0, 1]; PSNR (range): on the evaluated data's range. "
         f"bpv = 8 x bytes / values, from the bytes each codec wrote (vcinr: whole chunks of {out['chunk_fields']} fields, "
-        "header included; 'latents only' leaves out the chunk header and mask, as the papers count, but keeps stored item means); ratio against float32.",
+        "header included; 'latents only' leaves out the chunk header and mask, as the papers count, but keeps stored item means); ratio against float32. "
+        "Latent bits per field and per latent dimension (the numbers a field's latents hold: "
+        "a hybrid's coefficients, INR latents and mode flag) from the same latent bytes.",
         "",
-        "| codec | knob | bpv | bpv latents only | bpv with model | ratio | PSNR dB | PSNR (range) dB | RMSE | lat-w RMSE | max abs err | enc MB/s | dec MB/s |",
-        "|" + "---|" * 13,
+        "| codec | knob | bpv | bpv latents only | latent bits/field | latent bits/dim | bpv with model | ratio | PSNR dB | PSNR (range) dB | RMSE | lat-w RMSE | max abs err | enc MB/s | dec MB/s |",
+        "|" + "---|" * 15,
     ]
     for r in out["rows"]:
         lines.append(
             f"| {r['family']} | {r['knob']} | {r['bpv']:.4g} | {_fmt(r.get('bpv_latents'), '.4g')} | "
+            f"{_fmt(r.get('latent_bits_per_field'), '.4g')} | {_fmt(r.get('latent_bits_per_dim'), '.3g')} | "
             f"{_fmt(r.get('bpv_with_model'), '.4g')} | "
             f"{r['ratio_vs_float32']:.3g} | {r['psnr']:.2f} | {r['psnr_data_range']:.2f} | {r['rmse']:.3g} | "
             f"{_fmt(r['rmse_lat_weighted'])} | {r['max_abs_error']:.3g} | {r['encode_mb_s']:.3g} | {r['decode_mb_s']:.3g} |"

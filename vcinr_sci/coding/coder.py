@@ -2,6 +2,8 @@
 
 - :class:`LatentCoder` (VC-INR): per-dimension normalisation, analysis ``g_a``, rounding,
   compressai's factorised-prior ``EntropyBottleneck`` with its rANS coder, synthesis ``g_s``.
+- :class:`~vcinr_sci.coding.transform.GaussianLatentCoder`: a fixed linear transform of
+  the latents and per-component Gaussian tables at one step (classic transform coding).
 - :class:`UniformQuantiser` (COIN++ baseline): ``b``-bit uniform quantisation of phi.
 
 Both give ``compress(phi) -> bytes`` for a whole batch, ``decompress(data, n)`` for ``n``
@@ -27,6 +29,8 @@ from vcinr_sci.coding.hybrid import SPEC_KIND as HYBRID_KIND
 from vcinr_sci.coding.hybrid import HybridCoder
 from vcinr_sci.coding.quantiser import UniformQuantiser, check_batch, check_n
 from vcinr_sci.coding.rans import RansTables, decode_with_indexes, encode_with_indexes
+from vcinr_sci.coding.transform import SPEC_KIND as GAUSSIAN_KIND
+from vcinr_sci.coding.transform import GaussianLatentCoder
 
 SPEC_VERSION = 1
 _CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length")
@@ -202,12 +206,12 @@ def rd_loss(bits: Tensor, distortion: Tensor, lam: float, num_values: int) -> Te
     return bits.sum() / num_values + lam * distortion
 
 
-Coder = LatentCoder | UniformQuantiser | CoefficientCoder | HybridCoder
+Coder = LatentCoder | UniformQuantiser | CoefficientCoder | GaussianLatentCoder | HybridCoder
 
 
 def coder_spec(coder: Coder) -> dict[str, Any]:
     """JSON-able description from which :func:`load_coder` rebuilds ``coder``."""
-    if isinstance(coder, CoefficientCoder):
+    if isinstance(coder, CoefficientCoder | GaussianLatentCoder):
         return coder.spec()
     if isinstance(coder, HybridCoder):
         return {"kind": HYBRID_KIND, "version": SPEC_VERSION, "typical_bits": coder.typical_bits,
@@ -223,7 +227,7 @@ def coder_spec(coder: Coder) -> dict[str, Any]:
 
 def coder_state(coder: Coder) -> dict[str, Tensor]:
     """All of ``coder``'s tensors, on the CPU and contiguous (the CDF tables included)."""
-    if isinstance(coder, CoefficientCoder):
+    if isinstance(coder, CoefficientCoder | GaussianLatentCoder):
         return coder.state()
     if isinstance(coder, HybridCoder):
         # cloned: levels share their latent coders, and a file holds each tensor once
@@ -243,6 +247,8 @@ def load_coder(spec: dict[str, Any], state: dict[str, Tensor]) -> Coder:
     kind = spec.get("kind")
     if kind == COEFFICIENTS_KIND:
         return CoefficientCoder.load(spec, state)
+    if kind == GAUSSIAN_KIND:
+        return GaussianLatentCoder.load(spec, state)
     if kind == HYBRID_KIND:
         return _load_hybrid(spec, state)
     if kind == "uniform":
@@ -252,8 +258,8 @@ def load_coder(spec: dict[str, Any], state: dict[str, Tensor]) -> Coder:
         quantiser.mean, quantiser.std = state["mean"].float().cpu(), state["std"].float().cpu()
         return quantiser
     if kind != "latent_coder":
-        raise ValueError(f"unknown coder kind {kind!r} (expected 'latent_coder', 'uniform', '{COEFFICIENTS_KIND}' "
-                         f"or '{HYBRID_KIND}')")
+        raise ValueError(f"unknown coder kind {kind!r} (expected 'latent_coder', 'uniform', '{COEFFICIENTS_KIND}', "
+                         f"'{GAUSSIAN_KIND}' or '{HYBRID_KIND}')")
     coder = LatentCoder(**args)
     # A fresh bottleneck's CDF buffers are empty; load_state_dict needs the saved shapes.
     for name in _CDF_BUFFERS:

@@ -4,6 +4,8 @@ lambda times distortion measured through the frozen INR on the data, as
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -93,6 +95,32 @@ def evaluate_coders(
     for coder in coders:
         coder.train()
     return out
+
+
+def latent_metric(model: MetaSGD, phi: torch.Tensor, items: ItemSet, indices: np.ndarray, batch_size: int = 16,
+                  device="cpu") -> np.ndarray:
+    """The data-space metric of the latents, ``H = mean over items[indices] and their
+    valid points of J^T J`` (``J``: the INR's output's derivative with respect to the
+    item's latent, at its latent in ``phi``, which holds all of ``items``'): a latent
+    error ``e`` adds about ``e^T H e`` to the MSE per value. ``(D, D)`` float64, from one
+    forward-mode derivative per latent dimension."""
+    d = phi.shape[1]
+    total = torch.zeros(d, d, dtype=torch.float64)
+    count = 0
+    for s in range(0, len(indices), batch_size):
+        idx = indices[s : s + batch_size]
+        coords, _, mask = (t.to(device) for t in items.batch(idx))
+        p = phi[idx].to(device, torch.float32)
+        columns = []
+        for k in range(d):
+            tangent = torch.zeros_like(p)
+            tangent[:, k] = 1.0
+            _, jv = torch.func.jvp(functools.partial(model.inr, coords), (p,), (tangent,))
+            columns.append(torch.where(mask, jv, 0.0).reshape(len(idx), -1).double())
+        jac = torch.stack(columns, dim=-1)  # (B, P, D)
+        total += torch.einsum("bpi,bpj->ij", jac, jac).cpu()
+        count += int(mask.sum())
+    return (total / max(1, count)).numpy()
 
 
 # ---------------------------------------------------------------- operating points
