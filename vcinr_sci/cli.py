@@ -43,7 +43,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "throughput": ("vcinr_sci.bench.throughput", "meta-train, encode and decode speed, FLOPs per value, fraction of matmul peak"),
     "cross-device": ("vcinr_sci.bench.cross_device", "reconstruction differences between CPU and GPU decoders"),
     "scale": ("vcinr_sci.bench.scale", "compress pipeline at 1x and 8x data: peak RSS per process, values/s per actor count"),
-    "synthetic": ("vcinr_sci.bench.synthetic", "synthetic hourly fields on the 0.25-degree global grid (scale runs only, never rate-distortion)"),
+    "synthetic": ("vcinr_sci.bench.synthetic", "synthetic 0.25-degree hourly fields (scale runs only, never rate-distortion)"),
 }
 
 
