@@ -91,8 +91,13 @@ def test_two_workers_make_the_same_outer_updates_as_one(tmp_path, one_torch_thre
     one, two = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("one", "two"))
     for name, g in one["grads"].items():
         torch.testing.assert_close(two["grads"][name], g, rtol=1e-5, atol=1e-7, msg=f"gradient of {name}")
+    # Adam divides by the root of the squared gradient: where a gradient is near 0 (the
+    # tiny model's gradients reach down to 1e-11), the summation order's
+    # float noise moves a weight by up to ~1e-6 (measured 2.3e-6 at lr 1e-3). A wrong
+    # share of the batch shows in the gradients above; here, 1 % of a step is the bar.
+    step_tolerance = 1e-2 * cfg.meta.outer_lr
     for name, w in one["weights"].items():
-        torch.testing.assert_close(two["weights"][name], w, rtol=1e-5, atol=1e-7, msg=f"weights {name}")
+        torch.testing.assert_close(two["weights"][name], w, rtol=1e-5, atol=step_tolerance, msg=f"weights {name}")
     seed_everything(cfg.train.seed)
     init = build_model(cfg, load_dataset(cfg.data).grid).state_dict()
     assert max(float((one["weights"][n] - w).abs().max()) for n, w in init.items()) > 1e-4  # the steps did move it
