@@ -519,6 +519,25 @@ def test_damaged_sperr_streams_are_refused(artifact_path, data):
             bound.apply_residual(_with_stream(section, bad), kept, xhat, np.dtype("f4"))
 
 
+def test_sperr_constant_field_streams_must_claim_the_grid(artifact_path, data):
+    """A constant field's SPERR stream is its 17-byte header alone: flags, the u64 number
+    of values (SPERR sizes its output by it: a crafted 2**64 - 1 aborted the process with
+    std::length_error, found by examples/fuzz_decoder.py) and the f64 value. Only the
+    grid's own count and a finite value reach SPERR."""
+    section, kept, xhat = _sperr_section(artifact_path, data)
+    grid = kept.size
+
+    def constant(count: int, value: float) -> bytes:
+        return bytes([0x81]) + struct.pack("<Qd", count, value)
+
+    ok = bound.apply_residual(_with_stream(section, constant(grid, 0.0)), kept, xhat, np.dtype("f4"))
+    np.testing.assert_array_equal(ok, xhat.astype(np.float32))
+    for bad in (constant(2**64 - 1, 0.0), constant(grid + 1, 0.0), constant(0, 0.0), constant(grid, math.nan),
+                constant(grid, math.inf)):
+        with pytest.raises(ChunkFormatError, match="SPERR constant-field stream"):
+            bound.apply_residual(_with_stream(section, bad), kept, xhat, np.dtype("f4"))
+
+
 def test_sperr_chunk_with_a_flipped_bit_is_refused(artifact_path, data, monkeypatch):
     monkeypatch.setattr(bound, "RESIDUAL_METHODS", ("sperr",))
     codec = VCINRCodec.for_model(artifact_path, QUALITY, max_rel_error=1e-3)

@@ -8,12 +8,14 @@ checked header, so a stream cannot make the decoder allocate a size it claims. (
 dimensions from the stream and aborts the process on a leading extent of 1.)
 
 SPERR 0.8 decodes a truncated stream without complaint (its streams are progressive),
-aborts the process on some damaged headers, and allocates what a header's bit count
-claims. So :func:`check_stream` parses the stream's framing first and refuses anything
-but one complete stream: the conditioner's 17 bytes (byte 0 bit 0: a constant field,
-which ends the stream; bytes 9-17 the f64 quantisation step, finite and positive), then
-the SPECK stream (u8 bit planes <= 64, u64 bit count, that many bits rounded up to bytes),
-then optionally the outlier coder's stream framed the same way, filling the rest exactly.
+aborts the process on some damaged headers, and allocates what a header's counts
+claim. So :func:`check_stream` parses the stream's framing first and refuses anything
+but one complete stream: the conditioner's 17 bytes, then either nothing (byte 0 bit 0:
+a constant field; bytes 1-9 its u64 number of values, which SPERR allocates and must be
+the grid's, bytes 9-17 the f64 value, finite) or (bytes 9-17 the f64 quantisation step,
+finite and positive) the SPECK stream (u8 bit planes <= 64, u64 bit count, that many bits
+rounded up to bytes), then optionally the outlier coder's stream framed the same way,
+filling the rest exactly.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from vcinr_sci.errors import ChunkFormatError, CodecError
 
 _CONDITIONER = 17  # SPERR 0.8's conditioner header: flags, mean, quantisation step
 _CONSTANT_BIT = 0x01  # byte 0, bit 0: the field is constant (no SPECK stream follows)
+_CONSTANT = struct.Struct("<Qd")  # a constant field's number of values and value, at byte 1
 _SPECK_HEAD = struct.Struct("<BQ")  # bit planes, bit count
 _MAX_BITPLANES = 64
 
@@ -55,7 +58,7 @@ def encode(residual: np.ndarray, tolerance: float) -> bytes:
 def decode(stream: bytes, shape: tuple[int, ...]) -> np.ndarray:
     """The float64 residual (``shape``) coded in ``stream``; ChunkFormatError for a stream
     that is not one complete SPERR stream or that SPERR refuses."""
-    check_stream(stream)
+    check_stream(stream, math.prod(shape))
     codecs = _imagecodecs()
     try:
         out = codecs.sperr_decode(stream, shape=grid_shape(shape), dtype=np.float64, header=False)
@@ -66,13 +69,19 @@ def decode(stream: bytes, shape: tuple[int, ...]) -> np.ndarray:
     return np.asarray(out, np.float64).reshape(shape)
 
 
-def check_stream(stream: bytes) -> None:
-    """Refuse a SPERR 0.8 stream that is not exactly one complete stream (see module doc)."""
+def check_stream(stream: bytes, values: int) -> None:
+    """Refuse a SPERR 0.8 stream that is not exactly one complete stream of a grid of
+    ``values`` points (see module doc)."""
     if len(stream) < _CONDITIONER:
         raise ChunkFormatError(f"residual section: SPERR stream of {len(stream)} bytes is shorter than its header")
     if stream[0] & _CONSTANT_BIT:
         if len(stream) != _CONDITIONER:
             raise ChunkFormatError("residual section: SPERR stream of a constant field has trailing bytes")
+        count, value = _CONSTANT.unpack_from(stream, 1)
+        if count != values or not math.isfinite(value):
+            # SPERR 0.8 sizes its output by this count: 2**60 aborted the process (std::length_error)
+            raise ChunkFormatError(f"residual section: SPERR constant-field stream claims {count} values of "
+                                   f"{value!r}, the grid has {values}")
         return
     (q,) = struct.unpack_from("<d", stream, 9)
     if not (math.isfinite(q) and q > 0):
