@@ -189,7 +189,8 @@ def mutate(rng: np.random.Generator, seed: Seed) -> tuple[str, bytes]:
     kind = str(rng.choice(kinds))
     b = bytearray(buf)
     if kind == "bit flips":
-        for pos in rng.integers(0, len(b) * 8, rng.integers(1, 4)):
+        # distinct bits: a bit flipped twice is no damage (it "decoded" as an accident)
+        for pos in rng.choice(len(b) * 8, size=min(len(b) * 8, int(rng.integers(1, 4))), replace=False):
             b[pos // 8] ^= 1 << (pos % 8)
         return kind, bytes(b)
     if kind == "truncation":
@@ -416,8 +417,9 @@ class Pool:
 
 
 def run(seeds: list[Seed], inputs: int, seed: int = 0, timeout: float = 30.0, workers: int = 1,
-        verbose: bool = False) -> dict:
-    """Decode ``inputs`` mutated chunks (every tenth a seed as it is); returns the counts."""
+        verbose: bool = False, save: Path | None = None) -> dict:
+    """Decode ``inputs`` mutated chunks (every tenth a seed as it is); returns the counts.
+    With ``save``, each failing input's bytes go there as ``<outcome>-<i>.vcinr``."""
     rng = np.random.default_rng(seed)
     pool = Pool(workers)
     counts: Counter = Counter()
@@ -449,6 +451,9 @@ def run(seeds: list[Seed], inputs: int, seed: int = 0, timeout: float = 30.0, wo
             by_kind.setdefault(kind, Counter())[outcome] += 1
             if outcome not in ("decoded",) and not outcome.startswith("error: "):
                 examples.setdefault(outcome, []).append(f"{s.name} / {kind}: {buf[:48].hex()}")
+                if save is not None:
+                    save.mkdir(parents=True, exist_ok=True)
+                    (save / f"{outcome.replace(' ', '-')}-{i}.vcinr").write_bytes(buf)
             if verbose and (i + 1) % 500 == 0:
                 print(f"{i + 1} inputs, {dict(counts)}", file=sys.stderr, flush=True)
     finally:
@@ -497,9 +502,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a decode counts as hung")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--json", help="also write the numbers here")
+    parser.add_argument("--save", type=Path, metavar="DIR", help="write each failing input's bytes here")
+    parser.add_argument("--only", nargs="+", metavar="TEXT", help="only the seeds whose names hold one of these, e.g. hybrid")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    result = run(make_seeds(), args.inputs, args.seed, args.timeout, args.workers, verbose=True)
+    seeds = [s for s in make_seeds() if not args.only or any(t in s.name for t in args.only)]
+    if not seeds:
+        parser.error(f"no seed's name holds any of {args.only}")
+    result = run(seeds, args.inputs, args.seed, args.timeout, args.workers, verbose=True, save=args.save)
     print(table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/_vcinr_tiny.py
 
-from _vcinr_tiny import LEARNED, QUALITY, fields, linear_artifact, tiny_artifact  # noqa: E402
+from _vcinr_tiny import LEARNED, QUALITY, fields, hybrid_artifact, linear_artifact, tiny_artifact  # noqa: E402
+
+GAUSSIAN = "g0"  # the Gaussian latent coder's level in the "gaussian" model
 
 
 def _inputs() -> dict[str, np.ndarray]:
@@ -54,7 +57,58 @@ CASES = {
     # a linear model (training mean + EOFs, coefficient coder)
     "v3_linear": ("linear", "plain", {"quality": "q1"}),
     "v3_linear_abs_bound_mask": ("linear", "holes", {"quality": "q0", "max_abs_error": 0.05}),
+    # the INR's latents under a Gaussian latent coder (transform + coefficient coder)
+    "v3_gaussian_mask": ("gaussian", "holes", {"quality": GAUSSIAN}),
+    # a hybrid model: the linear model alone (mode 0) and, forced, its INR mode (mode 1)
+    "v3_hybrid_linear": ("hybrid", "plain", {"quality": "q1"}),
+    "v3_hybrid_inr_abs_bound_mask": ("hybrid", "holes", {"quality": "q1", "max_abs_error": 0.05}),
 }
+# The tiny hybrid's INR never pays for its latents at these levels, so these chunks are
+# written in its first INR mode (a valid chunk any hybrid encoder could write).
+FORCED_INR_MODE = {"v3_hybrid_inr_abs_bound_mask"}
+
+
+def gaussian_artifact() -> Path:
+    """The tiny INR with a Gaussian latent coder (level ``g0``) fitted on its latents of
+    24 consecutive fields (plain KLT, prediction along fields), at a tenth of the
+    leading component's deviation."""
+    import tempfile
+
+    from vcinr_sci.coding.transform import fit_transform
+    from vcinr_sci.model.artifact import load_artifact, save_artifact
+    from vcinr_sci.model.registry import register_model
+
+    art = load_artifact(tiny_artifact())
+    model = register_model(art)
+    x = fields(24).air_temperature.values.astype(np.float32)
+    norm = art.normaliser.normalise(x.astype(np.float64)).astype(np.float32)
+    items = model.to_items(norm)
+    phi = model.kind.adapt(np.arange(len(items)), items, np.ones(items.shape, bool), art.config.latents.inner_steps)
+    base = fit_transform(phi.detach().numpy(), 1.0, follows=np.arange(len(phi)) > 0)
+    art.add_coder(GAUSSIAN, base.at_step(0.1 * float(base.coefficients.scales[0])))
+    return save_artifact(art, tempfile.mkdtemp(prefix="vcinr-gaussian-artifact-"))
+
+
+@contextmanager
+def inr_mode():
+    """A hybrid encoder that writes every chunk in its first INR mode: the leading
+    coefficients at the level's step, the INR adapted on what they leave, its latents
+    under the level's first latent coder (what :meth:`HybridKind.encode` writes when
+    that mode costs least)."""
+    from vcinr_sci.model.kinds import HybridKind
+
+    def encode(self, items, values, valid, steps, coder):
+        head, decoded = coder.head.code(self.basis.coefficients(values, valid)[:, : self.head])
+        rest = values - self._head_basis.reconstruct(decoded.numpy())
+        z = self.inr.adapt(items, rest.astype(np.float32), valid, steps)
+        return coder.pack(1, head, coder.latents[0].compress(z))
+
+    original = HybridKind.encode
+    HybridKind.encode = encode
+    try:
+        yield
+    finally:
+        HybridKind.encode = original
 
 
 def _models(index: dict) -> dict[str, Path]:
@@ -67,6 +121,10 @@ def _models(index: dict) -> dict[str, Path]:
         used["means"] = tiny_artifact(subtract_item_mean=True)
     if "linear" not in used:
         used["linear"] = linear_artifact()
+    if "gaussian" not in used:
+        used["gaussian"] = gaussian_artifact()
+    if "hybrid" not in used:
+        used["hybrid"] = hybrid_artifact(residual_components=4)
     return used
 
 
@@ -88,7 +146,8 @@ def main(names: list[str]) -> int:
             shutil.copytree(model, target)
         codec = VCINRCodec.for_model(model, **options)
         x = inputs[data]
-        chunk = codec.encode(x)
+        with inr_mode() if name in FORCED_INR_MODE else nullcontext():
+            chunk = codec.encode(x)
         (HERE / f"{name}.vcinr").write_bytes(chunk)
         np.save(HERE / f"{name}.in.npy", x, allow_pickle=False)
         np.save(HERE / f"{name}.out.npy", codec.decode(chunk), allow_pickle=False)
