@@ -126,6 +126,8 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 # Values a decode computes at a time (whole fields): bounds its float32/float64
 # temporaries at ~20 bytes each, whatever the chunk's size.
 _DECODE_BLOCK_VALUES = 2**19
+# Values an encode normalises at a time (8 MiB of float64 temporaries each).
+_ENCODE_BLOCK_VALUES = 2**20
 
 
 # ---------------------------------------------------------------------------- config
@@ -197,21 +199,22 @@ def encode_chunk(
         return encode_container(header, mask, payload)
 
     norm = model.artifact.normaliser
-    normalised = np.clip(norm.normalise(x.astype(np.float64)), -_MODEL_INPUT_RANGES, 1.0 + _MODEL_INPUT_RANGES)
-    values = np.where(mask, 0.0, normalised).astype(np.float32)
     fields_shape = (n_fields, *model.grid.shape)
-    items = model.to_items(values.reshape(fields_shape))
+    items = model.to_items(_model_inputs(x, mask, norm).reshape(fields_shape))
     valid = ~model.to_items(mask.reshape(fields_shape))
     active = np.flatnonzero(valid.any(axis=1))
+    chosen = items if len(active) == len(items) else items[active]
     if model.subtracts_item_mean:
         try:
-            offsets = item_means(np.where(valid[active], items[active], np.nan))
+            offsets = item_means(np.where(valid[active], chosen, np.nan))
         except ValueError as e:
             raise CodecError(f"chunk values do not suit model {model.hash[:16]}: {e}") from None
         stored = offsets.astype(_OFFSET_DTYPE).tobytes()
+        chosen = chosen - offsets[:, None]
     else:
         offsets, stored = np.zeros(len(active), np.float32), b""
-    latents = model.encode(active, items[active] - offsets[:, None], valid[active], inner_steps, quality)
+    latents = model.encode(active, chosen, valid[active], inner_steps, quality)
+    del items, chosen
     payload = bytes([_PAYLOAD_OTHER if head else 0]) + head + stored + latents
     residual = None
     if bound is not None:  # reconstruct exactly as the decoder will: from the latents' bytes
@@ -220,8 +223,24 @@ def encode_chunk(
         inr = lat.inr_normalised()[~mask]
         xhat = norm.denormalise(inr.astype(np.float64))
         own = inr - lat.offsets_on_grid()[~mask]  # the model's outputs before the means are added
-        residual = encode_residual(x, ~mask, xhat, bound, model.reconstruction_margin(phi_hat, own, offsets))
+        device = model.reconstruction_margin(phi_hat, own, offsets)
+        del inr, own  # the correction's coders hold several arrays of the chunk's size
+        residual = encode_residual(x, ~mask, xhat, bound, device)
     return encode_container(header, mask if mask.any() else None, payload, residual)
+
+
+def _model_inputs(x: np.ndarray, mask: np.ndarray, norm) -> np.ndarray:
+    """``x`` normalised, clipped to the model's input range and 0 at masked points, as
+    float32, computed ``_ENCODE_BLOCK_VALUES`` values at a time (the float64 copies of a
+    block, not the chunk's: an 8-field 0.25-degree chunk held four 63 MB ones)."""
+    out = np.empty(x.shape, np.float32)
+    flat_x, flat_mask, flat_out = np.ravel(x), np.ravel(mask), out.reshape(-1)
+    for start in range(0, flat_x.size, _ENCODE_BLOCK_VALUES):
+        block = slice(start, start + _ENCODE_BLOCK_VALUES)
+        v = np.clip(norm.normalise(flat_x[block].astype(np.float64)), -_MODEL_INPUT_RANGES, 1.0 + _MODEL_INPUT_RANGES)
+        v[flat_mask[block]] = 0.0
+        flat_out[block] = v
+    return out
 
 
 def _decompress(model: LoadedModel, quality: str, latents: bytes, n: int) -> torch.Tensor:

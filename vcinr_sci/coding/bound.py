@@ -126,6 +126,7 @@ MARGIN_FRACTION = 1 / 8
 
 # |q| beyond this goes to the outliers: compressai's bypass coding hangs near 2**28.
 _MAX_Q = 2**20
+_BLOCK = 2**20  # values quantised at a time
 # The correction coders an encoder tries per chunk, keeping the smallest section.
 RESIDUAL_METHODS: tuple[str, ...] = ("rans", "sperr")
 # ErrorBound.correction -> the coders tried. "smallest" (the default) keeps the fewest
@@ -216,14 +217,18 @@ def quantise(x: np.ndarray, xhat: np.ndarray, bound: float, m: float) -> tuple[n
     if m >= bound:  # nothing left to quantise against: store every point
         return np.zeros(x.size, np.int64), 0.0, np.ones(x.size, bool)
     step = 2.0 * (bound - m)
-    x64 = x.astype(np.float64)
-    ratio = (x64 - xhat) / step
-    far = ~(np.abs(ratio) <= _MAX_Q)
-    q = np.where(far, 0.0, np.rint(ratio)).astype(np.int64)
-    with np.errstate(invalid="ignore"):  # inf - inf after a float16 overflow: a miss
-        miss = ~(np.abs(corrected(xhat, q, step, x.dtype).astype(np.float64) - x64) <= bound - m)
-    outliers = far | miss
-    q[outliers] = 0
+    q, outliers = np.empty(x.size, np.int64), np.empty(x.size, bool)
+    for start in range(0, x.size, _BLOCK):  # float64 temporaries of a block, not of the chunk
+        block = slice(start, start + _BLOCK)
+        x64 = x[block].astype(np.float64)
+        ratio = (x64 - xhat[block]) / step
+        far = ~(np.abs(ratio) <= _MAX_Q)
+        qb = np.where(far, 0.0, np.rint(ratio)).astype(np.int64)
+        with np.errstate(invalid="ignore"):  # inf - inf after a float16 overflow: a miss
+            miss = ~(np.abs(corrected(xhat[block], qb, step, x.dtype).astype(np.float64) - x64) <= bound - m)
+        out = far | miss
+        qb[out] = 0
+        q[block], outliers[block] = qb, out
     return q, step, outliers
 
 
@@ -275,8 +280,11 @@ def _rans_section(x: np.ndarray, kept: np.ndarray, xhat: np.ndarray, bound: floa
         grid = np.zeros(kept.shape, np.int64)
         grid[kept] = q
         lorenzo = _lorenzo(grid).ravel()
+        del grid
         if _entropy_bits(lorenzo) < _entropy_bits(q):
             method, symbols = LORENZO, lorenzo
+        del lorenzo
+    del q  # symbols holds the one coded: the other is freed before the coder's own copies
     offset, table, string = (0, b"", b"") if step == 0 else rans_encode(symbols)
     return _section(head(step, method, offset), table, string, x, outliers)
 

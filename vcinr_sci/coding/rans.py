@@ -42,6 +42,7 @@ ZSTD = Zstd(level=9)
 # A bypass value of 2**28 or more makes compressai's encoder loop forever (an int32
 # shifted by 32); symbols that far out are refused first.
 MAX_BYPASS_VALUE = 2**28
+_BLOCK = 2**20  # symbols whose escapes are counted at a time (bounds the int64 temporaries)
 
 
 def encode_with_indexes(symbols: Sequence[int] | np.ndarray, indexes: Sequence[int] | np.ndarray,
@@ -58,10 +59,29 @@ def encode_with_indexes(symbols: Sequence[int] | np.ndarray, indexes: Sequence[i
     compressai is a ``ValueError``."""
     ans, _ = _compressai_rans()
     symbols = np.asarray(symbols, np.int64)
-    indexes = np.asarray(indexes, np.int64)
+    indexes = np.asarray(indexes, np.int32)  # a table index: int32, as compressai reads it
+    table_offsets, table_lengths = np.asarray(offsets, np.int64), np.asarray(cdf_lengths, np.int64)
+    bypass = sum(_bypass_nibbles(symbols[start : start + _BLOCK], indexes[start : start + _BLOCK], table_offsets,
+                                 table_lengths) for start in range(0, symbols.size, _BLOCK))
+    words = -(-(16 * symbols.size + 4 * bypass) // 32) + 2  # the final state: two words
+    pad = max(0, words - symbols.size)
+    if pad:
+        symbols = np.concatenate([symbols, np.zeros(pad, np.int64)])
+        indexes = np.concatenate([indexes, np.full(pad, indexes[0] if indexes.size else 0, np.int32)])
+        pad_value = -np.asarray(offsets, np.int64)[indexes[-1]]
+        if not 0 <= pad_value < cdf_lengths[int(indexes[-1])] - 2:  # 0 escapes this table: use its first bin
+            symbols[-pad:] = offsets[int(indexes[-1])]
+    # int32 arrays, not lists: the binding reads any sequence into its int32 vectors, and
+    # two lists of Python ints took 22 bytes a symbol more (the same string)
+    return ans.RansEncoder().encode_with_indexes(symbols.astype(np.int32), indexes, cdfs, cdf_lengths, offsets)
+
+
+def _bypass_nibbles(symbols: np.ndarray, indexes: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> int:
+    """The bypass nibbles compressai's encoder writes for ``symbols`` under tables
+    ``indexes``: each escaping value's nibbles, then their count's."""
     # As compressai's encoder maps a symbol: value in its table, escape beyond the last bin.
-    value = symbols - np.asarray(offsets, np.int64)[indexes]
-    escape = np.asarray(cdf_lengths, np.int64)[indexes] - 2
+    value = symbols - offsets[indexes]
+    escape = lengths[indexes] - 2
     outside = (value < 0) | (value >= escape)
     raw = np.where(value < 0, -2 * value - 1, 2 * (value - escape))[outside]
     if raw.size and raw.max() >= MAX_BYPASS_VALUE:
@@ -70,16 +90,7 @@ def encode_with_indexes(symbols: Sequence[int] | np.ndarray, indexes: Sequence[i
     nibbles = np.zeros_like(raw)
     while (rest := raw >> (4 * nibbles)).any():
         nibbles += rest > 0
-    bypass = int(np.sum(nibbles + nibbles // 15 + 1))  # each value's nibbles, then their count's
-    words = -(-(16 * symbols.size + 4 * bypass) // 32) + 2  # the final state: two words
-    pad = max(0, words - symbols.size)
-    if pad:
-        symbols = np.concatenate([symbols, np.zeros(pad, np.int64)])
-        indexes = np.concatenate([indexes, np.full(pad, indexes[0] if indexes.size else 0, np.int64)])
-        pad_value = -np.asarray(offsets, np.int64)[indexes[-1]]
-        if not 0 <= pad_value < cdf_lengths[int(indexes[-1])] - 2:  # 0 escapes this table: use its first bin
-            symbols[-pad:] = offsets[int(indexes[-1])]
-    return ans.RansEncoder().encode_with_indexes(symbols.tolist(), indexes.tolist(), cdfs, cdf_lengths, offsets)
+    return int(np.sum(nibbles + nibbles // 15 + 1))
 
 
 def rans_encode(q: np.ndarray) -> tuple[int, bytes, bytes]:
@@ -93,7 +104,7 @@ def rans_encode(q: np.ndarray) -> tuple[int, bytes, bytes]:
     counts = np.bincount(q[inside] - lo, minlength=hi - lo + 1).astype(np.float64)
     pmf = np.append(counts, q.size - inside.sum()) / q.size  # the escape symbol last
     cdf = pmf_to_quantized_cdf(pmf.tolist(), CDF_PRECISION)
-    string = encode_with_indexes(q, np.zeros(q.size, np.int64), [cdf], [len(cdf)], [lo])
+    string = encode_with_indexes(q, np.zeros(q.size, np.int32), [cdf], [len(cdf)], [lo])
     return lo, ZSTD.encode(np.diff(cdf).astype("<u2")), string
 
 
