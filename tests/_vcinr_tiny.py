@@ -86,26 +86,30 @@ def five_d_fields(n_fields: int = 8):
     return xr.Dataset({"air_temperature": (dims, values)}, coords={"latitude": da.latitude, "longitude": da.longitude})
 
 
-def linear_artifact() -> Path:
+def linear_artifact(subtract_mean_field: bool = False) -> Path:
     """A linear model (``model.kind: linear``) of the tiny data: 16 EOFs, levels q0/q1
-    for 30 and 40 dB, fitted by the real stage (seconds)."""
-    if "linear" in _CACHE:
-        return _CACHE["linear"]
+    for 30 and 40 dB, fitted by the real stage (seconds); with ``subtract_mean_field``,
+    of what the training mean field leaves."""
+    key = f"linear-field{subtract_mean_field}"
+    if key in _CACHE:
+        return _CACHE[key]
     from pipelines import fit_basis
     from vcinr_sci.config import load_config
 
     repo = Path(__file__).resolve().parents[1]
     overrides = {"model.kind": "linear", "basis.components": 16, "basis.target_psnr": [30, 40],
+                 "data.subtract_mean_field": subtract_mean_field,
                  "train.artifact_dir": tempfile.mkdtemp(prefix="vcinr-linear-artifact-")}
-    _CACHE["linear"] = fit_basis.fit(load_config(repo / "configs" / "tiny.yaml", overrides))
-    return _CACHE["linear"]
+    _CACHE[key] = fit_basis.fit(load_config(repo / "configs" / "tiny.yaml", overrides))
+    return _CACHE[key]
 
 
-def hybrid_artifact(residual_components: int = 16) -> Path:
+def hybrid_artifact(residual_components: int = 16, subtract_mean_field: bool = False) -> Path:
     """A hybrid model of the tiny data: the linear model's 16 EOFs and levels q0/q1, an
     INR trained 12 steps on what the leading ``residual_components`` EOFs leave, a 6-bit
-    uniform quantiser as its one latent coder; levels made and scored by the real stage."""
-    key = f"hybrid{residual_components}"
+    uniform quantiser as its one latent coder; levels made and scored by the real stage
+    (with ``subtract_mean_field``, all of it on what the training mean field leaves)."""
+    key = f"hybrid{residual_components}-field{subtract_mean_field}"
     if key in _CACHE:
         return _CACHE[key]
     from pipelines import fit_hybrid
@@ -115,9 +119,10 @@ def hybrid_artifact(residual_components: int = 16) -> Path:
     from vcinr_sci.model.training import train_in_process
 
     repo = Path(__file__).resolve().parents[1]
-    linear = load_artifact(linear_artifact())
+    linear = load_artifact(linear_artifact(subtract_mean_field))
     overrides = {"model.kind": "hybrid", "model.residual_components": residual_components, "basis.components": 16,
-                 "basis.target_psnr": [30, 40], "train.artifact_dir": tempfile.mkdtemp(prefix="vcinr-hybrid-artifact-")}
+                 "basis.target_psnr": [30, 40], "data.subtract_mean_field": subtract_mean_field,
+                 "train.artifact_dir": tempfile.mkdtemp(prefix="vcinr-hybrid-artifact-")}
     cfg = load_config(repo / "configs" / "tiny.yaml", overrides)
     inr, items = train_in_process(cfg, steps=12, linear=linear)
     coords, values, mask = items.batch(np.arange(48))
