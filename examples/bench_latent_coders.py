@@ -87,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = load(args)
     artifact = load_artifact(args.model)
+    if artifact.basis is not None and artifact.model is not None and "hybrid" in artifact.metrics:
+        sys.exit(f"{args.model} is a hybrid model: give the INR artifact with its latent coders, the one "
+                 f"pipelines.fit_hybrid's stage 3 wrote (the hybrid's metrics name its linear model, "
+                 f"{artifact.metrics['hybrid'].get('linear_model', '?')[:16]}, for --linear)")
     model = artifact.model.eval().requires_grad_(False)
     data = load_dataset(artifact.config.data, artifact.normaliser, artifact.linear_part())
     part, train, _ = load_parts(data, latents_dir(cfg.latents.output_dir, artifact, cfg.latents.inner_steps))
