@@ -101,7 +101,7 @@ from numcodecs import Zstd
 from vcinr_sci.codec.container import FLAG_ALL_MASKED, ChunkHeader, decode_container, encode_container
 from vcinr_sci.coding.bound import Correction, ErrorBound, encode_residual
 from vcinr_sci.coding.zstd import zstd_exact
-from vcinr_sci.data.normalise import item_means
+from vcinr_sci.data.normalise import Normaliser, item_means
 from vcinr_sci.errors import (
     ChunkFormatError,
     CodecError,
@@ -229,7 +229,7 @@ def encode_chunk(
     return encode_container(header, mask if mask.any() else None, payload, residual)
 
 
-def _model_inputs(x: np.ndarray, mask: np.ndarray, norm) -> np.ndarray:
+def _model_inputs(x: np.ndarray, mask: np.ndarray, norm: Normaliser) -> np.ndarray:
     """``x`` normalised, clipped to the model's input range and 0 at masked points, as
     float32, computed ``_ENCODE_BLOCK_VALUES`` values at a time (the float64 copies of a
     block, not the chunk's: an 8-field 0.25-degree chunk held four 63 MB ones)."""
