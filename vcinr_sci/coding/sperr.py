@@ -27,6 +27,7 @@ from types import ModuleType
 import numpy as np
 
 from vcinr_sci.errors import ChunkFormatError, CodecError
+from vcinr_sci.trust import REFUSE_SPERR_ENV, refuse_sperr
 
 _CONDITIONER = 17  # SPERR 0.8's conditioner header: flags, mean, quantisation step
 _CONSTANT_BIT = 0x01  # byte 0, bit 0: the field is constant (no SPECK stream follows)
@@ -59,6 +60,9 @@ def decode(stream: bytes, shape: tuple[int, ...]) -> np.ndarray:
     """The float64 residual (``shape``) coded in ``stream``; ChunkFormatError for a stream
     that is not one complete SPERR stream or that SPERR refuses."""
     check_stream(stream, math.prod(shape))
+    if refuse_sperr():
+        raise ChunkFormatError(f"residual section: a SPERR-coded correction, refused (${REFUSE_SPERR_ENV}=1: SPERR's "
+                               "decoder can read past its buffer on a crafted stream)")
     codecs = _imagecodecs()
     try:
         out = codecs.sperr_decode(stream, shape=grid_shape(shape), dtype=np.float64, header=False)
