@@ -102,7 +102,7 @@ from typing import Callable
 import numpy as np
 
 from vcinr_sci.coding import sperr
-from vcinr_sci.coding.rans import rans_decode, rans_encode
+from vcinr_sci.coding.rans import BLOCK_VALUES, rans_decode, rans_encode
 from vcinr_sci.coding.residual_format import (
     HEAD,
     LAYOUT,
@@ -126,7 +126,6 @@ MARGIN_FRACTION = 1 / 8
 
 # |q| beyond this goes to the outliers: compressai's bypass coding hangs near 2**28.
 _MAX_Q = 2**20
-_BLOCK = 2**20  # values quantised at a time
 # The correction coders an encoder tries per chunk, keeping the smallest section.
 RESIDUAL_METHODS: tuple[str, ...] = ("rans", "sperr")
 # ErrorBound.correction -> the coders tried. "smallest" (the default) keeps the fewest
@@ -218,8 +217,8 @@ def quantise(x: np.ndarray, xhat: np.ndarray, bound: float, m: float) -> tuple[n
         return np.zeros(x.size, np.int64), 0.0, np.ones(x.size, bool)
     step = 2.0 * (bound - m)
     q, outliers = np.empty(x.size, np.int64), np.empty(x.size, bool)
-    for start in range(0, x.size, _BLOCK):  # float64 temporaries of a block, not of the chunk
-        block = slice(start, start + _BLOCK)
+    for start in range(0, x.size, BLOCK_VALUES):  # float64 temporaries of a block, not of the chunk
+        block = slice(start, start + BLOCK_VALUES)
         x64 = x[block].astype(np.float64)
         ratio = (x64 - xhat[block]) / step
         far = ~(np.abs(ratio) <= _MAX_Q)

@@ -42,7 +42,9 @@ ZSTD = Zstd(level=9)
 # A bypass value of 2**28 or more makes compressai's encoder loop forever (an int32
 # shifted by 32); symbols that far out are refused first.
 MAX_BYPASS_VALUE = 2**28
-_BLOCK = 2**20  # symbols whose escapes are counted at a time (bounds the int64 temporaries)
+# Values the encoders work through at a time (escape counts here, the bounded mode's
+# quantiser): their int64/float64 temporaries are a block's, not a chunk's.
+BLOCK_VALUES = 2**20
 
 
 def encode_with_indexes(symbols: Sequence[int] | np.ndarray, indexes: Sequence[int] | np.ndarray,
@@ -61,16 +63,16 @@ def encode_with_indexes(symbols: Sequence[int] | np.ndarray, indexes: Sequence[i
     symbols = np.asarray(symbols, np.int64)
     indexes = np.asarray(indexes, np.int32)  # a table index: int32, as compressai reads it
     table_offsets, table_lengths = np.asarray(offsets, np.int64), np.asarray(cdf_lengths, np.int64)
-    bypass = sum(_bypass_nibbles(symbols[start : start + _BLOCK], indexes[start : start + _BLOCK], table_offsets,
-                                 table_lengths) for start in range(0, symbols.size, _BLOCK))
+    bypass = sum(_bypass_nibbles(symbols[start : start + BLOCK_VALUES], indexes[start : start + BLOCK_VALUES],
+                                 table_offsets, table_lengths) for start in range(0, symbols.size, BLOCK_VALUES))
     words = -(-(16 * symbols.size + 4 * bypass) // 32) + 2  # the final state: two words
     pad = max(0, words - symbols.size)
     if pad:
         symbols = np.concatenate([symbols, np.zeros(pad, np.int64)])
         indexes = np.concatenate([indexes, np.full(pad, indexes[0] if indexes.size else 0, np.int32)])
-        pad_value = -np.asarray(offsets, np.int64)[indexes[-1]]
-        if not 0 <= pad_value < cdf_lengths[int(indexes[-1])] - 2:  # 0 escapes this table: use its first bin
-            symbols[-pad:] = offsets[int(indexes[-1])]
+        last = int(indexes[-1])
+        if not 0 <= -table_offsets[last] < table_lengths[last] - 2:  # 0 escapes this table: use its first bin
+            symbols[-pad:] = table_offsets[last]
     # int32 arrays, not lists: the binding reads any sequence into its int32 vectors, and
     # two lists of Python ints took 22 bytes a symbol more (the same string)
     return ans.RansEncoder().encode_with_indexes(symbols.astype(np.int32), indexes, cdfs, cdf_lengths, offsets)
