@@ -13,6 +13,11 @@ While a job runs, a watcher thread records every file under its ``watch`` folder
 pool's actors. Between jobs a fresh node replaces the removed one. REPORT gets, per
 job, the pipeline's summary, what was done when the node went, and every version of
 every file the watcher saw.
+
+The tiny jobs finish in well under a second once the first output is out, faster than
+the watcher can find an actor's node on a loaded machine; a worker setup hook
+(``_pace_outputs``) makes each shard or chunk take at least ``PACE_S`` so the node is
+always lost mid-job. It delays, and changes no byte.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 POLL_S = 0.02
+PACE_S = 0.4  # the least time one shard or chunk takes in a worker (see _pace_outputs)
 # What counts as a finished output, per stage (relative to the watched folder).
 DONE_GLOB = {"latents": "*/*/shard-*.parquet", "compress": "*.progress/*/*.json"}
 
@@ -62,6 +68,25 @@ def _actor_node(cluster):
             except psutil.NoSuchProcess:
                 continue
     return None
+
+
+def _pace_outputs() -> None:
+    """Ray worker setup hook: each latent shard and each compressed chunk starts
+    ``PACE_S`` late, so the pool is still at work when the watcher sees the first."""
+    import functools
+
+    from pipelines.build_latents import EncodeShards
+    from pipelines.compress import WriteChunks
+
+    for cls, name in ((EncodeShards, "_encode"), (WriteChunks, "_write")):
+        original = getattr(cls, name)
+
+        @functools.wraps(original)
+        def paced(*args, _original=original, **kwargs):
+            time.sleep(PACE_S)
+            return _original(*args, **kwargs)
+
+        setattr(cls, name, paced)
 
 
 def _watch(cluster, root: Path, done_glob: str, stop: threading.Event, out: dict) -> None:
@@ -115,7 +140,8 @@ def main(spec_path: str, report_path: str) -> int:
     try:
         for _ in range(2):
             cluster.add_node(num_cpus=1)
-        cluster.connect()
+        # Cluster.connect() with the pacing hook for every worker of this job.
+        ray.init(address=cluster.address, runtime_env={"worker_process_setup_hook": _pace_outputs})
         reports = []
         for i, job in enumerate(spec["jobs"]):
             if i:  # a replacement for the node the last job lost
