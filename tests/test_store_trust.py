@@ -29,11 +29,12 @@ import xarray as xr
 import zarr
 from _vcinr_tiny import QUALITY, set_model_path
 
-from vcinr_sci.errors import ArtifactError, ChunkFormatError, StoreError
+from vcinr_sci.errors import ArtifactError, ChunkFormatError, ConfigError, StoreError
 from vcinr_sci.io.accessor import open_zarr
 from vcinr_sci.model.artifact import MANIFEST, WEIGHTS
 from vcinr_sci.model.embedded import MODELS_GROUP
 from vcinr_sci.model.registry import add_model_search_path, clear_model_cache
+from vcinr_sci.trust import trust_store_paths
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_model_lookup")
 
@@ -275,3 +276,15 @@ def test_written_metadata_holds_no_path_of_the_writer(model, ds, tmp_path, store
     expected = f"{MODELS_GROUP}/{model.name}" if store_model else None
     assert codec_of(arr).model_path == expected
     assert json.loads(json.dumps(codec_of(arr).get_config()))["model_path"] == expected
+
+
+@pytest.mark.parametrize("value", ["yes", "true", "2", " 1"])
+def test_trust_flag_other_than_0_or_1_is_refused(value, monkeypatch):
+    """$VCINR_TRUST_STORE_PATHS is 1 or 0 (or unset): any other value is a ConfigError
+    naming it, not a guess at what the user meant."""
+    for ok, trusted in (("", False), ("0", False), ("1", True)):
+        monkeypatch.setenv("VCINR_TRUST_STORE_PATHS", ok)
+        assert trust_store_paths() is trusted
+    monkeypatch.setenv("VCINR_TRUST_STORE_PATHS", value)
+    with pytest.raises(ConfigError, match="VCINR_TRUST_STORE_PATHS must be 1"):
+        trust_store_paths()

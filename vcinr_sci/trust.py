@@ -1,9 +1,7 @@
 """What a reader lets a store decide. A store is untrusted input: by default a reader
 follows no place the store names (a codec config's ``model_path``: a URL, a path outside
 the store) and no symlink that leads out of a local store; ``$VCINR_TRUST_STORE_PATHS=1``
-lets a store the user trusts do both. ``$VCINR_REFUSE_SPERR=1`` makes a reader refuse
-SPERR-coded corrections, whose decoder no check of ours makes safe on a crafted stream
-(see :func:`refuse_sperr`). (The base floor: model lookup, the coders and the io helpers
+lets a store the user trusts do both. (The base floor: model lookup and the io helpers
 ask.)"""
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ from typing import Any
 from vcinr_sci.errors import ConfigError, StoreError
 
 TRUST_STORE_PATHS_ENV = "VCINR_TRUST_STORE_PATHS"
-REFUSE_SPERR_ENV = "VCINR_REFUSE_SPERR"
 
 
 def is_local_path(store: Any) -> bool:
@@ -35,16 +32,6 @@ def _flag(env: str, meaning: str) -> bool:
 def trust_store_paths() -> bool:
     """Whether the user lets a store name places to read (``$VCINR_TRUST_STORE_PATHS``)."""
     return _flag(TRUST_STORE_PATHS_ENV, "trust")
-
-
-def refuse_sperr() -> bool:
-    """Whether a reader refuses SPERR-coded corrections (``$VCINR_REFUSE_SPERR``). SPERR
-    0.8's decoder reads past its own bit buffer on some crafted SPECK streams (valgrind:
-    ``sperr::Bitstream::rbit``; the decoded values then depend on the heap), and the
-    stream's framing, which is all we check, does not rule that out. A reader of stores
-    it does not trust can refuse such chunks; by default they are decoded (archives hold
-    them: the bounded mode picks SPERR where it is smaller)."""
-    return _flag(REFUSE_SPERR_ENV, "refuse")
 
 
 def escaping_links(root: str | os.PathLike) -> list[str]:

@@ -74,8 +74,8 @@ every point against ``b - m``, the margin (at least ``b / 8``, far above SPERR's
 wavelet round-off, a few ulps of the residual, which does not propagate); pinned versions
 (requirements.txt's imagecodecs 2026.3.6 bundles SPERR 0.8.4, whose stream framing the
 decoder checks); a float coder only where it made the chunk smaller; and the checks of
-:func:`vcinr_sci.coding.sperr.check_stream`, which refuse a stream SPERR would read past,
-decode truncated or abort on. What does not: a future SPERR whose decoder no longer reads
+:mod:`vcinr_sci.coding.sperr`, which refuse a stream SPERR would decode truncated or
+abort on, and pad what it hands SPERR past any bit its decoder can read. What does not: a future SPERR whose decoder no longer reads
 0.8 streams or rebuilds them differently by more than the margin (an archive then needs
 the pinned imagecodecs to read its SPERR-coded chunks; rANS-coded ones need only integer
 arithmetic and one float64 multiply-add). SZ3 is measured by the bench but never stored:

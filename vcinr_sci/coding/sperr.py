@@ -16,6 +16,19 @@ the grid's, bytes 9-17 the f64 value, finite) or (bytes 9-17 the f64 quantisatio
 finite and positive) the SPECK stream (u8 bit planes <= 64, u64 bit count, that many bits
 rounded up to bytes), then optionally the outlier coder's stream framed the same way,
 filling the rest exactly.
+
+Framing is not enough: SPERR's SPECK decoders (2-D for the grid, 1-D for the outliers)
+check their bit budget only between passes, so a crafted stream with intact framing
+makes one sorting pass read past the bit buffer (valgrind: ``sperr::Bitstream::rbit``;
+the decoded values then depend on the heap). :func:`readable` therefore hands SPERR each
+SPECK section with zero bytes appended and its bit count raised to match, enough for
+every bit any stream can make the decoder read: a pass reads at most one bit per set of
+the partition (at most one set per value: every split leaves two or more non-empty
+parts), two per pixel (significance and sign, or one refinement bit) and one per level
+of the I set, so ``planes * (4 * values + 1024)`` bits cover the whole decode. An
+honest stream ends its last pass exactly at its bit count, so it never reaches the
+zeros and decodes to the same values; the encoder writes every bit plane (no budget in
+the point-wise error mode), so no pass ends early on the old count.
 """
 
 from __future__ import annotations
@@ -27,13 +40,16 @@ from types import ModuleType
 import numpy as np
 
 from vcinr_sci.errors import ChunkFormatError, CodecError
-from vcinr_sci.trust import REFUSE_SPERR_ENV, refuse_sperr
 
 _CONDITIONER = 17  # SPERR 0.8's conditioner header: flags, mean, quantisation step
 _CONSTANT_BIT = 0x01  # byte 0, bit 0: the field is constant (no SPECK stream follows)
 _CONSTANT = struct.Struct("<Qd")  # a constant field's number of values and value, at byte 1
 _SPECK_HEAD = struct.Struct("<BQ")  # bit planes, bit count
 _MAX_BITPLANES = 64
+# Bits one bit plane of a SPECK decode can read: per value, one for its set and at most
+# two for its pixel (with a bit to spare), plus the I set's levels (see module doc).
+_PASS_BITS_PER_VALUE = 4
+_PASS_BITS_EXTRA = 1024
 
 
 def _imagecodecs() -> ModuleType:
@@ -59,18 +75,37 @@ def encode(residual: np.ndarray, tolerance: float) -> bytes:
 def decode(stream: bytes, shape: tuple[int, ...]) -> np.ndarray:
     """The float64 residual (``shape``) coded in ``stream``; ChunkFormatError for a stream
     that is not one complete SPERR stream or that SPERR refuses."""
-    check_stream(stream, math.prod(shape))
-    if refuse_sperr():
-        raise ChunkFormatError(f"residual section: a SPERR-coded correction, refused (${REFUSE_SPERR_ENV}=1: SPERR's "
-                               "decoder can read past its buffer on a crafted stream)")
+    safe = readable(stream, math.prod(shape))
     codecs = _imagecodecs()
     try:
-        out = codecs.sperr_decode(stream, shape=grid_shape(shape), dtype=np.float64, header=False)
+        out = codecs.sperr_decode(safe, shape=grid_shape(shape), dtype=np.float64, header=False)
     except Exception as exc:  # imagecodecs' SperrError, ValueError, MemoryError
         raise ChunkFormatError(f"residual section: SPERR refuses its stream: {exc}") from None
     if not np.isfinite(out).all():
         raise ChunkFormatError("residual section: SPERR's stream decodes to non-finite values")
     return np.asarray(out, np.float64).reshape(shape)
+
+
+def readable(stream: bytes, values: int) -> bytes:
+    """``stream`` (checked by :func:`check_stream` for a grid of ``values`` points) as
+    SPERR may read it: each SPECK section zero-padded past any bit its decoder can read
+    (see module doc). Decodes to the same values as ``stream`` for every stream SPERR's
+    encoder writes."""
+    check_stream(stream, values)
+    if stream[0] & _CONSTANT_BIT:
+        return stream
+    parts, pos = [stream[:_CONDITIONER]], _CONDITIONER
+    while pos < len(stream):  # the SPECK stream, then the outliers' if any
+        length = _framed_len(stream, pos, "SPECK")
+        planes, _ = _SPECK_HEAD.unpack_from(stream, pos)
+        body = stream[pos + _SPECK_HEAD.size:pos + length]
+        if planes == 0:  # an all-zero section: SPERR reads no bit of it
+            parts.append(stream[pos:pos + length])
+        else:
+            pad = -(-planes * (_PASS_BITS_PER_VALUE * values + _PASS_BITS_EXTRA) // 8)
+            parts += [_SPECK_HEAD.pack(planes, 8 * (len(body) + pad)), body, bytes(pad)]
+        pos += length
+    return b"".join(parts)
 
 
 def check_stream(stream: bytes, values: int) -> None:
