@@ -172,6 +172,13 @@ def fit(cfg: Config, linear: Path | None = None) -> TrainOutcome:
     if cfg.meta.batch_size < cfg.train.num_workers:
         raise ConfigError(f"meta.batch_size ({cfg.meta.batch_size}) is shared out among train.num_workers "
                           f"({cfg.train.num_workers}): it must be at least that many")
+    m = cfg.meta
+    if m.latent_noise < 0 or m.latent_rate < 0 or (m.latent_rate and not m.latent_noise):
+        raise ConfigError(f"meta.latent_noise ({m.latent_noise}) and meta.latent_rate ({m.latent_rate}) must be >= 0, "
+                          "and a rate term needs the noise (its rate is that of the noisy latents)")
+    if m.latent_noise and m.batch_size < 2 * cfg.train.num_workers:
+        raise ConfigError(f"meta.latent_noise scales the noise by the latents' spread over a worker's batch: "
+                          f"meta.batch_size ({m.batch_size}) must be at least 2 per worker")
     print(tuning_split_of(cfg.data).note, flush=True)  # refuses a split with nothing to evaluate on
     warm = warm_start(cfg, storage)
     if warm is not None:

@@ -269,3 +269,42 @@ def test_second_order_gradients_match_finite_differences(conditioning):
     assert (so - fo).norm() > 1e-2 * so.norm()
     # phi_0 has its own direct path, so the first-order gradient still reaches it
     assert grads_fo[list(params).index("phi0")].abs().sum() > 0
+
+
+# ---------------------------------------------------------------- quantisation-aware meta-training
+
+
+def test_latent_noise_and_rate_in_the_outer_loss(tiny, trained, real_batch):
+    """``latent_noise`` decodes the adapted latents with uniform noise as wide as that
+    fraction of their leading deviation over the batch; ``latent_rate`` adds that many
+    MSE units per bit of the Gaussian channel's rate. Off, the loss is the clean MSE."""
+    cfg, _ = tiny
+    coords, target, mask = real_batch
+
+    def model(**meta):  # the trained weights (a fresh model's latents barely differ)
+        m = fresh_model(cfg, **meta)
+        m.load_state_dict(trained[0].state_dict())
+        return m
+
+    clean = model()
+    loss, per_item = clean(coords, target, mask)
+    phi = clean.adapt(coords, target, mask)
+    torch.testing.assert_close(per_item, loss_at(clean, real_batch, phi))
+
+    noisy = model(latent_noise=1.0)
+    torch.manual_seed(5)
+    loss_n, per_item_n = noisy(coords, target, mask)
+    width = phi.std(0).max()
+    torch.manual_seed(5)
+    noise = width * (torch.rand_like(phi) - 0.5)
+    torch.testing.assert_close(per_item_n, loss_at(noisy, real_batch, phi + noise), rtol=1e-5, atol=1e-7)
+    assert loss_n > loss  # noise at the coder's step costs distortion
+
+    rated = model(latent_noise=1.0, latent_rate=1e-3)
+    torch.manual_seed(5)
+    loss_r, _ = rated(coords, target, mask)
+    bits = 0.5 * torch.log2(1 + phi.var(0) / (width**2 / 12)).sum()
+    assert 0 < bits < 0.5 * phi.shape[1] * np.log2(13) + 1e-4  # the leading dimension's var <= width**2
+    torch.testing.assert_close(loss_r, loss_n + 1e-3 * bits, rtol=1e-5, atol=1e-7)
+    loss_r.backward()  # the rate reaches the step sizes and phi_0 through the inner loop
+    assert rated.alpha.grad.abs().sum() > 0 and rated.phi0.grad.abs().sum() > 0

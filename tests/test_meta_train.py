@@ -14,6 +14,7 @@ import torch
 
 from pipelines.meta_train import fit, run_id
 from vcinr_sci.config import load_config
+from vcinr_sci.errors import ConfigError
 from vcinr_sci.model.artifact import load_artifact
 
 pytestmark = pytest.mark.slow  # an end-to-end run of a Ray pipeline
@@ -136,3 +137,18 @@ def test_more_steps_go_on_from_a_finished_run(trained, tmp_path):
     assert warm_weights.keys() == fresh_weights.keys()
     for name, w in warm_weights.items():
         assert torch.equal(w, fresh_weights[name]), name
+
+
+@pytest.mark.parametrize("meta, words", [
+    ({"latent_rate": 1e-3}, "needs the noise"),
+    ({"latent_noise": -1.0}, "must be >= 0"),
+    ({"latent_noise": 1.0, "batch_size": 1}, "at least 2 per worker"),
+])
+def test_latent_noise_and_rate_settings_are_checked_before_training(tiny, meta, words):
+    """A rate term without noise, a negative width, or batches too small for the
+    latents' spread: a ConfigError naming the keys, before Ray or a run starts."""
+    for key, value in meta.items():
+        setattr(tiny.meta, key, value)
+    with pytest.raises(ConfigError, match=f"meta.latent_noise.*{words}"):
+        fit(tiny)
+    assert not any(Path(tiny.train.storage_path).glob("*/*"))

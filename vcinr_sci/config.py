@@ -119,6 +119,14 @@ class MetaConfig:
     eval_every: int = 100
     eval_items: int = 64  # validation items scored at each evaluation
     eval_inner_steps: int = 3
+    # Quantisation-aware meta-training (issue 24): the outer loss decodes each adapted
+    # latent plus uniform noise this wide, as a fraction of the batch's leading latent
+    # deviation (the Gaussian coder's step at its "1 sd" level is 1.0); 0 = off.
+    latent_noise: float = 0.0
+    # With latent_noise: weight of the latents' rate in the outer loss, in normalised MSE
+    # per bit a field, the rate taken as that of a Gaussian channel with that noise
+    # (sum over dimensions of 0.5 log2(1 + variance / noise variance)); 0 = off.
+    latent_rate: float = 0.0
 
 
 @dataclass

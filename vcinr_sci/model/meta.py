@@ -67,10 +67,21 @@ class MetaSGD(nn.Module):
         return phi
 
     def forward(self, coords, target, mask=None):
-        """Outer loss: mean MSE after the inner loop; also returns per-item MSE."""
+        """Outer loss: mean MSE after the inner loop (of the latents with quantisation
+        noise, plus their rate, where ``latent_noise`` / ``latent_rate`` ask); also
+        returns per-item MSE."""
         phi = self.inner_loop(coords, target, mask, self.cfg.inner_steps, create_graph=not self.cfg.first_order)
-        per_item = masked_mse(self.inr(coords, phi), target, mask)
-        return per_item.mean(), per_item.detach()
+        if not self.cfg.latent_noise or phi.shape[0] < 2:  # (one item has no spread to scale by)
+            per_item = masked_mse(self.inr(coords, phi), target, mask)
+            return per_item.mean(), per_item.detach()
+        # The step tracks the latents' own spread, so shrinking them buys nothing.
+        width = self.cfg.latent_noise * phi.detach().std(0).max().clamp_min(1e-12)
+        per_item = masked_mse(self.inr(coords, phi + width * (torch.rand_like(phi) - 0.5)), target, mask)
+        loss = per_item.mean()
+        if self.cfg.latent_rate:
+            bits = 0.5 * torch.log2(1 + phi.var(0) / (width**2 / 12)).sum()
+            loss = loss + self.cfg.latent_rate * bits
+        return loss, per_item.detach()
 
     @torch.no_grad()
     def decode(self, coords: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
