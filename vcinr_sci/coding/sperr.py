@@ -22,10 +22,11 @@ check their bit budget only between passes, so a crafted stream with intact fram
 makes one sorting pass read past the bit buffer (valgrind: ``sperr::Bitstream::rbit``;
 the decoded values then depend on the heap). :func:`readable` therefore hands SPERR each
 SPECK section with zero bytes appended and its bit count raised to match, enough for
-every bit any stream can make the decoder read: a pass reads at most one bit per set of
-the partition (at most one set per value: every split leaves two or more non-empty
-parts), two per pixel (significance and sign, or one refinement bit) and one per level
-of the I set, so ``planes * (4 * values + 1024)`` bits cover the whole decode. An
+every bit any stream can make the decoder read: a bit plane (sorting and refinement
+pass) reads at most one bit per set of the partition (fewer sets than values: every split
+leaves two or more non-empty parts, and the sets' leaves are the pixels), two per pixel
+(significance and sign, or one refinement bit) and one per level of the I set, so
+``planes * (3 * values + 1024)`` bits cover the whole decode. An
 honest stream ends its last pass exactly at its bit count, so it never reaches the
 zeros and decodes to the same values; the encoder writes every bit plane (no budget in
 the point-wise error mode), so no pass ends early on the old count.
@@ -46,9 +47,9 @@ _CONSTANT_BIT = 0x01  # byte 0, bit 0: the field is constant (no SPECK stream fo
 _CONSTANT = struct.Struct("<Qd")  # a constant field's number of values and value, at byte 1
 _SPECK_HEAD = struct.Struct("<BQ")  # bit planes, bit count
 _MAX_BITPLANES = 64
-# Bits one bit plane of a SPECK decode can read: per value, one for its set and at most
-# two for its pixel (with a bit to spare), plus the I set's levels (see module doc).
-_PASS_BITS_PER_VALUE = 4
+# Bits one bit plane of a SPECK decode can read: per value, at most one for a set of the
+# partition and two for its pixel, plus one per level of the I set (< 1024; module doc).
+_PASS_BITS_PER_VALUE = 3
 _PASS_BITS_EXTRA = 1024
 
 
@@ -86,7 +87,7 @@ def decode(stream: bytes, shape: tuple[int, ...]) -> np.ndarray:
     return np.asarray(out, np.float64).reshape(shape)
 
 
-def readable(stream: bytes, values: int) -> bytes:
+def readable(stream: bytes, values: int) -> bytes | np.ndarray:
     """``stream`` (checked by :func:`check_stream` for a grid of ``values`` points) as
     SPERR may read it: each SPECK section zero-padded past any bit its decoder can read
     (see module doc). Decodes to the same values as ``stream`` for every stream SPERR's
@@ -94,18 +95,25 @@ def readable(stream: bytes, values: int) -> bytes:
     check_stream(stream, values)
     if stream[0] & _CONSTANT_BIT:
         return stream
-    parts, pos = [stream[:_CONDITIONER]], _CONDITIONER
+    sections, pos = [], _CONDITIONER
     while pos < len(stream):  # the SPECK stream, then the outliers' if any
         length = _framed_len(stream, pos, "SPECK")
-        planes, _ = _SPECK_HEAD.unpack_from(stream, pos)
+        planes, bits = _SPECK_HEAD.unpack_from(stream, pos)
         body = stream[pos + _SPECK_HEAD.size:pos + length]
-        if planes == 0:  # an all-zero section: SPERR reads no bit of it
-            parts.append(stream[pos:pos + length])
-        else:
-            pad = -(-planes * (_PASS_BITS_PER_VALUE * values + _PASS_BITS_EXTRA) // 8)
-            parts += [_SPECK_HEAD.pack(planes, 8 * (len(body) + pad)), body, bytes(pad)]
+        pad = -(-planes * (_PASS_BITS_PER_VALUE * values + _PASS_BITS_EXTRA) // 8)  # none for 0 planes: no bit is read
+        sections.append((_SPECK_HEAD.pack(planes, 8 * (len(body) + pad) if planes else bits), body, pad))
         pos += length
-    return b"".join(parts)
+    # np.zeros leaves the padding's pages untouched (the kernel's zero page when SPERR
+    # reads them), so only SPERR's own copy of it takes memory.
+    out = np.zeros(_CONDITIONER + sum(len(h) + len(b) + p for h, b, p in sections), np.uint8)
+    out[:_CONDITIONER] = np.frombuffer(stream, np.uint8, _CONDITIONER)
+    pos = _CONDITIONER
+    for head, body, pad in sections:
+        for part in (head, body):
+            out[pos:pos + len(part)] = np.frombuffer(part, np.uint8)
+            pos += len(part)
+        pos += pad
+    return out
 
 
 def check_stream(stream: bytes, values: int) -> None:
