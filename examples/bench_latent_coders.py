@@ -59,10 +59,8 @@ def linear_curve(path: str, part: str, chunk_fields: int) -> list[tuple[float, f
         nbytes, se = 0, 0.0
         for start in range(0, len(values), chunk_fields * items.num_patches):
             idx = np.arange(start, min(start + chunk_fields * items.num_patches, len(values)))
-            # the items are what the kind sees (the mean field already out, where the model has one)
-            coder = model.coder(level)
-            string = model.kind.encode(idx % items.num_patches, values[idx], valid[idx], 0, coder)
-            decoded = model.kind.evaluate(idx % items.num_patches, coder.decompress(string, len(idx)))
+            # the items have the mean field out already, where the model has one
+            string, decoded = model.round_trip(idx % items.num_patches, values[idx], valid[idx], 0, level)
             nbytes, se = nbytes + len(string), se + float(np.square(np.where(valid[idx], decoded - values[idx], 0)).sum())
         curve.append((bits_per_value(nbytes, values.size), psnr_from_mse(se / valid.sum())))
     return sorted(curve)

@@ -135,11 +135,8 @@ def score_levels(cfg: Config, artifact: ModelArtifact) -> dict[str, dict]:
         starts = range(0, len(values), chunk)
         for start in starts:
             idx = np.arange(start, min(start + chunk, len(values)))
-            # the items are what the kind sees (the mean field already out, where the model
-            # has one): the kind codes them, as LoadedModel.encode does after taking it out
-            coder = model.coder(level)
-            string = model.kind.encode(idx % items.num_patches, values[idx], valid[idx], steps, coder)
-            decoded = model.kind.evaluate(idx % items.num_patches, coder.decompress(string, len(idx)))
+            # the items have the mean field out already, where the model has one
+            string, decoded = model.round_trip(idx % items.num_patches, values[idx], valid[idx], steps, level)
             nbytes, inr = nbytes + len(string), inr + (HybridCoder.mode(string) != LINEAR_ONLY)
             se += float(np.square(np.where(valid[idx], decoded - values[idx], 0.0)).sum())
         out[level] = {"val_bits_per_value": bits_per_value(nbytes, values.size),

@@ -36,8 +36,7 @@ def _residual(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _has_outliers(stream: bytes) -> bool:
-    _, bits = HEAD.unpack_from(stream, 17)
-    return 17 + HEAD.size + (bits + 7) // 8 < len(stream)
+    return 17 + sperr._framed_len(stream, 17, "SPECK") < len(stream)
 
 
 def test_encoder_streams_decode_as_unpadded():

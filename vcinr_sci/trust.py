@@ -2,7 +2,7 @@
 follows no place the store names (a codec config's ``model_path``: a URL, a path outside
 the store) and no symlink that leads out of a local store; ``$VCINR_TRUST_STORE_PATHS=1``
 lets a store the user trusts do both. (The base floor: model lookup and the io helpers
-ask.)"""
+both ask.)"""
 
 from __future__ import annotations
 
@@ -20,18 +20,14 @@ def is_local_path(store: Any) -> bool:
     return isinstance(store, (str, os.PathLike)) and "://" not in os.fspath(store)
 
 
-def _flag(env: str, meaning: str) -> bool:
-    """``$env`` as a switch: "1" on; unset, empty or "0" off. Read on every call; any
-    other value is a :class:`ConfigError`, not a guess."""
-    value = os.environ.get(env, "")
-    if value not in ("", "0", "1"):
-        raise ConfigError(f"${env} must be 1 ({meaning}) or 0 (the default), got {value[:40]!r}")
-    return value == "1"
-
-
 def trust_store_paths() -> bool:
-    """Whether the user lets a store name places to read (``$VCINR_TRUST_STORE_PATHS``)."""
-    return _flag(TRUST_STORE_PATHS_ENV, "trust")
+    """Whether the user lets a store name places to read (``$VCINR_TRUST_STORE_PATHS``
+    "1"; unset, empty or "0": no). Read on every call; any other value is a
+    :class:`ConfigError`, not a guess."""
+    value = os.environ.get(TRUST_STORE_PATHS_ENV, "")
+    if value not in ("", "0", "1"):
+        raise ConfigError(f"${TRUST_STORE_PATHS_ENV} must be 1 (trust) or 0 (the default), got {value[:40]!r}")
+    return value == "1"
 
 
 def escaping_links(root: str | os.PathLike) -> list[str]:

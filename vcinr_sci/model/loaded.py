@@ -116,6 +116,15 @@ class LoadedModel:
             out = out + self._base[np.asarray(items) % self.num_patches]
         return out
 
+    def round_trip(self, items: np.ndarray, anomalies: np.ndarray, valid: np.ndarray, steps: int,
+                   quality: str) -> tuple[bytes, np.ndarray]:
+        """``anomalies`` (values with the mean field already out, as an ItemSet holds
+        them) coded at ``quality`` and decoded again: the string and the decoded
+        anomalies ``(n, P)``, the mean field not added back."""
+        coder = self.coder(quality)
+        string = self.kind.encode(items, anomalies, valid, steps, coder)
+        return string, self.kind.evaluate(items, coder.decompress(string, len(items)))
+
     def reconstruction_margin(self, phi: torch.Tensor, own: np.ndarray, offsets: np.ndarray) -> float:
         """The most any decoder's reconstruction of a chunk's valid points can differ
         from this process's, in data units: the error-bounded mode's ``d``
