@@ -2,10 +2,14 @@
 learned factorised coders q*, the uniform quantisers u*), uniform quantisers u2..u8, and
 the Gaussian transform coder (:mod:`vcinr_sci.coding.transform`) at a ladder of steps
 (``klt 0.5sd``: a step of half the leading component's deviation),
-plain KLT and in the INR's data-space metric.
+plain KLT and in the INR's data-space metric. With ``--learned``, also three learned
+transform coders trained here on the same latents at the same lambdas (chosen from the
+data's slope as ``pipelines.train_coder`` chooses them): the factorised prior
+(``fact``, the project's ``LatentCoder``), compressai's scale hyperprior (``hyper``) and
+its mean-scale hyperprior (``mshyper``, :mod:`vcinr_sci.bench.latent_hyperprior`).
 
     python examples/bench_latent_coders.py --config configs/suite-era5-uk.yaml \
-        --set model.kind=hybrid --model out/suite/artifacts/HASH [--linear out/suite/artifacts/HASH]
+        --set model.kind=hybrid --model out/suite/artifacts/HASH [--linear out/suite/artifacts/HASH] [--learned]
 
 Held-out fields: the config's test part, latents adapted as the codec adapts them, coded
 in strings of ``compress.chunk_fields`` consecutive fields. Per coder: bits per value,
@@ -25,7 +29,9 @@ import numpy as np
 import torch
 
 from pipelines.cli_args import load
-from pipelines.train_coder import load_parts
+from pipelines.train_coder import choose_lambdas, load_parts
+from vcinr_sci.bench.latent_hyperprior import HyperpriorLatentCoder, train_coders
+from vcinr_sci.coding.coder import LatentCoder
 from vcinr_sci.coding.quantiser import UniformQuantiser
 from vcinr_sci.coding.transform import fit_transform
 from vcinr_sci.data.items import ItemSet, load_dataset
@@ -75,6 +81,26 @@ def bits_at(curve: list[tuple[float, float]], psnr: float) -> float:
     return float(np.exp(np.interp(psnr, db, np.log(bpv))))
 
 
+def learned_coders(cfg, model, data, part, train, val, hyper_dim: int) -> dict[str, object]:
+    """Factorised, scale- and mean-scale-hyperprior coders, one per lambda each, trained
+    together on the training latents (``cfg.coder``'s steps, batch and schedule)."""
+    cc = cfg.coder
+    lambdas = cc.lambdas or choose_lambdas(cfg, model, train, val, data.items("val", part.tune))
+    phi = torch.from_numpy(train.phi)
+    d = phi.shape[1]
+    families = {
+        "fact": lambda: LatentCoder(d, cc.dim_y, cc.width, cc.blocks),
+        "hyper": lambda: HyperpriorLatentCoder(d, cc.dim_y, hyper_dim, cc.width, cc.blocks, mean_scale=False),
+        "mshyper": lambda: HyperpriorLatentCoder(d, cc.dim_y, hyper_dim, cc.width, cc.blocks, mean_scale=True),
+    }
+    coders = {f"{name} {lam:.3g}": make() for name, make in families.items() for lam in lambdas}
+    for coder in coders.values():
+        coder.set_stats(phi)
+    train_coders(model, list(coders.values()), [lam for _ in families for lam in lambdas], phi,
+                 data.items("train", part.train), cc)
+    return coders
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
@@ -82,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="artifact folder of the INR with its trained coders")
     p.add_argument("--linear", help="a hybrid's linear model (artifact folder), for the EOF comparison")
     p.add_argument("--metric-items", type=int, default=128, help="training items the data-space metric is measured on")
+    p.add_argument("--learned", action="store_true",
+                   help="also train factorised, scale-hyperprior and mean-scale-hyperprior coders (coder.steps each)")
+    p.add_argument("--hyper-dim", type=int, default=8, help="channels of the hyperprior's side information z")
     args = p.parse_args(argv)
     cfg = load(args)
     artifact = load_artifact(args.model)
@@ -91,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{artifact.metrics['hybrid'].get('linear_model', '?')[:16]}, for --linear)")
     model = artifact.model.eval().requires_grad_(False)
     data = load_dataset(artifact.config.data, artifact.normaliser, artifact.linear_part())
-    part, train, _ = load_parts(data, latents_dir(cfg.latents.output_dir, artifact, cfg.latents.inner_steps))
+    part, train, val = load_parts(data, latents_dir(cfg.latents.output_dir, artifact, cfg.latents.inner_steps))
     test = data.items("test")
     phi = adapt(model, test, default_inner_steps(artifact))
     chunk = max(1, cfg.compress.chunk_fields) * test.num_patches
@@ -115,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         top = float(base.coefficients.scales[0])
         for j in np.arange(-3, 7.5, 0.5):  # steps from 8x to 1/128 of the leading component's deviation
             coders[f"{name} {2.0**-j:.3g}sd"] = base.at_step(top * 2.0**-j)
+    if args.learned:
+        coders |= learned_coders(cfg, model, data, part, train, val, args.hyper_dim)
 
     linear = linear_curve(args.linear, "test", cfg.compress.chunk_fields) if args.linear else []
     unquantised = model.decode(test.batch(np.arange(len(test)))[0], phi).numpy()[..., 0]
