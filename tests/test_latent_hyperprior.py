@@ -66,7 +66,7 @@ def test_hyperprior_side_information_follows_the_vectors_scale(latents):
     with torch.no_grad():
         y = coder._analysis(latents)
         z = coder._hyper(y).round()
-        scales, _ = coder._prior(z + coder._z_medians())
+        scales, _ = coder._prior(z + coder._medians())
     size = latents.norm(dim=1)
     spread = scales.clamp_min(0.11).log().mean(dim=1)
     assert torch.corrcoef(torch.stack([size.log(), spread]))[0, 1] > 0.5

@@ -31,8 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from vcinr_sci.coding._compressai import EntropyBottleneck, GaussianConditional
-from vcinr_sci.coding.coder import ResidualMLP
-from vcinr_sci.coding.quantiser import check_batch, check_n
+from vcinr_sci.coding.coder import LatentCoder, ResidualMLP
+from vcinr_sci.coding.quantiser import check_n
 from vcinr_sci.coding.rans import RansTables, decode_with_indexes, encode_with_indexes
 from vcinr_sci.config import CoderConfig
 from vcinr_sci.data.items import ItemSet
@@ -42,39 +42,22 @@ from vcinr_sci.model.coder_training import train_step
 SCALE_TABLE = torch.exp(torch.linspace(math.log(0.11), math.log(256), 64))
 
 
-class HyperpriorLatentCoder(nn.Module):
+class HyperpriorLatentCoder(LatentCoder):
     """Latents ``(B, D)`` <-> bytes under a learned hyperprior (see the module doc).
 
-    Same workflow as ``LatentCoder``: :meth:`set_stats`, train ``forward``'s output with
-    ``rd_loss`` on :meth:`parameters_main` and :meth:`aux_loss` on :meth:`parameters_aux`,
-    :meth:`update`, then :meth:`compress` / :meth:`decompress` / :meth:`quantise`."""
+    ``LatentCoder``'s normalisation, transforms, workflow and aux loss (its bottleneck
+    now codes the side channels ``z``): :meth:`set_stats`, train ``forward``'s output
+    with ``rd_loss`` on :meth:`parameters_main` and :meth:`aux_loss` on
+    :meth:`parameters_aux`, :meth:`update`, then :meth:`compress` / :meth:`decompress` /
+    :meth:`quantise`. Not savable as a ``LatentCoder``: the bench keeps it in memory."""
 
     def __init__(self, latent_dim: int, dim_y: int, hyper_dim: int, width: int, blocks: int, mean_scale: bool):
-        super().__init__()
-        self.latent_dim, self.dim_y, self.hyper_dim, self.mean_scale = latent_dim, dim_y, hyper_dim, mean_scale
-        self.register_buffer("phi_mean", torch.zeros(latent_dim))
-        self.register_buffer("phi_std", torch.ones(latent_dim))
-        self.g_a = ResidualMLP(latent_dim, dim_y, width, blocks)
-        self.g_s = ResidualMLP(dim_y, latent_dim, width, blocks)
+        super().__init__(latent_dim, dim_y, width, blocks)
+        self.hyper_dim, self.mean_scale = hyper_dim, mean_scale
         self.h_a = ResidualMLP(dim_y, hyper_dim, width, 1)
         self.h_s = ResidualMLP(hyper_dim, 2 * dim_y if mean_scale else dim_y, width, 1)
         self.entropy_bottleneck = EntropyBottleneck(hyper_dim, entropy_coder="ans")
         self.gaussian_conditional = GaussianConditional(None, entropy_coder="ans")
-
-    @torch.no_grad()
-    def set_stats(self, phi: Tensor) -> None:
-        """Per-dimension mean and std of the training latents ``phi`` (B, D)."""
-        check_batch(phi, self.latent_dim)
-        std = phi.float().std(dim=0, unbiased=False)
-        self.phi_mean.copy_(phi.float().mean(dim=0))
-        self.phi_std.copy_(torch.where(std > 0, std, torch.ones_like(std)))
-
-    def _analysis(self, phi: Tensor) -> Tensor:
-        check_batch(phi, self.latent_dim, finite=False)
-        return self.g_a((phi.to(self.phi_mean) - self.phi_mean) / self.phi_std)
-
-    def _synthesis(self, y: Tensor) -> Tensor:
-        return self.g_s(y) * self.phi_std + self.phi_mean
 
     def _hyper(self, y: Tensor) -> Tensor:
         return self.h_a(y if self.mean_scale else y.abs())
@@ -97,48 +80,35 @@ class HyperpriorLatentCoder(nn.Module):
         bits = -torch.log2(y_likelihoods).sum(dim=1) - torch.log2(z_likelihoods).sum(dim=1)
         return self._synthesis(y_tilde), bits
 
-    def parameters_main(self) -> list[nn.Parameter]:
-        aux = self.entropy_bottleneck.quantiles
-        return [p for p in self.parameters() if p is not aux]
-
-    def parameters_aux(self) -> list[nn.Parameter]:
-        return [self.entropy_bottleneck.quantiles]
-
-    def aux_loss(self) -> Tensor:
-        return self.entropy_bottleneck.loss()
-
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, update_quantiles: bool = False) -> None:
         """Build both entropy models' CDF tables (on the CPU) after training."""
         self.cpu()
-        self.entropy_bottleneck.update(force=True)
+        self.entropy_bottleneck.update(force=True, update_quantiles=update_quantiles)
         self.gaussian_conditional.update_scale_table(SCALE_TABLE, force=True)
         eb, gc = self.entropy_bottleneck, self.gaussian_conditional
         cdfs = eb._quantized_cdf.tolist() + gc._quantized_cdf.tolist()
-        self._tables = (cdfs, eb._cdf_length.tolist() + gc._cdf_length.tolist(), eb._offset.tolist() + gc._offset.tolist())
-        self._decode_tables = RansTables.build(*self._tables)
+        self._coding_tables = (cdfs, eb._cdf_length.tolist() + gc._cdf_length.tolist(), eb._offset.tolist() + gc._offset.tolist())
+        self._decode_tables = RansTables.build(*self._coding_tables)
 
-    def _z_medians(self) -> Tensor:
-        return self.entropy_bottleneck.quantiles[:, 0, 1].detach()
-
-    def _symbols(self, phi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    def _coded(self, phi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """``z`` and ``y`` symbols of ``phi``, ``y``'s table indexes and means."""
         y = self._analysis(phi.cpu())
-        z_symbols = torch.round(self._hyper(y) - self._z_medians())
-        scales, means = self._prior(z_symbols + self._z_medians())
+        z_symbols = torch.round(self._hyper(y) - self._medians())
+        scales, means = self._prior(z_symbols + self._medians())
         y_symbols = torch.round(y - (0 if means is None else means))
         if not (torch.isfinite(z_symbols).all() and torch.isfinite(y_symbols).all()):
             raise ValueError("phi holds NaN or infinite values (or maps to them)")
         return z_symbols, y_symbols, self.gaussian_conditional.build_indexes(scales), means
 
-    def _dequantise(self, y_symbols: Tensor, means: Tensor | None) -> Tensor:
+    def _from_symbols(self, y_symbols: Tensor, means: Tensor | None) -> Tensor:
         return self._synthesis(y_symbols + (0 if means is None else means))
 
     @torch.no_grad()
     def quantise(self, phi: Tensor) -> Tensor:
         """``decompress(compress(phi))`` exactly, without the bytes (on the CPU)."""
-        _, y_symbols, _, means = self._symbols(phi)
-        return self._dequantise(y_symbols, means)
+        _, y_symbols, _, means = self._coded(phi)
+        return self._from_symbols(y_symbols, means)
 
     def _z_indexes(self, n: int) -> np.ndarray:
         return np.tile(np.arange(self.hyper_dim, dtype=np.int32), n)
@@ -147,10 +117,10 @@ class HyperpriorLatentCoder(nn.Module):
     def compress(self, phi: Tensor) -> bytes:
         """One rANS string: the ``z`` of every vector, then every ``y``. The count of
         vectors is not stored: the caller keeps it."""
-        z_symbols, y_symbols, y_indexes, _ = self._symbols(phi)
+        z_symbols, y_symbols, y_indexes, _ = self._coded(phi)
         symbols = torch.cat([z_symbols.reshape(-1), y_symbols.reshape(-1)]).to(torch.int64).numpy()
         indexes = np.concatenate([self._z_indexes(len(phi)), y_indexes.reshape(-1).numpy() + self.hyper_dim])
-        return encode_with_indexes(symbols, indexes, *self._tables)
+        return encode_with_indexes(symbols, indexes, *self._coding_tables)
 
     @torch.no_grad()
     def decompress(self, data: bytes, n: int) -> Tensor:
@@ -158,11 +128,11 @@ class HyperpriorLatentCoder(nn.Module):
         check_n(n)
         z_indexes = self._z_indexes(n)
         z_symbols = torch.from_numpy(decode_with_indexes(data, z_indexes, self._decode_tables)).float()
-        scales, means = self._prior(z_symbols.reshape(n, self.hyper_dim) + self._z_medians())
+        scales, means = self._prior(z_symbols.reshape(n, self.hyper_dim) + self._medians())
         y_indexes = self.gaussian_conditional.build_indexes(scales).reshape(-1).numpy() + self.hyper_dim
         symbols = decode_with_indexes(data, np.concatenate([z_indexes, y_indexes.astype(np.int32)]), self._decode_tables)
         y_symbols = torch.from_numpy(symbols[z_indexes.size :]).float().reshape(n, self.dim_y)
-        return self._dequantise(y_symbols, means)
+        return self._from_symbols(y_symbols, means)
 
 
 def train_coders(model, coders: list[nn.Module], lambdas: list[float], phi: Tensor, items: ItemSet,
