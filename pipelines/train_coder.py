@@ -67,12 +67,14 @@ from vcinr_sci.model.artifact import ModelArtifact, load_artifact, pareto_ladder
 from vcinr_sci.model.coder_training import (
     PROBE_BITS,
     TOP_GAP_DB,
+    cosine_schedule,
     decoded_mse,
     evaluate_coders,
     freeze,
     lambdas_from_slope,
     latent_metric,
     operating_point,
+    sample_coder_batch,
     train_step,
 )
 from vcinr_sci.model.latents import LatentTable, latents_dir, read_manifest, read_shards
@@ -144,9 +146,7 @@ def train_loop(loop_config: dict) -> None:
     aux_params = [p for c in coders for p in c.parameters_aux()]
     optimiser = torch.optim.Adam(main_params or [torch.nn.Parameter(torch.zeros(1))], lr=cc.lr)
     aux_optimiser = torch.optim.Adam(aux_params or [torch.nn.Parameter(torch.zeros(1))], lr=cc.aux_lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: cc.lr_final + (1 - cc.lr_final) * 0.5 * (1 + math.cos(math.pi * min(s, cc.steps) / cc.steps))
-    )
+    schedule = cosine_schedule(optimiser, cc)
     best = [None] * len(coders)
     best_eval = [None] * len(coders)
     start = 0
@@ -168,11 +168,7 @@ def train_loop(loop_config: dict) -> None:
     t_last, window = time.perf_counter(), []
     for step in range(start + 1, cc.steps + 1):
         if coders:
-            rng = np.random.default_rng([cc.seed, step, rank])
-            idx = np.sort(rng.choice(len(train), size=min(cc.batch_size, len(train)), replace=False))
-            points = None
-            if cc.points_per_step and cc.points_per_step < P:
-                points = np.sort(rng.choice(P, cc.points_per_step, replace=False))
+            idx, points = sample_coder_batch(np.random.default_rng([cc.seed, step, rank]), cc, len(train), P)
             batch = tuple(t.to(device) for t in train_items.batch(idx, points))
             window.append(train_step(model, coders, lambdas, optimiser, aux_optimiser, train_phi[idx].to(device), batch, num_values))
             schedule.step()

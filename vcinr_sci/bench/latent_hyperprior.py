@@ -36,7 +36,7 @@ from vcinr_sci.coding.quantiser import check_n
 from vcinr_sci.coding.rans import RansTables, decode_with_indexes, encode_with_indexes
 from vcinr_sci.config import CoderConfig
 from vcinr_sci.data.items import ItemSet
-from vcinr_sci.model.coder_training import train_step
+from vcinr_sci.model.coder_training import cosine_schedule, sample_coder_batch, train_step
 
 # compressai's get_scale_table() (models/google.py), whose package import needs torchvision
 SCALE_TABLE = torch.exp(torch.linspace(math.log(0.11), math.log(256), 64))
@@ -145,17 +145,12 @@ def train_coders(model, coders: list[nn.Module], lambdas: list[float], phi: Tens
     torch.manual_seed(cc.seed)
     optimiser = torch.optim.Adam([p for c in coders for p in c.parameters_main()], lr=cc.lr)
     aux_optimiser = torch.optim.Adam([p for c in coders for p in c.parameters_aux()], lr=cc.aux_lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: cc.lr_final + (1 - cc.lr_final) * 0.5 * (1 + math.cos(math.pi * min(s, cc.steps) / cc.steps)))
+    schedule = cosine_schedule(optimiser, cc)
     per_item = items.points_per_item
-    size = min(cc.batch_size, len(phi))
     for step in range(1, cc.steps + 1):
-        rng = np.random.default_rng([cc.seed, step])
-        idx = np.sort(rng.choice(len(phi), size=size, replace=False))
-        points = None
-        if cc.points_per_step and cc.points_per_step < per_item:
-            points = np.sort(rng.choice(per_item, cc.points_per_step, replace=False))
-        stats = train_step(model, coders, lambdas, optimiser, aux_optimiser, phi[idx], items.batch(idx, points), size * per_item)
+        idx, points = sample_coder_batch(np.random.default_rng([cc.seed, step]), cc, len(phi), per_item)
+        batch = items.batch(idx, points)
+        stats = train_step(model, coders, lambdas, optimiser, aux_optimiser, phi[idx], batch, len(idx) * per_item)
         schedule.step()
         if step % cc.log_every == 0 or step == cc.steps:
             print(f"coder step {step}/{cc.steps}: " + ", ".join(f"bpv {s['bpv']:.4f} mse {s['mse']:.3g}" for s in stats),

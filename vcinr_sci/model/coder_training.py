@@ -5,11 +5,13 @@ lambda times distortion measured through the frozen INR on the data, as
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
 
 from vcinr_sci.coding.coder import rd_loss
+from vcinr_sci.config import CoderConfig
 from vcinr_sci.data.items import ItemSet
 from vcinr_sci.metrics import psnr_from_mse
 from vcinr_sci.model.meta import MetaSGD, masked_mse
@@ -48,6 +50,24 @@ def coder_losses(model, coders, lambdas, phi, batch, num_values: int) -> tuple[t
         losses.append(loss)
         stats.append({"loss": float(loss.detach()), "bpv": float(bits.detach().sum()) / num_values, "mse": float(err.detach().mean())})
     return torch.stack(losses).sum(), stats
+
+
+def cosine_schedule(optimiser: torch.optim.Optimizer, cc: CoderConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """The coders' learning rate: cosine decay from ``cc.lr`` to ``cc.lr * cc.lr_final``
+    over ``cc.steps``, then held."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: cc.lr_final + (1 - cc.lr_final) * 0.5 * (1 + math.cos(math.pi * min(s, cc.steps) / cc.steps))
+    )
+
+
+def sample_coder_batch(rng: np.random.Generator, cc: CoderConfig, num_items: int, per_item: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """One step's items (``cc.batch_size`` of ``num_items``, sorted) and grid points
+    (``cc.points_per_step`` of ``per_item``, sorted; None for all) drawn from ``rng``."""
+    idx = np.sort(rng.choice(num_items, size=min(cc.batch_size, num_items), replace=False))
+    points = None
+    if cc.points_per_step and cc.points_per_step < per_item:
+        points = np.sort(rng.choice(per_item, cc.points_per_step, replace=False))
+    return idx, points
 
 
 def train_step(model, coders, lambdas, optimiser, aux_optimiser, phi, batch, num_values: int) -> list[dict]:
