@@ -33,7 +33,15 @@ from vcinr_sci.data.holdout import tuning_split, tuning_split_of
 from vcinr_sci.errors import ConfigError
 from vcinr_sci.metrics import psnr_from_mse
 from vcinr_sci.model.artifact import ModelArtifact, build_model, load_artifact, save_artifact
-from vcinr_sci.model.training import evaluate, global_batch_size, outer_step, sample_batch, seed_everything, training_data
+from vcinr_sci.model.training import (
+    evaluate,
+    global_batch_size,
+    outer_step,
+    sample_batch,
+    seed_everything,
+    set_output_scale,
+    training_data,
+)
 
 CHECKPOINT_FILE = "state.pt"
 DONE_FILE = "vcinr-done.json"  # written by the driver once the artifact exists
@@ -105,6 +113,8 @@ def train_loop(loop_config: dict) -> None:
     if state is not None:
         model.load_state_dict(state["model"])
         start = int(state["step"])
+    else:
+        set_output_scale(model, train_items, cfg)
     ddp_model = prepare_model(model)  # DDP when world > 1; moves to the worker's device
     model = ddp_model.module if hasattr(ddp_model, "module") else ddp_model  # type: ignore[assignment]
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.meta.outer_lr)

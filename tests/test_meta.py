@@ -3,6 +3,8 @@ gradients (against finite differences) and encoding with more steps."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -308,3 +310,52 @@ def test_latent_noise_and_rate_in_the_outer_loss(tiny, trained, real_batch):
     torch.testing.assert_close(loss_r, loss_n + 1e-3 * bits, rtol=1e-5, atol=1e-7)
     loss_r.backward()  # the rate reaches the step sizes and phi_0 through the inner loop
     assert rated.alpha.grad.abs().sum() > 0 and rated.phi0.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- targets in units of their spread
+
+
+def test_the_inner_loop_is_free_of_the_targets_scale(tiny, trained, real_batch):
+    """With ``output_scale`` the INR's spread, targets c times larger under a scale c
+    times larger adapt to the same latents and decode to c times the output: one step
+    size serves residuals of any spread. Weights saved without the scale keep 1."""
+    cfg, _ = tiny
+    coords, target, mask = real_batch
+    model = fresh_model(cfg)
+    model.load_state_dict(trained[0].state_dict())
+    assert float(model.inr.output_scale) == 1.0
+    phi = model.adapt(coords, target, mask)
+    loss, per_item = model(coords, target, mask)
+    c = 0.004
+    scaled = fresh_model(cfg)
+    scaled.load_state_dict(trained[0].state_dict())
+    scaled.inr.output_scale.fill_(c)
+    phi_c = scaled.adapt(coords, c * target, mask)
+    torch.testing.assert_close(phi_c, phi, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(scaled.decode(coords, phi_c), c * model.decode(coords, phi), rtol=1e-4, atol=1e-7)
+    loss_c, per_item_c = scaled(coords, c * target, mask)
+    torch.testing.assert_close(loss_c, loss, rtol=1e-4, atol=0)  # the outer loss in units of the spread
+    torch.testing.assert_close(per_item_c, c**2 * per_item, rtol=1e-4, atol=0)  # its metrics in the targets'
+    old = {k: v for k, v in scaled.state_dict().items() if k != "inr.output_scale"}
+    model.load_state_dict(old)
+    assert float(model.inr.output_scale) == 1.0
+
+
+def test_a_hybrids_inr_takes_the_spread_of_its_residuals():
+    from _vcinr_tiny import hybrid_artifact, linear_artifact
+
+    from vcinr_sci.model.artifact import load_artifact
+    from vcinr_sci.model.training import set_output_scale, training_data
+
+    art = load_artifact(hybrid_artifact())
+    items = training_data(art.config, load_artifact(linear_artifact())).items("train")
+    v = items.values(np.arange(len(items)))
+    rms = float(np.sqrt(np.nanmean(v.astype(np.float64) ** 2)))
+    assert 0 < rms < 0.1  # what the mean and leading EOFs leave is small in normalised units
+    assert float(art.model.inr.output_scale) == pytest.approx(rms, rel=0.15)  # from up to 64 of the items
+    model = fresh_model(art.config)
+    assert set_output_scale(model, items, art.config, max_items=len(items)) == pytest.approx(rms, rel=1e-6)
+    assert float(model.inr.output_scale) == pytest.approx(rms, rel=1e-6)
+    # an INR of the data itself keeps raw units
+    plain = dataclasses.replace(art.config, model=dataclasses.replace(art.config.model, kind="inr"))
+    assert set_output_scale(fresh_model(plain), items, plain) == 1.0

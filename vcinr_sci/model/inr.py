@@ -96,6 +96,9 @@ class _SirenBase(nn.Module):
         # A buffer, so the artifact keeps the training grid's scale for any coordinates
         # the model is evaluated at later (sample() off the grid).
         self.register_buffer("w0_initial_scale", torch.tensor(float(first_scale)))
+        # The spread of the targets, in which the head's output is measured (see
+        # :func:`scaled_targets`); 1 unless training sets it.
+        self.register_buffer("output_scale", torch.tensor(1.0))
 
     def w0_of(self, i: int) -> float | torch.Tensor:
         return self.cfg.w0_initial * self.w0_initial_scale if i == 0 else self.cfg.w0
@@ -103,6 +106,7 @@ class _SirenBase(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Weights saved before the scale was kept (artifacts, checkpoints) ran at w0_initial.
         state_dict.setdefault(prefix + "w0_initial_scale", torch.tensor(1.0))
+        state_dict.setdefault(prefix + "output_scale", torch.tensor(1.0))  # and before the output scale
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def initial_latent(self) -> torch.Tensor:
@@ -156,7 +160,7 @@ class GatedSiren(_SirenBase):
             else:
                 pre = layer(h)
             h = torch.sin(self.w0_of(i) * pre)
-        return self.head(h)
+        return self.head(h) * self.output_scale
 
 
 class ShiftSiren(_SirenBase):
@@ -176,7 +180,7 @@ class ShiftSiren(_SirenBase):
         shifts = self.to_shifts(phi).reshape(phi.shape[0], self.cfg.depth, 1, self.cfg.width)
         for i, layer in enumerate(self.layers):
             h = torch.sin(self.w0_of(i) * (layer(h) + shifts[:, i]))
-        return self.head(h)
+        return self.head(h) * self.output_scale
 
 
 def centred_targets(config: Config) -> bool:
@@ -186,6 +190,16 @@ def centred_targets(config: Config) -> bool:
     0.4 dB lower on its test years started at 0 (38.94 against 39.35 dB after 800
     steps), so it keeps the start at 0.5."""
     return config.model.kind == "hybrid" or config.data.subtract_mean_field
+
+
+def scaled_targets(config: Config) -> bool:
+    """Whether ``config``'s INR measures its targets in units of their spread (the
+    ``output_scale`` set from the training items, see
+    :func:`vcinr_sci.model.training.set_output_scale`): a hybrid's residuals. Their
+    spread is a data set's, from 0.0045 (CCSM TREFHT less 8 EOFs) to 0.03 (ERA5 UK) of
+    the normalised range; in raw units the inner loop's gradient scales with its square,
+    so one initial step size cannot suit them all (CCSM learned nothing at step 1)."""
+    return config.model.kind == "hybrid"
 
 
 def build_inr(coord_dim: int, cfg: ModelConfig, out_dim: int = 1, centred: bool = False,

@@ -60,24 +60,26 @@ class MetaSGD(nn.Module):
         alpha = self.step_sizes()
         for _ in range(steps):
             # Sum over items of each item's mean: each latent's gradient is independent
-            # of the batch size.
-            loss = masked_mse(self.inr(coords, phi), target, mask).sum()
+            # of the batch size. In units of the targets' spread, so that the step sizes
+            # need not scale with it.
+            loss = masked_mse(self.inr(coords, phi), target, mask).sum() / self.inr.output_scale**2
             (grad,) = torch.autograd.grad(loss, phi, create_graph=create_graph)
             phi = phi - alpha * grad
         return phi
 
     def forward(self, coords, target, mask=None):
-        """Outer loss: mean MSE after the inner loop (of the latents with quantisation
-        noise, plus their rate, where ``latent_noise`` / ``latent_rate`` ask); also
-        returns per-item MSE."""
+        """Outer loss: mean MSE after the inner loop, in units of the targets' spread (of
+        the latents with quantisation noise, plus their rate, where ``latent_noise`` /
+        ``latent_rate`` ask); also returns per-item MSE in the targets' own units."""
         phi = self.inner_loop(coords, target, mask, self.cfg.inner_steps, create_graph=not self.cfg.first_order)
+        unit = self.inr.output_scale**2  # the loss in units of the targets' spread, like the inner loop's
         if not self.cfg.latent_noise or phi.shape[0] < 2:  # (one item has no spread to scale by)
             per_item = masked_mse(self.inr(coords, phi), target, mask)
-            return per_item.mean(), per_item.detach()
+            return per_item.mean() / unit, per_item.detach()
         # The step tracks the latents' own spread, so shrinking them buys nothing.
         width = self.cfg.latent_noise * phi.detach().std(0).max().clamp_min(1e-12)
         per_item = masked_mse(self.inr(coords, phi + width * (torch.rand_like(phi) - 0.5)), target, mask)
-        loss = per_item.mean()
+        loss = per_item.mean() / unit
         if self.cfg.latent_rate:
             bits = 0.5 * torch.log2(1 + phi.var(0) / (width**2 / 12)).sum()
             loss = loss + self.cfg.latent_rate * bits

@@ -59,7 +59,7 @@ def outer_step(model, optimiser: torch.optim.Optimizer, batch, grad_clip: float 
     """One MetaSGD outer step on this worker's ``batch`` (one of ``world`` shares of a
     global batch of ``global_items``); returns the batch's mean post-adaptation MSE."""
     coords, target, mask = batch
-    loss, _ = model(coords, target, mask)
+    loss, per_item = model(coords, target, mask)
     # DDP averages the workers' gradients. Weighting each worker's mean by its share of
     # the global batch makes that average the gradient of the global batch's mean, also
     # when the shares differ by an item (a mean of unequal means would not be).
@@ -69,7 +69,7 @@ def outer_step(model, optimiser: torch.optim.Optimizer, batch, grad_clip: float 
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimiser.step()
-    return float(loss.detach())
+    return float(per_item.mean())
 
 
 @dataclass

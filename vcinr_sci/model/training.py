@@ -16,6 +16,8 @@ from vcinr_sci.config import Config
 from vcinr_sci.data.items import Dataset, ItemSet, load_dataset
 from vcinr_sci.errors import ConfigError
 from vcinr_sci.model.artifact import ModelArtifact, build_model
+from vcinr_sci.model.inr import scaled_targets
+from vcinr_sci.model.meta import MetaSGD
 from vcinr_sci.model.registry import default_inner_steps
 from vcinr_sci.model.steps import Evaluation as Evaluation
 from vcinr_sci.model.steps import batch_rng as batch_rng
@@ -36,6 +38,25 @@ def training_data(cfg: Config, linear: ModelArtifact | None = None) -> Dataset:
     return load_dataset(cfg.data, linear.normaliser, linear.basis.leading(cfg.model.residual_components).project)
 
 
+def set_output_scale(model: MetaSGD, items: ItemSet, cfg: Config, max_items: int = 64) -> float:
+    """Measure ``cfg``'s INR's targets in units of their spread, where
+    :func:`~vcinr_sci.model.inr.scaled_targets` asks: the root mean square of the valid
+    values of up to ``max_items`` training items, evenly spaced (the same on every
+    worker), becomes the INR's ``output_scale``. Returns the scale (1 where not asked)."""
+    if not scaled_targets(cfg) or len(items) == 0:
+        return 1.0
+    total, count = 0.0, 0
+    for block in np.array_split(np.unique(np.linspace(0, len(items) - 1, max_items).astype(np.int64)), 8):
+        v = items.values(block)
+        v = v[np.isfinite(v)].astype(np.float64)
+        total, count = total + float(np.sum(v * v)), count + v.size
+    scale = float(np.sqrt(total / count)) if count else 0.0
+    if not scale > 0:  # nothing valid, or the linear model leaves nothing: keep the raw units
+        return 1.0
+    model.inr.output_scale.fill_(scale)
+    return scale
+
+
 def train_in_process(cfg: Config, steps: int, linear: ModelArtifact | None = None) -> tuple[ModelArtifact, ItemSet]:
     """``steps`` outer steps of ``cfg``'s INR in this process, with no Ray and no
     checkpoints (small models for tests and benchmarks): the unsaved artifact, in eval
@@ -44,8 +65,9 @@ def train_in_process(cfg: Config, steps: int, linear: ModelArtifact | None = Non
     seed_everything(cfg.train.seed)
     data = training_data(cfg, linear)
     model = build_model(cfg, data.grid)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.meta.outer_lr)
     items = data.items("train")
+    set_output_scale(model, items, cfg)
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.meta.outer_lr)
     for step in range(steps):
         outer_step(model, optimiser, sample_batch(items, cfg, step), cfg.meta.grad_clip)
     model.eval()
