@@ -58,6 +58,27 @@ def test_unknown_key_and_missing_file_are_config_errors(tmp_path):
         parse_overrides(["meta.steps"])
 
 
+def test_a_config_extends_another_section_by_section(tmp_path):
+    base = load_config(CONFIGS / "tiny.yaml")
+    (tmp_path / "sub").mkdir()
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text(f"extends: {CONFIGS / 'tiny.yaml'}\nname: child\nmeta:\n  steps: 7\ncoder:\n  lambdas: [5]\n")
+    grandchild = tmp_path / "grandchild.yaml"  # a relative path, from the file's own folder
+    grandchild.write_text("extends: sub/child.yaml\nmeta:\n  outer_lr: 0.5\n")
+    cfg = load_config(grandchild, parse_overrides(["meta.batch_size=3"]))
+    assert cfg.name == "child" and cfg.meta.steps == 7 and cfg.meta.outer_lr == 0.5 and cfg.meta.batch_size == 3
+    assert cfg.coder.lambdas == [5.0]  # a list is replaced whole
+    # every key the files do not set is the base's
+    assert cfg.model == base.model and cfg.data.paths == base.data.paths
+    assert cfg.meta.inner_steps == base.meta.inner_steps and cfg.coder.steps == base.coder.steps
+    child.write_text("extends: ../grandchild.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(grandchild)
+    child.write_text("extends: absent.yaml\n")
+    with pytest.raises(ConfigError, match="absent.yaml.*extended by"):
+        load_config(grandchild)
+
+
 def test_environment_variables_are_expanded_in_every_path(tmp_path, monkeypatch):
     """``${OUT}`` in train.artifact_dir made a folder named ``${OUT}``: only data.paths
     expanded variables."""

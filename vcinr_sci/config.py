@@ -343,11 +343,12 @@ def _scalar(value: Any, hint: type, where: str) -> Any:
 
 
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Config:
-    """Load a YAML config; ``overrides`` maps dotted keys (``meta.steps``) to values."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    """Load a YAML config; ``overrides`` maps dotted keys (``meta.steps``) to values.
+
+    A config may start from another: ``extends: suite-era5-uk.yaml`` (a path relative to
+    the file) takes that config's keys, and this file's keys replace them, section by
+    section (a list is replaced whole)."""
+    raw = _read_yaml(Path(path), ())
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
@@ -363,6 +364,30 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
                     key = f"config.{section.name}.{f.name}"
                     setattr(values, f.name, expand_path(getattr(values, f.name), key))
     return cfg
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The keys of the config at ``path``, with those of the config it ``extends``."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}" + (f" (extended by {chain[-1]})" if chain else ""))
+    if path.resolve() in chain:
+        raise ConfigError(f"config {path} extends itself: {' -> '.join(map(str, chain + (path.resolve(),)))}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path}: expected a mapping of sections, got {type(raw).__name__}")
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"config {path}: extends must name one config file, got {base!r}")
+    return _merged(_read_yaml(path.parent / base, chain + (path.resolve(),)), raw)
+
+
+def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 _VAR = re.compile(r"\$(\w+|\{[^}]*\})")  # as os.path.expandvars reads them
