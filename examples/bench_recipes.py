@@ -30,8 +30,8 @@ from pipelines.cli_args import load
 from vcinr_sci.config import Config, load_config, parse_overrides
 from vcinr_sci.data.holdout import tuning_split
 from vcinr_sci.metrics import psnr_from_mse
-from vcinr_sci.model.artifact import ModelArtifact, build_model, load_artifact
-from vcinr_sci.model.training import evaluate, outer_step, sample_batch, seed_everything, set_output_scale, training_data
+from vcinr_sci.model.artifact import ModelArtifact, load_artifact
+from vcinr_sci.model.training import evaluate, outer_step, sample_batch, start_in_process, training_data
 
 
 def variant_config(args: argparse.Namespace, spec: str) -> tuple[str, Config]:
@@ -43,14 +43,10 @@ def variant_config(args: argparse.Namespace, spec: str) -> tuple[str, Config]:
 
 def run_variant(cfg: Config, linear: ModelArtifact | None, budget_s: float, evals: int) -> dict:
     """Train ``cfg``'s INR for ``budget_s`` seconds; its curve and held-out scores."""
-    seed_everything(cfg.train.seed)
     data = training_data(cfg, linear)
     part = tuning_split(data.split, data.source)
     train, tune, test = data.items("train", part.train), data.items("val", part.tune), data.items("test")
-    model = build_model(cfg, data.grid)
-    assert model is not None
-    scale = set_output_scale(model, train, cfg)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.meta.outer_lr)
+    model, optimiser = start_in_process(cfg, data, train)
     curve, trained_s, step = [], 0.0, 0
     for k in range(1, evals + 1):
         while trained_s < budget_s * k / evals:
@@ -65,8 +61,7 @@ def run_variant(cfg: Config, linear: ModelArtifact | None, budget_s: float, eval
     test_psnr = evaluate(model, test, cfg.latents.inner_steps).psnr
     values = test.values(np.arange(len(test))).astype(np.float64)
     zero = float(np.mean([psnr_from_mse(max(float(np.nanmean(v * v)), 1e-12)) for v in values]))
-    return {"steps": step, "s_per_step": trained_s / max(step, 1), "curve": curve, "test": test_psnr,
-            "zero": zero, "scale": scale}
+    return {"steps": step, "s_per_step": trained_s / max(step, 1), "curve": curve, "test": test_psnr, "zero": zero}
 
 
 def main(argv: list[str] | None = None) -> int:

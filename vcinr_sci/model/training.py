@@ -45,9 +45,10 @@ def set_output_scale(model: MetaSGD, items: ItemSet, cfg: Config, max_items: int
     worker), becomes the INR's ``output_scale``. Returns the scale (1 where not asked)."""
     if not scaled_targets(cfg) or len(items) == 0:
         return 1.0
+    picked = np.unique(np.linspace(0, len(items) - 1, max_items).astype(np.int64))
     total, count = 0.0, 0
-    for block in np.array_split(np.unique(np.linspace(0, len(items) - 1, max_items).astype(np.int64)), 8):
-        v = items.values(block)
+    for start in range(0, len(picked), 8):  # a few items at a time: items can be large grids
+        v = items.values(picked[start : start + 8])
         v = v[np.isfinite(v)].astype(np.float64)
         total, count = total + float(np.sum(v * v)), count + v.size
     scale = float(np.sqrt(total / count)) if count else 0.0
@@ -57,17 +58,25 @@ def set_output_scale(model: MetaSGD, items: ItemSet, cfg: Config, max_items: int
     return scale
 
 
+def start_in_process(cfg: Config, data: Dataset, items: ItemSet) -> tuple[MetaSGD, torch.optim.Adam]:
+    """The seeded start of an in-process run of ``cfg`` on ``data``: the new network, its
+    output scale set on the training ``items``, and its optimiser."""
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg, data.grid)
+    if model is None:
+        raise ConfigError("a linear model has no network to train: use pipelines.fit_basis")
+    set_output_scale(model, items, cfg)
+    return model, torch.optim.Adam(model.parameters(), lr=cfg.meta.outer_lr)
+
+
 def train_in_process(cfg: Config, steps: int, linear: ModelArtifact | None = None) -> tuple[ModelArtifact, ItemSet]:
     """``steps`` outer steps of ``cfg``'s INR in this process, with no Ray and no
     checkpoints (small models for tests and benchmarks): the unsaved artifact, in eval
     mode, and its training items (for a hybrid, on what ``linear`` leaves; the artifact
     holds its basis)."""
-    seed_everything(cfg.train.seed)
     data = training_data(cfg, linear)
-    model = build_model(cfg, data.grid)
     items = data.items("train")
-    set_output_scale(model, items, cfg)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.meta.outer_lr)
+    model, optimiser = start_in_process(cfg, data, items)
     for step in range(steps):
         outer_step(model, optimiser, sample_batch(items, cfg, step), cfg.meta.grad_clip)
     model.eval()
