@@ -339,6 +339,9 @@ def test_the_inner_loop_is_free_of_the_targets_scale(tiny, trained, real_batch):
     old = {k: v for k, v in scaled.state_dict().items() if k != "inr.output_scale"}
     model.load_state_dict(old)
     assert float(model.inr.output_scale) == 1.0
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="output_scale"):
+            model.load_state_dict(old | {"inr.output_scale": torch.tensor(bad)})
 
 
 def test_a_hybrids_inr_takes_the_spread_of_its_residuals():

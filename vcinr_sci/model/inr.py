@@ -107,6 +107,9 @@ class _SirenBase(nn.Module):
         # Weights saved before the scale was kept (artifacts, checkpoints) ran at w0_initial.
         state_dict.setdefault(prefix + "w0_initial_scale", torch.tensor(1.0))
         state_dict.setdefault(prefix + "output_scale", torch.tensor(1.0))  # and before the output scale
+        scale = state_dict[prefix + "output_scale"]
+        if scale.numel() != 1 or not (torch.isfinite(scale).all() and scale.item() > 0):
+            raise ValueError("output_scale must be one finite positive number")  # the inner loop divides by it
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def initial_latent(self) -> torch.Tensor:
