@@ -256,7 +256,8 @@ def _latents_at(chunk: bytes, config: dict) -> tuple[int, bool]:
     from vcinr_sci.codec.container import decode_container
 
     payload = decode_container(chunk).payload
-    pos = 1 + (4 + struct.unpack_from("<I", payload, 1)[0] if payload[0] & 1 else 0)
+    pos = 2 if payload[0] & 2 else 1  # the flags byte, then a step exponent
+    pos += 4 + struct.unpack_from("<I", payload, pos)[0] if payload[0] & 1 else 0
     pos += 2 * len(lat.active) if lat.model.subtracts_item_mean else 0
     return pos, kind == "LatentCoder"
 

@@ -41,6 +41,7 @@ from pipelines.cli_args import config_parser, load
 from pipelines.run_variables import run_variables, variable_config
 from pipelines.streamed_basis import fit_streamed, lazy_training_items
 from vcinr_sci.coding.coefficients import CoefficientCoder, min_step
+from vcinr_sci.coding.rate_control import LIMIT_GAP_DB
 from vcinr_sci.config import Config
 from vcinr_sci.data.holdout import tuning_split
 from vcinr_sci.data.items import Dataset, ItemSet, load_dataset
@@ -50,9 +51,6 @@ from vcinr_sci.model.artifact import ModelArtifact, pareto_ladder, save_artifact
 from vcinr_sci.model.basis import LinearBasis, fitted_items
 
 _MAX_STEP = 1.0  # normalised units; the data's whole range is ~1
-# A target beyond the model's unquantised PSNR is aimed this far below it instead: the
-# last fraction of a dB would cost bits out of all proportion.
-_LIMIT_GAP_DB = 0.25
 # A component whose deviation is under this many steps rounds to 0 (|c| > step / 2 is a
 # 4-sigma event) at every level: it is dropped from the model.
 _PRUNE_BELOW_STEP = 0.125
@@ -90,7 +88,7 @@ def fit(cfg: Config) -> Path:
     print(f"[2/3] {basis.num_components} components; steps for {cfg.basis.target_psnr} dB on "
           f"{len(tune.items)} held-out items", flush=True)
     steps: dict[float, float] = {}  # target -> step, distinct steps only
-    limit = tune.psnr(None) - _LIMIT_GAP_DB
+    limit = tune.psnr(None) - LIMIT_GAP_DB
     for target in sorted(cfg.basis.target_psnr):
         if target > limit:
             print(f"  target {target:g} dB is beyond what {basis.num_components} components reach on these items: "

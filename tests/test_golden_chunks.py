@@ -1,7 +1,8 @@
 """Chunks written by earlier versions decode forever: the golden chunks in tests/golden
-(formats 1, 2 and 3; uniform and learned coders; NaN masks, a numeric fill value beside NaN,
-stored item means; absolute and relative bounds, rANS- and SPERR-coded corrections) decode
-through the codec registry to the values they decoded to when written. Written once by
+(formats 1, 2 and 3; uniform and learned coders; a linear chunk at a rate-controlled
+step; NaN masks, a numeric fill value beside NaN, stored item means; absolute and
+relative bounds, rANS- and SPERR-coded corrections) decode through the codec registry to
+the values they decoded to when written. Written once by
 tests/golden/make_golden.py."""
 
 from __future__ import annotations
@@ -88,3 +89,11 @@ def test_golden_covers_each_correction_coder():
         if residual is not None:
             methods.add(residual_format.parse_section(residual)[1])
     assert residual_format.SPERR in methods and methods & {residual_format.PLAIN, residual_format.LORENZO}
+
+
+def test_golden_covers_a_rate_controlled_chunk():
+    """A linear chunk coded at a step exponent (payload flag bit 1, rate control)."""
+    from vcinr_sci.codec.container import decode_container
+
+    payloads = [decode_container((GOLDEN / f"{n}.vcinr").read_bytes()).payload for n in CASES]
+    assert any(p and p[0] & 2 and p[1] for p in payloads)

@@ -57,6 +57,8 @@ CASES = {
     # a linear model (training mean + EOFs, coefficient coder)
     "v3_linear": ("linear", "plain", {"quality": "q1"}),
     "v3_linear_abs_bound_mask": ("linear", "holes", {"quality": "q0", "max_abs_error": 0.05}),
+    # rate control: the chunk coded at a step exponent (and maybe a neighbouring level's tables)
+    "v3_linear_step": ("linear", "plain", {"quality": "q1"}),
     # the INR's latents under a Gaussian latent coder (transform + coefficient coder)
     "v3_gaussian_mask": ("gaussian", "holes", {"quality": GAUSSIAN}),
     # a hybrid model: the linear model alone (mode 0) and, forced, its INR mode (mode 1)

@@ -88,6 +88,7 @@ order.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import struct
@@ -100,6 +101,7 @@ from numcodecs import Zstd
 
 from vcinr_sci.codec.container import FLAG_ALL_MASKED, ChunkHeader, decode_container, encode_container
 from vcinr_sci.coding.bound import Correction, ErrorBound, encode_residual
+from vcinr_sci.coding.coefficients import MAX_STEP_EXPONENT
 from vcinr_sci.coding.zstd import zstd_exact
 from vcinr_sci.data.normalise import Normaliser, item_means
 from vcinr_sci.errors import (
@@ -114,6 +116,8 @@ from vcinr_sci.model.registry import (
 )
 
 _PAYLOAD_OTHER = 1
+_PAYLOAD_STEP = 2  # an int8 step exponent follows the flags byte (rate control)
+_PAYLOAD_FLAGS = _PAYLOAD_OTHER | _PAYLOAD_STEP
 _U32 = struct.Struct("<I")
 _OFFSET_DTYPE = np.dtype("<f2")
 # The model sees values clipped to this many normalisation ranges beyond [0, 1]: an
@@ -188,7 +192,7 @@ def encode_chunk(
         raise CodecError("the chunk holds inf values: vcinr codes finite values and NaN (missing) only")
     other = nan if mask is not nan and nan.any() else None  # NaN among a numeric fill value
     n_fields = math.prod(x.shape[: x.ndim - len(model.grid.shape)])
-    header = ChunkHeader(model.hash, x.shape, dtype.str, n_fields, quality, inner_steps)
+    header = ChunkHeader(model.hash, x.shape, dtype.str, n_fields, quality, inner_steps)  # until a level codes it
 
     head = b""
     if other is not None:
@@ -213,12 +217,15 @@ def encode_chunk(
         chosen = chosen - offsets[:, None]
     else:
         offsets, stored = np.zeros(len(active), np.float32), b""
-    latents = model.encode(active, chosen, valid[active], inner_steps, quality)
+    latents, quality, exponent = model.encode(active, chosen, valid[active], inner_steps, quality)
+    header = dataclasses.replace(header, quality=quality)
     del items, chosen
-    payload = bytes([_PAYLOAD_OTHER if head else 0]) + head + stored + latents
+    flags = (_PAYLOAD_OTHER if head else 0) | (_PAYLOAD_STEP if exponent else 0)
+    step = struct.pack("<b", exponent) if exponent else b""
+    payload = bytes([flags]) + step + head + stored + latents
     residual = None
     if bound is not None:  # reconstruct exactly as the decoder will: from the latents' bytes
-        phi_hat = _decompress(model, quality, latents, len(active))
+        phi_hat = _decompress(model, quality, latents, len(active), exponent)
         lat = ChunkLatents(header, model, mask, None, active, phi_hat, offsets)
         inr = lat.inr_normalised()[~mask]
         xhat = norm.denormalise(inr.astype(np.float64))
@@ -243,10 +250,11 @@ def _model_inputs(x: np.ndarray, mask: np.ndarray, norm: Normaliser) -> np.ndarr
     return out
 
 
-def _decompress(model: LoadedModel, quality: str, latents: bytes, n: int) -> torch.Tensor:
-    """The quantised latents of ``n`` items (the coder's synthesis runs in full float32)."""
+def _decompress(model: LoadedModel, quality: str, latents: bytes, n: int, exponent: int) -> torch.Tensor:
+    """The quantised latents of ``n`` items coded at ``quality``'s step times
+    ``step_factor(exponent)`` (the coder's synthesis runs in full float32)."""
     with full_float32():
-        return model.coder(quality).decompress(latents, n)
+        return model.coder(quality, exponent).decompress(latents, n)
 
 
 @dataclass
@@ -347,12 +355,19 @@ def decode_latents(
     header, mask, payload, residual = decode_container(buf, expected_shape, expected_nbytes, check_header)
     (model,) = found
     other = None
-    pos = 0
+    pos = exponent = 0
     if payload:
         flags = payload[0]
         pos = 1
-        if flags & ~_PAYLOAD_OTHER:
+        if flags & ~_PAYLOAD_FLAGS:
             raise ChunkFormatError(f"unknown payload flags {flags:#x}")
+        if flags & _PAYLOAD_STEP:
+            if len(payload) < 2:
+                raise ChunkFormatError("payload announces a step exponent but ends before it")
+            (exponent,) = struct.unpack_from("<b", payload, 1)
+            if not exponent or abs(exponent) > MAX_STEP_EXPONENT:
+                raise ChunkFormatError(f"step exponent {exponent} is outside 1..{MAX_STEP_EXPONENT} in magnitude")
+            pos = 2
         if flags & _PAYLOAD_OTHER:
             if mask is None or len(payload) < pos + _U32.size:
                 raise ChunkFormatError("payload announces a NaN mask but the chunk has no masked points")
@@ -384,14 +399,16 @@ def decode_latents(
         raise ChunkFormatError("a residual section stored for a chunk whose every point is masked")
     if len(active):
         try:
-            phi = _decompress(model, header.quality, latents, len(active))
-        except CodecError:
+            phi = _decompress(model, header.quality, latents, len(active), exponent)
+        except CodecError as e:
+            if exponent:  # a level without a step: the chunk's word, not the reader's config
+                raise ChunkFormatError(str(e)) from None
             raise
         except ValueError as e:
             raise ChunkFormatError(f"latent code: {e}") from None
     else:
-        if latents:
-            raise ChunkFormatError("latents stored for a chunk whose every point is masked")
+        if latents or exponent:
+            raise ChunkFormatError("latents or a step stored for a chunk whose every point is masked")
         phi = torch.zeros(0, model.latent_dim)
     return ChunkLatents(header, model, mask, other, active, phi, offsets, residual)
 

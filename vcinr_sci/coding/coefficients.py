@@ -14,7 +14,7 @@ prediction: field ``t``'s coefficient ``k`` is predicted as ``rho_k`` times the 
 field's *decoded* coefficient (``rho_k``: the training coefficients' lag-1
 correlation) and the innovation is quantised under the Gaussian of the innovation's
 training deviation, ``scale_k * sqrt(1 - rho_k^2)``. The chunk keeps whichever of the two
-strings is shorter (one mode byte). Encoder and decoder run the same float64 operations
+takes fewer bits under the tables (one mode byte). Encoder and decoder run the same float64 operations
 in the same order, so the prediction does not drift on another machine.
 
 The encoder quantises rate-distortion optimally (RDOQ; the decoder is unaffected): per
@@ -26,6 +26,11 @@ run) this needs 11-26 % fewer bits than plain rounding at equal PSNR (44-53 dB).
 
 String layout: ``u8 mode`` (0 independent, 1 predicted) + compressai's rANS string of the
 ``n x K`` symbols (row-major). The number of vectors is the caller's to keep.
+
+A chunk may be coded at its level's step times :func:`step_factor` of an exponent the
+codec stores (:meth:`CoefficientCoder.scaled`; rate control, :mod:`vcinr_sci.coding.rate_control`),
+under the level's own tables: a step within 2x of its table's costs at most about half a
+bit more per coded coefficient than tables built for it.
 """
 
 from __future__ import annotations
@@ -54,6 +59,22 @@ _ESCAPE_EXTRA_BITS = 32.0  # what a symbol beyond its table costs on top of the 
 # Largest deviation, in steps, a table may have: a row spans ~12 deviations and a
 # 16-bit CDF gives every symbol at least 1/65536, so longer rows would waste bits.
 MAX_SCALE_SYMBOLS = 2000.0
+
+
+# Step exponents a chunk may use: factors 0.5 to 2 of its level's step.
+MAX_STEP_EXPONENT = 32
+_STEP_DIVISIONS = 32  # factors per octave
+
+
+def step_factor(exponent: int) -> float:
+    """The factor ``2**j * (1 + m / 32)`` (``exponent = 32 j + m``, ``0 <= m < 32``) on a
+    level's step: at most 3.1 % (0.27 dB at high rate) from one exponent to the next, and
+    exact in binary, so that encoder and decoder multiply the step by the same float
+    (a power of two of it, say, rounds differently in different C libraries)."""
+    if not -MAX_STEP_EXPONENT <= exponent <= MAX_STEP_EXPONENT:
+        raise ValueError(f"step exponent {exponent} is outside +-{MAX_STEP_EXPONENT}")
+    octave, m = divmod(int(exponent), _STEP_DIVISIONS)
+    return math.ldexp(1.0 + m / _STEP_DIVISIONS, octave)
 
 
 def min_step(scales: np.ndarray) -> float:
@@ -104,6 +125,12 @@ class CoefficientCoder:
     def latent_dim(self) -> int:
         return len(self.scales)
 
+    def scaled(self, exponent: int) -> "CoefficientCoder":
+        """This coder at ``step * step_factor(exponent)``, under the same tables."""
+        if exponent == 0:
+            return self
+        return CoefficientCoder(self.scales, self.rho, self.step * step_factor(exponent), self.predict, self.tables)
+
     def _build_tables(self) -> dict[str, Tensor]:
         """compressai's Gaussian tables, one row per (component, mode), built row by row and
         stored ragged (a row's length grows with its scale in symbols: a dense table
@@ -133,12 +160,14 @@ class CoefficientCoder:
 
     # ------------------------------------------------------------------ coding
 
-    def _encode(self, c: np.ndarray, mode: int) -> tuple[bytes, np.ndarray]:
-        """The string of ``c (n, K)`` in ``mode`` and what it decodes to."""
+    def _quantised(self, c: np.ndarray, mode: int) -> tuple[int, np.ndarray, np.ndarray, float]:
+        """``c (n, K)`` quantised in ``mode``: the mode, the symbols, what they decode to
+        and their bits under the tables (the string's length, but for rANS's few bytes
+        of flush and rounding)."""
         symbols = np.empty(c.shape, np.int64)
         decoded = np.empty(c.shape, np.float64)
         prev = np.zeros(c.shape[1])
-        k = c.shape[1]
+        k, bits = c.shape[1], 0.0
         for t in range(len(c)):
             pred = self._prediction(prev, mode, t)
             u = (c[t] - pred) / self.step
@@ -147,13 +176,18 @@ class CoefficientCoder:
                 raise ValueError("a coefficient is not finite or far outside the training range")
             rows = np.arange(k) + (k if mode and t else 0)
             candidates = np.stack([r, r - np.sign(r), np.zeros(k)])
-            cost = (u - candidates) ** 2 + RDOQ_LAMBDA * self._symbol_bits(rows, candidates)
-            s = candidates[np.argmin(cost, axis=0), np.arange(k)]  # ties keep the rounded symbol
+            rate = self._symbol_bits(rows, candidates)
+            best = np.argmin((u - candidates) ** 2 + RDOQ_LAMBDA * rate, axis=0)  # ties keep the rounded symbol
+            s = candidates[best, np.arange(k)]
+            bits += float(rate[best, np.arange(k)].sum())
             symbols[t] = s
             decoded[t] = prev = pred + s * self.step
-        string = encode_with_indexes(symbols.ravel(), self._indexes(len(c), mode), self._cdf, self._cdf_length,
+        return mode, symbols, decoded, bits
+
+    def _string(self, mode: int, symbols: np.ndarray) -> bytes:
+        string = encode_with_indexes(symbols.ravel(), self._indexes(len(symbols), mode), self._cdf, self._cdf_length,
                                      self._offset)
-        return bytes([mode]) + string, decoded
+        return bytes([mode]) + string
 
     def _prediction(self, prev: np.ndarray, mode: int, t: int) -> np.ndarray:
         """Field ``t``'s predicted coefficients from the previous field's decoded ones
@@ -175,23 +209,24 @@ class CoefficientCoder:
             rows[1:] += k  # innovation tables after the first field
         return rows.ravel().tolist()
 
-    def _best(self, phi: Tensor | np.ndarray) -> tuple[bytes, np.ndarray]:
+    def _best(self, phi: Tensor | np.ndarray) -> tuple[int, np.ndarray, np.ndarray, float]:
+        """The quantisation (:meth:`_quantised`) of the mode with the fewer bits."""
         c = _as_array(phi, self.latent_dim)
-        coded = [self._encode(c, mode) for mode in (_MODES if self.predict and len(c) > 1 else _MODES[:1])]
-        return min(coded, key=lambda sd: len(sd[0]))
+        modes = _MODES if self.predict and len(c) > 1 else _MODES[:1]
+        return min((self._quantised(c, mode) for mode in modes), key=lambda q: q[3])
 
     def code(self, phi: Tensor | np.ndarray) -> tuple[bytes, Tensor]:
-        """:meth:`compress` and :meth:`quantise` of ``phi`` from one encode."""
-        string, decoded = self._best(phi)
-        return string, torch.from_numpy(decoded)
+        """:meth:`compress` and :meth:`quantise` of ``phi`` from one quantisation."""
+        mode, symbols, decoded, _ = self._best(phi)
+        return self._string(mode, symbols), torch.from_numpy(decoded)
 
     def compress(self, phi: Tensor | np.ndarray) -> bytes:
-        """One string for the whole batch (the mode that gives the shorter one)."""
-        return self._best(phi)[0]
+        """One string for the whole batch (in the mode whose symbols take fewer bits)."""
+        return self.code(phi)[0]
 
     def quantise(self, phi: Tensor | np.ndarray) -> Tensor:
         """``decompress(compress(phi))`` exactly, without the bytes."""
-        return torch.from_numpy(self._best(phi)[1])
+        return torch.from_numpy(self._best(phi)[2])
 
     def decompress(self, data: bytes, n: int) -> Tensor:
         """The ``(n, K)`` float64 coefficients coded in ``data`` (``n`` as given to

@@ -93,6 +93,14 @@ class HybridCoder:
     def latent_dim(self) -> int:
         return self.components + self.inr_latent_dim + 1
 
+    def scaled(self, exponent: int) -> "HybridCoder":
+        """This level with both coefficient coders at ``step * step_factor(exponent)``
+        (:meth:`CoefficientCoder.scaled`), the latent coders as they are."""
+        if exponent == 0:
+            return self
+        return HybridCoder(self.full.scaled(exponent), self.head.scaled(exponent), self.latents,
+                           self.typical_bits, self.typical_error)
+
     def parts(self) -> Iterator[tuple[str, object]]:
         """``(name, coder)`` of every part, in a fixed order (for storage)."""
         yield "full", self.full

@@ -122,6 +122,22 @@ class ModelArtifact:
         }}
         return ladder
 
+    def level_target(self, level: str) -> float | None:
+        """The PSNR (dB on the normalised range) quality ``level`` aims at, where its fit
+        recorded one (a linear level's, in ``metrics["levels"]``; a hybrid level is one
+        of its linear model's, recorded under ``metrics["hybrid"]["linear_levels"]``),
+        else None."""
+        hybrid = self.metrics.get("hybrid")
+        levels = hybrid.get("linear_levels") if isinstance(hybrid, dict) else self.metrics.get("levels")
+        entry = levels.get(level) if isinstance(levels, dict) else None
+        target = entry.get("target_psnr") if isinstance(entry, dict) else None
+        if target is None:
+            return None
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < target < 400.0:
+            raise ArtifactError(f"model {self.hash[:16]}: level {level!r} records a target PSNR of {target!r}, "
+                                "not a number of dB in (0, 400)")
+        return float(target)
+
     @property
     def basis(self) -> LinearBasis | None:
         """The linear model's basis (None for an INR)."""

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vcinr_sci.coding.rate_control import choose_step, step_choices, target_error
 from vcinr_sci.data.grids import Grid, Patcher
 from vcinr_sci.errors import CodecError
 from vcinr_sci.model.artifact import ModelArtifact
@@ -30,7 +31,7 @@ class LoadedModel:
     patcher: Patcher | None
     item_coords: torch.Tensor  # (num_patches, points_per_item, coord_dim) on device
     kind: ModelKind
-    _coders: dict[str, Any] = field(default_factory=dict)
+    _coders: dict[tuple[str, int], Any] = field(default_factory=dict)  # (level, step exponent) -> coder
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -59,10 +60,12 @@ class LoadedModel:
     def points_per_item(self) -> int:
         return self.item_coords.shape[1]
 
-    def coder(self, level: str):
-        """The latent coder of quality ``level`` (built once, on the model's device)."""
+    def coder(self, level: str, exponent: int = 0):
+        """The latent coder of quality ``level`` (built once, on the model's device), at
+        the level's step times :func:`~vcinr_sci.coding.coefficients.step_factor` of
+        ``exponent`` (rate control: a level whose coder has a step only)."""
         with self._lock:
-            if level not in self._coders:
+            if (level, 0) not in self._coders:
                 try:
                     coder = self.artifact.coder(level)
                 except KeyError:
@@ -72,8 +75,13 @@ class LoadedModel:
                     ) from None
                 if hasattr(coder, "to"):  # learned coders (and a hybrid level's) run on the model's device
                     coder = coder.to(self.device)
-                self._coders[level] = coder
-            return self._coders[level]
+                self._coders[(level, 0)] = coder
+            if (level, exponent) not in self._coders:
+                if not hasattr(self._coders[(level, 0)], "scaled"):
+                    raise CodecError(f"model {self.hash[:16]}: level {level!r} has no step to scale "
+                                     f"(step exponent {exponent})")
+                self._coders[(level, exponent)] = self._coders[(level, 0)].scaled(exponent)
+            return self._coders[(level, exponent)]
 
     def to_items(self, fields: np.ndarray) -> np.ndarray:
         """``(n, *grid)`` -> ``(n * num_patches, points_per_item)`` (item i is patch
@@ -99,10 +107,30 @@ class LoadedModel:
         (the kind fits what the mean field, where the model has one, leaves)."""
         return self.kind.adapt(items, self._anomalies(items, values), valid, steps)
 
-    def encode(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int, quality: str) -> bytes:
+    def encode(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int,
+               quality: str) -> tuple[bytes, str, int]:
         """The latents of ``values`` (as :meth:`adapt` takes them) coded at quality
-        ``quality``: one string, as :meth:`coder` of that level decompresses it."""
-        return self.kind.encode(items, self._anomalies(items, values), valid, steps, self.coder(quality))
+        ``quality``: one string, and the level and step exponent whose :meth:`coder`
+        decompresses it. A level with a target PSNR and a coder with a step lands on its
+        target on these items, coded at whichever level's step and exponent get there
+        (:mod:`vcinr_sci.coding.rate_control`); any other is coded at its own step."""
+        anomalies = self._anomalies(items, values)
+        target = self.artifact.level_target(quality)
+        if target is None or not hasattr(self.coder(quality), "scaled"):
+            return self.kind.encode(items, anomalies, valid, steps, self.coder(quality)), quality, 0
+        levels = [q for q in dict.fromkeys([*self.artifact.ladder, quality]) if hasattr(self.coder(q), "scaled")]
+        order, choices = step_choices({q: self.coder(q).step for q in levels})
+        strings: dict[int, bytes] = {}
+
+        def error(i: int) -> float:
+            coder = self.coder(*choices[i])
+            strings[i] = self.kind.encode(items, anomalies, valid, steps, coder)
+            diff = np.where(valid, self.kind.evaluate(items, coder.decompress(strings[i], len(items))) - anomalies, 0.0)
+            return float(np.square(diff, dtype=np.float64).sum())
+
+        start = choices.index((quality, 0))
+        i = choose_step(order, start, error, target_error(target, int(np.count_nonzero(valid))))
+        return strings[i], *choices[i]
 
     def _anomalies(self, items: np.ndarray, values: np.ndarray) -> np.ndarray:
         """``values`` less the mean field, where the model has one."""
