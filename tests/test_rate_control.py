@@ -13,7 +13,7 @@ from _vcinr_tiny import fields, linear_artifact
 from vcinr_sci.codec.container import decode_container, encode_container
 from vcinr_sci.codec.numcodecs import VCINRCodec
 from vcinr_sci.coding.coefficients import MAX_STEP_EXPONENT, CoefficientCoder, step_factor
-from vcinr_sci.coding.rate_control import LIMIT_GAP_DB, choose_step, step_choices
+from vcinr_sci.coding.rate_control import LIMIT_GAP_DB, choose_coding, coarsest_within, level_steps
 from vcinr_sci.errors import ChunkFormatError
 from vcinr_sci.model.artifact import load_artifact
 from vcinr_sci.model.registry import get_model
@@ -45,24 +45,11 @@ def test_a_scaled_coder_decodes_its_own_strings_under_the_same_tables():
     assert coder.scaled(0) is coder
 
 
-def test_step_choices_take_each_step_under_the_nearest_level():
-    steps, choices = step_choices({"q0": 1.0, "q1": 0.6, "q2": 0.1})
-    assert steps == sorted(steps) and len(set(steps)) == len(steps)
-    assert steps[0] == 0.05 and steps[-1] == 2.0
-    own = {"q0": 1.0, "q1": 0.6, "q2": 0.1}
-    for step, (level, exponent) in zip(steps, choices):
-        assert step == own[level] * step_factor(exponent)
-        ratios = {q: abs(np.log(step / s)) for q, s in own.items()}
-        assert ratios[level] == min(ratios.values())
-    assert ("q1", 0) in choices and ("q0", -31) not in choices  # 0.52 is nearer q1's 0.6
-
-
 @pytest.mark.parametrize("seed", range(8))
-def test_choose_step_finds_the_coarsest_step_within_the_target(seed):
+def test_the_search_finds_a_levels_coarsest_step_within_the_target(seed):
     rng = np.random.default_rng(seed)
-    n = int(rng.integers(20, 300))
-    steps = list(np.geomspace(0.01, 1.0, n))
-    error = np.cumsum(rng.uniform(0.0, 1.0, n)) + rng.uniform(0, 5)  # nondecreasing in the step
+    steps = level_steps(float(rng.uniform(0.01, 1.0)))
+    error = np.cumsum(rng.uniform(0.0, 1.0, len(steps))) + rng.uniform(0, 5)  # nondecreasing in the step
     target = float(rng.uniform(error[0], error[-1] * 1.2))
     calls = []
 
@@ -70,16 +57,44 @@ def test_choose_step_finds_the_coarsest_step_within_the_target(seed):
         calls.append(i)
         return float(error[i])
 
-    got = choose_step(steps, int(rng.integers(0, n)), measure, target)
+    got = coarsest_within(steps, steps[int(rng.integers(0, len(steps)))], measure, target)
     assert got == int(np.flatnonzero(error <= target).max())
-    assert got in calls and len(calls) <= 2 * np.log2(n) + 4
+    assert got in calls and len(calls) <= 10
+    assert coarsest_within(steps, steps[40], measure, float(error[0]) * 0.99) is None
 
 
-def test_choose_step_out_of_reach_aims_just_below_the_finest():
-    steps = list(np.geomspace(0.01, 1.0, 100))
-    error = 1.0 + np.linspace(0, 1, 100) ** 2  # a floor of 1: the model's own error
-    got = choose_step(steps, 60, lambda i: float(error[i]), 0.5)
-    assert got == int(np.flatnonzero(error <= error[0] * 10 ** (LIMIT_GAP_DB / 10)).max())
+def _levels_measure(steps, floor, jump):
+    """Squared error ``floor + step^2`` under each level's tables, ``jump`` times that
+    under the coarser level's (tables matter); bytes falling with the step."""
+    coarsest = max(steps, key=steps.get)
+
+    def measure(level, exponent):
+        s = steps[level] * step_factor(exponent)
+        return (floor + s * s) * (jump if level == coarsest else 1.0), int(1000 / s)
+
+    return measure
+
+
+def test_choose_coding_lands_within_the_levels_and_takes_the_shortest_string():
+    steps = {"q0": 1.0, "q1": 0.5}
+    measure = _levels_measure(steps, 0.0, 1.0)
+    assert choose_coding(steps, "q0", measure, 0.25) == ("q0", -MAX_STEP_EXPONENT, True)  # step 0.5 exactly
+    # a step finer than q0's finest: q1's tables, at the coarsest exponent within the target
+    level, exponent, reached = choose_coding(steps, "q0", measure, 0.2)
+    assert (level, reached) == ("q1", True) and 0.5 * step_factor(exponent) <= 0.2**0.5 < 0.5 * step_factor(exponent + 1)
+    # tables that cost error: the shorter string of the levels searched that reach the target
+    jumpy = _levels_measure(steps, 0.0, 1.5)
+    level, exponent, _ = choose_coding(steps, "q0", jumpy, 0.3)
+    assert level == "q1" and jumpy(level, exponent)[0] <= 0.3
+
+
+def test_choose_coding_out_of_reach_aims_just_below_the_finest_step():
+    steps = {"q0": 1.0, "q1": 0.5}
+    measure = _levels_measure(steps, 1.0, 1.0)  # a floor of 1: the model's own error
+    level, exponent, reached = choose_coding(steps, "q0", measure, 0.5)
+    assert (level, reached) == ("q1", False)
+    floor = measure("q1", -MAX_STEP_EXPONENT)[0] * 10 ** (LIMIT_GAP_DB / 10)
+    assert measure(level, exponent)[0] <= floor < measure(level, exponent + 1)[0]
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +135,21 @@ def test_a_level_lands_on_its_target_where_the_tuned_step_misses(linear, spread)
     chunk = codec.encode(x)
     assert _step_of(chunk) != ("q1", 0)
     assert target <= _psnr(linear, codec.decode(chunk).reshape(x.shape), x) <= target + 0.5
+
+
+def test_a_target_past_the_models_reach_is_met_by_a_correction(linear):
+    """Noise the EOFs cannot follow puts 40 dB out of the model's reach on these fields:
+    the chunk carries a correction (the bounded mode's residual section) at the loosest
+    bound that reaches the target, and lands within 0.5 dB of it."""
+    x = fields(24).air_temperature.values.astype(np.float64)
+    span = linear.normaliser.hi - linear.normaliser.lo
+    x = (x + np.random.default_rng(0).normal(scale=span * 10 ** (-37 / 20), size=x.shape)).astype(np.float32)
+    codec = VCINRCodec(linear.hash, "q1", linear.grid.to_dict(), model_path=str(linear.path))
+    chunk = codec.encode(x)
+    assert decode_container(chunk).residual is not None
+    assert 40.0 <= _psnr(linear, codec.decode(chunk).reshape(x.shape), x) <= 40.5
+    reachable = fields(24).air_temperature.values.astype(np.float32)
+    assert decode_container(codec.encode(reachable)).residual is None
 
 
 def test_a_rate_controlled_chunk_keeps_its_error_bound(linear):

@@ -102,6 +102,7 @@ from numcodecs import Zstd
 from vcinr_sci.codec.container import FLAG_ALL_MASKED, ChunkHeader, decode_container, encode_container
 from vcinr_sci.coding.bound import Correction, ErrorBound, encode_residual
 from vcinr_sci.coding.coefficients import MAX_STEP_EXPONENT
+from vcinr_sci.coding.rate_control import target_correction
 from vcinr_sci.coding.zstd import zstd_exact
 from vcinr_sci.data.normalise import Normaliser, item_means
 from vcinr_sci.errors import (
@@ -217,22 +218,26 @@ def encode_chunk(
         chosen = chosen - offsets[:, None]
     else:
         offsets, stored = np.zeros(len(active), np.float32), b""
-    latents, quality, exponent = model.encode(active, chosen, valid[active], inner_steps, quality)
-    header = dataclasses.replace(header, quality=quality)
+    coded = model.encode(active, chosen, valid[active], inner_steps, quality)
+    latents, exponent = coded.string, coded.exponent
+    header = dataclasses.replace(header, quality=coded.level)
     del items, chosen
     flags = (_PAYLOAD_OTHER if head else 0) | (_PAYLOAD_STEP if exponent else 0)
     step = struct.pack("<b", exponent) if exponent else b""
     payload = bytes([flags]) + step + head + stored + latents
     residual = None
-    if bound is not None:  # reconstruct exactly as the decoder will: from the latents' bytes
-        phi_hat = _decompress(model, quality, latents, len(active), exponent)
+    # a level's target past what the latents reach here: a correction gets there
+    target = model.artifact.level_target(quality) if bound is None and not coded.reached else None
+    if bound is not None or target is not None:  # reconstruct exactly as the decoder will: from the latents' bytes
+        phi_hat = _decompress(model, coded.level, latents, len(active), exponent)
         lat = ChunkLatents(header, model, mask, None, active, phi_hat, offsets)
         inr = lat.inr_normalised()[~mask]
         xhat = norm.denormalise(inr.astype(np.float64))
         own = inr - lat.offsets_on_grid()[~mask]  # the model's outputs before the means are added
         device = model.reconstruction_margin(phi_hat, own, offsets)
         del inr, own  # the correction's coders hold several arrays of the chunk's size
-        residual = encode_residual(x, ~mask, xhat, bound, device)
+        residual = encode_residual(x, ~mask, xhat, bound, device) if bound is not None else \
+            target_correction(x, ~mask, xhat, target, norm.hi - norm.lo, device)
     return encode_container(header, mask if mask.any() else None, payload, residual)
 
 

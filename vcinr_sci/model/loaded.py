@@ -7,16 +7,27 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from vcinr_sci.coding.rate_control import choose_step, step_choices, target_error
+from vcinr_sci.coding.rate_control import choose_coding, target_error
 from vcinr_sci.data.grids import Grid, Patcher
 from vcinr_sci.errors import CodecError
 from vcinr_sci.model.artifact import ModelArtifact
 from vcinr_sci.model.kinds import ModelKind
+
+_ERROR_BLOCK_VALUES = 2**19  # values a rate-control trial evaluates at a time
+
+
+class Coded(NamedTuple):
+    """A chunk's latents as :meth:`LoadedModel.encode` coded them."""
+
+    string: bytes
+    level: str  # whose coder decodes the string
+    exponent: int  # on that level's step (rate control; 0: its own step)
+    reached: bool  # whether the requested level's target PSNR, where it has one, was reached
 
 
 @dataclass
@@ -107,30 +118,42 @@ class LoadedModel:
         (the kind fits what the mean field, where the model has one, leaves)."""
         return self.kind.adapt(items, self._anomalies(items, values), valid, steps)
 
-    def encode(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int,
-               quality: str) -> tuple[bytes, str, int]:
+    def encode(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int, quality: str) -> Coded:
         """The latents of ``values`` (as :meth:`adapt` takes them) coded at quality
         ``quality``: one string, and the level and step exponent whose :meth:`coder`
         decompresses it. A level with a target PSNR and a coder with a step lands on its
         target on these items, coded at whichever level's step and exponent get there
-        (:mod:`vcinr_sci.coding.rate_control`); any other is coded at its own step."""
+        (:mod:`vcinr_sci.coding.rate_control`), or says it cannot; any other is coded at
+        its own step."""
         anomalies = self._anomalies(items, values)
         target = self.artifact.level_target(quality)
         if target is None or not hasattr(self.coder(quality), "scaled"):
-            return self.kind.encode(items, anomalies, valid, steps, self.coder(quality)), quality, 0
+            return Coded(self.kind.encode(items, anomalies, valid, steps, self.coder(quality)), quality, 0, True)
         levels = [q for q in dict.fromkeys([*self.artifact.ladder, quality]) if hasattr(self.coder(q), "scaled")]
-        order, choices = step_choices({q: self.coder(q).step for q in levels})
-        strings: dict[int, bytes] = {}
+        coded: dict[tuple[str, int], tuple[bytes, float]] = {}
 
-        def error(i: int) -> float:
-            coder = self.coder(*choices[i])
-            strings[i] = self.kind.encode(items, anomalies, valid, steps, coder)
-            diff = np.where(valid, self.kind.evaluate(items, coder.decompress(strings[i], len(items))) - anomalies, 0.0)
-            return float(np.square(diff, dtype=np.float64).sum())
+        def measure(level: str, exponent: int) -> tuple[float, int]:
+            if (level, exponent) not in coded:
+                coder = self.coder(level, exponent)
+                string = self.kind.encode(items, anomalies, valid, steps, coder)
+                coded[level, exponent] = string, self._squared_error(items, coder.decompress(string, len(items)),
+                                                                     anomalies, valid)
+            return coded[level, exponent][1], len(coded[level, exponent][0])
 
-        start = choices.index((quality, 0))
-        i = choose_step(order, start, error, target_error(target, int(np.count_nonzero(valid))))
-        return strings[i], *choices[i]
+        level, exponent, reached = choose_coding({q: self.coder(q).step for q in levels}, quality, measure,
+                                                 target_error(target, int(np.count_nonzero(valid))))
+        return Coded(coded[level, exponent][0], level, exponent, reached)
+
+    def _squared_error(self, items: np.ndarray, phi: torch.Tensor, anomalies: np.ndarray, valid: np.ndarray) -> float:
+        """The squared error of latents ``phi`` against ``anomalies`` at the ``valid``
+        points, evaluated ``_ERROR_BLOCK_VALUES`` values at a time (the chunk's
+        float32/float64 temporaries would be several times its size)."""
+        total, size = 0.0, max(1, _ERROR_BLOCK_VALUES // max(1, anomalies.shape[1]))
+        for start in range(0, len(items), size):
+            block = slice(start, start + size)
+            diff = self.kind.evaluate(items[block], phi[block]) - anomalies[block]
+            total += float(np.square(np.where(valid[block], diff, 0.0), dtype=np.float64).sum())
+        return total
 
     def _anomalies(self, items: np.ndarray, values: np.ndarray) -> np.ndarray:
         """``values`` less the mean field, where the model has one."""
