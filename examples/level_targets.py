@@ -21,6 +21,7 @@ import numpy as np
 from vcinr_sci.codec.container import decode_container
 from vcinr_sci.codec.core import decode_chunk, encode_chunk
 from vcinr_sci.data.items import load_dataset
+from vcinr_sci.data.normalise import item_means
 from vcinr_sci.metrics import psnr_from_mse
 from vcinr_sci.model.artifact import load_artifact
 from vcinr_sci.model.registry import get_model
@@ -50,6 +51,12 @@ def main() -> None:
     mean = norm.mean_field  # the model codes what it leaves, where it has one
     base = np.zeros_like(items) if mean is None else np.broadcast_to(model.to_items(mean[None]), items.shape)
     anomalies, kept = (items - base).astype(np.float32), valid.reshape(len(x), -1)
+    offsets = np.zeros((len(x), 1), np.float32)
+    if model.subtracts_item_mean:  # as the codec does: the item means out, stored in float16
+        offsets = item_means(np.where(kept, anomalies, np.nan))[:, None]
+        anomalies -= offsets
+        offsets = offsets.astype(np.float16).astype(np.float32)
+    base = base + offsets
     print(f"model {art.hash[:16]} ({art.config.name}), {len(x)} held-out fields, chunks of {size}")
     print("| level | target | tuning PSNR | tuned step alone | codec: PSNR | bits/value | corrected chunks | s |")
     print("|---|---|---|---|---|---|---|---|")
