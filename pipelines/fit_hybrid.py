@@ -12,7 +12,7 @@ what its leading EOFs leave, and one hybrid quality level per linear level.
 3. per linear level, a hybrid level (:class:`~vcinr_sci.coding.hybrid.HybridCoder`): that
    level's coefficients alone, or the leading ones at its step plus the INR's latents
    under any coder of the INR's ladder; each chunk takes the cheapest at the level's
-   rate-distortion slope (:meth:`~vcinr_sci.model.kinds.HybridKind.encode`); a chunk
+   rate-distortion slope (:meth:`~vcinr_sci.model.kinds.HybridKind.encoder`); a chunk
    without the INR is byte for byte the linear model's;
 4. the artifact: the INR, the basis and the hybrid levels, each measured on the tuning
    items as the codec codes them (bits of chunks of ``compress.chunk_fields`` fields,

@@ -110,7 +110,7 @@ def test_the_mode_is_the_cheapest_at_the_levels_slope(hybrid, monkeypatch, perfe
     for step in (8.0, level.full.step / 64):
         coder = HybridCoder(CoefficientCoder(level.full.scales, level.full.rho, step),
                             CoefficientCoder(level.head.scales, level.head.rho, step), level.latents)
-        string = kind.encode(idx, values, valid, 3, coder)
+        string = kind.encoder(idx, values, valid, 3)(coder)
         chosen[step] = HybridCoder.mode(string)
         phi = coder.decompress(string, len(idx))
         assert bool((phi[:, -1] == 1).all()) == (chosen[step] != LINEAR_ONLY)
@@ -167,7 +167,7 @@ def test_a_hybrid_refuses_a_bare_latent_coder(hybrid):
     idx, values, valid = _items(model, x)
     bare = hybrid.coder(hybrid.quality_levels[0]).latents[0]
     with pytest.raises(CodecError, match="hybrid levels"):
-        model.kind.encode(idx, values, valid, 3, bare)
+        model.kind.encoder(idx, values, valid, 3)(bare)
 
 
 def test_latents_that_cannot_pay_are_not_adapted(hybrid, monkeypatch):
@@ -186,7 +186,7 @@ def test_latents_that_cannot_pay_are_not_adapted(hybrid, monkeypatch):
     n = len(level.latents)
     for heavy in (HybridCoder(level.full, level.head, level.latents, [1e6] * n),
                   HybridCoder(level.full, level.head, level.latents, [0.0] * n, [1e3] * n)):
-        assert kind.encode(idx, values, valid, 3, heavy) == level.full.compress(kind.basis.coefficients(values, valid))
+        assert kind.encoder(idx, values, valid, 3)(heavy) == level.full.compress(kind.basis.coefficients(values, valid))
     assert not tried
-    kind.encode(idx, values, valid, 3, HybridCoder(level.full, level.head, level.latents))
+    kind.encoder(idx, values, valid, 3)(HybridCoder(level.full, level.head, level.latents))
     assert tried

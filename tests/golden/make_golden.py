@@ -95,22 +95,25 @@ def gaussian_artifact() -> Path:
 def inr_mode():
     """A hybrid encoder that writes every chunk in its first INR mode: the leading
     coefficients at the level's step, the INR adapted on what they leave, its latents
-    under the level's first latent coder (what :meth:`HybridKind.encode` writes when
+    under the level's first latent coder (what :meth:`HybridKind.encoder` writes when
     that mode costs least)."""
     from vcinr_sci.model.kinds import HybridKind
 
-    def encode(self, items, values, valid, steps, coder):
-        head, decoded = coder.head.code(self.basis.coefficients(values, valid)[:, : self.head])
-        rest = values - self._head_basis.reconstruct(decoded.numpy())
-        z = self.inr.adapt(items, rest.astype(np.float32), valid, steps)
-        return coder.pack(1, head, coder.latents[0].compress(z))
+    def encoder(self, items, values, valid, steps):
+        def encode(coder):
+            head, decoded = coder.head.code(self.basis.coefficients(values, valid)[:, : self.head])
+            rest = values - self._head_basis.reconstruct(decoded.numpy())
+            z = self.inr.adapt(items, rest.astype(np.float32), valid, steps)
+            return coder.pack(1, head, coder.latents[0].compress(z))
 
-    original = HybridKind.encode
-    HybridKind.encode = encode
+        return encode
+
+    original = HybridKind.encoder
+    HybridKind.encoder = encoder
     try:
         yield
     finally:
-        HybridKind.encode = original
+        HybridKind.encoder = original
 
 
 def _models(index: dict) -> dict[str, Path]:

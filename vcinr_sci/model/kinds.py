@@ -18,7 +18,7 @@ which kind it carries; :func:`model_kind` is the one place that looks.
 from __future__ import annotations
 
 import os
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -65,9 +65,10 @@ class ModelKind(Protocol):
         """Latents ``(len(items), latent_dim)`` of ``values`` ``(len(items), P)`` fitted on
         their ``valid`` points (``steps``: inner steps, where the kind has any)."""
 
-    def encode(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int, coder) -> bytes:
-        """One string of the items' latents coded by ``coder`` (a level of this model):
-        the latents adapted and compressed, for a kind whose coding has no choices."""
+    def encoder(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int) -> Callable[[Any], bytes]:
+        """The items' coding: a function of a ``coder`` (a level of this model, at any
+        step) that returns one string of their latents. The items are adapted once, so
+        rate control's several codings of a chunk pay for one adaptation."""
 
     def evaluate(self, items: np.ndarray, phi: torch.Tensor) -> np.ndarray:
         """Float32 values ``(len(items), P)`` of latents ``phi`` on the items' grid points."""
@@ -111,8 +112,9 @@ class InrKind:
             out.append(self.network.adapt(self._coords(items[sl]), target, mask, steps))
         return torch.cat(out) if out else torch.zeros(0, self.latent_dim, device=self.device)
 
-    def encode(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int, coder) -> bytes:
-        return coder.compress(self.adapt(items, values, valid, steps))
+    def encoder(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int) -> Callable[[Any], bytes]:
+        phi = self.adapt(items, values, valid, steps)
+        return lambda coder: coder.compress(phi)
 
     @torch.no_grad()
     def evaluate(self, items: np.ndarray, phi: torch.Tensor) -> np.ndarray:
@@ -155,8 +157,9 @@ class LinearKind:
     def adapt(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int) -> torch.Tensor:
         return torch.from_numpy(self.basis.coefficients(values, valid))
 
-    def encode(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int, coder) -> bytes:
-        return coder.compress(self.adapt(items, values, valid, steps))
+    def encoder(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int) -> Callable[[Any], bytes]:
+        c = self.adapt(items, values, valid, steps)
+        return lambda coder: coder.compress(c)
 
     def evaluate(self, items: np.ndarray, phi: torch.Tensor) -> np.ndarray:
         return self.basis.reconstruct(phi.cpu().numpy())
@@ -209,40 +212,47 @@ class HybridKind:
         z = self.inr.adapt(items, rest, valid, steps).detach().cpu().double()
         return torch.cat([torch.from_numpy(c), z, torch.ones(len(items), 1, dtype=torch.float64)], dim=1)
 
-    def encode(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int, coder) -> bytes:
-        """The chunk in the cheapest of ``coder``'s modes by ``bits + SE / (lambda step^2)``
-        (``SE``: the squared error over the valid points in normalised units; ``lambda``
-        the coefficient coder's own slope, :data:`~vcinr_sci.coding.coefficients.RDOQ_LAMBDA`),
-        so the INR is used only where it buys its bits at the linear model's exchange rate."""
-        if not isinstance(coder, HybridCoder):
-            raise CodecError(f"model {self.model_hash[:16]} is a hybrid: its levels are hybrid levels "
-                             "(pipelines.fit_hybrid makes them), not a bare latent coder")
-        if coder.components != self.basis.num_components or coder.head_components != self.head:
-            raise CodecError(f"model {self.model_hash[:16]}: a level's coders do not match its basis")
-        per_bit = RDOQ_LAMBDA * coder.step**2  # squared error worth one bit
-
-        def cost(nbytes: int, model: np.ndarray) -> float:
-            return 8.0 * nbytes + float(np.square(np.where(valid, values - model, 0.0)).sum()) / per_bit
-
+    def encoder(self, items: np.ndarray, values: np.ndarray, valid: np.ndarray, steps: int) -> Callable[[Any], bytes]:
+        """The chunk coded by a level (a :class:`HybridCoder`) in the cheapest of its modes
+        by ``bits + SE / (lambda step^2)`` (``SE``: the squared error over the valid
+        points in normalised units; ``lambda`` the coefficient coder's own slope,
+        :data:`~vcinr_sci.coding.coefficients.RDOQ_LAMBDA`), so the INR is used only where
+        it buys its bits at the linear model's exchange rate. The coefficients are solved
+        once; the INR adapts per coding, on what that level's coefficients leave."""
         c = self.basis.coefficients(values, valid)
-        full, full_decoded = coder.full.code(c)
-        best = (cost(len(full), self.basis.reconstruct(full_decoded.numpy())), full)
-        head, head_decoded = coder.head.code(c[:, : self.head])
-        # modes whose latents, at _SKIP_SHARE of their typical cost, leave room under the linear cost
-        budget, n = best[0] - 8.0 * (len(head) + 2), len(items)
-        typical = zip(coder.typical_bits, coder.typical_error)
-        modes = [m for m, (bits, se) in enumerate(typical, start=1) if _SKIP_SHARE * n * (bits + se / per_bit) < budget]
-        if not modes:  # the INR cannot pay here: no adaptation (the linear model's speed)
+
+        def encode(coder) -> bytes:
+            if not isinstance(coder, HybridCoder):
+                raise CodecError(f"model {self.model_hash[:16]} is a hybrid: its levels are hybrid levels "
+                                 "(pipelines.fit_hybrid makes them), not a bare latent coder")
+            if coder.components != self.basis.num_components or coder.head_components != self.head:
+                raise CodecError(f"model {self.model_hash[:16]}: a level's coders do not match its basis")
+            per_bit = RDOQ_LAMBDA * coder.step**2  # squared error worth one bit
+
+            def cost(nbytes: int, model: np.ndarray) -> float:
+                return 8.0 * nbytes + float(np.square(np.where(valid, values - model, 0.0)).sum()) / per_bit
+
+            full, full_decoded = coder.full.code(c)
+            best = (cost(len(full), self.basis.reconstruct(full_decoded.numpy())), full)
+            head, head_decoded = coder.head.code(c[:, : self.head])
+            # modes whose latents, at _SKIP_SHARE of their typical cost, leave room under the linear cost
+            budget, n = best[0] - 8.0 * (len(head) + 2), len(items)
+            typical = zip(coder.typical_bits, coder.typical_error)
+            modes = [m for m, (bits, se) in enumerate(typical, start=1)
+                     if _SKIP_SHARE * n * (bits + se / per_bit) < budget]
+            if not modes:  # the INR cannot pay here: no adaptation (the linear model's speed)
+                return best[1]
+            linear = self._head_basis.reconstruct(head_decoded.numpy())
+            z = self.inr.adapt(items, (values - linear).astype(np.float32), valid, steps)
+            for mode in modes:
+                latent_coder = coder.latents[mode - 1]
+                latents = latent_coder.compress(z)
+                out = linear + self.inr.evaluate(items, latent_coder.decompress(latents, len(items)))
+                string = coder.pack(mode, head, latents)
+                best = min(best, (cost(len(string), out), string))
             return best[1]
-        linear = self._head_basis.reconstruct(head_decoded.numpy())
-        z = self.inr.adapt(items, (values - linear).astype(np.float32), valid, steps)
-        for mode in modes:
-            latent_coder = coder.latents[mode - 1]
-            latents = latent_coder.compress(z)
-            out = linear + self.inr.evaluate(items, latent_coder.decompress(latents, len(items)))
-            string = coder.pack(mode, head, latents)
-            best = min(best, (cost(len(string), out), string))
-        return best[1]
+
+        return encode
 
     def evaluate(self, items: np.ndarray, phi: torch.Tensor) -> np.ndarray:
         c, z, use = self._split(phi)

@@ -126,16 +126,17 @@ class LoadedModel:
         (:mod:`vcinr_sci.coding.rate_control`), or says it cannot; any other is coded at
         its own step."""
         anomalies = self._anomalies(items, values)
+        encode = self.kind.encoder(items, anomalies, valid, steps)
         target = self.artifact.level_target(quality)
         if target is None or not hasattr(self.coder(quality), "scaled"):
-            return Coded(self.kind.encode(items, anomalies, valid, steps, self.coder(quality)), quality, 0, True)
+            return Coded(encode(self.coder(quality)), quality, 0, True)
         levels = [q for q in dict.fromkeys([*self.artifact.ladder, quality]) if hasattr(self.coder(q), "scaled")]
         coded: dict[tuple[str, int], tuple[bytes, float]] = {}
 
         def measure(level: str, exponent: int) -> tuple[float, int]:
             if (level, exponent) not in coded:
                 coder = self.coder(level, exponent)
-                string = self.kind.encode(items, anomalies, valid, steps, coder)
+                string = encode(coder)
                 coded[level, exponent] = string, self._squared_error(items, coder.decompress(string, len(items)),
                                                                      anomalies, valid)
             return coded[level, exponent][1], len(coded[level, exponent][0])
@@ -173,7 +174,7 @@ class LoadedModel:
         them) coded at ``quality`` and decoded again: the string and the decoded
         anomalies ``(n, P)``, the mean field not added back."""
         coder = self.coder(quality)
-        string = self.kind.encode(items, anomalies, valid, steps, coder)
+        string = self.kind.encoder(items, anomalies, valid, steps)(coder)
         return string, self.kind.evaluate(items, coder.decompress(string, len(items)))
 
     def reconstruction_margin(self, phi: torch.Tensor, own: np.ndarray, offsets: np.ndarray) -> float:
