@@ -38,7 +38,7 @@ def test_a_scaled_coder_decodes_its_own_strings_under_the_same_tables():
     c = rng.normal(size=(12, 4)) * scales
     for exponent in (-32, -7, 9, 32):
         scaled = coder.scaled(exponent)
-        assert scaled.step == coder.step * step_factor(exponent) and scaled.tables is coder.tables
+        assert scaled.step == coder.step * step_factor(exponent) and scaled._rans_tables is coder._rans_tables
         string, decoded = scaled.code(c)
         assert np.array_equal(scaled.decompress(string, len(c)).numpy(), decoded.numpy())
         assert np.abs(decoded.numpy() - c).max() <= scaled.step  # RDOQ moves a symbol by one step at most

@@ -35,6 +35,7 @@ bit more per coded coefficient than tables built for it.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -126,10 +127,14 @@ class CoefficientCoder:
         return len(self.scales)
 
     def scaled(self, exponent: int) -> "CoefficientCoder":
-        """This coder at ``step * step_factor(exponent)``, under the same tables."""
+        """This coder at ``step * step_factor(exponent)``, under the same tables: a
+        shallow copy that shares every table-derived structure (only the step differs), so
+        a store whose chunks claim every exponent costs a few objects, not 65 tables."""
         if exponent == 0:
             return self
-        return CoefficientCoder(self.scales, self.rho, self.step * step_factor(exponent), self.predict, self.tables)
+        out = copy.copy(self)
+        out.step = self.step * step_factor(exponent)
+        return out
 
     def _build_tables(self) -> dict[str, Tensor]:
         """compressai's Gaussian tables, one row per (component, mode), built row by row and
