@@ -54,7 +54,9 @@ _FIRST_STRIDE = 8
 # halved 4 times, within 0.4 dB of the target.
 _BOUND_DOUBLINGS = 8
 _BOUND_BISECTIONS = 4
-_ERROR_BLOCK_VALUES = 2**19  # values whose error the correction's check sums at a time
+# Values a trial's squared error is summed over at a time (its float64 temporaries
+# would otherwise be several times the chunk).
+ERROR_BLOCK_VALUES = 2**19
 
 Measure = Callable[[str, int], tuple[float, int]]  # (level, exponent) -> (squared error, bytes)
 
@@ -159,13 +161,13 @@ def target_correction(x: np.ndarray, kept: np.ndarray, xhat: np.ndarray, target_
     target), doubling until it misses, then ``_BOUND_BISECTIONS`` bisections in log."""
     values = x[kept]
     worst = span * 10.0 ** (-target_psnr / 20.0)  # every error at most this: MSE <= target's
-    allowed = values.size * worst**2
+    allowed = target_error(target_psnr, values.size) * span**2
 
     def coded(bound: float, method: str) -> tuple[bytes, bool]:
         section = encode_residual(x, kept, xhat, ErrorBound(max_abs_error=bound), device, (method,))
         out, total = apply_residual(section, kept, xhat, x.dtype), 0.0
-        for start in range(0, values.size, _ERROR_BLOCK_VALUES):  # float64 temporaries of a block
-            block = slice(start, start + _ERROR_BLOCK_VALUES)
+        for start in range(0, values.size, ERROR_BLOCK_VALUES):  # float64 temporaries of a block
+            block = slice(start, start + ERROR_BLOCK_VALUES)
             total += float(np.square(out[block].astype(np.float64) - values[block]).sum())
         return section, total <= allowed
 

@@ -12,13 +12,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from vcinr_sci.coding.rate_control import choose_coding, target_error
+from vcinr_sci.coding.rate_control import ERROR_BLOCK_VALUES, choose_coding, target_error
 from vcinr_sci.data.grids import Grid, Patcher
 from vcinr_sci.errors import CodecError
 from vcinr_sci.model.artifact import ModelArtifact
 from vcinr_sci.model.kinds import ModelKind
-
-_ERROR_BLOCK_VALUES = 2**19  # values a rate-control trial evaluates at a time
 
 
 class Coded(NamedTuple):
@@ -147,9 +145,9 @@ class LoadedModel:
 
     def _squared_error(self, items: np.ndarray, phi: torch.Tensor, anomalies: np.ndarray, valid: np.ndarray) -> float:
         """The squared error of latents ``phi`` against ``anomalies`` at the ``valid``
-        points, evaluated ``_ERROR_BLOCK_VALUES`` values at a time (the chunk's
+        points, evaluated ``ERROR_BLOCK_VALUES`` values at a time (the chunk's
         float32/float64 temporaries would be several times its size)."""
-        total, size = 0.0, max(1, _ERROR_BLOCK_VALUES // max(1, anomalies.shape[1]))
+        total, size = 0.0, max(1, ERROR_BLOCK_VALUES // max(1, anomalies.shape[1]))
         for start in range(0, len(items), size):
             block = slice(start, start + size)
             diff = self.kind.evaluate(items[block], phi[block]) - anomalies[block]
